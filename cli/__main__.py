@@ -1,0 +1,5 @@
+"""``python -m explainkit.cli``."""
+
+from explainkit.cli.main import entry
+
+entry()

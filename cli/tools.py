@@ -1,0 +1,153 @@
+"""Smaller commands: ``layers``, ``analyzers``, ``inspect``, ``report``, ``world``, ``train``, ``demo``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+from explainkit.cli.options import loading_options, split_allow_classes
+
+from explainkit.errors import ConfigError
+
+__all__ = ["COMMANDS"]
+
+
+def _load(model: str, opts: dict):
+    from explainkit.loading import load_model
+
+    return load_model(model, arch=opts.get("arch"), trust=opts.get("trust", False),
+                      allow_classes=split_allow_classes(opts.get("allow_classes")),
+                      class_names=opts.get("class_names"))
+
+
+@click.command("layers")
+@click.argument("model", type=click.Path(dir_okay=False))
+@loading_options
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+def layers(model: str, fmt: str, **opts) -> int:
+    """List MODEL's layers (dotted names usable with --layer)."""
+    handle = _load(model, opts)
+    rows = [(name, type(m).__name__) for name, m in handle.module.named_modules() if name]
+    if fmt == "json":
+        click.echo(json.dumps([{"name": n, "type": t} for n, t in rows], indent=1))
+    else:
+        width = max((len(n) for n, _ in rows), default=4)
+        for name, kind in rows:
+            click.echo(f"{name:<{width}}  {kind}")
+    return 0
+
+
+@click.command("analyzers")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+def analyzers(fmt: str) -> int:
+    """List the registered analyzers with one-line descriptions."""
+    from explainkit.analyzers import get_analyzer_class, list_analyzers
+
+    rows = []
+    for name in list_analyzers():
+        cls = get_analyzer_class(name)
+        rows.append({"name": name, "summary": cls.summary, "requires": sorted(cls.requires),
+                     "default": cls.run_by_default})
+    if fmt == "json":
+        click.echo(json.dumps(rows, indent=1))
+    else:
+        for r in rows:
+            needs = f"  [needs: {', '.join(r['requires'])}]" if r["requires"] else ""
+            click.echo(f"{r['name']:<14s} {r['summary']}{needs}")
+    return 0
+
+
+@click.command("inspect")
+@click.argument("model", type=click.Path(dir_okay=False))
+@loading_options
+def inspect_model(model: str, **opts) -> int:
+    """Show MODEL's format, trust tier, capabilities and preprocessing (JSON on stdout)."""
+    handle = _load(model, opts)
+    info = handle.describe()
+    info["n_layers"] = len(handle.layer_names())
+    info["n_parameters"] = sum(p.numel() for p in handle.module.parameters())
+    click.echo(json.dumps(info, indent=1))
+    return 0
+
+
+@click.command("report")
+@click.argument("report_json", type=click.Path(dir_okay=False, exists=True))
+@click.option("--html", "html_path", type=click.Path(dir_okay=False), required=True,
+              help="Where to write the HTML rendering.")
+def rerender(report_json: str, html_path: str) -> int:
+    """Re-render a report.json as HTML."""
+    from explainkit._io import atomic_write_text
+    from explainkit.report import Report
+
+    atomic_write_text(html_path, Report.load(report_json).to_html())
+    click.echo(html_path)
+    return 0
+
+
+@click.command("world")
+@click.argument("out", type=click.Path(file_okay=False))
+@click.option("--n-images", type=click.IntRange(3), default=600, show_default=True)
+@click.option("--size", type=click.IntRange(16, 512), default=64, show_default=True)
+@click.option("--class-factor", type=click.Choice(["shape", "colour", "texture"]), default="shape",
+              show_default=True, help="The factor that decides the class.")
+@click.option("--artifact", default=None, help="Plant an artifact concept with this name (e.g. stamp).")
+@click.option("--artifact-class", type=int, default=0, show_default=True)
+@click.option("--artifact-rate", type=click.FloatRange(0, 1), default=0.9, show_default=True)
+@click.option("--artifact-other-rate", type=click.FloatRange(0, 1), default=0.05, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+def world(out: str, **kwargs) -> int:
+    """Write a deterministic synthetic probe world to OUT."""
+    from explainkit.datasets.synthetic import WorldSpec, write_world
+
+    spec = WorldSpec(**kwargs)
+    write_world(spec, out)
+    click.echo(out)
+    return 0
+
+
+@click.command("train")
+@click.argument("data", type=click.Path(file_okay=False, exists=True))
+@click.option("--out", "out", type=click.Path(dir_okay=False), required=True,
+              help="Where to write the model (safetensors with metadata).")
+@click.option("--epochs", type=click.IntRange(1), default=12, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+def train(data: str, out: str, epochs: int, seed: int) -> int:
+    """Train the tiny demo CNN on a labelled probe folder (CPU, about a minute)."""
+    from explainkit.datasets.probe import ProbeSet
+    from explainkit.datasets.training import train_classifier
+
+    from explainkit.loading.save import save_model
+    from explainkit.models import SYNTHETIC_PREPROCESSING
+
+    probe = ProbeSet.from_folder(data)
+    if not probe.has_labels:
+        raise ConfigError(f"{data} has no class labels to train on")
+
+    def log(rec: dict) -> None:
+        click.echo(f"epoch {rec['epoch']}: loss {rec['loss']:.3f}, train accuracy {rec['train_accuracy']:.3f}",
+                   err=True)
+
+    result = train_classifier(probe, epochs=epochs, seed=seed, on_epoch=log)
+    n = len(probe.class_names or ())
+    save_model(result.model, out, arch=f"explainkit.models:tiny_cnn(num_classes={n})",
+               class_names=probe.class_names, preprocessing=SYNTHETIC_PREPROCESSING)
+    click.echo(out)
+    return 0
+
+
+@click.command("demo")
+@click.option("--out", "out", type=click.Path(file_okay=False), default="demo-out", show_default=True)
+@click.option("--retrain", is_flag=True, help="Train the demo model instead of using the bundled one.")
+@click.option("--progress/--no-progress", default=None)
+def demo(out: str, retrain: bool, progress: bool | None) -> int:
+    """Build the stamped synthetic world, then write a full report on the bundled tiny model."""
+    from explainkit.datasets.demo import run_demo
+
+    paths = run_demo(Path(out), retrain=retrain, progress=progress, echo=lambda m: click.echo(m, err=True))
+    for key, path in paths.items():
+        click.echo(f"{key}: {path}")
+    return 0
+
+
+COMMANDS = [analyzers, demo, inspect_model, layers, rerender, train, world]

@@ -1,0 +1,1 @@
+"""Probe data: image folders with labels, concept tables and masks; synthetic worlds; training."""

@@ -1,0 +1,356 @@
+"""Image-folder probe sets with labels, concept tables and masks.
+
+Layouts
+-------
+* class subfolders: ``root/<class>/<image>``; class names are the sorted folder names;
+* a flat folder with ``labels.csv`` (``path,label``), optional ``classes.txt`` fixing the order;
+* a flat folder without labels (unlabelled probe set).
+
+Optional files in ``root``: ``concepts.csv`` (``path,<concept>,...`` with 0/1 values),
+``descriptions.json`` (INVERT-style concept descriptions; ``"artifact": true`` marks spurious
+cues), or an INVERT-style label matrix ``concepts.npy`` (N×C, rows in sorted path order) next to
+the description file, and ``masks/<name>/<image path>.png`` binary masks.
+
+Bad rows (missing or unreadable images, non-binary values, duplicate paths) raise a
+:class:`~explainkit.errors.DataError` naming the row, unless ``skip_bad=True``, in which case they
+are dropped and listed in :attr:`ProbeSet.skipped`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from explainkit.datasets.tables import (
+    BadRow,
+    read_concepts_csv,
+    read_descriptions,
+    read_labels_csv,
+)
+from PIL import Image
+
+from explainkit.errors import DataError
+
+__all__ = ["IMAGE_EXTENSIONS", "ProbeSet"]
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff")
+_RESERVED_DIRS = {"masks", "artifacts"}
+Image.MAX_IMAGE_PIXELS = 64_000_000
+
+
+def _is_image(p: Path) -> bool:
+    return p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")
+
+
+@dataclass
+class ProbeSet:
+    """A labelled (or unlabelled) set of probe images with optional concepts and masks.
+
+    Attributes
+    ----------
+    root : Path
+        The folder.
+    ids : list of str
+        Relative POSIX paths, sorted; the stable sample ids.
+    labels : ndarray
+        (N,) int64 class index per image, -1 when unknown.
+    class_names : tuple of str or None
+        Class names in index order.
+    concept_names : tuple of str
+        Concept columns (empty without a concept table).
+    concepts : ndarray or None
+        (N, C) bool concept table.
+    descriptions : list of dict
+        One INVERT-style description per concept (``name``, optional ``definition``, ``artifact``).
+    skipped : list of BadRow
+        Rows dropped with ``skip_bad=True``.
+    """
+
+    root: Path
+    ids: list[str]
+    labels: np.ndarray
+    class_names: tuple[str, ...] | None = None
+    concept_names: tuple[str, ...] = ()
+    concepts: np.ndarray | None = None
+    descriptions: list[dict] = field(default_factory=list)
+    skipped: list[BadRow] = field(default_factory=list)
+    digests: list[str] = field(default_factory=list, repr=False)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def has_labels(self) -> bool:
+        """Whether every image has a class label."""
+        return len(self) > 0 and bool(np.all(self.labels >= 0))
+
+    @property
+    def artifact_concepts(self) -> tuple[str, ...]:
+        """Concepts marked ``"artifact": true`` in the descriptions."""
+        return tuple(d["name"] for d in self.descriptions if d.get("artifact"))
+
+    def path(self, i: int) -> Path:
+        """Absolute path of image ``i``."""
+        return self.root / self.ids[i]
+
+    def load_image(self, i: int) -> Image.Image:
+        """Image ``i`` as an RGB PIL image at its own resolution."""
+        try:
+            with Image.open(self.path(i)) as im:
+                return im.convert("RGB")
+        except (OSError, ValueError, Image.DecompressionBombError) as exc:
+            raise DataError(f"cannot read image {self.ids[i]}: {exc}") from None
+
+    def mask_names(self) -> list[str]:
+        """Names of the mask folders under ``root/masks``."""
+        d = self.root / "masks"
+        return sorted(p.name for p in d.iterdir() if p.is_dir()) if d.is_dir() else []
+
+    def mask(self, i: int, name: str) -> np.ndarray | None:
+        """Binary mask ``name`` of image ``i`` at image resolution, or ``None`` if absent."""
+        p = self.root / "masks" / name / Path(self.ids[i]).with_suffix(".png")
+        if not p.is_file():
+            return None
+        try:
+            with Image.open(p) as im:
+                return np.asarray(im.convert("L")) > 127
+        except (OSError, ValueError) as exc:
+            raise DataError(f"cannot read mask {p.relative_to(self.root)}: {exc}") from None
+
+    def concept_index(self, name: str) -> int:
+        """Column of concept ``name``."""
+        try:
+            return self.concept_names.index(name)
+        except ValueError:
+            raise DataError(
+                f"no concept {name!r} in the probe set (have: {', '.join(self.concept_names) or 'none'})"
+            ) from None
+
+    def manifest_hash(self) -> str:
+        """SHA-256 over ids, image bytes, labels and concept rows (what the results depend on)."""
+        h = hashlib.sha256()
+        h.update(repr((self.class_names, self.concept_names)).encode())
+        for i, sid in enumerate(self.ids):
+            row = self.concepts[i].tobytes() if self.concepts is not None else b""
+            h.update(f"{sid}\t{self.digests[i]}\t{int(self.labels[i])}\t".encode() + row + b"\n")
+        return h.hexdigest()
+
+    def subset(self, indices: Sequence[int]) -> ProbeSet:
+        """A probe set with the images at ``indices`` (in that order)."""
+        idx = np.asarray(indices, dtype=np.int64)
+        return replace(
+            self,
+            ids=[self.ids[i] for i in idx],
+            labels=self.labels[idx],
+            concepts=None if self.concepts is None else self.concepts[idx],
+            digests=[self.digests[i] for i in idx],
+        )
+
+    def iter_batches(self, batch_size: int, indices: Sequence[int] | None = None
+                     ) -> Iterator[tuple[np.ndarray, list[Image.Image]]]:
+        """Yield ``(indices, images)`` chunks of at most ``batch_size`` images."""
+        if batch_size < 1:
+            raise DataError("batch size must be at least 1")
+        order = np.arange(len(self)) if indices is None else np.asarray(indices, dtype=np.int64)
+        for start in range(0, len(order), batch_size):
+            chunk = order[start : start + batch_size]
+            yield chunk, [self.load_image(int(i)) for i in chunk]
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-ready provenance."""
+        return {
+            "root": str(self.root),
+            "n_images": len(self),
+            "n_classes": len(self.class_names) if self.class_names else 0,
+            "class_names": list(self.class_names) if self.class_names else None,
+            "concepts": list(self.concept_names),
+            "artifact_concepts": list(self.artifact_concepts),
+            "masks": self.mask_names(),
+            "manifest_sha256": self.manifest_hash(),
+            "skipped": [vars(b) for b in self.skipped],
+        }
+
+    @classmethod
+    def from_folder(
+        cls,
+        root: str | Path,
+        *,
+        labels: str | Path | None = None,
+        concepts: str | Path | None = None,
+        descriptions: str | Path | None = None,
+        skip_bad: bool = False,
+    ) -> ProbeSet:
+        """Read a probe folder (see the module docstring for layouts).
+
+        Parameters
+        ----------
+        root : str or Path
+            The folder.
+        labels : str or Path, optional
+            ``labels.csv``; default ``root/labels.csv`` when present.
+        concepts : str or Path, optional
+            ``concepts.csv`` or an N×C ``.npy`` label matrix; default ``root/concepts.csv`` (or
+            ``root/concepts.npy``) when present.
+        descriptions : str or Path, optional
+            INVERT-style description JSON; default ``root/descriptions.json`` when present.
+        skip_bad : bool
+            Drop bad rows (recorded in :attr:`skipped`) instead of raising.
+
+        Returns
+        -------
+        ProbeSet
+            The probe set.
+
+        Raises
+        ------
+        DataError
+            Bad layout, tables or images (naming the row).
+        """
+        root = Path(root)
+        if not root.is_dir():
+            raise DataError(f"probe data folder {root} does not exist")
+        skipped: list[BadRow] = []
+
+        def on_bad(bad: BadRow) -> None:
+            if not skip_bad:
+                raise DataError(bad.message() + " (use --skip-bad to drop bad rows)")
+            skipped.append(bad)
+
+        labels_path = Path(labels) if labels else (root / "labels.csv")
+        class_dirs = sorted(
+            p for p in root.iterdir()
+            if p.is_dir() and not p.name.startswith((".", "_")) and p.name not in _RESERVED_DIRS
+        )
+        if labels_path.is_file():
+            label_of = read_labels_csv(labels_path, on_bad)
+            for p in list(label_of):
+                if not _is_image(root / p):
+                    on_bad(BadRow(labels_path.name, 0, p, "image file not found"))
+                    label_of.pop(p)
+            names_file = root / "classes.txt"
+            if names_file.is_file():
+                class_names = tuple(x.strip() for x in names_file.read_text("utf-8").splitlines() if x.strip())
+                unknown = sorted(set(label_of.values()) - set(class_names))
+                if unknown:
+                    raise DataError(f"labels.csv uses classes missing from classes.txt: {', '.join(unknown[:5])}")
+            else:
+                class_names = tuple(sorted(set(label_of.values())))
+            ids = sorted(label_of)
+            label_arr = np.array([class_names.index(label_of[i]) for i in ids], dtype=np.int64)
+        elif labels:
+            raise DataError(f"labels file {labels_path} does not exist")
+        elif class_dirs:
+            class_names = tuple(p.name for p in class_dirs)
+            ids, lab = [], []
+            for k, d in enumerate(class_dirs):
+                for f in sorted(d.iterdir()):
+                    if _is_image(f):
+                        ids.append(f"{d.name}/{f.name}")
+                        lab.append(k)
+            label_arr = np.array(lab, dtype=np.int64)
+        else:
+            class_names = None
+            ids = sorted(f.name for f in root.iterdir() if _is_image(f))
+            label_arr = np.full(len(ids), -1, dtype=np.int64)
+        if not ids:
+            raise DataError(f"no images found in {root} (extensions: {', '.join(IMAGE_EXTENSIONS)})")
+
+        keep, digests = _verify_images(root, ids, on_bad)
+        ids = [ids[i] for i in keep]
+        label_arr = label_arr[keep]
+
+        desc_path = Path(descriptions) if descriptions else root / "descriptions.json"
+        descs = read_descriptions(desc_path) if desc_path.is_file() else []
+        if descriptions and not desc_path.is_file():
+            raise DataError(f"descriptions file {desc_path} does not exist")
+        concept_names, concept_arr, ids, label_arr, digests = _read_concepts(
+            root, concepts, descs, ids, label_arr, digests, on_bad
+        )
+        if not ids:
+            raise DataError(f"no usable images left in {root} after skipping bad rows")
+        return cls(root=root, ids=ids, labels=label_arr, class_names=class_names,
+                   concept_names=concept_names, concepts=concept_arr, descriptions=descs,
+                   skipped=skipped, digests=digests)
+
+
+def _verify_images(root: Path, ids: list[str], on_bad) -> tuple[list[int], list[str]]:
+    keep, digests = [], []
+    for i, sid in enumerate(ids):
+        try:
+            data = (root / sid).read_bytes()
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                with Image.open(io.BytesIO(data)) as im:
+                    im.verify()
+                with Image.open(io.BytesIO(data)) as im:
+                    im.load()
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError,
+                Image.DecompressionBombWarning) as exc:
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            on_bad(BadRow("images", 0, sid, f"unreadable image ({reason})"))
+            continue
+        keep.append(i)
+        digests.append(hashlib.sha256(data).hexdigest())
+    return keep, digests
+
+
+def _read_concepts(root, concepts, descs, ids, label_arr, digests, on_bad):
+    csv_path = Path(concepts) if concepts else root / "concepts.csv"
+    npy_path = Path(concepts) if concepts else root / "concepts.npy"
+    if concepts and not Path(concepts).is_file():
+        raise DataError(f"concepts file {concepts} does not exist")
+    if csv_path.suffix == ".csv" and csv_path.is_file():
+        table = read_concepts_csv(csv_path, on_bad)
+        names = table.names
+        id_set = set(ids)
+        for p in table.rows:
+            if p not in id_set:
+                on_bad(BadRow(csv_path.name, 0, p, "no such (readable) image in the probe set"))
+        keep = []
+        for i, sid in enumerate(ids):
+            if sid in table.rows:
+                keep.append(i)
+            else:
+                on_bad(BadRow(csv_path.name, 0, sid, "image has no row in the concept table"))
+        ids = [ids[i] for i in keep]
+        label_arr = label_arr[keep]
+        digests = [digests[i] for i in keep]
+        matrix = np.stack([table.rows[s] for s in ids]) if ids else np.zeros((0, len(names)), bool)
+    elif npy_path.suffix == ".npy" and npy_path.is_file():
+        if not descs:
+            raise DataError(f"{npy_path.name} has no column names: add an INVERT-style descriptions.json")
+        try:
+            matrix = np.load(npy_path, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise DataError(f"cannot read {npy_path.name}: {exc}") from None
+        if matrix.ndim != 2 or matrix.shape[0] != len(ids):
+            raise DataError(
+                f"{npy_path.name} has shape {matrix.shape}; expected ({len(ids)}, C) rows in sorted path order"
+            )
+        if not np.isin(matrix, (0, 1)).all():
+            raise DataError(f"{npy_path.name} holds non-binary values")
+        matrix = matrix.astype(bool)
+        names = [d["name"] for d in descs]
+    else:
+        if descs:
+            raise DataError("descriptions.json given without a concept table (concepts.csv or concepts.npy)")
+        return (), None, ids, label_arr, digests
+    if descs:
+        desc_names = [d["name"] for d in descs]
+        offsets = [d.get("offset") for d in descs]
+        if len(descs) != len(names):
+            raise DataError(f"descriptions has {len(descs)} entries for {len(names)} concept columns")
+        for col, (n, dn, off) in enumerate(zip(names, desc_names, offsets)):
+            if n not in (dn, off):
+                raise DataError(
+                    f"concept column {col} is {n!r} but descriptions entry {col} is {dn!r}; columns must align"
+                )
+    if matrix.shape[1] != len(names):
+        raise DataError("concept table width does not match its names")
+    return tuple(names), matrix, ids, label_arr, digests

@@ -1,0 +1,57 @@
+"""explainkit: post-hoc explanations with statistics for trained PyTorch vision models.
+
+Quick start
+-----------
+>>> import explainkit
+>>> handle = explainkit.load_model("model.safetensors", arch="torchvision:resnet18")  # doctest: +SKIP
+>>> report = explainkit.analyze(handle, "probe/", analyzers=["performance"], out="out/")  # doctest: +SKIP
+"""
+
+import logging
+
+from explainkit._version import __version__
+from explainkit.analyzers import (
+    Analyzer,
+    get_analyzer,
+    list_analyzers,
+    register_analyzer,
+)
+from explainkit.datasets.probe import ProbeSet
+from explainkit.errors import (
+    CapabilityError,
+    ConfigError,
+    DataError,
+    ExitCode,
+    ExplainkitError,
+    ModelRefusedError,
+    RuntimeAnalysisError,
+)
+from explainkit.loading import ModelHandle, Preprocessing, load_model, wrap
+from explainkit.loading.save import save_model
+from explainkit.report import Report
+from explainkit.run import analyze
+
+logging.getLogger(__name__).addHandler(logging.NullHandler())
+
+__all__ = [
+    "Analyzer",
+    "CapabilityError",
+    "ConfigError",
+    "DataError",
+    "ExitCode",
+    "ExplainkitError",
+    "ModelHandle",
+    "ModelRefusedError",
+    "Preprocessing",
+    "ProbeSet",
+    "Report",
+    "RuntimeAnalysisError",
+    "__version__",
+    "analyze",
+    "get_analyzer",
+    "list_analyzers",
+    "load_model",
+    "register_analyzer",
+    "save_model",
+    "wrap",
+]

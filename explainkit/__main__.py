@@ -1,0 +1,5 @@
+"""``python -m explainkit`` (used by ``torchrun -m explainkit ...``)."""
+
+from explainkit.cli.main import entry
+
+entry()

@@ -1,0 +1,164 @@
+"""Resolve layers by dotted name and pick a sensible default layer per architecture."""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from explainkit.errors import ConfigError
+from explainkit.hooks import capture_layers, eval_mode
+
+__all__ = ["default_layer", "resolve_layer", "resolve_layers"]
+
+_INDEX = re.compile(r"\[(-?\d+)\]")
+
+
+def _split(name: str) -> list[str]:
+    name = _INDEX.sub(r".\1", name.strip())
+    for prefix in ("model.",):
+        if name.startswith(prefix):
+            name = name[len(prefix):]
+    return [p for p in name.split(".") if p]
+
+
+def resolve_layer(root: nn.Module, name: str) -> tuple[str, nn.Module]:
+    """Find a submodule by dotted name; ``[-1]`` / ``.-1`` index into containers.
+
+    Parameters
+    ----------
+    root : torch.nn.Module
+        The model.
+    name : str
+        ``layer4``, ``layer4.1.conv2``, ``layer4[-1]``, ``blocks.-1.norm1`` ...
+
+    Returns
+    -------
+    canonical : str
+        The dotted ``named_modules()`` name of the layer.
+    module : torch.nn.Module
+        The layer.
+
+    Raises
+    ------
+    ConfigError
+        No such layer; the message lists the closest names.
+    """
+    names = {id(m): n for n, m in root.named_modules() if n}
+    if name in {n for n in names.values()}:
+        return name, root.get_submodule(name)
+    node = root
+    for part in _split(name):
+        children = dict(node.named_children())
+        if part in children:
+            node = children[part]
+        elif re.fullmatch(r"-?\d+", part) and children:
+            items = list(children.values())
+            idx = int(part)
+            if not -len(items) <= idx < len(items):
+                node = None
+                break
+            node = items[idx]
+        else:
+            node = None
+            break
+    if node is None or node is root or id(node) not in names:
+        close = difflib.get_close_matches(name, list(names.values()), n=5, cutoff=0.5)
+        hint = f"; closest: {', '.join(close)}" if close else "; list them with `explainkit layers MODEL`"
+        raise ConfigError(f"no layer named {name!r} in {type(root).__name__}{hint}")
+    return names[id(node)], node
+
+
+def resolve_layers(root: nn.Module, names: Sequence[str]) -> dict[str, nn.Module]:
+    """Resolve several names; returns canonical name → module, in the given order."""
+    out: dict[str, nn.Module] = {}
+    for name in names:
+        canonical, module = resolve_layer(root, name)
+        out[canonical] = module
+    return out
+
+
+def _known_family_layer(root: nn.Module) -> str | None:
+    cls = type(root).__name__
+    try:
+        if hasattr(root, "blocks") and ("VisionTransformer" in cls or cls.startswith(("Deit", "Eva"))):
+            return resolve_layer(root, "blocks.-1.norm1")[0]
+        if cls == "VisionTransformer" and hasattr(root, "encoder"):
+            return resolve_layer(root, "encoder.layers.-1.ln_1")[0]
+        if cls == "SwinTransformer" and hasattr(root, "layers"):
+            return resolve_layer(root, "layers.-1.blocks.-1.norm1")[0]
+        if cls == "SwinTransformer" and hasattr(root, "features"):
+            return resolve_layer(root, "features.-1.-1.norm1")[0]
+    except ConfigError:
+        return None
+    return None
+
+
+def default_layer(root: nn.Module, input_size: tuple[int, int] = (224, 224)) -> str:
+    """The layer explanations use when none is given: the last spatial layer.
+
+    Known families get the layer the literature uses (ViT: the last block's ``norm1``; Swin: the
+    last block's ``norm1``). Otherwise a dry forward pass on a zero image finds the last module
+    (in completion order) whose output is a 4-D map larger than 1×1, or else a token sequence.
+
+    Parameters
+    ----------
+    root : torch.nn.Module
+        The model.
+    input_size : tuple of int
+        ``(H, W)`` for the dry run.
+
+    Returns
+    -------
+    str
+        Dotted layer name.
+
+    Raises
+    ------
+    ConfigError
+        No spatial layer was found.
+    """
+    known = _known_family_layer(root)
+    if known is not None:
+        return known
+    modules = {n: m for n, m in root.named_modules() if n}
+    device = next((p.device for p in root.parameters()), torch.device("cpu"))
+    x = torch.zeros(1, 3, *input_size, device=device)
+    with eval_mode(root), torch.no_grad(), capture_layers(
+        root, modules, detach=True, transform=lambda t: torch.empty(t.shape, device="meta"),
+        tensors_only=False,
+    ) as cap:
+        _probe(root, x)
+    shapes = {name: outs[-1].shape for name, outs in cap.outputs.items() if outs}
+    for name in reversed(cap.order):
+        if _is_spatial_map(shapes[name]):
+            return name
+    for name in reversed(cap.order):
+        shape = shapes[name]
+        if len(shape) == 3 and shape[1] >= 4:
+            return name
+    raise ConfigError(f"no spatial layer found in {type(root).__name__}; pass --layer NAME")
+
+
+def _is_spatial_map(shape: torch.Size) -> bool:
+    """A 4-D output larger than 1×1, channels-first (B, C, H, W) or channels-last (B, H, W, C)."""
+    if len(shape) != 4:
+        return False
+    channels_last = shape[1] == shape[2] and shape[3] != shape[1]
+    h, w = (shape[1], shape[2]) if channels_last else (shape[2], shape[3])
+    return min(h, w) > 1
+
+
+def _probe(root: nn.Module, x: torch.Tensor) -> None:
+    try:
+        root(x)
+    except ConfigError:
+        raise
+    except Exception as exc:
+        raise ConfigError(
+            f"cannot run the model on a {tuple(x.shape)} input to find a default layer ({exc}); "
+            "pass --layer NAME"
+        ) from None

@@ -1,0 +1,233 @@
+"""Targets: what scalar per image an explanation explains.
+
+A target is a small callable ``target(output) -> (B,) tensor`` over the raw model output (tensor,
+tuple, list or dict). Exactly one score per image is required and checked.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+
+from explainkit.errors import ConfigError
+
+__all__ = [
+    "ClassLogit",
+    "OutputFunction",
+    "PredictedClass",
+    "SoftmaxProbability",
+    "Target",
+    "as_target",
+    "select_logits",
+]
+
+_DICT_KEYS = ("logits", "out", "output", "scores")
+
+
+def select_logits(output: Any, key: str | int | None = None) -> torch.Tensor:
+    """Pick the (B, K) logit tensor from a model output.
+
+    Parameters
+    ----------
+    output : Tensor, tuple, list or dict
+        What the model returned.
+    key : str or int, optional
+        Dict key or sequence index; by default the tensor itself, the first tensor of a sequence,
+        or the first of ``logits``/``out``/``output``/``scores`` (else the only tensor) in a dict.
+
+    Returns
+    -------
+    torch.Tensor
+        (B, K) logits (a (B,) output is read as one logit per image).
+
+    Raises
+    ------
+    ConfigError
+        No suitable tensor.
+    """
+    if key is not None:
+        try:
+            output = output[key]
+        except (KeyError, IndexError, TypeError):
+            raise ConfigError(f"model output has no entry {key!r}") from None
+    if isinstance(output, dict):
+        found = next((output[k] for k in _DICT_KEYS if isinstance(output.get(k), torch.Tensor)), None)
+        tensors = [v for v in output.values() if isinstance(v, torch.Tensor)]
+        if found is None and len(tensors) == 1:
+            found = tensors[0]
+        if found is None:
+            raise ConfigError(f"cannot tell which output is the logits among keys {sorted(output)}; pass output_key=")
+        output = found
+    elif isinstance(output, tuple | list):
+        output = next((o for o in output if isinstance(o, torch.Tensor)), None)
+    if not isinstance(output, torch.Tensor):
+        raise ConfigError("model output holds no tensor")
+    if output.dim() == 1:
+        output = output[:, None]
+    if output.dim() != 2:
+        raise ConfigError(f"expected (B, K) logits, got shape {tuple(output.shape)}; pass a target function")
+    return output
+
+
+class Target:
+    """Base class: subclasses implement ``scores(output) -> (B,)``."""
+
+    output_key: str | int | None = None
+
+    def scores(self, output: Any) -> torch.Tensor:  # pragma: no cover - abstract
+        """Per-image scalar to explain, shape (B,)."""
+        raise NotImplementedError
+
+    def classes(self, output: Any) -> torch.Tensor | None:
+        """The explained class per image (B,), or ``None`` when the target is not a class."""
+        return None
+
+    def __call__(self, output: Any) -> torch.Tensor:
+        """Compute and validate the (B,) scores."""
+        scores = self.scores(output)
+        batch = select_batch_size(output)
+        if scores.dim() != 1 or (batch is not None and scores.shape[0] != batch):
+            raise ConfigError(
+                f"a target must give exactly one score per image: got shape {tuple(scores.shape)} "
+                f"for a batch of {batch}"
+            )
+        return scores
+
+
+def select_batch_size(output: Any) -> int | None:
+    """Batch size of the first tensor in an output structure."""
+    if isinstance(output, torch.Tensor):
+        return int(output.shape[0])
+    if isinstance(output, dict):
+        output = list(output.values())
+    if isinstance(output, tuple | list):
+        for o in output:
+            b = select_batch_size(o)
+            if b is not None:
+                return b
+    return None
+
+
+class ClassLogit(Target):
+    """Logit of a given class: one index for all images, or one per image.
+
+    Parameters
+    ----------
+    classes : int or sequence of int or Tensor
+        Class index (broadcast) or (B,) indices.
+    output_key : str or int, optional
+        Which entry of a tuple/dict output holds the logits.
+    """
+
+    def __init__(self, classes: int | Sequence[int] | torch.Tensor, output_key: str | int | None = None) -> None:
+        self.class_index = classes
+        self.output_key = output_key
+
+    def classes(self, output: Any) -> torch.Tensor:
+        """(B,) class indices, validated against the number of images and logits."""
+        logits = select_logits(output, self.output_key)
+        idx = torch.as_tensor(self.class_index, dtype=torch.long, device=logits.device)
+        if idx.dim() == 0:
+            idx = idx.expand(logits.shape[0])
+        if idx.shape != (logits.shape[0],):
+            raise ConfigError(
+                f"got {idx.numel()} target classes for {logits.shape[0]} images; give one per image or one for all"
+            )
+        if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= logits.shape[1]):
+            raise ConfigError(f"target class out of range for a model with {logits.shape[1]} outputs")
+        return idx
+
+    def scores(self, output: Any) -> torch.Tensor:
+        """(B,) logits of the chosen classes."""
+        logits = select_logits(output, self.output_key)
+        return logits.gather(1, self.classes(output)[:, None])[:, 0]
+
+
+class PredictedClass(ClassLogit):
+    """Logit of each image's top-scoring class."""
+
+    def __init__(self, output_key: str | int | None = None) -> None:
+        super().__init__(0, output_key)
+
+    def classes(self, output: Any) -> torch.Tensor:
+        """(B,) argmax class per image."""
+        return select_logits(output, self.output_key).detach().argmax(1)
+
+
+class SoftmaxProbability(Target):
+    """Softmax probability of a class (default: the predicted class).
+
+    Parameters
+    ----------
+    classes : int, sequence of int, Tensor or None
+        As :class:`ClassLogit`; ``None`` means the predicted class.
+    output_key : str or int, optional
+        Which entry holds the logits.
+    """
+
+    def __init__(self, classes: int | Sequence[int] | torch.Tensor | None = None,
+                 output_key: str | int | None = None) -> None:
+        self.class_index = classes
+        self.output_key = output_key
+
+    def classes(self, output: Any) -> torch.Tensor:
+        """(B,) explained classes."""
+        if self.class_index is None:
+            return PredictedClass(self.output_key).classes(output)
+        return ClassLogit(self.class_index, self.output_key).classes(output)
+
+    def scores(self, output: Any) -> torch.Tensor:
+        """(B,) probabilities."""
+        probs = torch.softmax(select_logits(output, self.output_key), dim=1)
+        return probs.gather(1, self.classes(output)[:, None])[:, 0]
+
+
+class OutputFunction(Target):
+    """Any function of the model output that returns one score per image.
+
+    Parameters
+    ----------
+    fn : callable
+        ``fn(output) -> (B,) tensor``.
+    """
+
+    def __init__(self, fn: Callable[[Any], torch.Tensor]) -> None:
+        self.fn = fn
+
+    def scores(self, output: Any) -> torch.Tensor:
+        """(B,) scores from ``fn``."""
+        out = self.fn(output)
+        if not isinstance(out, torch.Tensor):
+            raise ConfigError(f"target function returned {type(out).__name__}, not a tensor")
+        return out
+
+
+def as_target(spec: Any) -> Target:
+    """Turn a user's target spec into a :class:`Target`.
+
+    Parameters
+    ----------
+    spec : None, int, sequence of int, Tensor, Target or callable
+        ``None``: predicted class; int: that class for every image; a sequence/tensor: one class per
+        image; a :class:`Target`; or a function of the output returning (B,) scores.
+
+    Returns
+    -------
+    Target
+        The target.
+    """
+    if spec is None:
+        return PredictedClass()
+    if isinstance(spec, Target):
+        return spec
+    if isinstance(spec, bool):
+        raise ConfigError("a target cannot be a boolean")
+    if isinstance(spec, int | torch.Tensor) or (
+        isinstance(spec, Sequence) and not isinstance(spec, str) and all(isinstance(v, int) for v in spec)
+    ):
+        return ClassLogit(spec)
+    if callable(spec):
+        return OutputFunction(spec)
+    raise ConfigError(f"cannot use {spec!r} as a target (class index, list of indices, or a function)")

@@ -1,0 +1,139 @@
+"""Configuration files (TOML) and analyzer specs from the command line.
+
+Precedence, per key: command line > environment (``EXPLAINKIT_<KEY>``) > config file > defaults.
+The resolved configuration, with the source of each value, is recorded in every report.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from explainkit.errors import ConfigError
+
+__all__ = ["ANALYZE_KEYS", "load_config", "parse_analyzer_spec", "parse_value"]
+
+#: Keys allowed at the top level of an ``analyze`` config file (same names as the CLI options).
+ANALYZE_KEYS = frozenset({
+    "data", "concepts", "descriptions", "arch", "analyzers", "layer", "out", "device", "batch_size",
+    "seed", "allow_classes", "input_size", "mean", "std", "resize", "class_names", "format",
+    "skip_bad", "fail_on", "asset_budget_mb",
+})
+_TABLES = frozenset({"analyzer"})
+
+
+def _line_of(text: str, key: str) -> int | None:
+    pattern = re.compile(rf"^\s*(\[+\s*)?{re.escape(key)}\b", re.MULTILINE)
+    match = pattern.search(text)
+    return text.count("\n", 0, match.start()) + 1 if match else None
+
+
+def load_config(path: str | Path, allowed: frozenset[str] = ANALYZE_KEYS) -> dict[str, Any]:
+    """Read and validate a TOML config file.
+
+    Parameters
+    ----------
+    path : str or Path
+        The file.
+    allowed : frozenset of str
+        Top-level keys accepted (besides the ``[analyzer.NAME]`` tables).
+
+    Returns
+    -------
+    dict
+        The parsed configuration.
+
+    Raises
+    ------
+    ConfigError
+        Unreadable file, TOML syntax error, unknown key (the message names the key and line), or a
+        ``trust`` key (trust is only ever granted on the command line).
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc}") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path.name}: invalid TOML: {exc}") from None
+    for key, value in data.items():
+        line = _line_of(text, key)
+        where = f"{path.name}{f' line {line}' if line else ''}"
+        if key == "trust":
+            raise ConfigError(f"{where}: 'trust' cannot be set in a config file; pass --trust on the command line")
+        if key in _TABLES:
+            if not isinstance(value, dict) or not all(isinstance(v, dict) for v in value.values()):
+                raise ConfigError(f"{where}: [analyzer.NAME] tables expected")
+            continue
+        if key not in allowed:
+            raise ConfigError(f"{where}: unknown key {key!r} (allowed: {', '.join(sorted(allowed))})")
+    return data
+
+
+def parse_value(text: str) -> Any:
+    """Parse a command-line parameter value: bool, int, float, ``a|b`` lists, else the string."""
+    text = text.strip()
+    if "|" in text:
+        return [parse_value(t) for t in text.split("|") if t.strip()]
+    low = text.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    if low in ("none", "null"):
+        return None
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
+
+
+def parse_analyzer_spec(spec: str) -> tuple[str, dict[str, Any]]:
+    """Parse ``NAME[:key=value,key=value]`` (lists as ``a|b|c``).
+
+    Parameters
+    ----------
+    spec : str
+        E.g. ``gradcam:methods=gradcam|layercam,batch_size=8``.
+
+    Returns
+    -------
+    tuple
+        ``(name, params)``.
+    """
+    name, _, rest = spec.partition(":")
+    name = name.strip()
+    if not re.fullmatch(r"[a-z][a-z0-9_]*", name):
+        raise ConfigError(f"bad analyzer {spec!r}: expected NAME[:key=value,...]")
+    params: dict[str, Any] = {}
+    for item in filter(None, (p.strip() for p in rest.split(","))):
+        key, eq, value = item.partition("=")
+        if not eq or not re.fullmatch(r"[a-z_][a-z0-9_]*", key.strip()):
+            raise ConfigError(f"bad analyzer parameter {item!r} in {spec!r}: expected key=value")
+        params[key.strip()] = parse_value(value)
+    return name, params
+
+
+def merge_analyzer_specs(
+    cli_specs: Sequence[str], config: Mapping[str, Any]
+) -> list[tuple[str, dict[str, Any]]] | None:
+    """Combine ``--analyzer`` options with the config's ``analyzers`` list and ``[analyzer.*]`` tables.
+
+    Returns ``None`` when neither names analyzers (the runner then picks its defaults).
+    """
+    tables = {k: dict(v) for k, v in (config.get("analyzer") or {}).items()}
+    if cli_specs:
+        parsed = [parse_analyzer_spec(s) for s in cli_specs]
+    elif config.get("analyzers"):
+        names = config["analyzers"]
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise ConfigError("config key 'analyzers' must be a list of names")
+        parsed = [parse_analyzer_spec(n) for n in names]
+    else:
+        return None
+    return [(name, {**tables.get(name, {}), **params}) for name, params in parsed]

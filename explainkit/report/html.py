@@ -1,0 +1,84 @@
+"""Render the JSON report as one self-contained, offline HTML file (Jinja2, autoescaped)."""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any
+
+from jinja2 import Environment, PackageLoader, StrictUndefined, TemplateNotFound, select_autoescape
+from markupsafe import Markup
+
+__all__ = ["render_body", "render_html"]
+
+
+@cache
+def _env() -> Environment:
+    env = Environment(
+        loader=PackageLoader("explainkit.report", "templates"),
+        autoescape=select_autoescape(enabled_extensions=("html", "j2"), default_for_string=True, default=True),
+        undefined=StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    return env
+
+
+def _section_template(analyzer: str):
+    env = _env()
+    from explainkit.analyzers.registry import _REGISTRY
+
+    cls = _REGISTRY.get(analyzer)
+    source = getattr(cls, "template_source", None)
+    if source:
+        return env.from_string(source)
+    try:
+        return env.get_template(f"sections/{analyzer}.html.j2")
+    except TemplateNotFound:
+        return env.get_template("sections/_generic.html.j2")
+
+
+def _context(report: dict[str, Any]) -> dict[str, Any]:
+    assets = report.get("assets", {})
+    sections_html = []
+    for section in report.get("sections", []):
+        name = section["analyzer"]
+
+        def asset(key: str, _name: str = name) -> str | None:
+            return assets.get(f"{_name}:{key}") or assets.get(key)
+
+        html = _section_template(name).render(section=section, asset=asset, report=report)
+        sections_html.append(Markup(html))  # noqa: S704 - rendered by an autoescaping template
+
+    def top_asset(key: str) -> str | None:
+        return assets.get(key)
+
+    prov = report.get("provenance", {})
+    title = (prov.get("model") or {}).get("source") or "in-memory model"
+    return {"report": report, "prov": prov, "section_html": sections_html, "asset": top_asset,
+            "title": title,
+            "data_without_assets": {k: v for k, v in report.items() if k != "assets"}}
+
+
+def render_html(report: dict[str, Any]) -> str:
+    """The full HTML document for a JSON report dict.
+
+    Parameters
+    ----------
+    report : dict
+        A report as produced by :class:`explainkit.report.Report`.
+
+    Returns
+    -------
+    str
+        One offline HTML file (inline CSS and JS, images as data URIs, a Content-Security-Policy
+        forbidding any network access).
+    """
+    return _env().get_template("report.html.j2").render(**_context(report))
+
+
+def render_body(report: dict[str, Any]) -> str:
+    """The report body with its scoped style, for notebooks (``Report._repr_html_``)."""
+    env = _env()
+    style = env.get_template("style.css.j2").render()
+    body = env.get_template("body.html.j2").render(**_context(report))
+    return f"<style>{style}</style>{body}"

@@ -1,0 +1,325 @@
+"""The serial runner: stream a probe set through analyzers and build a :class:`Report`.
+
+The serial backend is the reference: any other backend must reproduce its JSON.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import random
+import sys
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from explainkit.adapters.targets import select_logits
+from explainkit.analyzers.base import Analyzer, Batch, Finding, RunContext, Section, require
+from explainkit.analyzers.registry import get_analyzer, get_analyzer_class, list_analyzers
+from explainkit.datasets.probe import ProbeSet
+from explainkit.errors import ConfigError, DataError, ExplainkitError, RuntimeAnalysisError
+from explainkit.hooks import eval_mode
+from explainkit.loading.handle import ModelHandle
+from explainkit.loading.loaders import wrap
+from explainkit.provenance import versions
+from explainkit.report.assets import AssetStore
+from explainkit.report.report import SCHEMA_VERSION, Report
+
+__all__ = ["AnalyzerSpec", "analyze", "build_analyzers", "resolve_device"]
+
+_log = logging.getLogger(__name__)
+_SEVERITY_ORDER = {"error": 0, "warning": 1, "info": 2}
+
+#: An analyzer given by name, ``(name, params)``, ``{"name": ..., **params}`` or an instance.
+AnalyzerSpec = str | tuple[str, Mapping[str, Any]] | Mapping[str, Any] | Analyzer
+
+
+def build_analyzers(specs: Iterable[AnalyzerSpec]) -> list[Analyzer]:
+    """Instantiate analyzers from specs; one analyzer per name.
+
+    Parameters
+    ----------
+    specs : iterable
+        Names, ``(name, params)`` pairs, dicts with a ``name`` key, or instances.
+
+    Returns
+    -------
+    list of Analyzer
+        The analyzers, in order.
+    """
+    out: list[Analyzer] = []
+    for spec in specs:
+        if isinstance(spec, Analyzer):
+            out.append(spec)
+        elif isinstance(spec, str):
+            out.append(get_analyzer(spec))
+        elif isinstance(spec, tuple) and len(spec) == 2:
+            out.append(get_analyzer(spec[0], **dict(spec[1])))
+        elif isinstance(spec, Mapping) and "name" in spec:
+            params = {k: v for k, v in spec.items() if k != "name"}
+            out.append(get_analyzer(str(spec["name"]), **params))
+        else:
+            raise ConfigError(f"cannot read analyzer spec {spec!r}")
+    names = [a.name for a in out]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise ConfigError(f"analyzer(s) listed twice: {', '.join(dup)}")
+    if not out:
+        raise ConfigError("no analyzer selected")
+    return out
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """Validate a device string (``cpu``, ``cuda``, ``cuda:1``, ``mps``)."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"bad device {device!r}") from None
+    if dev.type == "cuda" and (not torch.cuda.is_available() or (dev.index or 0) >= torch.cuda.device_count()):
+        raise ConfigError(f"device {device} requested but CUDA is not available here")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("device mps requested but MPS is not available here")
+    return dev
+
+
+def _label_map(handle: ModelHandle, data: ProbeSet) -> tuple[np.ndarray | None, str | None]:
+    """Map probe-set class indices to model output indices by name."""
+    if data.class_names is None:
+        return None, None
+    if handle.class_names is None:
+        _log.warning("model has no class names; assuming its outputs follow the probe set's sorted class folders")
+        return np.arange(len(data.class_names)), "probe-set class order (model has no class names)"
+    missing = [c for c in data.class_names if c not in handle.class_names]
+    if missing:
+        raise DataError(
+            f"probe classes not among the model's class names: {', '.join(missing[:5])}"
+        )
+    return np.array([handle.class_names.index(c) for c in data.class_names]), "by class name"
+
+
+def _seed_all(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def analyze(
+    handle: ModelHandle | nn.Module,
+    data: ProbeSet | str | Path,
+    analyzers: Sequence[AnalyzerSpec] | None = None,
+    *,
+    out: str | Path | None = None,
+    device: str | torch.device = "cpu",
+    batch_size: int = 32,
+    seed: int = 0,
+    layer: str | None = None,
+    progress: bool | None = None,
+    config: Mapping[str, Any] | None = None,
+    asset_budget_bytes: int | None = None,
+) -> Report:
+    """Run analyzers over a probe set and return the report.
+
+    Parameters
+    ----------
+    handle : ModelHandle or torch.nn.Module
+        The model (modules are wrapped with :func:`explainkit.wrap`; give preprocessing there).
+    data : ProbeSet or path
+        The probe images.
+    analyzers : sequence, optional
+        Names, ``(name, params)``, ``{"name": ..., **params}`` or instances. By default every
+        analyzer marked ``run_by_default`` whose requirements the model and data meet.
+    out : str or Path, optional
+        Folder for ``report.json`` and ``report.html`` (written atomically).
+    device : str or torch.device
+        Where the model runs.
+    batch_size : int
+        Images per batch.
+    seed : int
+        Seeds every random choice (analyzers derive their generators from it).
+    layer : str, optional
+        Default target layer for layer-based analyzers that were not given one.
+    progress : bool or None
+        Progress bar on stderr; ``None`` shows it only when stderr is a terminal.
+    config : mapping, optional
+        The resolved configuration to record in the report.
+    asset_budget_bytes : int, optional
+        Size budget for embedded images.
+
+    Returns
+    -------
+    Report
+        The report.
+
+    Raises
+    ------
+    ConfigError, DataError, CapabilityError
+        Before anything runs (exit code 2).
+    RuntimeAnalysisError
+        When the model or an analyzer fails while running (exit code 3).
+    """
+    t0 = time.perf_counter()
+    if batch_size < 1:
+        raise ConfigError("batch size must be at least 1")
+    handle = wrap(handle) if not isinstance(handle, ModelHandle) else handle
+    probe = data if isinstance(data, ProbeSet) else ProbeSet.from_folder(data)
+    runnable = [n for n in list_analyzers() if not get_analyzer_class(n)().missing_requirements(handle, probe)]
+    if analyzers is None:
+        analyzers = [n for n in runnable if get_analyzer_class(n).run_by_default]
+    instances = build_analyzers(analyzers)
+    for a in instances:
+        require(a, handle, probe, runnable)
+    handle.require_preprocessing()
+    dev = resolve_device(device)
+    label_map, label_mapping = _label_map(handle, probe)
+    ctx = RunContext(handle=handle, data=probe, device=dev, seed=seed, batch_size=batch_size,
+                     out_dir=Path(out) if out else None, config=dict(config or {}), layer=layer)
+    for a in instances:
+        a.check(ctx)
+    _seed_all(seed)
+    timings: dict[str, float] = {"setup": time.perf_counter() - t0, "forward": 0.0}
+    timings.update({a.name: 0.0 for a in instances})
+    handle.to(dev)
+    states = {a.name: a.init_state(ctx) for a in instances}
+    n_batches = -(-len(probe) // batch_size)
+    with eval_mode(handle.module):
+        for indices, images in tqdm(probe.iter_batches(batch_size), total=n_batches, file=sys.stderr,
+                                    disable=None if progress is None else not progress,
+                                    desc="analyze", unit="batch", leave=False):
+            t = time.perf_counter()
+            batch = _make_batch(handle, probe, indices, images, dev, label_map)
+            timings["forward"] += time.perf_counter() - t
+            for a in instances:
+                t = time.perf_counter()
+                states[a.name] = a.merge(states[a.name], _guard(a, "map", a.map, ctx, batch))
+                timings[a.name] += time.perf_counter() - t
+    sections = []
+    for a in instances:
+        t = time.perf_counter()
+        sections.append(_guard(a, "finalize", a.finalize, ctx, states[a.name]))
+        timings[a.name] += time.perf_counter() - t
+    timings["total"] = time.perf_counter() - t0
+    report = build_report(
+        kind="analysis", sections=sections, handle=handle, data=probe, seed=seed, device=dev,
+        batch_size=batch_size, config=dict(config or {}), timings=timings,
+        label_mapping=label_mapping, asset_budget_bytes=asset_budget_bytes,
+    )
+    if out is not None:
+        report.save(out)
+    return report
+
+
+def _make_batch(handle: ModelHandle, probe: ProbeSet, indices: np.ndarray, images: list,
+                dev: torch.device, label_map: np.ndarray | None) -> Batch:
+    inputs = handle.preprocess(images).to(dev)
+    try:
+        with torch.no_grad():
+            output = handle.forward(inputs)
+    except ExplainkitError:
+        raise
+    except Exception as exc:
+        raise RuntimeAnalysisError(f"the model failed on a batch of {len(images)} images: {exc}") from exc
+    logits = select_logits(output)
+    if not torch.isfinite(logits).all():
+        bad = [probe.ids[int(indices[i])] for i in torch.nonzero(~torch.isfinite(logits).all(1)).flatten()[:3]]
+        raise RuntimeAnalysisError(f"the model produced non-finite outputs (NaN/inf) for {', '.join(bad)}")
+    labels = probe.labels[indices]
+    if label_map is not None:
+        labels = np.where(labels >= 0, label_map[np.clip(labels, 0, None)], -1)
+    return Batch(
+        indices=indices, ids=[probe.ids[int(i)] for i in indices], inputs=inputs, images=images,
+        labels=torch.as_tensor(labels, dtype=torch.long),
+        concepts=None if probe.concepts is None else probe.concepts[indices],
+        output=output, logits=logits,
+    )
+
+
+def _guard(analyzer: Analyzer, step: str, fn, *args):
+    try:
+        return fn(*args)
+    except ExplainkitError:
+        raise
+    except torch.cuda.OutOfMemoryError as exc:
+        raise RuntimeAnalysisError(
+            f"analyzer {analyzer.name!r} ran out of GPU memory in {step}; lower --batch-size"
+        ) from exc
+    except Exception as exc:
+        raise RuntimeAnalysisError(f"analyzer {analyzer.name!r} failed in {step}: {type(exc).__name__}: {exc}") from exc
+
+
+def build_report(
+    *,
+    kind: str,
+    sections: Sequence[Section],
+    handle: ModelHandle,
+    data: ProbeSet | None,
+    seed: int,
+    device: torch.device | str,
+    batch_size: int,
+    config: Mapping[str, Any],
+    timings: Mapping[str, float],
+    label_mapping: str | None = None,
+    status: str | None = None,
+    extra: Mapping[str, Any] | None = None,
+    asset_budget_bytes: int | None = None,
+) -> Report:
+    """Assemble the JSON report from sections (used by ``analyze`` and ``check``).
+
+    Parameters
+    ----------
+    kind : str
+        ``"analysis"`` or ``"check"``.
+    sections : sequence of Section
+        Analyzer results.
+    handle, data : ModelHandle, ProbeSet or None
+        For provenance.
+    seed, device, batch_size, config, timings, label_mapping
+        Run provenance.
+    status : str, optional
+        Overall status; default ``"findings"`` when any warning/error finding exists, else ``"ok"``.
+    extra : mapping, optional
+        More top-level keys (``checks``, ``exit_code``).
+    asset_budget_bytes : int, optional
+        Size budget of embedded images.
+
+    Returns
+    -------
+    Report
+        The report.
+    """
+    store = AssetStore() if asset_budget_bytes is None else AssetStore(budget_bytes=asset_budget_bytes)
+    findings: list[Finding] = []
+    for s in sections:
+        for key, uri in s.assets.items():
+            store.add(f"{s.analyzer}:{key}", uri)
+        findings.extend(s.findings)
+    findings.sort(key=lambda f: _SEVERITY_ORDER.get(f.severity, 9))
+    if status is None:
+        status = "findings" if any(f.severity in ("warning", "error") for f in findings) else "ok"
+    doc = {
+        "schema_version": SCHEMA_VERSION,
+        "kind": kind,
+        "created_utc": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "status": status,
+        "provenance": {
+            "versions": versions(),
+            "model": handle.describe(),
+            "data": data.describe() if data is not None else None,
+            "seed": seed,
+            "device": str(device),
+            "batch_size": batch_size,
+            "config": dict(config),
+            "timings_s": {k: round(v, 4) for k, v in timings.items()},
+            "label_mapping": label_mapping,
+        },
+        "findings": [f.to_dict() for f in findings],
+        "sections": [s.to_dict() for s in sections],
+        **(extra or {}),
+        "assets": store.assets,
+        "asset_budget": store.summary(),
+    }
+    return Report(doc)

@@ -1,0 +1,56 @@
+"""Shared fixtures: tiny models and small synthetic worlds, built in the tests (no downloads)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("EXPLAINKIT_DISABLE_PLUGIN_AUTOLOAD", "1")
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+ARTIFACTS = Path(os.environ.get("EXPLAINKIT_TEST_ARTIFACTS", Path(__file__).parent / "artifacts"))
+
+
+@pytest.fixture(scope="session")
+def artifacts_dir() -> Path:
+    """Folder for test artifacts kept after the run (screenshots, sample reports)."""
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    return ARTIFACTS
+
+
+@pytest.fixture(scope="session")
+def small_world(tmp_path_factory) -> Path:
+    """A 120-image stamped shape world (stamp independent of class), written as a probe folder."""
+    from explainkit.datasets.synthetic import WorldSpec, write_world
+
+    root = tmp_path_factory.mktemp("world") / "probe"
+    write_world(WorldSpec(n_images=120, artifact="stamp", artifact_rate=0.5, artifact_other_rate=0.5, seed=3), root)
+    return root
+
+
+@pytest.fixture(scope="session")
+def demo_model_path() -> Path:
+    """The bundled demo model (trained on the stamped world; relies on the stamp)."""
+    from explainkit.datasets.demo import bundled_model_path
+
+    return bundled_model_path()
+
+
+@pytest.fixture()
+def demo_handle(demo_model_path):
+    """A fresh handle on the bundled demo model."""
+    import explainkit
+
+    return explainkit.load_model(demo_model_path)
+
+
+@pytest.fixture()
+def tiny_cnn() -> torch.nn.Module:
+    """An untrained, seeded TinyCNN with 3 classes, in eval mode."""
+    from explainkit.models import TinyCNN
+
+    torch.manual_seed(0)
+    return TinyCNN(num_classes=3).eval()
