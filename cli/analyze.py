@@ -27,7 +27,7 @@ _SEVERITY = {"never": set(), "error": {"error"}, "warning": {"error", "warning"}
 
 
 @click.command("analyze")
-@click.argument("model", type=click.Path(dir_okay=False))
+@click.argument("model", type=click.Path(exists=True, dir_okay=False))
 @config_option
 @click.option("--data", envvar="EXPLAINKIT_DATA", metavar="DIR", help="Probe image folder.")
 @click.option("--concepts", envvar="EXPLAINKIT_CONCEPTS", metavar="FILE",

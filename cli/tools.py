@@ -22,7 +22,7 @@ def _load(model: str, opts: dict):
 
 
 @click.command("layers")
-@click.argument("model", type=click.Path(dir_okay=False))
+@click.argument("model", type=click.Path(exists=True, dir_okay=False))
 @loading_options
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
 def layers(model: str, fmt: str, **opts) -> int:
@@ -59,7 +59,7 @@ def analyzers(fmt: str) -> int:
 
 
 @click.command("inspect")
-@click.argument("model", type=click.Path(dir_okay=False))
+@click.argument("model", type=click.Path(exists=True, dir_okay=False))
 @loading_options
 def inspect_model(model: str, **opts) -> int:
     """Show MODEL's format, trust tier, capabilities and preprocessing (JSON on stdout)."""

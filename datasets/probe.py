@@ -220,7 +220,8 @@ class ProbeSet:
         def on_bad(bad: BadRow) -> None:
             if not skip_bad:
                 raise DataError(bad.message() + " (use --skip-bad to drop bad rows)")
-            skipped.append(bad)
+            if bad.path not in {b.path for b in skipped}:  # one entry per image
+                skipped.append(bad)
 
         labels_path = Path(labels) if labels else (root / "labels.csv")
         class_dirs = sorted(

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from explainkit.adapters.layers import resolve_layer
 from explainkit.adapters.targets import select_logits
 from explainkit.analyzers.base import Analyzer, Batch, Finding, RunContext, Section, require
 from explainkit.analyzers.registry import get_analyzer, get_analyzer_class, list_analyzers
@@ -174,6 +175,8 @@ def analyze(
     for a in instances:
         require(a, handle, probe, runnable)
     handle.require_preprocessing()
+    if layer is not None:
+        layer = resolve_layer(handle.module, layer)[0]
     dev = resolve_device(device)
     label_map, label_mapping = _label_map(handle, probe)
     ctx = RunContext(handle=handle, data=probe, device=dev, seed=seed, batch_size=batch_size,
