@@ -19,6 +19,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from explainkit._prefetch import prefetch
 from explainkit.adapters.layers import resolve_layer
 from explainkit.adapters.targets import select_logits
 from explainkit.analyzers.base import Analyzer, Batch, Finding, RunContext, Section, require
@@ -189,12 +190,14 @@ def analyze(
     handle.to(dev)
     states = {a.name: a.init_state(ctx) for a in instances}
     n_batches = -(-len(probe) // batch_size)
+    prep = handle.require_preprocessing()
+    loaded = prefetch((idx, imgs, prep(imgs)) for idx, imgs in probe.iter_batches(batch_size))
     with eval_mode(handle.module):
-        for indices, images in tqdm(probe.iter_batches(batch_size), total=n_batches, file=sys.stderr,
-                                    disable=None if progress is None else not progress,
-                                    desc="analyze", unit="batch", leave=False):
+        for indices, images, inputs in tqdm(loaded, total=n_batches, file=sys.stderr,
+                                            disable=None if progress is None else not progress,
+                                            desc="analyze", unit="batch", leave=False):
             t = time.perf_counter()
-            batch = _make_batch(handle, probe, indices, images, dev, label_map)
+            batch = _make_batch(handle, probe, indices, images, inputs.to(dev), label_map)
             timings["forward"] += time.perf_counter() - t
             for a in instances:
                 t = time.perf_counter()
@@ -217,8 +220,7 @@ def analyze(
 
 
 def _make_batch(handle: ModelHandle, probe: ProbeSet, indices: np.ndarray, images: list,
-                dev: torch.device, label_map: np.ndarray | None) -> Batch:
-    inputs = handle.preprocess(images).to(dev)
+                inputs: torch.Tensor, label_map: np.ndarray | None) -> Batch:
     try:
         with torch.no_grad():
             output = handle.forward(inputs)

@@ -84,3 +84,30 @@ def test_default_analyzers_and_duplicates(demo_model_path, small_world):
     assert "performance" in names
     with pytest.raises(ConfigError, match="listed twice"):
         explainkit.analyze(explainkit.load_model(demo_model_path), small_world, ["performance", "performance"])
+
+
+def test_prefetch_order_errors_and_early_stop():
+    from explainkit._prefetch import prefetch
+
+    assert list(prefetch(range(50), depth=3)) == list(range(50))
+    assert list(prefetch(range(5), depth=0)) == list(range(5))
+
+    def broken():
+        yield 1
+        raise ValueError("bad image")
+
+    it = prefetch(broken())
+    assert next(it) == 1
+    with pytest.raises(ValueError, match="bad image"):
+        next(it)
+    produced = []
+
+    def counting():
+        for i in range(1000):
+            produced.append(i)
+            yield i
+
+    for i in prefetch(counting(), depth=2):
+        if i == 3:
+            break
+    assert len(produced) < 20
