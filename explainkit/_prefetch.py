@@ -48,7 +48,7 @@ def prefetch(items: Iterable[T], depth: int = 2) -> Iterator[T]:
                         continue
                 if stop.is_set():
                     return
-        except BaseException as exc:  # noqa: BLE001 - handed to the consumer
+        except BaseException as exc:
             q.put((_DONE, exc))
             return
         q.put((_DONE, None))
