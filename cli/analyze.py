@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import click
+
 from explainkit.cli.options import (
     config_option,
     loading_options,
@@ -14,9 +15,8 @@ from explainkit.cli.options import (
     split_allow_classes,
 )
 from explainkit.cli.render import print_summary
-from explainkit.datasets.probe import ProbeSet
-
 from explainkit.config import merge_analyzer_specs
+from explainkit.datasets.probe import ProbeSet
 from explainkit.errors import ExitCode
 from explainkit.loading import load_model
 from explainkit.run import analyze as run_analyze

@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 
 import click
-from explainkit.cli.options import loading_options, split_allow_classes
 
+from explainkit.cli.options import loading_options, split_allow_classes
 from explainkit.errors import ConfigError
 
 __all__ = ["COMMANDS"]
@@ -116,7 +116,6 @@ def train(data: str, out: str, epochs: int, seed: int) -> int:
     """Train the tiny demo CNN on a labelled probe folder (CPU, about a minute)."""
     from explainkit.datasets.probe import ProbeSet
     from explainkit.datasets.training import train_classifier
-
     from explainkit.loading.save import save_model
     from explainkit.models import SYNTHETIC_PREPROCESSING
 

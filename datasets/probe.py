@@ -27,14 +27,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
+
 from explainkit.datasets.tables import (
     BadRow,
     read_concepts_csv,
     read_descriptions,
     read_labels_csv,
 )
-from PIL import Image
-
 from explainkit.errors import DataError
 
 __all__ = ["IMAGE_EXTENSIONS", "ProbeSet"]

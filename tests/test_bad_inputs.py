@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from explainkit.cli.main import main
 from safetensors.torch import save_file
 
 import explainkit
+from explainkit.cli.main import main
 from explainkit.models import SYNTHETIC_PREPROCESSING, TinyCNN
 
 ARCH = "explainkit.models:tiny_cnn(num_classes=3)"

@@ -7,10 +7,10 @@ import shutil
 
 import numpy as np
 import pytest
-from explainkit.datasets.probe import ProbeSet
-from explainkit.datasets.synthetic import WorldSpec, generate_world, stamp_template, write_world
 from PIL import Image
 
+from explainkit.datasets.probe import ProbeSet
+from explainkit.datasets.synthetic import WorldSpec, generate_world, stamp_template, write_world
 from explainkit.errors import ConfigError, DataError
 
 

@@ -7,10 +7,10 @@ import json
 import numpy as np
 import pytest
 import torch
-from explainkit.cli.main import main
 
 import explainkit
 from explainkit.analyzers.base import Analyzer, RecordState
+from explainkit.cli.main import main
 from explainkit.errors import CapabilityError, ConfigError
 from explainkit.models import TinyCNN
 
