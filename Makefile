@@ -30,8 +30,12 @@ demo: $(VENV)/.installed
 test: $(VENV)/.installed-test
 	OMP_NUM_THREADS=1 $(PY) -m pytest -n 2 -m "not slow" $(PYTEST_ARGS)
 
-## Heavier checks (multi-seed validations, distributed backends)
-test-slow: $(VENV)/.installed-test
+$(VENV)/.installed-ray: $(VENV)/.installed-test
+	$(PIP) install -q -c constraints.txt -e ".[test,ray]"
+	touch $@
+
+## Heavier checks (multi-seed validations, torchrun and Ray backends)
+test-slow: $(VENV)/.installed-ray
 	OMP_NUM_THREADS=1 $(PY) -m pytest -n 2 -m slow $(PYTEST_ARGS)
 
 lint: $(VENV)/.installed-test

@@ -20,7 +20,7 @@ __all__ = ["ANALYZE_KEYS", "load_config", "parse_analyzer_spec", "parse_value"]
 ANALYZE_KEYS = frozenset({
     "data", "concepts", "descriptions", "arch", "analyzers", "layer", "out", "device", "batch_size",
     "seed", "allow_classes", "input_size", "mean", "std", "resize", "class_names", "format",
-    "skip_bad", "fail_on", "asset_budget_mb",
+    "skip_bad", "fail_on", "asset_budget_mb", "backend", "workers", "gpus_per_worker",
 })
 _TABLES = frozenset({"analyzer"})
 
