@@ -1,8 +1,8 @@
-"""The ``torchrun`` backend: ``torch.distributed`` ranks map disjoint shards; states are all-gathered.
+r"""The ``torchrun`` backend: ``torch.distributed`` ranks map disjoint shards; states are all-gathered.
 
 Run the ordinary command under ``torchrun``::
 
-    torchrun --standalone --nproc_per_node=4 -m explainkit analyze model.safetensors --data probe/ \\
+    torchrun --standalone --nproc_per_node=4 -m explainkit analyze model.safetensors --data probe/ \
         --backend torchrun --device cuda
 
 Every rank loads the model, validates the run and maps the samples ``rank::world`` (sorted ids; no
