@@ -21,8 +21,11 @@ all concepts from one sparse product ``Yᵀ[r⊙φ, φ]``, the other three exten
 inclusion–exclusion (``φ∧¬c = φ − φ∧c``, ``φ∨c = φ + c − φ∧c``, ``φ∨¬c = ¬c + φ∧c``).
 
 Improvement, switchable: ``dedupe=True`` keeps only the first of several beam formulas with the
-same mask (which, in the stable order, is the shortest); the reference keeps them all (e.g.
-``c``, ``c ∧ c`` and ``c ∧ ¬d`` for disjoint ``c, d``).
+same mask (which, in the stable order, is the shortest: old beam entries precede their extensions);
+the reference keeps them all (e.g. ``c``, ``c ∧ c`` and ``c ∧ ¬d`` for disjoint ``c, d``). An
+extension with its parent's count has its parent's mask (AND only removes samples, OR only adds
+them) and is dropped without looking at samples; other candidates are compared mask to mask only
+when count and rank sum coincide.
 """
 
 from __future__ import annotations
@@ -178,7 +181,7 @@ class _Block:
                 break
             if self.p.dedupe and any(o.n == e.n and o.rank_sum == e.rank_sum
                                      and np.array_equal(self.mask(o), self.mask(e)) for o in out):
-                continue
+                continue  # same mask as a better-ranked entry, which is never longer
             out.append(e)
         return out
 
@@ -217,6 +220,8 @@ class _Block:
         n_new = np.stack([np.take_along_axis(n, idx, axis=2) for n in n_ops], axis=3).reshape(d_n, -1)
         auc_new = auroc_from_rank_sums(s_new, n_new, big_n)
         valid_new = _valid(n_new, big_n, p) & np.repeat(old_valid, k * 2, axis=1)
+        if p.dedupe:  # an extension with its parent's count has its parent's mask (which ranks before it)
+            valid_new &= n_new != np.repeat(n_b, k * 2, axis=1)
         keys = np.concatenate([_sort_key(old_auc, old_valid, p.mode), _sort_key(auc_new, valid_new, p.mode)], axis=1)
         order = np.argsort(keys, axis=1, kind="stable")
         n_finite = np.isfinite(keys).sum(axis=1)  # invalid candidates sort last (key inf)

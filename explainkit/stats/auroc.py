@@ -13,6 +13,7 @@ which is what a neuron-labelling search needs.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from functools import lru_cache
 
 import numpy as np
 from scipy import special, stats
@@ -150,6 +151,11 @@ def _mwu_result(u: float, n1: int, n0: int, ties: float, alternative: str) -> Ma
     return MannWhitney(float(u), float(u) / (n1 * n0), z, float(10.0**log10_p), log10_p, alternative, n1, n0)
 
 
+@lru_cache(maxsize=16)
+def _normal_quantile(q: float) -> float:
+    return float(stats.norm.ppf(q))
+
+
 @dataclass(frozen=True)
 class DeLong:
     """AUROC with DeLong's standard error and a normal confidence interval.
@@ -246,7 +252,7 @@ class RankedScores:
         s10 = float(np.sum(pos * (v10 - auc) ** 2) / (n1 - 1))
         s01 = float(np.sum(neg * (v01 - auc) ** 2) / (n0 - 1))
         se = float(np.sqrt(s10 / n1 + s01 / n0))
-        half = float(stats.norm.ppf(0.5 + confidence / 2.0)) * se
+        half = _normal_quantile(0.5 + confidence / 2.0) * se
         return DeLong(auc, se, max(0.0, auc - half), min(1.0, auc + half), confidence, n1, n0)
 
     def mann_whitney(self, mask: np.ndarray, alternative: str = "greater") -> MannWhitney:
