@@ -22,6 +22,7 @@ from explainkit.invert.significance import (
     stratified_split,
     validate_decision,
 )
+from explainkit.report.jsonify import jsonable
 from explainkit.stats import RankedScores
 
 __all__ = ["Explanation", "NeuronResult", "label_neurons"]
@@ -77,10 +78,7 @@ class Explanation:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready (non-finite numbers become ``None``)."""
-        out = {k: v for k, v in self.__dict__.items() if k != "confirm"}
-        out = {k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in out.items()}
-        out["confirm"] = self.confirm.to_dict() if self.confirm is not None else None
-        return out
+        return jsonable(self.__dict__)
 
 
 @dataclass
@@ -118,9 +116,7 @@ class NeuronResult:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready."""
-        q = self.q if self.q is None or np.isfinite(self.q) else None
-        return {"neuron": self.neuron, "name": self.name, "n_search": self.n_search, "n_confirm": self.n_confirm,
-                "q": q, "accepted": self.accepted, "explanations": [e.to_dict() for e in self.explanations]}
+        return jsonable(self.__dict__)
 
 
 def _activations(activations: Any) -> np.ndarray:

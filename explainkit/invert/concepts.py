@@ -29,9 +29,9 @@ class ConceptMatrix:
 
     Notes
     -----
-    The table is kept as a CSC matrix of float64 ones: column access is cheap and
-    ``Yᵀ M`` for a dense (N, k) matrix ``M`` costs ``nnz · k`` — rank sums and counts of every
-    concept for many neurons and beam formulas in one product.
+    The table is kept as CSC and CSR matrices of float64 ones: column access is cheap, ``Yᵀ M``
+    for a dense (N, k) matrix ``M`` costs ``nnz · k`` (rank sums of every concept for a block of
+    neurons in one product), and sums over the rows of a mask cost only the nonzeros of those rows.
     """
 
     def __init__(self, concepts: np.ndarray | sp.spmatrix | sp.sparray, names: Sequence[str]) -> None:
@@ -60,6 +60,7 @@ class ConceptMatrix:
             raise DataError("concept names must be non-empty")
         self.csc = csc
         self._t = csc.T.tocsr()
+        self._csr = csc.tocsr()
         self.names = names
         self.counts = np.diff(csc.indptr).astype(np.int64)
 
@@ -100,6 +101,35 @@ class ConceptMatrix:
             (C, k) float64 (exact for sums of half-integers below 2**52).
         """
         return np.asarray(self._t @ np.ascontiguousarray(values, dtype=np.float64))
+
+    def masked_sums(self, mask: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per concept, the sum of ``values`` and the count over the samples in ``mask``.
+
+        Only the rows in ``mask`` are read (or the rows outside it, subtracted from the column
+        totals, when that is fewer), so small masks cost little.
+
+        Parameters
+        ----------
+        mask : ndarray
+            (N,) bool.
+        values : ndarray
+            (N,) float64 (e.g. one neuron's ranks).
+
+        Returns
+        -------
+        sums, counts : ndarray
+            (C,) float64 each: ``Yᵀ(values ⊙ mask)`` and ``Yᵀ mask`` (exact for half-integer values).
+        """
+        flip = 2 * int(np.count_nonzero(mask)) > self.n_samples
+        rows = np.flatnonzero(~mask if flip else mask)
+        sub = self._csr[rows]
+        weights = np.repeat(values[rows], np.diff(sub.indptr))
+        sums = np.bincount(sub.indices, weights=weights, minlength=self.n_concepts)
+        counts = np.bincount(sub.indices, minlength=self.n_concepts).astype(np.float64)
+        if flip:
+            sums = self.sums(values[:, None])[:, 0] - sums
+            counts = self.counts - counts
+        return sums, counts
 
     def rows(self, indices: np.ndarray) -> ConceptMatrix:
         """The table restricted to the rows ``indices`` (in that order)."""

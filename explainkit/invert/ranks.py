@@ -25,26 +25,26 @@ def rank_block(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     Returns
     -------
     ranks : ndarray
-        (N, D) float64 average ranks per column (as ``scipy.stats.rankdata(method="average")``).
+        (N, D) float64 average ranks per column (as ``scipy.stats.rankdata(method="average")``),
+        column-major so that each neuron's ranks are contiguous.
     ties : ndarray
         (D,) Σ (t³ − t) over groups of tied values per column (Mann–Whitney tie correction).
     """
-    a = np.asarray(values)
-    n, d = a.shape
-    order = np.argsort(a, axis=0, kind="stable")
-    s = np.take_along_axis(a, order, axis=0)
-    first = np.ones((n, d), dtype=bool)
-    first[1:] = s[1:] != s[:-1]
-    last = np.ones((n, d), dtype=bool)
-    last[:-1] = first[1:]
-    pos = np.arange(n, dtype=np.int64)[:, None]
-    start = np.maximum.accumulate(np.where(first, pos, 0), axis=0)
-    end = np.minimum.accumulate(np.where(last, pos, n)[::-1], axis=0)[::-1]
-    sorted_ranks = (start + end).astype(np.float64) / 2.0 + 1.0
-    ranks = np.empty((n, d), dtype=np.float64)
-    np.put_along_axis(ranks, order, sorted_ranks, axis=0)
-    t = np.where(first, (end - start + 1), 0).astype(np.float64)
-    return ranks, np.sum(t**3 - t, axis=0)
+    a = np.ascontiguousarray(np.asarray(values).T)  # (D, N): one neuron per contiguous row
+    d, n = a.shape
+    order = np.argsort(a, axis=1)  # the order among ties does not change average ranks
+    s = np.take_along_axis(a, order, axis=1)
+    first = np.ones((d, n), dtype=bool)
+    first[:, 1:] = s[:, 1:] != s[:, :-1]
+    last = np.ones((d, n), dtype=bool)
+    last[:, :-1] = first[:, 1:]
+    pos = np.arange(n, dtype=np.int64)
+    start = np.maximum.accumulate(np.where(first, pos, 0), axis=1)
+    end = np.minimum.accumulate(np.where(last, pos, n)[:, ::-1], axis=1)[:, ::-1]
+    ranks = np.empty((d, n), dtype=np.float64)
+    np.put_along_axis(ranks, order, (start + end).astype(np.float64) / 2.0 + 1.0, axis=1)
+    t = np.where(first, end - start + 1, 0).astype(np.float64)
+    return ranks.T, np.sum(t**3 - t, axis=1)
 
 
 def auroc_from_rank_sums(s: np.ndarray, n: np.ndarray, n_total: int) -> np.ndarray:

@@ -17,8 +17,8 @@ The semantics are those of the reference implementation (``lapalap/invert`` v1.1
    entries therefore compete with (and win ties against) their extensions.
 
 Rank sums make every candidate's AUROC a few array operations: with ``S(φ∧c)`` and ``n(φ∧c)`` for
-all concepts from one sparse product ``Yᵀ[r⊙φ, φ]``, the other three extensions follow by
-inclusion–exclusion (``φ∧¬c = φ − φ∧c``, ``φ∨c = φ + c − φ∧c``, ``φ∨¬c = ¬c + φ∧c``).
+all concepts from one sparse reduction over φ's rows (``Yᵀ[r⊙φ, φ]``), the other three extensions
+follow by inclusion–exclusion (``φ∧¬c = φ − φ∧c``, ``φ∨c = φ + c − φ∧c``, ``φ∨¬c = ¬c + φ∧c``).
 
 Improvement, switchable: ``dedupe=True`` keeps only the first of several beam formulas with the
 same mask (which, in the stable order, is the shortest: old beam entries precede their extensions);
@@ -192,23 +192,17 @@ class _Block:
         if width == 0:
             return beams
         d_n, k = self.n_neurons, cands.shape[1]
-        # Columns [r⊙φ, φ] for every neuron and beam formula φ; one sparse product Yᵀ[…] then gives
-        # S(φ∧c) and n(φ∧c) for every concept c.
-        cols = np.zeros((big_n, d_n, width, 2))
+        # S(φ∧c) and n(φ∧c) for every beam formula φ and concept c, reading only φ's rows.
+        s_and = np.zeros((d_n, width, n_conc))
+        n_and = np.zeros((d_n, width, n_conc))
         s_b = np.zeros((d_n, width))
         n_b = np.zeros((d_n, width))
         old_valid = np.zeros((d_n, width), dtype=bool)
         old_auc = np.zeros((d_n, width))
         for d, beam in enumerate(beams):
             for j, e in enumerate(beam):
-                m = self.mask(e)
-                cols[:, d, j, 1] = m
-                cols[:, d, j, 0] = np.where(m, self.ranks[:, d], 0.0)
+                s_and[d, j], n_and[d, j] = self.table.masked_sums(self.mask(e), self.ranks[:, d])
                 s_b[d, j], n_b[d, j], old_auc[d, j], old_valid[d, j] = e.rank_sum, e.n, e.auroc, True
-        prod = self.table.sums(cols.reshape(big_n, -1)).reshape(n_conc, d_n, width, 2)
-        del cols
-        s_and = prod[..., 0].transpose(1, 2, 0)
-        n_and = prod[..., 1].transpose(1, 2, 0)
         s_c = self.s_c[:, None, :]
         sb, nb = s_b[..., None], n_b[..., None]
         s_ops = (np.concatenate([s_and, sb - s_and], axis=2),

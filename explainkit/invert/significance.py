@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from explainkit.errors import ConfigError, DataError
+from explainkit.report.jsonify import jsonable
 from explainkit.stats import RankedScores, benjamini_hochberg, mann_whitney_log10_p, mann_whitney_z
 
 __all__ = [
@@ -163,7 +164,7 @@ class Confirmation:
 
     def to_dict(self) -> dict:
         """JSON-ready fields (non-finite numbers become ``None``)."""
-        return {k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in asdict(self).items()}
+        return jsonable(asdict(self))
 
 
 def confirm(scores: RankedScores, mask: np.ndarray, mode: str, confidence: float = 0.95) -> Confirmation:
