@@ -124,3 +124,28 @@ def test_layer_choice_and_bad_parameters(world, demo_model_path):
                           ({"pooling": "median"}, "pooling"), ({"connection": "weights"}, "connection")]:
         with pytest.raises(ConfigError, match=match):
             explainkit.analyze(handle, small, [("invert", params)])
+
+
+def test_invert_style_label_matrix_gives_the_same_labels(demo_model_path, tmp_path):
+    # The same world read from concepts.csv and from an INVERT-style .npy label matrix + descriptions.json.
+    import shutil
+
+    from explainkit.datasets.synthetic import WorldSpec, write_world
+
+    csv_root = tmp_path / "csv"
+    write_world(WorldSpec(n_images=60, artifact="stamp", artifact_rate=0.4, artifact_other_rate=0.4, seed=8), csv_root)
+    npy_root = tmp_path / "npy"
+    shutil.copytree(csv_root, npy_root)
+    probe_csv = explainkit.ProbeSet.from_folder(csv_root)
+    (npy_root / "concepts.csv").unlink()
+    np.save(npy_root / "concepts.npy", probe_csv.concepts.astype(np.uint8))
+    probe_npy = explainkit.ProbeSet.from_folder(npy_root)
+    assert probe_npy.concept_names == probe_csv.concept_names and probe_npy.artifact_concepts == ("stamp",)
+    handle = explainkit.load_model(demo_model_path)
+    labels = []
+    for probe in (probe_csv, probe_npy):
+        rep = explainkit.analyze(handle, probe, [("invert", {"top_images": 0})], seed=3)
+        layer = rep.section("invert")["data"]["layers"][0]
+        labels.append([(n["formula"], n["auroc"]["value"] if n["auroc"] else None, n["accepted"])
+                       for n in layer["neurons"]])
+    assert labels[0] == labels[1]

@@ -132,14 +132,13 @@ class Invert(Analyzer):
             raise ConfigError(f"invert: artifact concept(s) {', '.join(unknown)} not in the probe set's concepts "
                               f"({', '.join(ctx.data.concept_names)})")
         self.artifacts_ = tuple(names)
+        input_size = tuple(ctx.handle.preprocessing.input_size) if ctx.handle.preprocessing else None
         layers = self.layer if self.layer is not None else ctx.layer
         if layers is None:
-            size = ctx.handle.preprocessing.input_size if ctx.handle.preprocessing else (224, 224)
-            layers = default_layer(ctx.handle.module, tuple(size))
+            layers = default_layer(ctx.handle.module, input_size or (224, 224))
         layers = [layers] if isinstance(layers, str) else list(layers)
         if not layers:
             raise ConfigError("invert: no layer given")
-        input_size = ctx.handle.preprocessing.input_size if ctx.handle.preprocessing else None
         self.poolers_: dict[str, Pooler] = {}
         for name in layers:
             module = None

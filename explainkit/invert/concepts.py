@@ -133,7 +133,7 @@ class ConceptMatrix:
 
     def rows(self, indices: np.ndarray) -> ConceptMatrix:
         """The table restricted to the rows ``indices`` (in that order)."""
-        return ConceptMatrix(self.csc.tocsr()[np.asarray(indices, dtype=np.int64)], self.names)
+        return ConceptMatrix(self._csr[np.asarray(indices, dtype=np.int64)], self.names)
 
     def row_keys(self) -> np.ndarray:
         """(N,) int64 ids of distinct rows (equal rows share an id; ids ordered by first use)."""
