@@ -112,3 +112,12 @@ def test_bad_inputs_raise_clear_errors(planted):
         explainkit.label_neurons(acts[:3], y[:3], NAMES)
     with pytest.raises(DataError, match="neuron names"):
         explainkit.label_neurons(acts, y, NAMES, neuron_names=["a"])
+
+
+def test_units_without_valid_formula_or_signal(planted):
+    acts, y = planted
+    # no concept covers <= 1% of samples: empty beams, counted as p = 1 in the correction
+    res = explainkit.label_neurons(acts, y, NAMES, max_fraction=0.01)
+    assert all(r.explanations == [] and r.best is None and r.accepted is False and r.q == 1.0 for r in res)
+    flat = explainkit.label_neurons(np.zeros(len(y)), y, NAMES)[0]  # a dead unit: every AUROC is 1/2
+    assert flat.best.auroc == 0.5 and flat.best.confirm.auroc == 0.5 and not flat.accepted
