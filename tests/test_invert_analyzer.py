@@ -149,3 +149,22 @@ def test_invert_style_label_matrix_gives_the_same_labels(demo_model_path, tmp_pa
         labels.append([(n["formula"], n["auroc"]["value"] if n["auroc"] else None, n["accepted"])
                        for n in layer["neurons"]])
     assert labels[0] == labels[1]
+
+
+def test_finalize_on_a_worker_that_mapped_nothing(world, demo_model_path):
+    # Distributed backends map on workers and finalize on the driver, whose analyzer saw no batch:
+    # the result (layout record included) must equal the serial one.
+    from explainkit.analyzers.base import RunContext
+    from explainkit.backends import RunPlan, map_shard
+    from explainkit.run import build_analyzers, resolve_device
+
+    handle = explainkit.load_model(demo_model_path)
+    small = world.subset(range(48))
+    ctx = RunContext(handle=handle, data=small, device=resolve_device("cpu"), seed=0, batch_size=16)
+    worker, driver = build_analyzers([("invert", {"top_images": 1})]), build_analyzers([("invert", {"top_images": 1})])
+    for a in (*worker, *driver):
+        a.check(ctx)
+    states, _ = map_shard(RunPlan(handle, small, worker, None, progress=False), ctx, range(len(small)))
+    serial = worker[0].finalize(ctx, states["invert"]).to_dict()
+    remote = driver[0].finalize(ctx, states["invert"]).to_dict()
+    assert remote == serial and remote["data"]["layers"][0]["representation"]["kind"] == "spatial"
