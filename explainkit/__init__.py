@@ -26,6 +26,7 @@ from explainkit.errors import (
     ModelRefusedError,
     RuntimeAnalysisError,
 )
+from explainkit.invert import label_neurons
 from explainkit.loading import ModelHandle, Preprocessing, load_model, wrap
 from explainkit.loading.save import save_model
 from explainkit.report import Report
@@ -49,6 +50,7 @@ __all__ = [
     "__version__",
     "analyze",
     "get_analyzer",
+    "label_neurons",
     "list_analyzers",
     "load_model",
     "register_analyzer",

@@ -23,7 +23,7 @@ def test_analyze_text_and_json(capsys, small_world, demo_model_path, tmp_path):
     code, out, _ = _run(capsys, "analyze", str(demo_model_path), "--data", str(small_world), "--out",
                         str(tmp_path / "b"), "--format", "json")
     doc = json.loads(out)
-    assert code == 0 and doc["assets"] == {} and doc["sections"][0]["analyzer"] == "performance"
+    assert code == 0 and doc["assets"] == {} and "performance" in [s["analyzer"] for s in doc["sections"]]
 
 
 def test_fail_on_warning_exits_1(capsys, small_world, demo_model_path, tmp_path):

@@ -8,6 +8,7 @@ from explainkit.analyzers.registry import (
     list_analyzers,
     register_analyzer,
 )
+from explainkit.invert import analyzer as invert  # registers "invert"
 
 __all__ = [
     "Analyzer",
@@ -18,6 +19,7 @@ __all__ = [
     "Section",
     "get_analyzer",
     "get_analyzer_class",
+    "invert",
     "list_analyzers",
     "performance",
     "register_analyzer",
