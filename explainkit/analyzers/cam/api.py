@@ -21,7 +21,7 @@ from explainkit.analyzers.cam.postprocess import combine_layers
 from explainkit.errors import ConfigError
 from explainkit.loading.handle import ModelHandle
 
-__all__ = ["GRADIENT_METHODS", "INPUT_LAYER", "CamResult", "cam", "cams", "compute"]
+__all__ = ["GRADIENT_METHODS", "INPUT_LAYER", "CamResult", "cam", "cams", "compute", "plan_methods"]
 
 #: The methods :func:`cams` computes by default: everything one forward + one backward gives.
 GRADIENT_METHODS = ("gradcam", "gradcampp", "xgradcam", "layercam", "hirescam", "gradcam_elementwise",
@@ -64,8 +64,27 @@ class CamResult:
         return int(first.shape[-2]), int(first.shape[-1])
 
 
-def _resolve(methods: Sequence[str], params: Mapping[str, Mapping[str, Any]] | None
-             ) -> list[tuple[CamMethod, dict[str, Any]]]:
+def plan_methods(methods: Sequence[str], params: Mapping[str, Mapping[str, Any]] | None
+                 ) -> list[tuple[CamMethod, dict[str, Any]]]:
+    """Resolve method names and validate their parameters.
+
+    Parameters
+    ----------
+    methods : sequence of str
+        Method names or aliases (no duplicates).
+    params : mapping, optional
+        Method name → keyword parameters.
+
+    Returns
+    -------
+    list of (CamMethod, dict)
+        The methods with their parameters.
+
+    Raises
+    ------
+    ConfigError
+        Unknown or duplicate methods, parameters for methods not requested, unknown parameters.
+    """
     if isinstance(methods, str):
         methods = [methods]
     resolved = [get_method(m) for m in methods]
@@ -138,7 +157,7 @@ def compute(
     CapabilityError
         Hooks or gradients needed but not available (e.g. CAMs on TorchScript).
     """
-    plan = _resolve(methods, params)
+    plan = plan_methods(methods, params)
     needs_layers = any(m.uses_layers for m, _ in plan)
     run = CamRun.create(model, inputs, layer=layer, targets=targets, needs_layers=needs_layers,
                         batch_size=batch_size, seed=seed, layout=layout, grid=grid, prefix_tokens=prefix_tokens)

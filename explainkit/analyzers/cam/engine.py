@@ -235,6 +235,43 @@ class CamRun:
         return cls(handle=handle, inputs=x, target=as_target(targets), layer_names=names,
                    batch_size=int(batch_size), seed=int(seed), layout_options=options)
 
+    @classmethod
+    def for_classes(cls, model: nn.Module | ModelHandle, inputs: torch.Tensor, classes: Sequence[int], *,
+                    batch_size: int = 32, seed: int = 0) -> CamRun:
+        """A run bound to given classes without a clean pass (for scoring perturbed copies).
+
+        Parameters
+        ----------
+        model : torch.nn.Module or ModelHandle
+            The model.
+        inputs : torch.Tensor
+            (B, C, H, W) inputs.
+        classes : sequence of int
+            (B,) class per image.
+        batch_size, seed : int
+            Chunk size and seed.
+
+        Returns
+        -------
+        CamRun
+            A run whose :meth:`scores` read the logit / probability of ``classes``.
+        """
+        run = cls.create(model, inputs, layer=None, targets=list(classes), needs_layers=False,
+                         batch_size=batch_size, seed=seed)
+        idx = torch.as_tensor(list(classes), dtype=torch.long, device=run.inputs.device)
+        run.bound = BoundTarget(run.target, idx)
+        return run
+
+    def subset(self, rows: Sequence[int]) -> CamRun:
+        """The same bound run restricted to some images (no layers recorded)."""
+        assert self.bound is not None, "record() or for_classes() first"
+        idx = torch.as_tensor(list(rows), dtype=torch.long)
+        classes = self.bound.classes
+        bound = BoundTarget(self.bound.target, None if classes is None else classes[idx.to(classes.device)])
+        return CamRun(handle=self.handle, inputs=self.inputs[idx.to(self.inputs.device)], target=self.target,
+                      layer_names=[], batch_size=self.batch_size, seed=self.seed,
+                      layout_options=self.layout_options, bound=bound)
+
     @property
     def size(self) -> tuple[int, int]:
         """(H, W) of the inputs."""
