@@ -103,9 +103,9 @@ class _AttributionAnalyzer(Analyzer):
 
     def __init__(self, methods: Sequence[str] | None = None, layer: str | Sequence[str] | None = None,
                  target: str = "predicted", method_params: Mapping[str, Mapping[str, Any]] | None = None,
-                 metric_images: int = 32, road_images: int = 8, steps: int = 10,
+                 metric_images: int = 24, road_images: int = 6, steps: int = 8,
                  road_levels: Sequence[float] = (0.2, 0.5, 0.8), n_random: int = 10, sanity: bool = True,
-                 sanity_images: int = 8, sanity_steps: int = 4, sanity_threshold: float = 0.5,
+                 sanity_images: int = 6, sanity_steps: int = 3, sanity_threshold: float = 0.5,
                  n_examples: int = 6, pointing_tolerance: float | None = None, batch_size: int | None = None,
                  n_resamples: int = 1000) -> None:
         self.methods = methods

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 from scipy.sparse import csc_matrix
-from scipy.sparse.linalg import spsolve
+from scipy.sparse.linalg import splu
 
 from explainkit.errors import ConfigError
 
@@ -75,8 +75,9 @@ def impute(image: np.ndarray, remove: np.ndarray, noise: np.ndarray | None = Non
         known = ~unknown
         np.add.at(rhs, eq[known], wt * flat[:, qy[known] * w + qx[known]].T)
     matrix = csc_matrix((np.concatenate([diag, *vals]), (np.concatenate(rows), np.concatenate(cols))), shape=(n, n))
-    solved = spsolve(matrix, rhs)
-    solved = solved.reshape(n, c)
+    # the matrix is symmetric (equal weights both ways): a symmetric ordering halves the fill-in
+    lu = splu(matrix, permc_spec="MMD_AT_PLUS_A", diag_pivot_thresh=0.0, options={"SymmetricMode": True})
+    solved = lu.solve(rhs).reshape(n, c)
     if noise is not None:
         solved = solved + np.asarray(noise, dtype=np.float64)[:, ys, xs].T
     out[:, ys, xs] = solved.T

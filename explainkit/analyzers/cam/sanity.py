@@ -180,17 +180,19 @@ def parameter_randomization(
     cascade_model = copy.deepcopy(handle.module)
     cascade_handle = dataclasses.replace(handle, module=cascade_model)
     cascading: list[dict[str, np.ndarray]] = []
+    cascade_modules = dict(cascade_model.named_modules())
     for group in groups:
-        for name, mod in resolve_layers(cascade_model, group).items():
-            randomize_(mod, _seed(seed, name))
+        for name in group:
+            randomize_(cascade_modules[name], _seed(seed, name))
         cascading.append(correlations(cascade_handle))
     independent: list[dict[str, np.ndarray]] = []
     single_model = copy.deepcopy(handle.module)
     single_handle = dataclasses.replace(handle, module=single_model)
+    single_modules = dict(single_model.named_modules())
     for group in groups:
         saved = {k: v.clone() for k, v in single_model.state_dict().items()}
-        for name, mod in resolve_layers(single_model, group).items():
-            randomize_(mod, _seed(seed, name))
+        for name in group:
+            randomize_(single_modules[name], _seed(seed, name))
         independent.append(correlations(single_handle))
         single_model.load_state_dict(saved)
     out: dict[str, Any] = {"groups": groups, "head": bool(n_above), "threshold": threshold,
