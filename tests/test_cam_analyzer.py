@@ -120,6 +120,7 @@ def test_captum_explains_torchscript_models(probe, demo_model_path, tmp_path):
     ({"method_params": {"gradcampp": {"bogus": 1}}, "methods": ["gradcampp"]}, "no parameter bogus"),
     ({"target": "other"}, "target must be"),
     ({"steps": 0}, "steps must be at least 1"),
+    ({"layer": "features.9"}, "no layer named"),
 ])
 def test_bad_parameters_fail_before_running(params, message, probe, demo_model_path):
     handle = explainkit.load_model(demo_model_path)

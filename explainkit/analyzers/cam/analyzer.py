@@ -23,6 +23,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
+from explainkit.adapters import resolve_layers
 from explainkit.analyzers.base import Analyzer, Batch, Finding, RecordState, RunContext, Section
 from explainkit.analyzers.cam import baseline, metrics, render
 from explainkit.analyzers.cam.api import CamResult, compute, plan_methods
@@ -157,6 +158,9 @@ class _AttributionAnalyzer(Analyzer):
             raise ConfigError(f"{self.name}: road_levels must be fractions strictly between 0 and 1")
         if self.batch_size is not None and int(self.batch_size) < 1:
             raise ConfigError(f"{self.name}: batch_size must be at least 1")
+        layer = self._layer(ctx)
+        if layer is not None and any(m.uses_layers for m, _ in plan):
+            resolve_layers(ctx.handle.module, [layer] if isinstance(layer, str) else list(layer))
 
     # -- deterministic image choices ----------------------------------------------------------
     def _selection(self, ctx: RunContext) -> _Selection:
@@ -177,7 +181,8 @@ class _AttributionAnalyzer(Analyzer):
             ex += [i for i in order if not flagged[i]][: k - len(ex)]
         else:
             ex = order[:k]
-        ranked = ex + [i for i in order if i not in set(ex)]
+        taken = set(ex)
+        ranked = ex + [i for i in order if i not in taken]
         chosen = ranked[: int(self.metric_images)]
         sel = _Selection(examples=tuple(sorted(ex)), metrics=frozenset(chosen),
                          road=frozenset(chosen[: int(self.road_images)]),

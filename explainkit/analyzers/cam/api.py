@@ -116,9 +116,7 @@ def compute(
     params: Mapping[str, Mapping[str, Any]] | None = None,
     batch_size: int = 32,
     seed: int = 0,
-    layout: str = "auto",
-    grid: tuple[int, int] | None = None,
-    prefix_tokens: int | None = None,
+    layout: str | SpatialLayout = "auto",
 ) -> CamResult:
     """Compute several explanation maps for one batch, sharing the model passes.
 
@@ -142,8 +140,11 @@ def compute(
         Rows per extra forward pass (perturbation, noise and captum methods).
     seed : int
         Seed of every random draw (noise, baselines).
-    layout, grid, prefix_tokens
-        How to read the layer output as a map (``auto`` infers NCHW, NHWC and ViT token grids).
+    layout : str or SpatialLayout
+        How to read the layer output as a map: ``"auto"`` infers NCHW, NHWC and ViT token grids
+        (grid and prefix tokens from the model, else from the token count and input aspect ratio);
+        ``"nchw"``, ``"nhwc"``, ``"tokens"`` force a kind; a
+        :class:`explainkit.adapters.SpatialLayout` gives it completely.
 
     Returns
     -------
@@ -160,7 +161,7 @@ def compute(
     plan = plan_methods(methods, params)
     needs_layers = any(m.uses_layers for m, _ in plan)
     run = CamRun.create(model, inputs, layer=layer, targets=targets, needs_layers=needs_layers,
-                        batch_size=batch_size, seed=seed, layout=layout, grid=grid, prefix_tokens=prefix_tokens)
+                        batch_size=batch_size, seed=seed, layout=layout)
     run.record(gradients=any(m.uses_gradients for m, _ in plan))
     raw: dict[str, dict[str, torch.Tensor]] = {}
     for method, p in plan:
@@ -192,9 +193,7 @@ def cam(
     raw: bool = False,
     batch_size: int = 32,
     seed: int = 0,
-    layout: str = "auto",
-    grid: tuple[int, int] | None = None,
-    prefix_tokens: int | None = None,
+    layout: str | SpatialLayout = "auto",
     **params: Any,
 ) -> torch.Tensor | dict[str, torch.Tensor]:
     """One explanation map per image.
@@ -217,7 +216,7 @@ def cam(
     raw : bool
         Return the raw maps instead: (B, h, w) signed, un-normalised, at feature resolution (a
         dict layer → map when several layers are given).
-    batch_size, seed, layout, grid, prefix_tokens
+    batch_size, seed, layout
         See :func:`compute`.
     **params
         The method's own parameters (e.g. ``variant="channel_softmax"`` for Score-CAM).
@@ -234,7 +233,7 @@ def cam(
     torch.Size([8, 224, 224])
     """
     result = compute(model, inputs, methods=[method], layer=layer, targets=targets, params={method: params},
-                     batch_size=batch_size, seed=seed, layout=layout, grid=grid, prefix_tokens=prefix_tokens)
+                     batch_size=batch_size, seed=seed, layout=layout)
     name = next(iter(result.maps))
     if raw:
         per_layer = result.raw[name]
@@ -253,15 +252,13 @@ def cams(
     raw: bool = False,
     batch_size: int = 32,
     seed: int = 0,
-    layout: str = "auto",
-    grid: tuple[int, int] | None = None,
-    prefix_tokens: int | None = None,
+    layout: str | SpatialLayout = "auto",
 ) -> dict[str, torch.Tensor] | dict[str, dict[str, torch.Tensor]]:
     """Several methods at once; all gradient-based ones from one forward and one backward pass.
 
     Parameters
     ----------
-    model, inputs, layer, targets, batch_size, seed, layout, grid, prefix_tokens
+    model, inputs, layer, targets, batch_size, seed, layout
         As :func:`cam`.
     methods : sequence of str
         Default: every method computable from one forward + one backward
@@ -277,5 +274,5 @@ def cams(
         Method → (B, H, W) map in [0, 1] (or method → layer → raw map).
     """
     result = compute(model, inputs, methods=methods, layer=layer, targets=targets, params=params,
-                     batch_size=batch_size, seed=seed, layout=layout, grid=grid, prefix_tokens=prefix_tokens)
+                     batch_size=batch_size, seed=seed, layout=layout)
     return result.raw if raw else result.maps

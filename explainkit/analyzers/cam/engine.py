@@ -10,7 +10,7 @@ layer, no parameter ``.grad`` is ever written, and training flags are restored a
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -160,7 +160,7 @@ class CamRun:
     layer_names: list[str]
     batch_size: int = 32
     seed: int = 0
-    layout_options: Mapping[str, Any] = field(default_factory=dict)
+    layout: str | SpatialLayout = "auto"
     layers: dict[str, LayerData] = field(default_factory=dict)
     bound: BoundTarget | None = None
     scores0: torch.Tensor | None = None
@@ -178,9 +178,7 @@ class CamRun:
         needs_layers: bool,
         batch_size: int = 32,
         seed: int = 0,
-        layout: str = "auto",
-        grid: tuple[int, int] | None = None,
-        prefix_tokens: int | None = None,
+        layout: str | SpatialLayout = "auto",
     ) -> CamRun:
         """Validate the call and resolve layers (no model pass yet).
 
@@ -200,8 +198,9 @@ class CamRun:
             Rows per forward pass for perturbed copies.
         seed : int
             Seed for noise.
-        layout, grid, prefix_tokens
-            How to read the layer output as a map (see :func:`explainkit.adapters.infer_layout`).
+        layout : str or SpatialLayout
+            How to read the layer output as a map: ``"auto"`` (NCHW, NHWC or a ViT token grid from
+            :func:`explainkit.adapters.token_hints`), a forced kind, or an explicit layout.
 
         Returns
         -------
@@ -231,9 +230,8 @@ class CamRun:
                 if not names:
                     raise ConfigError("layer list is empty")
             names = list(resolve_layers(handle.module, names))
-        options = {"layout": layout, "grid": grid, "prefix_tokens": prefix_tokens}
         return cls(handle=handle, inputs=x, target=as_target(targets), layer_names=names,
-                   batch_size=int(batch_size), seed=int(seed), layout_options=options)
+                   batch_size=int(batch_size), seed=int(seed), layout=layout)
 
     @classmethod
     def for_classes(cls, model: nn.Module | ModelHandle, inputs: torch.Tensor, classes: Sequence[int], *,
@@ -269,8 +267,8 @@ class CamRun:
         classes = self.bound.classes
         bound = BoundTarget(self.bound.target, None if classes is None else classes[idx.to(classes.device)])
         return CamRun(handle=self.handle, inputs=self.inputs[idx.to(self.inputs.device)], target=self.target,
-                      layer_names=[], batch_size=self.batch_size, seed=self.seed,
-                      layout_options=self.layout_options, bound=bound)
+                      layer_names=[], batch_size=self.batch_size, seed=self.seed, layout=self.layout,
+                      bound=bound)
 
     @property
     def size(self) -> tuple[int, int]:
@@ -351,15 +349,12 @@ class CamRun:
         return LayerData(name, layout, act, g, 1 if layout.kind == "nchw" else -1)
 
     def _layout(self, name: str, module: nn.Module, out: torch.Tensor) -> SpatialLayout:
+        if isinstance(self.layout, SpatialLayout):
+            return self.layout
         key = ("layout", name)
         if key not in self.cache:
-            opts = dict(self.layout_options)
-            if out.dim() == 3:
-                hints = token_hints(self.handle.module)
-                opts["grid"] = opts.get("grid") or hints.get("grid")
-                if opts.get("prefix_tokens") is None:
-                    opts["prefix_tokens"] = hints.get("prefix_tokens")
-            self.cache[key] = infer_layout(out, module, input_size=self.size, **opts)
+            hints = token_hints(self.handle.module) if out.dim() == 3 else {}
+            self.cache[key] = infer_layout(out, module, input_size=self.size, layout=self.layout, **hints)
         return self.cache[key]
 
     def scores(
