@@ -36,7 +36,7 @@ def test_section_is_valid_and_complete(report, probe):
     jsonschema.validate(doc, json.loads(open(schema_path()).read()))
     sec = next(s for s in doc["sections"] if s["analyzer"] == "gradcam")
     data = sec["data"]
-    assert data["layer"] is None and data["masks"] == ["object", "stamp"] and data["artifact_masks"] == ["stamp"]
+    assert data["layer"] == "features" and data["masks"] == ["object", "stamp"] and data["artifact_masks"] == ["stamp"]
     assert [m["name"] for m in data["methods"]] == ["gradcam", "gradcampp", "eigencam", "layercam"]
     for m in data["methods"]:
         for key in ("deletion", "insertion", "faithfulness", "average_drop", "increase"):

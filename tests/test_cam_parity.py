@@ -91,7 +91,7 @@ def test_resnet18_two_layers_mean_of_normalised_maps(resnet18):
 
 
 @pytest.mark.parametrize(("arch", "layer"), [
-    ("vgg11_bn", "features.27"),
+    ("squeezenet1_1", "features.12"),
     ("mobilenet_v3_small", "features.12"),
     ("densenet121", "features.denseblock4"),
 ])

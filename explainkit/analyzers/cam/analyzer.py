@@ -23,7 +23,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from explainkit.adapters import resolve_layers
+from explainkit.adapters import default_layer, resolve_layers
 from explainkit.analyzers.base import Analyzer, Batch, Finding, RecordState, RunContext, Section
 from explainkit.analyzers.cam import baseline, metrics, render
 from explainkit.analyzers.cam.api import CamResult, compute, plan_methods
@@ -132,7 +132,22 @@ class _AttributionAnalyzer(Analyzer):
         return [m.name for m, _ in plan_methods(list(self.methods or self.default_methods), self.method_params)]
 
     def _layer(self, ctx: RunContext) -> str | Sequence[str] | None:
-        return self.layer if self.layer is not None else ctx.layer
+        """Target layer(s): own parameter, else the run's, else the model's default (cached).
+
+        ``None`` when only input-level methods run.
+        """
+        plan = plan_methods(list(self.methods or self.default_methods), self.method_params)
+        if not any(m.uses_layers for m, _ in plan):
+            return None
+        layer = self.layer if self.layer is not None else ctx.layer
+        if layer is not None:
+            return layer
+        cached = getattr(self, "default_layer_", None)
+        if cached is None or cached[0] != id(ctx.handle.module):
+            size = ctx.handle.require_preprocessing().input_size
+            cached = (id(ctx.handle.module), default_layer(ctx.handle.module, tuple(size)))
+            self.default_layer_ = cached
+        return cached[1]
 
     def _batch_size(self, ctx: RunContext) -> int:
         return int(self.batch_size or ctx.batch_size)
@@ -158,7 +173,7 @@ class _AttributionAnalyzer(Analyzer):
             raise ConfigError(f"{self.name}: road_levels must be fractions strictly between 0 and 1")
         if self.batch_size is not None and int(self.batch_size) < 1:
             raise ConfigError(f"{self.name}: batch_size must be at least 1")
-        layer = self._layer(ctx)
+        layer = self.layer if self.layer is not None else ctx.layer
         if layer is not None and any(m.uses_layers for m, _ in plan):
             resolve_layers(ctx.handle.module, [layer] if isinstance(layer, str) else list(layer))
 
