@@ -16,6 +16,7 @@ from explainkit.analyzers import (
     list_analyzers,
     register_analyzer,
 )
+from explainkit.analyzers.cam import cam, cams
 from explainkit.datasets.probe import ProbeSet
 from explainkit.errors import (
     CapabilityError,
@@ -49,6 +50,8 @@ __all__ = [
     "RuntimeAnalysisError",
     "__version__",
     "analyze",
+    "cam",
+    "cams",
     "get_analyzer",
     "label_neurons",
     "list_analyzers",
