@@ -28,6 +28,7 @@ from explainkit.errors import (
 )
 from explainkit.loading import ModelHandle, Preprocessing, load_model, wrap
 from explainkit.loading.save import save_model
+from explainkit.prototypes.perturb import perturb
 from explainkit.report import Report
 from explainkit.run import analyze
 
@@ -51,6 +52,7 @@ __all__ = [
     "get_analyzer",
     "list_analyzers",
     "load_model",
+    "perturb",
     "register_analyzer",
     "save_model",
     "wrap",
