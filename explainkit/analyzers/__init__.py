@@ -8,6 +8,7 @@ from explainkit.analyzers.registry import (
     list_analyzers,
     register_analyzer,
 )
+from explainkit.prototypes import analyzer as prototypes  # noqa: F401  (registers "prototypes")
 
 __all__ = [
     "Analyzer",
