@@ -306,7 +306,8 @@ class SplitAccumulator:
             counts @ w, np.einsum("rb,bpc->rpc", counts, wd),
             *_best(scores, indices), LocalSample(self.sample.capacity),
         )
-        keep = np.argsort(priorities, kind="stable")[: self.sample.capacity]
+        keep = np.lexsort((indices, priorities))[: self.sample.capacity]
+        keep = keep[np.argsort(np.asarray(indices)[keep], kind="stable")]  # samples are stored in index order
         batch.sample = LocalSample(self.sample.capacity, priorities[keep], np.asarray(indices)[keep],
                                    scores.similarity[keep].astype(np.float32), scores.location[keep].astype(np.int32),
                                    scores.delta[keep].astype(np.float32))

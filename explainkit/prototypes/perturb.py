@@ -283,7 +283,8 @@ def perturb(image: Image.Image, characteristic: str, *, jpeg: bool = False, jpeg
     >>> explainkit.perturb(img, "hue").getpixel((0, 0))
     (200, 134, 40)
     """
-    out = _FUNCTIONS[characteristic](_rgb(image), **_params(characteristic, params))
+    resolved = _params(characteristic, params)
+    out = _FUNCTIONS[characteristic](_rgb(image), **resolved)
     if jpeg:
         out = jpeg_roundtrip(out, _JPEG_CODEC[characteristic], jpeg_quality)
     return out
