@@ -223,6 +223,13 @@ def test_patch_box_is_the_95th_percentile_rectangle():
     cy, cx = (2 + 0.5) * 32, (5 + 0.5) * 32  # centre of the hot cell in input pixels
     assert y0 < cy < y1 and x0 < cx < x1
     assert (y1 - y0) * (x1 - x0) <= 0.06 * 224 * 224 + 2 * 224  # about 5 % of the pixels (plus edges)
+    torch.manual_seed(0)
+    model = TinyCNN().eval()
+    x = torch.randn(1, 3, 64, 64)
+    adapter = ChannelPrototypes("features.3").bind(model, (64, 64))
+    with torch.no_grad():
+        channel = model.features(x)[0, 3].numpy()
+    assert adapter.patch_box(model, x, 3) == patch_box(channel, (64, 64))
     band = np.zeros((4, 4), np.float32)
     band[3] = 1.0  # a hot bottom row: the box spans the full width at the bottom
     y0, y1, x0, x1 = patch_box(band, (64, 48))

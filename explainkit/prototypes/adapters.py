@@ -191,6 +191,29 @@ class PrototypeAdapter(ABC):
         idx = None if prototypes is None else torch.as_tensor(prototypes, dtype=torch.long)
         return self.similarity_from_latent(self.latent(model, x), idx)
 
+    def patch_box(self, model: ModelHandle | nn.Module, x: torch.Tensor, prototype: int,
+                  percentile: float = 95.0) -> tuple[int, int, int, int]:
+        """Where ``prototype`` matches on one image: :func:`patch_box` of its similarity map.
+
+        Parameters
+        ----------
+        model : ModelHandle or torch.nn.Module
+            The model.
+        x : torch.Tensor
+            (1, 3, H, W) preprocessed image.
+        prototype : int
+            Prototype index.
+        percentile : float
+            See :func:`patch_box`.
+
+        Returns
+        -------
+        tuple of int
+            ``(y0, y1, x0, x1)`` in input pixels (half-open).
+        """
+        sim = self.similarity_maps(model, x[:1], [prototype])[0, 0].detach().cpu().numpy()
+        return patch_box(sim, (int(x.shape[-2]), int(x.shape[-1])), percentile)
+
     def prototype_class(self, p: int) -> int | None:
         """Class index prototype ``p`` belongs to, or ``None`` for shared prototypes."""
         return None

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from PIL import Image, ImageDraw
 
 from explainkit.loading.handle import ModelHandle
-from explainkit.prototypes.adapters import PrototypeAdapter, patch_box
+from explainkit.prototypes.adapters import PrototypeAdapter
 from explainkit.prototypes.perturb import Perturbation
 from explainkit.report.images import thumbnail, to_data_uri
 
@@ -21,10 +21,7 @@ VIEW_SIDE = 96
 def prototype_box(adapter: PrototypeAdapter, handle: ModelHandle, image: Image.Image, prototype: int
                   ) -> tuple[int, int, int, int]:
     """ProtoPNet's 95th-percentile box of ``prototype`` on ``image``, in model-input pixels (y0, y1, x0, x1)."""
-    prep = handle.require_preprocessing()
-    x = prep([image]).to(handle.device())
-    sim = adapter.similarity_maps(handle, x, [prototype])[0, 0].detach().cpu().numpy()
-    return patch_box(sim, prep.input_size)
+    return adapter.patch_box(handle, handle.preprocess([image]).to(handle.device()), prototype)
 
 
 def with_box(image: Image.Image, box: tuple[int, int, int, int], colour: tuple[int, int, int] = (255, 210, 0)
