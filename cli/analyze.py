@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import click
+
 from explainkit.cli.options import (
     config_option,
     loading_options,
@@ -14,9 +16,8 @@ from explainkit.cli.options import (
     split_allow_classes,
 )
 from explainkit.cli.render import print_summary
-from explainkit.datasets.probe import ProbeSet
-
 from explainkit.config import merge_analyzer_specs
+from explainkit.datasets.probe import ProbeSet
 from explainkit.errors import ExitCode
 from explainkit.loading import load_model
 from explainkit.run import analyze as run_analyze
@@ -27,7 +28,7 @@ _SEVERITY = {"never": set(), "error": {"error"}, "warning": {"error", "warning"}
 
 
 @click.command("analyze")
-@click.argument("model", type=click.Path(dir_okay=False))
+@click.argument("model", type=click.Path(exists=True, dir_okay=False))
 @config_option
 @click.option("--data", envvar="EXPLAINKIT_DATA", metavar="DIR", help="Probe image folder.")
 @click.option("--concepts", envvar="EXPLAINKIT_CONCEPTS", metavar="FILE",
@@ -56,6 +57,12 @@ _SEVERITY = {"never": set(), "error": {"error"}, "warning": {"error", "warning"}
               help="Exit with 1 when a finding of this severity (or worse) is reported.")
 @click.option("--asset-budget-mb", "asset_budget_mb", type=click.FloatRange(0.1), default=20.0,
               show_default=True, help="Size budget for images embedded in the report.")
+@click.option("--backend", type=click.Choice(["serial", "torchrun", "ray"]), default="serial", show_default=True,
+              envvar="EXPLAINKIT_BACKEND", help="Execution backend (torchrun: start with torchrun ... -m explainkit).")
+@click.option("--workers", type=click.IntRange(1), default=2, show_default=True, envvar="EXPLAINKIT_WORKERS",
+              help="Ray actors (--backend ray).")
+@click.option("--gpus-per-worker", "gpus_per_worker", type=click.FloatRange(0), default=0.0, show_default=True,
+              envvar="EXPLAINKIT_GPUS_PER_WORKER", help="GPUs per Ray actor (--backend ray).")
 @click.option("--progress/--no-progress", default=None, help="Progress bar on stderr (default: when a TTY).")
 @click.pass_context
 def analyze(ctx: click.Context, model: str, config: str | None, data: str | None, **opts) -> int:
@@ -74,14 +81,21 @@ def analyze(ctx: click.Context, model: str, config: str | None, data: str | None
                                  skip_bad=opts["skip_bad"])
     resolved = parameter_sources(ctx, {"model": model, "data": data, "config": config, "layer": layer,
                                        **{k: v for k, v in opts.items() if k != "progress"}})
+    if opts["backend"] == "torchrun":
+        resolved.pop("workers"), resolved.pop("gpus_per_worker")
     resolved["analyzers"] = {"value": [[n, p] for n, p in specs] if specs else "defaults",
                              "source": "command line" if ctx.params.get("analyzers") else
                              ("config file" if specs else "default")}
+    backend_options = ({"workers": opts["workers"], "gpus_per_worker": opts["gpus_per_worker"]}
+                       if opts["backend"] == "ray" else {})
     report = run_analyze(
         handle, probe, specs, out=opts["out"], device=opts["device"], batch_size=opts["batch_size"],
         seed=opts["seed"], progress=opts["progress"], config=resolved, layer=layer,
         asset_budget_bytes=int(opts["asset_budget_mb"] * 1024 * 1024),
+        backend=opts["backend"], backend_options=backend_options,
     )
+    if opts["backend"] == "torchrun" and os.environ.get("RANK", "0") != "0":
+        return ExitCode.OK  # rank 0 reports
     if opts["fmt"] == "json":
         doc = report.to_dict()
         doc["assets"] = {}

@@ -16,7 +16,8 @@ def _load_config_callback(ctx: click.Context, _param: click.Parameter, value: st
     if value:
         config = load_config(value)
         ctx.meta["explainkit.config_file"] = config
-        defaults = {k: v for k, v in config.items() if k != "analyzer"}
+        renamed = {"format": "fmt"}  # config keys are option names; a few options use another parameter name
+        defaults = {renamed.get(k, k): v for k, v in config.items() if k != "analyzer"}
         for key in ("mean", "std", "input_size"):
             if isinstance(defaults.get(key), list):
                 defaults[key] = ",".join(str(v) for v in defaults[key])

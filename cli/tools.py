@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 
 import click
-from explainkit.cli.options import loading_options, split_allow_classes
 
+from explainkit.cli.options import loading_options, split_allow_classes
 from explainkit.errors import ConfigError
 
 __all__ = ["COMMANDS"]
@@ -22,7 +22,7 @@ def _load(model: str, opts: dict):
 
 
 @click.command("layers")
-@click.argument("model", type=click.Path(dir_okay=False))
+@click.argument("model", type=click.Path(exists=True, dir_okay=False))
 @loading_options
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
 def layers(model: str, fmt: str, **opts) -> int:
@@ -59,7 +59,7 @@ def analyzers(fmt: str) -> int:
 
 
 @click.command("inspect")
-@click.argument("model", type=click.Path(dir_okay=False))
+@click.argument("model", type=click.Path(exists=True, dir_okay=False))
 @loading_options
 def inspect_model(model: str, **opts) -> int:
     """Show MODEL's format, trust tier, capabilities and preprocessing (JSON on stdout)."""
@@ -116,7 +116,6 @@ def train(data: str, out: str, epochs: int, seed: int) -> int:
     """Train the tiny demo CNN on a labelled probe folder (CPU, about a minute)."""
     from explainkit.datasets.probe import ProbeSet
     from explainkit.datasets.training import train_classifier
-
     from explainkit.loading.save import save_model
     from explainkit.models import SYNTHETIC_PREPROCESSING
 

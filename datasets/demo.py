@@ -13,7 +13,6 @@ from importlib.resources import files
 from pathlib import Path
 
 from explainkit.datasets.synthetic import WorldSpec, write_world
-
 from explainkit.errors import ConfigError
 
 __all__ = ["PROBE_WORLD", "TRAIN_WORLD", "bundled_model_path", "run_demo", "train_demo_model"]
@@ -33,7 +32,6 @@ def train_demo_model(out: Path, workdir: Path, *, seed: int = 0) -> Path:
     """Regenerate the training world in ``workdir`` and train the demo model into ``out``."""
     from explainkit.datasets.probe import ProbeSet
     from explainkit.datasets.training import train_classifier
-
     from explainkit.loading.save import save_model
     from explainkit.models import SYNTHETIC_PREPROCESSING
 

@@ -27,14 +27,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
+
 from explainkit.datasets.tables import (
     BadRow,
     read_concepts_csv,
     read_descriptions,
     read_labels_csv,
 )
-from PIL import Image
-
 from explainkit.errors import DataError
 
 __all__ = ["IMAGE_EXTENSIONS", "ProbeSet"]
@@ -220,7 +220,8 @@ class ProbeSet:
         def on_bad(bad: BadRow) -> None:
             if not skip_bad:
                 raise DataError(bad.message() + " (use --skip-bad to drop bad rows)")
-            skipped.append(bad)
+            if bad.path not in {b.path for b in skipped}:  # one entry per image
+                skipped.append(bad)
 
         labels_path = Path(labels) if labels else (root / "labels.csv")
         class_dirs = sorted(

@@ -9,9 +9,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from explainkit.datasets.probe import ProbeSet
 from torch import nn
 
+from explainkit.datasets.probe import ProbeSet
 from explainkit.errors import DataError
 from explainkit.loading.preprocessing import Preprocessing
 from explainkit.models import SYNTHETIC_PREPROCESSING, TinyCNN

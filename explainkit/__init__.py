@@ -16,6 +16,7 @@ from explainkit.analyzers import (
     list_analyzers,
     register_analyzer,
 )
+from explainkit.analyzers.cam import cam, cams
 from explainkit.datasets.probe import ProbeSet
 from explainkit.errors import (
     CapabilityError,
@@ -26,6 +27,7 @@ from explainkit.errors import (
     ModelRefusedError,
     RuntimeAnalysisError,
 )
+from explainkit.invert import label_neurons
 from explainkit.loading import ModelHandle, Preprocessing, load_model, wrap
 from explainkit.loading.save import save_model
 from explainkit.prototypes.perturb import perturb
@@ -49,7 +51,10 @@ __all__ = [
     "RuntimeAnalysisError",
     "__version__",
     "analyze",
+    "cam",
+    "cams",
     "get_analyzer",
+    "label_neurons",
     "list_analyzers",
     "load_model",
     "perturb",

@@ -20,13 +20,13 @@ __all__ = ["ANALYZE_KEYS", "load_config", "parse_analyzer_spec", "parse_value"]
 ANALYZE_KEYS = frozenset({
     "data", "concepts", "descriptions", "arch", "analyzers", "layer", "out", "device", "batch_size",
     "seed", "allow_classes", "input_size", "mean", "std", "resize", "class_names", "format",
-    "skip_bad", "fail_on", "asset_budget_mb",
+    "skip_bad", "fail_on", "asset_budget_mb", "backend", "workers", "gpus_per_worker",
 })
 _TABLES = frozenset({"analyzer"})
 
 
 def _line_of(text: str, key: str) -> int | None:
-    pattern = re.compile(rf"^\s*(\[+\s*)?{re.escape(key)}\b", re.MULTILINE)
+    pattern = re.compile(rf"^[ \t]*(\[+[ \t]*)?{re.escape(key)}\b", re.MULTILINE)
     match = pattern.search(text)
     return text.count("\n", 0, match.start()) + 1 if match else None
 

@@ -121,10 +121,12 @@ def capture_layers(
     layers: Mapping[str, nn.Module],
     *,
     detach: bool = False,
-    transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    transform: Callable[[torch.Tensor], torch.Tensor] | Mapping[str, Callable[[torch.Tensor], torch.Tensor]]
+    | None = None,
     grad_from_layers: bool = False,
     stop_early: bool = False,
     tensors_only: bool = True,
+    edit: Callable[[str, torch.Tensor], torch.Tensor] | None = None,
 ) -> Iterator[LayerCapture]:
     """Record the outputs of ``layers`` during forward passes of ``root``.
 
@@ -136,9 +138,10 @@ def capture_layers(
         Dotted name → submodule (see :func:`explainkit.adapters.resolve_layers`).
     detach : bool
         Store detached tensors (activation extraction without autograd).
-    transform : callable, optional
+    transform : callable or mapping of str to callable, optional
         Applied to each output before it is stored (e.g. spatial pooling, so that only (B, C)
-        is kept instead of (B, C, H, W)).
+        is kept instead of (B, C, H, W)). A mapping gives each layer its own transform (layers
+        missing from it are stored unchanged).
     grad_from_layers : bool
         For gradient methods: call the model under ``torch.no_grad()``; the first captured layer to
         fire replaces its output by a fresh leaf that requires grad and switches gradients on for
@@ -149,6 +152,9 @@ def capture_layers(
         With :meth:`LayerCapture.forward`, end the pass as soon as every layer has fired.
     tensors_only : bool
         Raise when a layer returns something other than a tensor (else skip that call).
+    edit : callable, optional
+        ``edit(name, output) -> tensor``: replaces the layer's output for the rest of the pass
+        (interventions such as ablating channels); the edited tensor is what gets recorded.
 
     Yields
     ------
@@ -170,6 +176,8 @@ def capture_layers(
                     f"layer {name!r} returns {type(output).__name__}, not a tensor; pick a layer with a tensor output"
                 )
             replaced = None
+            if edit is not None:
+                output = replaced = edit(name, output)
             value = output
             if grad_from_layers and not capture._grad_started:
                 value = output.detach().requires_grad_(True)
@@ -178,8 +186,9 @@ def capture_layers(
                 replaced = value.clone()
             if detach:
                 value = value.detach()
-            if transform is not None:
-                value = transform(value)
+            fn = transform.get(name) if isinstance(transform, Mapping) else transform
+            if fn is not None:
+                value = fn(value)
             capture.outputs[name].append(value)
             capture.order.append(name)
             if stop_early and capture._all_fired():

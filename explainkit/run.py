@@ -8,7 +8,6 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import random
-import sys
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -17,14 +16,13 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm
 
-from explainkit.adapters.targets import select_logits
-from explainkit.analyzers.base import Analyzer, Batch, Finding, RunContext, Section, require
+from explainkit.adapters.layers import resolve_layer
+from explainkit.analyzers.base import Analyzer, Finding, RunContext, Section, require
 from explainkit.analyzers.registry import get_analyzer, get_analyzer_class, list_analyzers
+from explainkit.backends import RunPlan, get_backend, guard
 from explainkit.datasets.probe import ProbeSet
-from explainkit.errors import ConfigError, DataError, ExplainkitError, RuntimeAnalysisError
-from explainkit.hooks import eval_mode
+from explainkit.errors import ConfigError, DataError
 from explainkit.loading.handle import ModelHandle
 from explainkit.loading.loaders import wrap
 from explainkit.provenance import versions
@@ -121,6 +119,8 @@ def analyze(
     progress: bool | None = None,
     config: Mapping[str, Any] | None = None,
     asset_budget_bytes: int | None = None,
+    backend: str = "serial",
+    backend_options: Mapping[str, Any] | None = None,
 ) -> Report:
     """Run analyzers over a probe set and return the report.
 
@@ -149,6 +149,11 @@ def analyze(
         The resolved configuration to record in the report.
     asset_budget_bytes : int, optional
         Size budget for embedded images.
+    backend : str
+        ``"serial"`` (the reference), ``"torchrun"`` (run under ``torchrun``; every rank maps its
+        shard, rank 0 writes the report) or ``"ray"`` (Ray Data actors; extra ``explainkit[ray]``).
+    backend_options : mapping, optional
+        Backend parameters, e.g. ``{"workers": 4, "gpus_per_worker": 1}`` for Ray.
 
     Returns
     -------
@@ -174,6 +179,8 @@ def analyze(
     for a in instances:
         require(a, handle, probe, runnable)
     handle.require_preprocessing()
+    if layer is not None:
+        layer = resolve_layer(handle.module, layer)[0]
     dev = resolve_device(device)
     label_map, label_mapping = _label_map(handle, probe)
     ctx = RunContext(handle=handle, data=probe, device=dev, seed=seed, batch_size=batch_size,
@@ -181,74 +188,26 @@ def analyze(
     for a in instances:
         a.check(ctx)
     _seed_all(seed)
-    timings: dict[str, float] = {"setup": time.perf_counter() - t0, "forward": 0.0}
-    timings.update({a.name: 0.0 for a in instances})
-    handle.to(dev)
-    states = {a.name: a.init_state(ctx) for a in instances}
-    n_batches = -(-len(probe) // batch_size)
-    with eval_mode(handle.module):
-        for indices, images in tqdm(probe.iter_batches(batch_size), total=n_batches, file=sys.stderr,
-                                    disable=None if progress is None else not progress,
-                                    desc="analyze", unit="batch", leave=False):
-            t = time.perf_counter()
-            batch = _make_batch(handle, probe, indices, images, dev, label_map)
-            timings["forward"] += time.perf_counter() - t
-            for a in instances:
-                t = time.perf_counter()
-                states[a.name] = a.merge(states[a.name], _guard(a, "map", a.map, ctx, batch))
-                timings[a.name] += time.perf_counter() - t
+    timings: dict[str, float] = {"setup": time.perf_counter() - t0}
+    plan = RunPlan(handle=handle, probe=probe, analyzers=instances, label_map=label_map, progress=progress)
+    outcome = get_backend(backend, **(backend_options or {})).run(plan, ctx)
+    states = outcome.states
+    for key, value in outcome.timings.items():
+        timings[key] = timings.get(key, 0.0) + value
     sections = []
     for a in instances:
         t = time.perf_counter()
-        sections.append(_guard(a, "finalize", a.finalize, ctx, states[a.name]))
-        timings[a.name] += time.perf_counter() - t
+        sections.append(guard(a, "finalize", a.finalize, ctx, states[a.name]))
+        timings[a.name] = timings.get(a.name, 0.0) + time.perf_counter() - t
     timings["total"] = time.perf_counter() - t0
     report = build_report(
         kind="analysis", sections=sections, handle=handle, data=probe, seed=seed, device=dev,
-        batch_size=batch_size, config=dict(config or {}), timings=timings,
+        batch_size=batch_size, config={**dict(config or {}), "backend": outcome.describe}, timings=timings,
         label_mapping=label_mapping, asset_budget_bytes=asset_budget_bytes,
     )
-    if out is not None:
+    if out is not None and outcome.is_writer:
         report.save(out)
     return report
-
-
-def _make_batch(handle: ModelHandle, probe: ProbeSet, indices: np.ndarray, images: list,
-                dev: torch.device, label_map: np.ndarray | None) -> Batch:
-    inputs = handle.preprocess(images).to(dev)
-    try:
-        with torch.no_grad():
-            output = handle.forward(inputs)
-    except ExplainkitError:
-        raise
-    except Exception as exc:
-        raise RuntimeAnalysisError(f"the model failed on a batch of {len(images)} images: {exc}") from exc
-    logits = select_logits(output)
-    if not torch.isfinite(logits).all():
-        bad = [probe.ids[int(indices[i])] for i in torch.nonzero(~torch.isfinite(logits).all(1)).flatten()[:3]]
-        raise RuntimeAnalysisError(f"the model produced non-finite outputs (NaN/inf) for {', '.join(bad)}")
-    labels = probe.labels[indices]
-    if label_map is not None:
-        labels = np.where(labels >= 0, label_map[np.clip(labels, 0, None)], -1)
-    return Batch(
-        indices=indices, ids=[probe.ids[int(i)] for i in indices], inputs=inputs, images=images,
-        labels=torch.as_tensor(labels, dtype=torch.long),
-        concepts=None if probe.concepts is None else probe.concepts[indices],
-        output=output, logits=logits,
-    )
-
-
-def _guard(analyzer: Analyzer, step: str, fn, *args):
-    try:
-        return fn(*args)
-    except ExplainkitError:
-        raise
-    except torch.cuda.OutOfMemoryError as exc:
-        raise RuntimeAnalysisError(
-            f"analyzer {analyzer.name!r} ran out of GPU memory in {step}; lower --batch-size"
-        ) from exc
-    except Exception as exc:
-        raise RuntimeAnalysisError(f"analyzer {analyzer.name!r} failed in {step}: {type(exc).__name__}: {exc}") from exc
 
 
 def build_report(

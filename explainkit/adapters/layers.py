@@ -102,7 +102,8 @@ def default_layer(root: nn.Module, input_size: tuple[int, int] = (224, 224)) -> 
 
     Known families get the layer the literature uses (ViT: the last block's ``norm1``; Swin: the
     last block's ``norm1``). Otherwise a dry forward pass on a zero image finds the last module
-    (in completion order) whose output is a 4-D map larger than 1×1, or else a token sequence.
+    (in completion order) whose output is a 4-D map larger than 1×1 (pooling layers excluded), or
+    else a token sequence.
 
     Parameters
     ----------
@@ -133,8 +134,9 @@ def default_layer(root: nn.Module, input_size: tuple[int, int] = (224, 224)) -> 
     ) as cap:
         _probe(root, x)
     shapes = {name: outs[-1].shape for name, outs in cap.outputs.items() if outs}
+    # Pooling layers resample the map (VGG's adaptive 7x7 pool upsamples small inputs); skip them.
     for name in reversed(cap.order):
-        if _is_spatial_map(shapes[name]):
+        if _is_spatial_map(shapes[name]) and "Pool" not in type(modules[name]).__name__:
             return name
     for name in reversed(cap.order):
         shape = shapes[name]

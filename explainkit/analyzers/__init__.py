@@ -1,6 +1,6 @@
 """Analyzers and their registry. Importing this package registers the built-in analyzers."""
 
-from explainkit.analyzers import performance
+from explainkit.analyzers import cam, performance
 from explainkit.analyzers.base import Analyzer, Batch, Finding, RecordState, RunContext, Section
 from explainkit.analyzers.registry import (
     get_analyzer,
@@ -8,7 +8,8 @@ from explainkit.analyzers.registry import (
     list_analyzers,
     register_analyzer,
 )
-from explainkit.prototypes import analyzer as prototypes  # noqa: F401  (registers "prototypes")
+from explainkit.invert import analyzer as invert  # registers "invert"
+from explainkit.prototypes import analyzer as prototypes  # registers "prototypes"
 
 __all__ = [
     "Analyzer",
@@ -17,9 +18,12 @@ __all__ = [
     "RecordState",
     "RunContext",
     "Section",
+    "cam",
     "get_analyzer",
     "get_analyzer_class",
+    "invert",
     "list_analyzers",
     "performance",
+    "prototypes",
     "register_analyzer",
 ]

@@ -207,9 +207,13 @@ class RecordState:
         """Sorted probe-set indices."""
         return np.array(sorted(self.records), dtype=np.int64)
 
+    def column(self, key: str) -> list[Any]:
+        """Column ``key`` as a list in index order (any objects)."""
+        return [self.records[i][key] for i in sorted(self.records)]
+
     def stacked(self, key: str) -> np.ndarray:
-        """Column ``key`` as an array in index order."""
-        return np.asarray([self.records[i][key] for i in sorted(self.records)])
+        """Column ``key`` as an array in index order (numbers or arrays of equal shape)."""
+        return np.asarray(self.column(key))
 
 
 class Analyzer:

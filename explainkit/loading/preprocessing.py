@@ -114,11 +114,14 @@ class Preprocessing:
 
 
 def _as_size(value: object) -> tuple[int, int]:
-    if isinstance(value, str):
-        value = [int(v) for v in value.replace("x", ",").split(",") if v.strip()]
-    if isinstance(value, int | np.integer):
-        value = (int(value), int(value))
-    seq = [int(v) for v in value]  # type: ignore[union-attr]
+    try:
+        if isinstance(value, str):
+            value = [int(v) for v in value.replace("x", ",").split(",") if v.strip()]
+        if isinstance(value, int | np.integer):
+            value = (int(value), int(value))
+        seq = [int(v) for v in value]  # type: ignore[union-attr]
+    except (TypeError, ValueError):
+        raise ConfigError(f"bad input size {value!r}: expected N or H,W") from None
     if len(seq) == 3:  # (C, H, W) as timm writes it
         seq = seq[1:]
     if len(seq) == 1:

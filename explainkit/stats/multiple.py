@@ -2,9 +2,25 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 __all__ = ["adjust_pvalues", "benjamini_hochberg", "holm"]
+
+
+def _on_finite(pvalues: np.ndarray, sorted_adjust: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+    """Apply ``sorted_adjust`` to the ascending finite p-values; NaNs are left out and stay NaN."""
+    p = np.asarray(pvalues, dtype=np.float64)
+    out = np.full(p.shape, np.nan)
+    ok = np.isfinite(p)
+    q = p[ok]
+    if q.size:
+        order = np.argsort(q, kind="stable")
+        res = np.empty(q.size)
+        res[order] = np.minimum(sorted_adjust(q[order]), 1.0)
+        out[ok] = res
+    return out
 
 
 def holm(pvalues: np.ndarray) -> np.ndarray:
@@ -20,19 +36,11 @@ def holm(pvalues: np.ndarray) -> np.ndarray:
     ndarray
         (m,) adjusted p-values, monotone in the raw order, capped at 1.
     """
-    p = np.asarray(pvalues, dtype=np.float64)
-    out = np.full(p.shape, np.nan)
-    ok = np.isfinite(p)
-    q = p[ok]
-    m = q.size
-    if m == 0:
-        return out
-    order = np.argsort(q, kind="stable")
-    adj = np.maximum.accumulate((m - np.arange(m)) * q[order])
-    res = np.empty(m)
-    res[order] = np.minimum(adj, 1.0)
-    out[ok] = res
-    return out
+
+    def step_down(q: np.ndarray) -> np.ndarray:
+        return np.maximum.accumulate((q.size - np.arange(q.size)) * q)
+
+    return _on_finite(pvalues, step_down)
 
 
 def benjamini_hochberg(pvalues: np.ndarray, *, dependent: bool = False) -> np.ndarray:
@@ -50,22 +58,15 @@ def benjamini_hochberg(pvalues: np.ndarray, *, dependent: bool = False) -> np.nd
     ndarray
         (m,) adjusted p-values.
     """
-    p = np.asarray(pvalues, dtype=np.float64)
-    out = np.full(p.shape, np.nan)
-    ok = np.isfinite(p)
-    q = p[ok]
-    m = q.size
-    if m == 0:
-        return out
-    order = np.argsort(q, kind="stable")
-    factor = m / np.arange(1, m + 1)
-    if dependent:
-        factor = factor * np.sum(1.0 / np.arange(1, m + 1))
-    adj = np.minimum.accumulate((factor * q[order])[::-1])[::-1]
-    res = np.empty(m)
-    res[order] = np.minimum(adj, 1.0)
-    out[ok] = res
-    return out
+
+    def step_up(q: np.ndarray) -> np.ndarray:
+        m = q.size
+        factor = m / np.arange(1, m + 1)
+        if dependent:
+            factor = factor * np.sum(1.0 / np.arange(1, m + 1))
+        return np.minimum.accumulate((factor * q)[::-1])[::-1]
+
+    return _on_finite(pvalues, step_up)
 
 
 def adjust_pvalues(pvalues: np.ndarray, method: str) -> np.ndarray:

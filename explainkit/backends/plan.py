@@ -1,0 +1,146 @@
+"""What every backend runs: map a shard of the probe set through the analyzers, batch by batch."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from explainkit._prefetch import prefetch
+from explainkit.adapters.targets import select_logits
+from explainkit.analyzers.base import Analyzer, Batch, RunContext
+from explainkit.datasets.probe import ProbeSet
+from explainkit.errors import ExplainkitError, RuntimeAnalysisError
+from explainkit.hooks import eval_mode
+from explainkit.loading.handle import ModelHandle
+
+__all__ = ["Outcome", "RunPlan", "guard", "make_batch", "map_shard", "merge_states", "shard_indices"]
+
+
+@dataclass
+class RunPlan:
+    """The checked, ready-to-run description of an analysis (picklable for remote workers)."""
+
+    handle: ModelHandle
+    probe: ProbeSet
+    analyzers: list[Analyzer]
+    label_map: np.ndarray | None
+    progress: bool | None = None
+
+
+@dataclass
+class Outcome:
+    """Merged analyzer states from a backend, plus timing and where the run happened."""
+
+    states: dict[str, Any]
+    timings: dict[str, float] = field(default_factory=dict)
+    is_writer: bool = True
+    describe: dict[str, Any] = field(default_factory=lambda: {"name": "serial"})
+
+
+def shard_indices(n: int, rank: int, world: int) -> np.ndarray:
+    """Indices of shard ``rank`` of ``world``: every ``world``-th sample in sorted-id order.
+
+    Shards are disjoint, cover every sample exactly once, and depend only on the sample order,
+    never on timing (unlike ``DistributedSampler``, nothing is padded or dropped).
+    """
+    return np.arange(rank, n, world, dtype=np.int64)
+
+
+def guard(analyzer: Analyzer, step: str, fn: Callable[..., Any], *args: Any) -> Any:
+    """Call an analyzer step; unexpected exceptions become a :class:`RuntimeAnalysisError` naming it."""
+    try:
+        return fn(*args)
+    except ExplainkitError:
+        raise
+    except torch.cuda.OutOfMemoryError as exc:
+        raise RuntimeAnalysisError(
+            f"analyzer {analyzer.name!r} ran out of GPU memory in {step}; lower --batch-size"
+        ) from exc
+    except Exception as exc:
+        raise RuntimeAnalysisError(
+            f"analyzer {analyzer.name!r} failed in {step}: {type(exc).__name__}: {exc}") from exc
+
+
+def make_batch(handle: ModelHandle, probe: ProbeSet, indices: np.ndarray, images: list,
+               inputs: torch.Tensor, label_map: np.ndarray | None) -> Batch:
+    """Run the plain forward pass for a batch and package what analyzers see."""
+    try:
+        with torch.no_grad():
+            output = handle.forward(inputs)
+    except ExplainkitError:
+        raise
+    except Exception as exc:
+        raise RuntimeAnalysisError(f"the model failed on a batch of {len(images)} images: {exc}") from exc
+    logits = select_logits(output)
+    if not torch.isfinite(logits).all():
+        bad = [probe.ids[int(indices[i])] for i in torch.nonzero(~torch.isfinite(logits).all(1)).flatten()[:3]]
+        raise RuntimeAnalysisError(f"the model produced non-finite outputs (NaN/inf) for {', '.join(bad)}")
+    labels = probe.labels[indices]
+    if label_map is not None:
+        labels = np.where(labels >= 0, label_map[np.clip(labels, 0, None)], -1)
+    return Batch(
+        indices=indices, ids=[probe.ids[int(i)] for i in indices], inputs=inputs, images=images,
+        labels=torch.as_tensor(labels, dtype=torch.long),
+        concepts=None if probe.concepts is None else probe.concepts[indices],
+        output=output, logits=logits,
+    )
+
+
+def map_shard(plan: RunPlan, ctx: RunContext, indices: Sequence[int], *, desc: str = "analyze"
+              ) -> tuple[dict[str, Any], dict[str, float]]:
+    """Map the samples at ``indices`` through every analyzer and merge per analyzer.
+
+    Parameters
+    ----------
+    plan : RunPlan
+        What to run.
+    ctx : RunContext
+        The context of this worker (its device).
+    indices : sequence of int
+        The shard, in order.
+    desc : str
+        Progress-bar label.
+
+    Returns
+    -------
+    states : dict
+        Analyzer name → merged state of the shard.
+    timings : dict
+        Seconds spent in the forward pass and in each analyzer.
+    """
+    handle, probe = plan.handle, plan.probe
+    timings = {"forward": 0.0, **{a.name: 0.0 for a in plan.analyzers}}
+    states = {a.name: a.init_state(ctx) for a in plan.analyzers}
+    indices = np.asarray(indices, dtype=np.int64)
+    prep = handle.require_preprocessing()
+    n_batches = -(-len(indices) // ctx.batch_size)
+    loaded = prefetch((idx, imgs, prep(imgs)) for idx, imgs in probe.iter_batches(ctx.batch_size, indices))
+    handle.to(ctx.device)
+    with eval_mode(handle.module):
+        for idx, images, inputs in tqdm(loaded, total=n_batches, file=sys.stderr, desc=desc, unit="batch",
+                                        disable=None if plan.progress is None else not plan.progress,
+                                        leave=False):
+            t = time.perf_counter()
+            batch = make_batch(handle, probe, idx, images, inputs.to(ctx.device), plan.label_map)
+            timings["forward"] += time.perf_counter() - t
+            for a in plan.analyzers:
+                t = time.perf_counter()
+                states[a.name] = a.merge(states[a.name], guard(a, "map", a.map, ctx, batch))
+                timings[a.name] += time.perf_counter() - t
+    return states, timings
+
+
+def merge_states(plan: RunPlan, parts: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Merge per-shard states analyzer by analyzer, in the given (deterministic) order."""
+    merged = dict(parts[0])
+    for part in parts[1:]:
+        for a in plan.analyzers:
+            merged[a.name] = guard(a, "merge", a.merge, merged[a.name], part[a.name])
+    return merged

@@ -1,0 +1,71 @@
+r"""The ``torchrun`` backend: ``torch.distributed`` ranks map disjoint shards; states are all-gathered.
+
+Run the ordinary command under ``torchrun``::
+
+    torchrun --standalone --nproc_per_node=4 -m explainkit analyze model.safetensors --data probe/ \
+        --backend torchrun --device cuda
+
+Every rank loads the model, validates the run and maps the samples ``rank::world`` (sorted ids; no
+padding, no dropping). States are gathered with ``all_gather_object`` and merged in rank order on
+every rank; rank 0 writes the report. CUDA ranks use ``cuda:LOCAL_RANK`` and NCCL, CPU ranks gloo.
+``torch.distributed`` has no authentication: use it on trusted networks only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import torch
+import torch.distributed as dist
+
+from explainkit.analyzers.base import RunContext
+from explainkit.backends.base import Backend, register_backend
+from explainkit.backends.plan import Outcome, RunPlan, map_shard, merge_states, shard_indices
+from explainkit.errors import ConfigError
+
+__all__ = ["TorchrunBackend"]
+
+
+@register_backend
+class TorchrunBackend(Backend):
+    """Data-parallel over ``torch.distributed`` ranks (started by ``torchrun``).
+
+    Parameters
+    ----------
+    timeout_s : float
+        Collective timeout.
+    """
+
+    name = "torchrun"
+
+    def __init__(self, timeout_s: float = 1800.0) -> None:
+        self.timeout_s = timeout_s
+
+    def run(self, plan: RunPlan, ctx: RunContext) -> Outcome:
+        """Map this rank's shard, all-gather the states, merge them in rank order."""
+        if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+            raise ConfigError("--backend torchrun must be started by torchrun (RANK/WORLD_SIZE are not set)")
+        created = False
+        if not dist.is_initialized():
+            import datetime as dt
+
+            dist.init_process_group("nccl" if ctx.device.type == "cuda" else "gloo",
+                                    timeout=dt.timedelta(seconds=self.timeout_s))
+            created = True
+        try:
+            rank, world = dist.get_rank(), dist.get_world_size()
+            if ctx.device.type == "cuda":
+                local = int(os.environ.get("LOCAL_RANK", rank))
+                ctx = dataclasses.replace(ctx, device=torch.device("cuda", local))
+                torch.cuda.set_device(ctx.device)
+            states, timings = map_shard(plan, ctx, shard_indices(len(plan.probe), rank, world),
+                                        desc=f"analyze[rank {rank}]")
+            gathered: list = [None] * world
+            dist.all_gather_object(gathered, (states, timings))
+            merged = merge_states(plan, [g[0] for g in gathered])
+            total = {k: max(g[1].get(k, 0.0) for g in gathered) for k in timings}
+            return Outcome(merged, total, rank == 0, {"name": self.name, "workers": world})
+        finally:
+            if created:
+                dist.destroy_process_group()

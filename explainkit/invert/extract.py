@@ -1,0 +1,224 @@
+"""Streaming activation extraction: one number per unit and image, never whole feature maps.
+
+A :class:`Pooler` turns a layer output into (B, D) inside the forward hook
+(``capture_layers(detach=True, transform=poolers, stop_early=True)``), so only N×D values are kept
+for a probe set, never N×D×H×W:
+
+* spatial maps (B, C, H, W) or channels-last (B, H, W, C): spatial ``mean`` (default, as INVERT's
+  authors did for ResNet ``avgpool``) or ``max`` per channel;
+* token sequences (B, T, C) of ViT-like models: the ``cls`` token or the ``mean`` of the patch
+  tokens (prefix tokens found from the model's attributes or the token count);
+* (B, D) outputs (linear units, logits): as they are.
+
+The special layer name :data:`LOGITS` reads the model's logits without any hook.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from explainkit.adapters.targets import select_logits
+from explainkit.adapters.tokens import SpatialLayout, infer_layout, token_hints
+from explainkit.errors import ConfigError
+from explainkit.hooks import capture_layers, eval_mode
+from explainkit.loading.handle import ModelHandle
+
+__all__ = ["LOGITS", "POOLINGS", "TOKEN_OPTIONS", "Pooler", "batch_activations", "extract_activations"]
+
+#: Layer name meaning "the model's logits" (one unit per class).
+LOGITS = "@logits"
+POOLINGS = ("mean", "max")
+TOKEN_OPTIONS = ("cls", "mean")
+
+
+class Pooler:
+    """Reduce a layer's output to one value per unit: (B, …) → (B, D).
+
+    Parameters
+    ----------
+    layer : str
+        Layer name (for messages and the record).
+    module : torch.nn.Module or None
+        The layer (helps to tell channels-last maps apart); ``None`` for :data:`LOGITS`.
+    pooling : {"mean", "max"}
+        Spatial aggregation of 4-D maps.
+    tokens : {"cls", "mean"}
+        Aggregation of 3-D token sequences: the first (CLS) token or the mean of the patch tokens.
+    model : torch.nn.Module, optional
+        The whole model, for token-grid hints (prefix tokens, grid).
+    input_size : tuple of int, optional
+        (H, W) of the model input, to resolve token grids.
+
+    Notes
+    -----
+    The layout is inferred from the first output seen and then fixed; :meth:`describe` records it.
+    """
+
+    def __init__(self, layer: str, module: nn.Module | None, *, pooling: str = "mean", tokens: str = "cls",
+                 model: nn.Module | None = None, input_size: tuple[int, int] | None = None) -> None:
+        if pooling not in POOLINGS:
+            raise ConfigError(f"pooling must be one of {', '.join(POOLINGS)}, not {pooling!r}")
+        if tokens not in TOKEN_OPTIONS:
+            raise ConfigError(f"tokens must be one of {', '.join(TOKEN_OPTIONS)}, not {tokens!r}")
+        self.layer = layer
+        self.module = module
+        self.pooling = pooling
+        self.tokens = tokens
+        self.hints = token_hints(model) if model is not None else {}
+        self.input_size = input_size
+        self.kind: str | None = None
+        self.layout: SpatialLayout | None = None
+        self.shape: tuple[int, ...] | None = None
+
+    def _learn(self, t: torch.Tensor) -> None:
+        self.shape = tuple(int(s) for s in t.shape[1:])
+        if t.dim() == 2:
+            self.kind = "logits" if self.layer == LOGITS else "units"
+        elif t.dim() == 4:
+            self.kind, self.layout = "spatial", infer_layout(t, self.module)
+        elif t.dim() == 3:
+            self.kind = "tokens"
+            try:
+                self.layout = infer_layout(t, self.module, input_size=self.input_size, **self.hints)
+            except ConfigError:
+                if self.tokens == "mean" or "prefix_tokens" not in self.hints:
+                    raise
+                self.layout = SpatialLayout("tokens", int(self.hints["prefix_tokens"]))
+            if self.tokens == "cls" and self.layout.prefix_tokens < 1:
+                raise ConfigError(
+                    f"layer {self.layer!r} has no CLS/prefix token (found {self.layout.prefix_tokens}); "
+                    "use tokens='mean'"
+                )
+        else:
+            raise ConfigError(
+                f"layer {self.layer!r} outputs shape {tuple(t.shape)}; INVERT needs (B, D) units, (B, C, H, W) "
+                "maps or (B, T, C) tokens"
+            )
+
+    def _reduce(self, t: torch.Tensor, op: str) -> torch.Tensor:
+        if self.kind in ("units", "logits"):
+            return t
+        if self.kind == "spatial":
+            dims = (2, 3) if self.layout.kind == "nchw" else (1, 2)  # type: ignore[union-attr]
+            return t.sum(dims) if op == "sum" else (t.mean(dims) if op == "mean" else t.amax(dims))
+        k = self.layout.prefix_tokens  # type: ignore[union-attr]
+        if self.tokens == "cls":
+            return t[:, 0]
+        return t[:, k:].sum(1) if op == "sum" else t[:, k:].mean(1)
+
+    def __call__(self, t: torch.Tensor) -> torch.Tensor:
+        """(B, D) float32 pooled values of a layer output."""
+        if self.kind is None:
+            self._learn(t)
+        return self._reduce(t.float(), self.pooling).float()
+
+    def contribution(self, value: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+        """Gradient × activation summed over the positions the pooling reads: (B, D).
+
+        For a spatial-mean unit feeding a linear classifier this is exactly ``w_kj · unit_j``,
+        the unit's additive share of the logit.
+        """
+        if self.kind is None:
+            self._learn(value)
+        return self._reduce((value.float() * grad.float()), "sum")
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-ready record of the representation (layer, kind, aggregation, layout, shape)."""
+        aggregation = {"spatial": f"spatial {self.pooling} per channel",
+                       "tokens": "CLS token" if self.tokens == "cls" else "mean of patch tokens",
+                       "units": "none (one value per unit)", "logits": "none (one logit per class)"}.get(
+            self.kind or "", "unknown (no batch seen)")
+        return {"layer": self.layer, "kind": self.kind, "aggregation": aggregation,
+                "pooling": self.pooling if self.kind == "spatial" else None,
+                "tokens": self.tokens if self.kind == "tokens" else None,
+                "layout": self.layout.to_dict() if self.layout is not None else None,
+                "output_shape": list(self.shape) if self.shape else None}
+
+
+def batch_activations(handle: ModelHandle, inputs: torch.Tensor, poolers: Mapping[str, Pooler],
+                      logits: torch.Tensor | None = None) -> dict[str, np.ndarray]:
+    """Pooled activations of one batch for every layer in ``poolers``.
+
+    Parameters
+    ----------
+    handle : ModelHandle
+        The model.
+    inputs : torch.Tensor
+        (B, 3, H, W) preprocessed inputs on the model's device.
+    poolers : mapping of str to Pooler
+        Layer name → pooler; :data:`LOGITS` reads ``logits``.
+    logits : torch.Tensor, optional
+        (B, K) logits of ``inputs`` when already computed (else the pass runs to the end).
+
+    Returns
+    -------
+    dict of str to ndarray
+        Layer name → (B, D) float32.
+    """
+    hooked = {name: p for name, p in poolers.items() if name != LOGITS}
+    out: dict[str, np.ndarray] = {}
+    need_logits = LOGITS in poolers and logits is None
+    with torch.no_grad():
+        if hooked:
+            layers = {name: p.module for name, p in hooked.items()}
+            with capture_layers(handle.module, layers, detach=True, transform=hooked,
+                                stop_early=not need_logits) as cap:
+                output = cap.forward(handle.forward, inputs)
+            out = {name: cap[name].cpu().numpy() for name in hooked}
+        elif need_logits:
+            output = handle.forward(inputs)
+        if need_logits:
+            logits = select_logits(output)
+    if LOGITS in poolers:
+        out[LOGITS] = poolers[LOGITS](logits.detach()).cpu().numpy()
+    return out
+
+
+def extract_activations(handle: ModelHandle, images: Any, layers: Sequence[str], *, pooling: str = "mean",
+                        tokens: str = "cls", batch_size: int = 32) -> tuple[dict[str, np.ndarray], dict]:
+    """Stream a probe set through the model and keep only pooled activations (N×D per layer).
+
+    Parameters
+    ----------
+    handle : ModelHandle
+        The model (with preprocessing).
+    images : ProbeSet
+        The probe images (anything with ``iter_batches(batch_size)``).
+    layers : sequence of str
+        Dotted layer names, or :data:`LOGITS`.
+    pooling, tokens : str
+        See :class:`Pooler`.
+    batch_size : int
+        Images per forward pass.
+
+    Returns
+    -------
+    activations : dict of str to ndarray
+        Layer → (N, D) float32, rows in probe-set order.
+    representations : dict of str to dict
+        Layer → :meth:`Pooler.describe` record.
+    """
+    from explainkit.adapters.layers import resolve_layer
+
+    poolers = {}
+    input_size = handle.preprocessing.input_size if handle.preprocessing is not None else None
+    for name in layers:
+        module = None
+        if name != LOGITS:
+            name, module = resolve_layer(handle.module, name)
+        poolers[name] = Pooler(name, module, pooling=pooling, tokens=tokens, model=handle.module,
+                               input_size=input_size)
+    device = handle.device()
+    chunks: dict[str, list[np.ndarray]] = {name: [] for name in poolers}
+    with eval_mode(handle.module):
+        for _, batch in images.iter_batches(batch_size):
+            acts = batch_activations(handle, handle.preprocess(batch).to(device), poolers)
+            for name, a in acts.items():
+                chunks[name].append(a)
+    return ({name: np.concatenate(c) for name, c in chunks.items()},
+            {name: p.describe() for name, p in poolers.items()})

@@ -1,0 +1,123 @@
+"""Execution backends reproduce the serial reference: partitions, torchrun and Ray."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import explainkit
+from explainkit.analyzers import get_analyzer_class, list_analyzers
+from explainkit.analyzers.base import RunContext
+from explainkit.backends import RunPlan, get_backend, map_shard, merge_states, shard_indices
+from explainkit.datasets.probe import ProbeSet
+from explainkit.errors import ConfigError
+from explainkit.run import build_analyzers, resolve_device
+
+
+def assert_same_json(a, b, path="", rel=1e-9):
+    """Equal JSON values, floats up to summation-order rounding."""
+    if isinstance(a, dict):
+        assert isinstance(b, dict) and a.keys() == b.keys(), path
+        for k in a:
+            assert_same_json(a[k], b[k], f"{path}.{k}", rel)
+    elif isinstance(a, list):
+        assert isinstance(b, list) and len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_same_json(x, y, f"{path}[{i}]", rel)
+    elif isinstance(a, float) and isinstance(b, float):
+        assert math.isclose(a, b, rel_tol=rel, abs_tol=1e-12), f"{path}: {a} != {b}"
+    else:
+        assert a == b, f"{path}: {a!r} != {b!r}"
+
+
+def test_shards_cover_every_sample_once():
+    for n, world in [(10, 3), (7, 7), (3, 5)]:
+        got = np.sort(np.concatenate([shard_indices(n, r, world) for r in range(world)]))
+        assert got.tolist() == list(range(n))
+
+
+@pytest.fixture(scope="module")
+def setup(small_world, demo_model_path):
+    handle = explainkit.load_model(demo_model_path)
+    probe = ProbeSet.from_folder(small_world).subset(np.arange(0, 120, 3))
+    names = [n for n in list_analyzers() if not get_analyzer_class(n)().missing_requirements(handle, probe)]
+    return handle, probe, names
+
+
+def _plan(setup, names):
+    handle, probe, _ = setup
+    analyzers = build_analyzers(names)
+    ctx = RunContext(handle=handle, data=probe, device=resolve_device("cpu"), seed=0, batch_size=5)
+    for a in analyzers:
+        a.check(ctx)
+    return RunPlan(handle, probe, analyzers, None, progress=False), ctx
+
+
+@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_merge_of_random_partitions_equals_serial(setup, data):
+    names = setup[2]
+    plan, ctx = _plan(setup, names)
+    n = len(plan.probe)
+    serial, _ = map_shard(plan, ctx, range(n))
+    order = data.draw(st.permutations(list(range(n))))
+    cuts = sorted(data.draw(st.lists(st.integers(1, n - 1), max_size=4, unique=True)))
+    parts = [np.sort(np.array(order[a:b], dtype=np.int64)) for a, b in zip([0, *cuts], [*cuts, n])]
+    states = [map_shard(plan, ctx, p)[0] for p in parts]
+    perm = data.draw(st.permutations(list(range(len(states)))))
+    merged = merge_states(plan, [states[i] for i in perm])
+    for a in plan.analyzers:
+        assert_same_json(a.finalize(ctx, merged[a.name]).to_dict(), a.finalize(ctx, serial[a.name]).to_dict(),
+                         a.name)
+
+
+def test_unknown_backend_and_torchrun_outside_torchrun(setup):
+    with pytest.raises(ConfigError, match="unknown backend"):
+        get_backend("spark")
+    with pytest.raises(ConfigError, match="bad option"):
+        get_backend("ray", nodes=3)
+    handle, probe, _ = setup
+    with pytest.raises(ConfigError, match="must be started by torchrun"):
+        explainkit.analyze(handle, probe, ["performance"], backend="torchrun")
+
+
+def _sections(path):
+    return json.loads(path.read_text())["sections"]
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_torchrun_two_ranks_match_serial(setup, tmp_path, small_world, demo_model_path):
+    _, _, names = setup
+    args = ["analyze", str(demo_model_path), "--data", str(small_world), "--batch-size", "8", "--no-progress",
+            *[x for n in names for x in ("--analyzer", n)]]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, "-m", "explainkit", *args, "--out", str(tmp_path / "serial")], check=True,
+                   env=env, capture_output=True)
+    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                          "-m", "explainkit", *args, "--backend", "torchrun", "--out", str(tmp_path / "ddp")],
+                         env=env, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert_same_json(_sections(tmp_path / "ddp" / "report.json"), _sections(tmp_path / "serial" / "report.json"))
+    backend = json.loads((tmp_path / "ddp" / "report.json").read_text())["provenance"]["config"]["backend"]
+    assert backend == {"name": "torchrun", "workers": 2}
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_ray_two_workers_match_serial(setup, tmp_path):
+    pytest.importorskip("ray")
+    handle, probe, names = setup
+    serial = explainkit.analyze(handle, probe, names, batch_size=8, progress=False)
+    ray_rep = explainkit.analyze(handle, probe, names, batch_size=8, progress=False, backend="ray",
+                                 backend_options={"workers": 2})
+    assert_same_json(ray_rep.to_dict()["sections"], serial.to_dict()["sections"])
+    assert ray_rep["provenance"]["config"]["backend"]["name"] == "ray"
