@@ -29,10 +29,10 @@ import time
 from pathlib import Path
 
 import torch
-from explainkit.datasets.probe import ProbeSet
-from explainkit.datasets.synthetic import WorldSpec, write_world
 
 import explainkit
+from explainkit.datasets.probe import ProbeSet
+from explainkit.datasets.synthetic import WorldSpec, write_world
 from explainkit.models import SYNTHETIC_PREPROCESSING, TinyProtoPNet
 from explainkit.prototypes import ChannelPrototypes, VectorPrototypes, local_importance
 from explainkit.prototypes.perturb import make_perturbations

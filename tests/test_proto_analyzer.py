@@ -8,10 +8,10 @@ import jsonschema
 import numpy as np
 import pytest
 import torch
-from explainkit.cli.main import main
-from explainkit.datasets.probe import ProbeSet
 
 import explainkit
+from explainkit.cli.main import main
+from explainkit.datasets.probe import ProbeSet
 from explainkit.errors import ConfigError
 from explainkit.hooks import hook_count
 from explainkit.models import TinyCNN, TinyProtoPNet

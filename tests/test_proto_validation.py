@@ -21,10 +21,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from explainkit.datasets.probe import ProbeSet
-from explainkit.datasets.synthetic import WorldSpec, write_world
 
 import explainkit
+from explainkit.datasets.probe import ProbeSet
+from explainkit.datasets.synthetic import WorldSpec, write_world
 from explainkit.models import SYNTHETIC_PREPROCESSING
 from explainkit.prototypes.training import train_protopnet
 
