@@ -30,6 +30,7 @@ from explainkit.errors import (
 from explainkit.invert import label_neurons
 from explainkit.loading import ModelHandle, Preprocessing, load_model, wrap
 from explainkit.loading.save import save_model
+from explainkit.prototypes.perturb import perturb
 from explainkit.report import Report
 from explainkit.run import analyze
 
@@ -56,6 +57,7 @@ __all__ = [
     "label_neurons",
     "list_analyzers",
     "load_model",
+    "perturb",
     "register_analyzer",
     "save_model",
     "wrap",
