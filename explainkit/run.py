@@ -193,7 +193,7 @@ def analyze(
                      out_dir=Path(out) if out else None, config=dict(config or {}), layer=layer,
                      cache=None if cache in (None, False) else ActivationCache(None if cache is True else cache))
     for a in instances:
-        a.check(ctx)
+        guard(a, "check", a.check, ctx)
     _seed_all(seed)
     timings: dict[str, float] = {"setup": time.perf_counter() - t0}
     plan = RunPlan(handle=handle, probe=probe, analyzers=instances, label_map=label_map, progress=progress)

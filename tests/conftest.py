@@ -54,3 +54,19 @@ def tiny_cnn() -> torch.nn.Module:
 
     torch.manual_seed(0)
     return TinyCNN(num_classes=3).eval()
+
+
+#: Cheaper settings of the heavier analyzers, for tests about the machinery rather than the methods.
+LIGHT_PARAMS = {
+    "gradcam": {"methods": ["gradcam", "layercam"], "metric_images": 4, "road_images": 2, "steps": 4,
+                "sanity_images": 2, "sanity_steps": 2, "n_examples": 2, "n_resamples": 200},
+    "captum": {"methods": ["saliency"], "metric_images": 4, "road_images": 2, "steps": 4, "sanity_images": 2,
+               "sanity_steps": 2, "n_examples": 2, "n_resamples": 200},
+    "prototypes": {"per_class": 1, "n_resamples": 50, "local_images": 1, "max_shown": 2},
+}
+
+
+@pytest.fixture(scope="session")
+def light_specs():
+    """``names -> [(name, cheap params), ...]`` for the analyzers in :data:`LIGHT_PARAMS`."""
+    return lambda names: [(n, LIGHT_PARAMS.get(n, {})) for n in names]

@@ -46,27 +46,17 @@ def test_shards_cover_every_sample_once():
         assert got.tolist() == list(range(n))
 
 
-#: Cheaper settings of the heavier analyzers (the property test finalizes every analyzer per example).
-LIGHT = {
-    "gradcam": {"methods": ["gradcam", "layercam"], "metric_images": 4, "road_images": 2, "steps": 4,
-                "sanity_images": 2, "sanity_steps": 2, "n_examples": 2, "n_resamples": 200},
-    "captum": {"methods": ["saliency"], "metric_images": 4, "road_images": 2, "steps": 4, "sanity_images": 2,
-               "sanity_steps": 2, "n_examples": 2, "n_resamples": 200},
-    "prototypes": {"per_class": 1, "n_resamples": 50, "local_images": 1, "max_shown": 2},
-}
-
-
 @pytest.fixture(scope="module")
-def setup(small_world, demo_model_path):
+def setup(small_world, demo_model_path, light_specs):
     handle = explainkit.load_model(demo_model_path)
     probe = ProbeSet.from_folder(small_world).subset(np.arange(0, 120, 3))
     names = [n for n in list_analyzers() if not get_analyzer_class(n)().missing_requirements(handle, probe)]
-    return handle, probe, names
+    return handle, probe, names, light_specs
 
 
 def _plan(setup, names):
-    handle, probe, _ = setup
-    analyzers = build_analyzers([(n, LIGHT.get(n, {})) for n in names])
+    handle, probe, _, light_specs = setup
+    analyzers = build_analyzers(light_specs(names))
     ctx = RunContext(handle=handle, data=probe, device=resolve_device("cpu"), seed=0, batch_size=5)
     for a in analyzers:
         a.check(ctx)
@@ -108,7 +98,7 @@ def test_unknown_backend_and_torchrun_outside_torchrun(setup):
         get_backend("spark")
     with pytest.raises(ConfigError, match="bad option"):
         get_backend("ray", nodes=3)
-    handle, probe, _ = setup
+    handle, probe, _, _ = setup
     with pytest.raises(ConfigError, match="must be started by torchrun"):
         explainkit.analyze(handle, probe, ["performance"], backend="torchrun")
 
@@ -120,7 +110,7 @@ def _sections(path):
 @pytest.mark.slow
 @pytest.mark.distributed
 def test_torchrun_two_ranks_match_serial(setup, tmp_path, small_world, demo_model_path):
-    _, _, names = setup
+    _, _, names, _ = setup
     args = ["analyze", str(demo_model_path), "--data", str(small_world), "--batch-size", "8", "--no-progress",
             *[x for n in names for x in ("--analyzer", n)]]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -139,8 +129,8 @@ def test_torchrun_two_ranks_match_serial(setup, tmp_path, small_world, demo_mode
 @pytest.mark.distributed
 def test_ray_two_workers_match_serial(setup, tmp_path):
     pytest.importorskip("ray")
-    handle, probe, names = setup
-    specs = [(n, LIGHT.get(n, {})) for n in names]
+    handle, probe, names, light_specs = setup
+    specs = light_specs(names)
     serial = explainkit.analyze(handle, probe, specs, batch_size=8, progress=False)
     ray_rep = explainkit.analyze(handle, probe, specs, batch_size=8, progress=False, backend="ray",
                                  backend_options={"workers": 2})

@@ -21,14 +21,14 @@ def test_analyze_text_and_json(capsys, small_world, demo_model_path, tmp_path):
     assert code == 0 and "status: FINDINGS" in out and "performance" in out and "report.html" in out
     assert err == ""
     code, out, _ = _run(capsys, "analyze", str(demo_model_path), "--data", str(small_world), "--out",
-                        str(tmp_path / "b"), "--format", "json")
+                        str(tmp_path / "b"), "--format", "json", "--analyzer", "performance")
     doc = json.loads(out)
     assert code == 0 and doc["assets"] == {} and "performance" in [s["analyzer"] for s in doc["sections"]]
 
 
 def test_fail_on_warning_exits_1(capsys, small_world, demo_model_path, tmp_path):
     code, _, _ = _run(capsys, "analyze", str(demo_model_path), "--data", str(small_world), "--out", str(tmp_path),
-                      "--fail-on", "warning")
+                      "--fail-on", "warning", "--analyzer", "performance")
     assert code == 1  # the demo model's stamp slice gap is a warning
 
 

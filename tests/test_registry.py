@@ -93,17 +93,17 @@ def _handle(model):
 
 
 @pytest.mark.parametrize("name", list_analyzers())
-def test_no_hooks_left_after_success_and_failure(name, tiny_probe, demo_model_path):
+def test_no_hooks_left_after_success_and_failure(name, tiny_probe, demo_model_path, light_specs):
     model = _Flaky(fail_at=0)
     model.load_state_dict(explainkit.load_model(demo_model_path).module.state_dict())
     model.train()
-    explainkit.analyze(_handle(model), tiny_probe, [name], batch_size=6, progress=False)
+    explainkit.analyze(_handle(model), tiny_probe, light_specs([name]), batch_size=6, progress=False)
     assert hook_count(model) == 0 and model.training
     assert all(p.grad is None for p in model.parameters())
     calls = model.calls
     for fail_at in sorted({k for k in (2, 3, calls // 2, calls - 1, calls) if 2 <= k <= calls}):
         model.fail_at, model.calls = fail_at, 0
         with pytest.raises(ExplainkitError):
-            explainkit.analyze(_handle(model), tiny_probe, [name], batch_size=6, progress=False)
+            explainkit.analyze(_handle(model), tiny_probe, light_specs([name]), batch_size=6, progress=False)
         assert hook_count(model) == 0 and model.training, f"failure at call {fail_at}"
         assert torch.is_grad_enabled()

@@ -183,8 +183,10 @@ class Prototypes(Analyzer):
         self._fit(ctx)
 
     def _fit(self, ctx: RunContext) -> None:
-        """Build the adapter and the fitted attributes ``adapter_``, ``prototype_ids_``, ``perturbations_``,
-        ``weight_rule_`` (deterministic: every worker that checks the run fits the same)."""
+        """Fit ``adapter_``, ``prototype_ids_``, ``perturbations_`` and ``weight_rule_``.
+
+        Deterministic: every worker that checks the run fits the same.
+        """
         self.adapter_ = self._build_adapter(ctx)
         total = self.adapter_.num_prototypes
         ids = list(range(total)) if self.prototypes is None else [int(p) for p in self.prototypes]
