@@ -26,6 +26,7 @@ from explainkit.errors import (
     ModelRefusedError,
     RuntimeAnalysisError,
 )
+from explainkit.gate import check
 from explainkit.invert import label_neurons
 from explainkit.loading import ModelHandle, Preprocessing, load_model, wrap
 from explainkit.loading.save import save_model
@@ -49,6 +50,7 @@ __all__ = [
     "RuntimeAnalysisError",
     "__version__",
     "analyze",
+    "check",
     "get_analyzer",
     "label_neurons",
     "list_analyzers",
