@@ -16,6 +16,7 @@ from explainkit.analyzers import (
     list_analyzers,
     register_analyzer,
 )
+from explainkit.analyzers.cam import cam, cams
 from explainkit.datasets.probe import ProbeSet
 from explainkit.errors import (
     CapabilityError,
@@ -50,6 +51,8 @@ __all__ = [
     "RuntimeAnalysisError",
     "__version__",
     "analyze",
+    "cam",
+    "cams",
     "check",
     "get_analyzer",
     "label_neurons",

@@ -126,6 +126,7 @@ def capture_layers(
     grad_from_layers: bool = False,
     stop_early: bool = False,
     tensors_only: bool = True,
+    edit: Callable[[str, torch.Tensor], torch.Tensor] | None = None,
 ) -> Iterator[LayerCapture]:
     """Record the outputs of ``layers`` during forward passes of ``root``.
 
@@ -151,6 +152,9 @@ def capture_layers(
         With :meth:`LayerCapture.forward`, end the pass as soon as every layer has fired.
     tensors_only : bool
         Raise when a layer returns something other than a tensor (else skip that call).
+    edit : callable, optional
+        ``edit(name, output) -> tensor``: replaces the layer's output for the rest of the pass
+        (interventions such as ablating channels); the edited tensor is what gets recorded.
 
     Yields
     ------
@@ -172,6 +176,8 @@ def capture_layers(
                     f"layer {name!r} returns {type(output).__name__}, not a tensor; pick a layer with a tensor output"
                 )
             replaced = None
+            if edit is not None:
+                output = replaced = edit(name, output)
             value = output
             if grad_from_layers and not capture._grad_started:
                 value = output.detach().requires_grad_(True)

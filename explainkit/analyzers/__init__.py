@@ -1,6 +1,6 @@
 """Analyzers and their registry. Importing this package registers the built-in analyzers."""
 
-from explainkit.analyzers import performance
+from explainkit.analyzers import cam, performance
 from explainkit.analyzers.base import Analyzer, Batch, Finding, RecordState, RunContext, Section
 from explainkit.analyzers.registry import (
     get_analyzer,
@@ -17,6 +17,7 @@ __all__ = [
     "RecordState",
     "RunContext",
     "Section",
+    "cam",
     "get_analyzer",
     "get_analyzer_class",
     "invert",

@@ -1,0 +1,118 @@
+"""Input-level attributions from captum, usable wherever a CAM method is (no module hooks needed).
+
+Saliency, Integrated Gradients, SmoothGrad (``NoiseTunnel`` over Saliency), Occlusion and
+GradientSHAP attribute the target to input pixels, so they also explain TorchScript models
+(``handle.module_hooks`` False). Each returns a (B, H, W) map reduced over input channels:
+``reduce="abs"`` (default) sums absolute attributions, ``reduce="sum"`` keeps the signed sum (the
+post-processing ReLU then keeps positive evidence). The class explained is the one bound on the
+clean pass; captum's own random draws run under a forked RNG seeded with ``run.seed``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from explainkit.adapters import SoftmaxProbability, select_logits
+from explainkit.analyzers.cam.engine import CamRun
+from explainkit.analyzers.cam.methods import register_method
+from explainkit.errors import ConfigError
+from explainkit.hooks import eval_mode
+
+__all__ = ["gradient_shap", "integrated_gradients", "occlusion", "saliency", "smoothgrad"]
+
+
+def _forward(run: CamRun) -> tuple[Callable[[torch.Tensor], torch.Tensor], Any]:
+    """Captum ``forward_func`` and ``target``: class scores with class indices, or the target itself."""
+    assert run.bound is not None, "record() first"
+    bound = run.bound
+    if bound.classes is None:
+        return (lambda x: bound.target(run.handle.forward(x))), None
+    key = bound.target.output_key
+    probs = isinstance(bound.target, SoftmaxProbability)
+
+    def fn(x: torch.Tensor) -> torch.Tensor:
+        logits = select_logits(run.handle.forward(x), key)
+        return torch.softmax(logits, dim=1) if probs else logits
+
+    return fn, bound.classes.tolist()
+
+
+def _reduce(attr: torch.Tensor, reduce: str) -> torch.Tensor:
+    if reduce == "abs":
+        return attr.detach().abs().sum(dim=1).float()
+    if reduce == "sum":
+        return attr.detach().sum(dim=1).float()
+    raise ConfigError(f"reduce must be 'abs' or 'sum', not {reduce!r}")
+
+
+def _attribute(run: CamRun, make: Callable[[Callable], Any], reduce: str, *, needs_grad: bool = True,
+               **kwargs: Any) -> torch.Tensor:
+    if needs_grad and not run.handle.gradients:
+        raise ConfigError("this attribution needs gradients, which the model does not support; use occlusion")
+    fn, target = _forward(run)
+    with eval_mode(run.handle.module), torch.random.fork_rng(devices=[]):
+        torch.manual_seed(run.seed)
+        inputs = run.inputs.clone().requires_grad_(needs_grad)
+        attr = make(fn).attribute(inputs, target=target, **kwargs)
+    return _reduce(attr, reduce)
+
+
+@register_method("saliency", "Saliency (Simonyan et al., 2014; captum)", "input")
+def saliency(run: CamRun, *, reduce: str = "abs") -> torch.Tensor:
+    """Input gradient ``dy/dx``."""
+    from captum.attr import Saliency
+
+    return _attribute(run, Saliency, reduce, abs=False)
+
+
+@register_method("integrated_gradients", "Integrated Gradients (Sundararajan et al., 2017; captum)", "input")
+def integrated_gradients(run: CamRun, *, n_steps: int = 16, reduce: str = "abs") -> torch.Tensor:
+    """Integrated Gradients from an all-zero baseline (Gauss–Legendre, ``n_steps`` points)."""
+    from captum.attr import IntegratedGradients
+
+    return _attribute(run, IntegratedGradients, reduce, baselines=0.0, n_steps=int(n_steps),
+                      internal_batch_size=max(run.batch_size, run.inputs.shape[0]))
+
+
+@register_method("smoothgrad", "SmoothGrad (Smilkov et al., 2017; captum NoiseTunnel)", "input")
+def smoothgrad(run: CamRun, *, n_samples: int = 16, noise_level: float = 0.15, reduce: str = "abs") -> torch.Tensor:
+    """Mean input gradient over noisy copies, sd ``noise_level * (max(x) - min(x))`` of the batch."""
+    from captum.attr import NoiseTunnel, Saliency
+
+    span = float(run.inputs.max() - run.inputs.min())
+    return _attribute(run, lambda f: NoiseTunnel(Saliency(f)), reduce, nt_type="smoothgrad",
+                      nt_samples=int(n_samples), nt_samples_batch_size=max(1, run.batch_size // run.inputs.shape[0]),
+                      stdevs=float(noise_level) * span, abs=False)
+
+
+@register_method("occlusion", "Occlusion (Zeiler & Fergus, 2014; captum)", "input")
+def occlusion(run: CamRun, *, window: int | None = None, stride: int | None = None,
+              reduce: str = "abs") -> torch.Tensor:
+    """Score change when a ``window`` square (default 1/8 of the side) is set to 0; gradient-free.
+
+    The default ``stride`` equals the window (64 occlusions per image); a smaller stride gives
+    smoother maps at ``(side / stride)^2`` forward passes per image.
+    """
+    from captum.attr import Occlusion
+
+    c, h, w = run.inputs.shape[1:]
+    win = int(window or max(1, min(h, w) // 8))
+    step = int(stride or win)
+    return _attribute(run, Occlusion, reduce, sliding_window_shapes=(c, win, win), strides=(c, step, step),
+                      baselines=0.0, perturbations_per_eval=max(1, run.batch_size // run.inputs.shape[0]),
+                      needs_grad=False)
+
+
+@register_method("gradient_shap", "GradientSHAP (Lundberg & Lee, 2017; captum)", "input")
+def gradient_shap(run: CamRun, *, n_samples: int = 16, n_baselines: int = 4, reduce: str = "abs") -> torch.Tensor:
+    """Expected gradients × (input − baseline) over a zero image and Gaussian-noise baselines."""
+    from captum.attr import GradientShap
+
+    x = run.inputs
+    g = torch.Generator().manual_seed(run.seed)
+    noise = torch.randn((max(0, int(n_baselines) - 1), *x.shape[1:]), generator=g) * float(x.std())
+    baselines = torch.cat([torch.zeros((1, *x.shape[1:])), noise]).to(x.device)
+    return _attribute(run, GradientShap, reduce, baselines=baselines, n_samples=int(n_samples))
