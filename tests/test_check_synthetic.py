@@ -102,12 +102,17 @@ def test_evidence_kinds_on_the_biased_model(world0):
         {"id": "removal", "kind": "removal", "artifact": str(world0["stamp"]), "target_class": "circle",
          "data": str(world0["stamped"]), "tau": TAU},
         {"id": "slices", "kind": "slice_gap", "concept": "stamp", "data": str(world0["stamped"])},
+        {"id": "mass", "kind": "attribution_mass", "artifact": str(world0["stamp"]), "data": str(world0["stamped"]),
+         "target_class": "circle"},
     ]}
     biased = explainkit.check(world0["biased"], policy)
     clean = explainkit.check(world0["clean"], policy)
     assert biased.check("removal")["status"] == "fail" and clean.check("removal")["status"] == "pass"
     assert biased.check("slices")["status"] == "fail"
     assert biased.check("slices")["effect"]["value"] > clean.check("slices")["effect"]["value"]
+    # Grad-CAM of "circle" piles onto the stamp only in the model that learned it
+    assert biased.check("mass")["status"] == "fail" and clean.check("mass")["status"] != "fail"
+    assert biased.check("mass")["effect"]["ci_low"] > clean.check("mass")["effect"]["ci_high"]
     # evidence kinds warn by default: the run itself passes
     assert biased.exit_code == 0 and all(not c["gating"] for c in biased.checks)
 

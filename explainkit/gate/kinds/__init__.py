@@ -1,6 +1,6 @@
 """Check kinds and their registry. Importing this package registers the built-in kinds."""
 
-from explainkit.gate.kinds import insertion, removal, slice_gap
+from explainkit.gate.kinds import attribution_mass, insertion, randomisation, removal, slice_gap
 from explainkit.gate.kinds.base import (
     CheckContext,
     CheckKind,
@@ -15,10 +15,12 @@ __all__ = [
     "CheckContext",
     "CheckKind",
     "Measurement",
+    "attribution_mass",
     "get_check_kind",
     "insertion",
     "list_check_kinds",
     "paired_measurement",
+    "randomisation",
     "register_check_kind",
     "removal",
     "slice_gap",

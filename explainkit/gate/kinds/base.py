@@ -199,8 +199,8 @@ class CheckContext:
         return names[idx] if names is not None else None
 
 
-def paired_measurement(cc: CheckContext, values: np.ndarray, *, unit: str, n_planned: int, truncated: bool
-                       ) -> Measurement:
+def paired_measurement(cc: CheckContext, values: np.ndarray, *, unit: str, n_planned: int, truncated: bool,
+                       null: float = 0.0) -> Measurement:
     """Effect, CI, one-sided Wilcoxon p-value and standard error of per-image paired differences.
 
     Parameters
@@ -215,18 +215,21 @@ def paired_measurement(cc: CheckContext, values: np.ndarray, *, unit: str, n_pla
         Images the check meant to use.
     truncated : bool
         Whether the time budget cut the sample.
+    null : float
+        The value the test compares with: the p-value is that of "values exceed ``null``"
+        (0 for differences; a threshold for per-image scores such as correlations).
 
     Returns
     -------
     Measurement
-        Mean difference with a percentile-bootstrap CI over images, the one-sided ("greater")
-        Wilcoxon signed-rank p-value, and ``se = sd / sqrt(n * 3/pi)`` (the Wilcoxon test's
-        asymptotic efficiency) for the minimal detectable effect.
+        Mean with a percentile-bootstrap CI over images, the one-sided ("greater") Wilcoxon
+        signed-rank p-value of ``values - null``, and ``se = sd / sqrt(n * 3/pi)`` (the Wilcoxon
+        test's asymptotic efficiency) for the minimal detectable effect (an excess over ``null``).
     """
     values = np.asarray(values, dtype=np.float64)
     values = values[np.isfinite(values)]
     n = int(values.size)
-    test = wilcoxon_signed_rank(values, alternative="greater")
+    test = wilcoxon_signed_rank(values - null, alternative="greater")
     ci = bootstrap_ci(values, confidence=cc.defaults.ci, n_resamples=cc.defaults.n_resamples,
                       seed=cc.seed("bootstrap")) if n else (float("nan"), float("nan"))
     sd = float(values.std(ddof=1)) if n > 1 else float("nan")
@@ -234,7 +237,7 @@ def paired_measurement(cc: CheckContext, values: np.ndarray, *, unit: str, n_pla
     return Measurement(
         effect=float(values.mean()) if n else float("nan"), ci=ci, p=test.p, n=n, n_planned=n_planned, se=se,
         unit=unit, truncated=truncated,
-        test={"name": "Wilcoxon signed-rank, one-sided (effect > 0)", **test.to_dict()},
+        test={"name": f"Wilcoxon signed-rank, one-sided (effect > {null:g})", **test.to_dict()},
     )
 
 

@@ -17,11 +17,11 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
-from PIL import Image
 
 from explainkit.errors import ConfigError, DataError
 from explainkit.gate.interventions import DEFAULT_TAU, EFFECTS, paired_result, run_paired
 from explainkit.gate.kinds.base import CheckContext, CheckKind, Measurement, concept_name, register_check_kind
+from explainkit.gate.masks import images_with_mask, input_masks
 from explainkit.gate.options import Option
 
 __all__ = ["FILLS", "Removal", "cover", "shifted_mask"]
@@ -136,32 +136,16 @@ class Removal(CheckKind):
         """Find images with a mask of the artifact."""
         self.concept = concept_name(self.spec.options)
         self.target = cc.target_index()
-        probe = cc.run.data
-        folder = probe.root / "masks" / str(self.concept)
-        self.eligible = np.array([i for i, sid in enumerate(probe.ids) if (folder / sid).with_suffix(".png").is_file()],
-                                 dtype=np.int64)
+        self.eligible = images_with_mask(cc, str(self.concept))
         if self.eligible.size == 0:
-            raise DataError(f"check {self.spec.id!r}: no image in {probe.root} has a mask under masks/{self.concept}/")
-
-    def _masks(self, cc: CheckContext, indices: np.ndarray) -> dict[int, torch.Tensor]:
-        """Masks at model-input resolution (resized and cropped like the images); empty ones left out."""
-        prep = cc.run.handle.require_preprocessing()
-        out = {}
-        for i in indices:
-            raw = cc.run.data.mask(int(i), str(self.concept))
-            if raw is None:
-                continue
-            resized = prep.resize_image(Image.fromarray(raw.astype(np.uint8) * 255).convert("RGB"))
-            mask = torch.from_numpy(np.asarray(resized)[..., 0] > 127)
-            if bool(mask.any()):
-                out[int(i)] = mask.to(cc.run.device)
-        return out
+            raise DataError(f"check {self.spec.id!r}: no image in {cc.run.data.root} has a mask under "
+                            f"masks/{self.concept}/")
 
     def measure(self, cc: CheckContext) -> Measurement:
         """Remove, forward, compare."""
         o = self.spec.options
         sampled = cc.sample(self.eligible)
-        masks = self._masks(cc, sampled)
+        masks = input_masks(cc, sampled, str(self.concept))
         indices = np.array([i for i in sampled if int(i) in masks], dtype=np.int64)
 
         def variants(unit: torch.Tensor, chunk: np.ndarray, ids: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
