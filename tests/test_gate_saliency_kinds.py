@@ -129,4 +129,11 @@ def test_randomisation_passes_for_gradcam_on_a_trained_model(small_world, demo_h
     both = dict(policy["checks"][0], stage="both")
     c2 = explainkit.check(demo_handle, {**policy, "checks": [both]}).check("sanity")
     per = c2["details"]["per_image"]
-    assert c2["effect"]["value"] == pytest.approx(np.maximum(per["rho_head"], per["rho_full"]).mean())
+    np.testing.assert_allclose(per["rho_full"], rho)  # the same randomised weights
+    scored = c2["details"]["scored_stage"]
+    means = {"head": np.mean(per["rho_head"]), "full": np.mean(per["rho_full"])}
+    assert scored == max(means, key=means.get) and c2["effect"]["value"] == pytest.approx(means[scored])
+    from scipy import stats
+
+    one = stats.wilcoxon(np.array(per[f"rho_{scored}"]) - 0.5, alternative="greater").pvalue
+    assert c2["p"] == pytest.approx(min(1.0, 2 * one), rel=1e-3)

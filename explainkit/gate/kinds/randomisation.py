@@ -4,12 +4,14 @@ Model-parameter randomisation (Adebayo et al., NeurIPS 2018) with the Grad-CAM e
 :func:`explainkit.analyzers.cam.sanity.parameter_randomization`: on a copy of the model, the
 layers above the target layer (the "head") and then every layer are re-initialised (cascading,
 top-down), the maps of the same images and classes are recomputed, and each image's map is
-compared with its original by Spearman rank correlation on the map's native grid. Per image the
-value is the correlation after the ``stage`` named in the policy (``both``: the larger of the two,
-so either surviving randomisation counts). The effect is the mean correlation with a bootstrap CI;
-the one-sided Wilcoxon test asks whether the correlations exceed ``tau`` (default 0.5): FAIL means
-the maps survive randomisation significantly and materially — they do not explain the weights.
-Evidence about the explanation method, not the model: the kind warns by default.
+compared with its original by Spearman rank correlation on the map's native grid. The effect is
+the mean correlation after the ``stage`` named in the policy, with a bootstrap CI; the one-sided
+Wilcoxon test asks whether the correlations exceed ``tau`` (default 0.5): FAIL means the maps
+survive randomisation significantly and materially — they do not explain the weights. ``both``
+(default) scores the head and the full cascade separately and reports the stage whose maps changed
+least (the larger mean correlation), with its p-value Bonferroni-corrected for the two stages, so
+either stage surviving randomisation counts. Evidence about the explanation method, not the model:
+the kind warns by default.
 """
 
 from __future__ import annotations
@@ -82,10 +84,17 @@ class Randomisation(SaliencyKind):
                               f"method {o['method']!r} has none here (use stage = 'full')")
         head_a = np.concatenate(head) if head else np.zeros(0)
         full_a = np.concatenate(full) if full else np.zeros(0)
-        scored = {"head": head_a, "full": full_a,
-                  "both": np.maximum(head_a, full_a) if has_head else full_a}[o["stage"]]
-        m = paired_measurement(cc, scored, unit=_UNIT, n_planned=len(indices), truncated=sum(map(len, done)) <
-                               len(indices), null=self.spec.tau)
+        stages = {"head": ["head"], "full": ["full"], "both": ["head", "full"] if has_head else ["full"]}[o["stage"]]
+        truncated = sum(map(len, done)) < len(indices)
+        per_stage = {st: paired_measurement(cc, {"head": head_a, "full": full_a}[st], unit=_UNIT,
+                                            n_planned=len(indices), truncated=truncated, null=self.spec.tau)
+                     for st in stages}
+        scored = max(stages, key=lambda st: per_stage[st].effect if np.isfinite(per_stage[st].effect) else -np.inf)
+        m = per_stage[scored]
+        if len(stages) > 1:
+            m.p = min(1.0, m.p * len(stages))
+            m.test["name"] += f", Bonferroni over {len(stages)} stages"
+            m.notes.append(f"stage {scored!r} reported: its maps changed least of {', '.join(stages)}")
         for name, arr in (("rho_head_randomised", head_a), ("rho_all_randomised", full_a)):
             arr = arr[np.isfinite(arr)]
             ci = bootstrap_ci(arr, confidence=cc.defaults.ci, n_resamples=cc.defaults.n_resamples,
@@ -94,7 +103,8 @@ class Randomisation(SaliencyKind):
                                      higher_is_better=False)
         idx = np.concatenate(done) if done else np.zeros(0, np.int64)
         m.details.update({
-            "method": o["method"], "layer": o["layer"], "stage": o["stage"], "explains": self.explained(cc),
+            "method": o["method"], "layer": o["layer"], "stage": o["stage"], "scored_stage": scored,
+            "explains": self.explained(cc),
             "groups": groups, "head": has_head,
             "statistic": "Spearman rank correlation of each image's map with its original, on the map's native grid "
                          "(a map that became constant counts as 0)",
