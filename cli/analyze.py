@@ -63,6 +63,10 @@ _SEVERITY = {"never": set(), "error": {"error"}, "warning": {"error", "warning"}
               help="Ray actors (--backend ray).")
 @click.option("--gpus-per-worker", "gpus_per_worker", type=click.FloatRange(0), default=0.0, show_default=True,
               envvar="EXPLAINKIT_GPUS_PER_WORKER", help="GPUs per Ray actor (--backend ray).")
+@click.option("--cache", "cache", is_flag=True, default=False, envvar="EXPLAINKIT_CACHE",
+              help="Reuse cached per-batch activations (INVERT) across runs; folder: --cache-dir.")
+@click.option("--cache-dir", "cache_dir", type=click.Path(file_okay=False), envvar="EXPLAINKIT_CACHE_DIR",
+              help="Cache folder (implies --cache; default ~/.cache/explainkit). Share it between workers.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar on stderr (default: when a TTY).")
 @click.pass_context
 def analyze(ctx: click.Context, model: str, config: str | None, data: str | None, **opts) -> int:
@@ -93,6 +97,7 @@ def analyze(ctx: click.Context, model: str, config: str | None, data: str | None
         seed=opts["seed"], progress=opts["progress"], config=resolved, layer=layer,
         asset_budget_bytes=int(opts["asset_budget_mb"] * 1024 * 1024),
         backend=opts["backend"], backend_options=backend_options,
+        cache=opts["cache_dir"] or opts["cache"],
     )
     if opts["backend"] == "torchrun" and os.environ.get("RANK", "0") != "0":
         return ExitCode.OK  # rank 0 reports

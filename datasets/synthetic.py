@@ -25,6 +25,7 @@ __all__ = ["World", "WorldSpec", "generate_world", "stamp_template", "write_worl
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (215, 45, 45), "green": (45, 170, 60), "blue": (50, 80, 215),
     "yellow": (220, 200, 40), "purple": (150, 60, 190),
+    "grey": (200, 200, 200),  # achromatic: hue and saturation changes leave it unchanged
 }
 SHAPES = ("circle", "square", "triangle", "cross")
 TEXTURES = ("plain", "stripes", "dots", "grain")

@@ -31,6 +31,7 @@ from explainkit.gate import check
 from explainkit.invert import label_neurons
 from explainkit.loading import ModelHandle, Preprocessing, load_model, wrap
 from explainkit.loading.save import save_model
+from explainkit.prototypes.perturb import perturb
 from explainkit.report import Report
 from explainkit.run import analyze
 
@@ -58,6 +59,7 @@ __all__ = [
     "label_neurons",
     "list_analyzers",
     "load_model",
+    "perturb",
     "register_analyzer",
     "save_model",
     "wrap",

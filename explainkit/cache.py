@@ -17,10 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from explainkit._io import atomic_write_bytes
 
-__all__ = ["ActivationCache", "cache_key", "default_cache_dir"]
+__all__ = ["ActivationCache", "cache_key", "default_cache_dir", "module_fingerprint"]
 
 
 def default_cache_dir() -> Path:
@@ -35,6 +36,16 @@ def default_cache_dir() -> Path:
 def cache_key(**parts: Any) -> str:
     """SHA-256 of the JSON of ``parts`` (sorted keys); every part must be JSON-serialisable."""
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def module_fingerprint(module: torch.nn.Module) -> str:
+    """SHA-256 of a module's class and state dict (names, dtypes, shapes, bytes): for in-memory models."""
+    h = hashlib.sha256(f"{type(module).__module__}.{type(module).__qualname__}".encode())
+    for name, tensor in module.state_dict().items():
+        t = tensor.detach().cpu().contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
 
 
 class ActivationCache:

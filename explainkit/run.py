@@ -21,6 +21,7 @@ from explainkit.adapters.layers import resolve_layer
 from explainkit.analyzers.base import Analyzer, Finding, RunContext, Section, require
 from explainkit.analyzers.registry import get_analyzer, get_analyzer_class, list_analyzers
 from explainkit.backends import RunPlan, get_backend, guard
+from explainkit.cache import ActivationCache
 from explainkit.datasets.probe import ProbeSet
 from explainkit.errors import ConfigError, DataError
 from explainkit.loading.handle import ModelHandle
@@ -121,6 +122,7 @@ def analyze(
     asset_budget_bytes: int | None = None,
     backend: str = "serial",
     backend_options: Mapping[str, Any] | None = None,
+    cache: bool | str | Path | None = None,
 ) -> Report:
     """Run analyzers over a probe set and return the report.
 
@@ -154,6 +156,10 @@ def analyze(
         shard, rank 0 writes the report) or ``"ray"`` (Ray Data actors; extra ``explainkit[ray]``).
     backend_options : mapping, optional
         Backend parameters, e.g. ``{"workers": 4, "gpus_per_worker": 1}`` for Ray.
+    cache : bool, str or Path, optional
+        Reuse per-batch states of analyzers that allow it (INVERT's pooled activations) across runs:
+        ``True`` uses :func:`explainkit.cache.default_cache_dir`, a path names the folder (shared by
+        every worker), ``None``/``False`` (default) caches nothing.
 
     Returns
     -------
@@ -184,7 +190,8 @@ def analyze(
     dev = resolve_device(device)
     label_map, label_mapping = _label_map(handle, probe)
     ctx = RunContext(handle=handle, data=probe, device=dev, seed=seed, batch_size=batch_size,
-                     out_dir=Path(out) if out else None, config=dict(config or {}), layer=layer)
+                     out_dir=Path(out) if out else None, config=dict(config or {}), layer=layer,
+                     cache=None if cache in (None, False) else ActivationCache(None if cache is True else cache))
     for a in instances:
         a.check(ctx)
     _seed_all(seed)
@@ -202,7 +209,9 @@ def analyze(
     timings["total"] = time.perf_counter() - t0
     report = build_report(
         kind="analysis", sections=sections, handle=handle, data=probe, seed=seed, device=dev,
-        batch_size=batch_size, config={**dict(config or {}), "backend": outcome.describe}, timings=timings,
+        batch_size=batch_size, timings=timings,
+        config={**dict(config or {}), "backend": outcome.describe,
+                "cache": None if ctx.cache is None else str(ctx.cache.root)},
         label_mapping=label_mapping, asset_budget_bytes=asset_budget_bytes,
     )
     if out is not None and outcome.is_writer:

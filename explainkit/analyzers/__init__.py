@@ -9,6 +9,7 @@ from explainkit.analyzers.registry import (
     register_analyzer,
 )
 from explainkit.invert import analyzer as invert  # registers "invert"
+from explainkit.prototypes import analyzer as prototypes  # registers "prototypes"
 
 __all__ = [
     "Analyzer",
@@ -23,5 +24,6 @@ __all__ = [
     "invert",
     "list_analyzers",
     "performance",
+    "prototypes",
     "register_analyzer",
 ]

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from explainkit.cache import ActivationCache
 from explainkit.datasets.probe import ProbeSet
 from explainkit.errors import CapabilityError
 from explainkit.loading.handle import ModelHandle
@@ -79,7 +80,8 @@ class Batch:
 class RunContext:
     """Everything an analyzer may read during a run (read-only by convention).
 
-    ``layer`` is the run-wide default target layer (``--layer``) for analyzers not given one.
+    ``layer`` is the run-wide default target layer (``--layer``) for analyzers not given one;
+    ``cache`` (when set) stores the map states of analyzers that opt in (:meth:`Analyzer.map_cache_key`).
     """
 
     handle: ModelHandle
@@ -90,6 +92,7 @@ class RunContext:
     out_dir: Path | None = None
     config: dict[str, Any] = field(default_factory=dict)
     layer: str | None = None
+    cache: ActivationCache | None = None
 
     @property
     def class_names(self) -> tuple[str, ...]:
@@ -215,6 +218,30 @@ class RecordState:
         """Column ``key`` as an array in index order (numbers or arrays of equal shape)."""
         return np.asarray(self.column(key))
 
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """Every column stacked (rows in index order) plus ``"__index__"`` (N,): for the map cache.
+
+        Raises
+        ------
+        TypeError
+            When a column holds something other than numbers or equal-shape numeric arrays.
+        """
+        idx = self.indices()
+        out = {"__index__": idx}
+        keys = next(iter(self.records.values())).keys() if self.records else ()
+        for key in keys:
+            arr = self.stacked(key)
+            if arr.dtype.kind not in "biuf":
+                raise TypeError(f"column {key!r} is not numeric ({arr.dtype}); it cannot be cached")
+            out[key] = arr
+        return out
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray]) -> RecordState:
+        """Inverse of :meth:`to_arrays`."""
+        cols = {k: v for k, v in arrays.items() if k != "__index__"}
+        return cls.from_batch(arrays["__index__"], **cols)
+
 
 class Analyzer:
     """Base class of all analyzers (see the module docstring for the contract)."""
@@ -263,6 +290,16 @@ class Analyzer:
     def map(self, ctx: RunContext, batch: Batch) -> Any:
         """The state of one batch."""
         raise NotImplementedError
+
+    def map_cache_key(self, ctx: RunContext) -> dict[str, Any] | None:
+        """What :meth:`map` depends on besides the model, data, preprocessing and seed, or ``None``.
+
+        An analyzer whose ``map`` returns a :class:`RecordState` of numeric columns may return the
+        parameters (after :meth:`check`) its map output depends on; runs with a cache then reuse
+        per-batch states, so changing only a later threshold skips the forward passes. ``None``
+        (the default) means never cached.
+        """
+        return None
 
     def merge(self, a: Any, b: Any) -> Any:
         """Combine two states (associative, commutative)."""

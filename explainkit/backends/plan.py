@@ -15,6 +15,7 @@ from tqdm import tqdm
 from explainkit._prefetch import prefetch
 from explainkit.adapters.targets import select_logits
 from explainkit.analyzers.base import Analyzer, Batch, RunContext
+from explainkit.backends.mapcache import MapCache
 from explainkit.datasets.probe import ProbeSet
 from explainkit.errors import ExplainkitError, RuntimeAnalysisError
 from explainkit.hooks import eval_mode
@@ -119,20 +120,35 @@ def map_shard(plan: RunPlan, ctx: RunContext, indices: Sequence[int], *, desc: s
     timings = {"forward": 0.0, **{a.name: 0.0 for a in plan.analyzers}}
     states = {a.name: a.init_state(ctx) for a in plan.analyzers}
     indices = np.asarray(indices, dtype=np.int64)
+    cache = MapCache(plan, ctx)
+    todo = []
+    for start in range(0, len(indices), ctx.batch_size):
+        chunk = indices[start : start + ctx.batch_size]
+        ids = [probe.ids[int(i)] for i in chunk]
+        hits = {a.name: s for a in plan.analyzers if (s := cache.get(a.name, ids)) is not None}
+        if len(hits) == len(plan.analyzers) and cache.covers(plan.analyzers):
+            for a in plan.analyzers:
+                states[a.name] = a.merge(states[a.name], hits[a.name])
+        else:
+            todo.append((chunk, ids, hits))
     prep = handle.require_preprocessing()
-    n_batches = -(-len(indices) // ctx.batch_size)
-    loaded = prefetch((idx, imgs, prep(imgs)) for idx, imgs in probe.iter_batches(ctx.batch_size, indices))
+    loaded = prefetch((chunk, ids, hits, images, prep(images)) for chunk, ids, hits in todo
+                      for _, images in probe.iter_batches(ctx.batch_size, chunk))
     handle.to(ctx.device)
     with eval_mode(handle.module):
-        for idx, images, inputs in tqdm(loaded, total=n_batches, file=sys.stderr, desc=desc, unit="batch",
-                                        disable=None if plan.progress is None else not plan.progress,
-                                        leave=False):
+        for chunk, ids, hits, images, inputs in tqdm(
+                loaded, total=len(todo), file=sys.stderr, desc=desc, unit="batch", leave=False,
+                disable=None if plan.progress is None else not plan.progress):
             t = time.perf_counter()
-            batch = make_batch(handle, probe, idx, images, inputs.to(ctx.device), plan.label_map)
+            batch = make_batch(handle, probe, chunk, images, inputs.to(ctx.device), plan.label_map)
             timings["forward"] += time.perf_counter() - t
             for a in plan.analyzers:
                 t = time.perf_counter()
-                states[a.name] = a.merge(states[a.name], guard(a, "map", a.map, ctx, batch))
+                part = hits.get(a.name)
+                if part is None:
+                    part = guard(a, "map", a.map, ctx, batch)
+                    cache.put(a.name, ids, part)
+                states[a.name] = a.merge(states[a.name], part)
                 timings[a.name] += time.perf_counter() - t
     return states, timings
 

@@ -162,6 +162,11 @@ class Invert(Analyzer):
                     cols[f"con:{name}"], cols[f"pred:{name}"] = batch_contributions(ctx.handle, batch.inputs, pooler)
         return RecordState.from_batch(batch.indices, **cols)
 
+    def map_cache_key(self, ctx: RunContext) -> dict[str, Any]:
+        """Pooled activations depend on the layers, pooling, token handling and connection only."""
+        return {"layers": list(self.poolers_), "pooling": self.pooling, "tokens": self.tokens,
+                "connect": self.connect_}
+
     # -- at the end --------------------------------------------------------------------------
     def finalize(self, ctx: RunContext, state: RecordState) -> Section:
         """Search, confirm and decide for every layer; collect artifact units; build the section."""

@@ -33,6 +33,7 @@ from explainkit.analyzers.cam.sanity import parameter_randomization
 from explainkit.analyzers.metric import metric
 from explainkit.analyzers.registry import register_analyzer
 from explainkit.errors import CapabilityError, ConfigError
+from explainkit.samples import write_samples
 from explainkit.stats import adjust_pvalues, bootstrap_ci, wilson_interval
 
 __all__ = ["CaptumAttributions", "GradCam"]
@@ -98,6 +99,10 @@ class _AttributionAnalyzer(Analyzer):
         Rows per extra forward pass (default: the run's batch size).
     n_resamples : int
         Bootstrap resamples for every CI.
+    save_maps : bool
+        Write every image's maps (uint8, input resolution) to ``<out>/samples/<name>/*.npz`` shards
+        keyed by sample id (read them with :func:`explainkit.samples.read_samples`); only summaries
+        go into the report. Nothing is written when the run has no output folder.
     """
 
     default_methods: ClassVar[tuple[str, ...]] = ()
@@ -108,7 +113,7 @@ class _AttributionAnalyzer(Analyzer):
                  road_levels: Sequence[float] = (0.2, 0.5, 0.8), n_random: int = 10, sanity: bool = True,
                  sanity_images: int = 6, sanity_steps: int = 3, sanity_threshold: float = 0.5,
                  n_examples: int = 6, pointing_tolerance: float | None = None, batch_size: int | None = None,
-                 n_resamples: int = 1000) -> None:
+                 n_resamples: int = 1000, save_maps: bool = True) -> None:
         self.methods = methods
         self.layer = layer
         self.target = target
@@ -126,6 +131,7 @@ class _AttributionAnalyzer(Analyzer):
         self.pointing_tolerance = pointing_tolerance
         self.batch_size = batch_size
         self.n_resamples = n_resamples
+        self.save_maps = save_maps
 
     # -- parameters -------------------------------------------------------------------------
     def _methods(self) -> list[str]:
@@ -219,6 +225,9 @@ class _AttributionAnalyzer(Analyzer):
         res = compute(ctx.handle, batch.inputs, methods=self._methods(), layer=self._layer(ctx),
                       targets=classes.tolist(), params=self.method_params, batch_size=self._batch_size(ctx),
                       seed=ctx.seed)
+        if self.save_maps:
+            write_samples(ctx.out_dir, self.name, batch.ids,
+                          **{m: render.quantize(maps.cpu().numpy()) for m, maps in res.maps.items()})
         pointing = self._pointing(ctx, batch, res, prep)
         faith = self._faithfulness(ctx, batch, res, classes, sel)
         records = []
@@ -342,6 +351,7 @@ class _AttributionAnalyzer(Analyzer):
                           "pointing": {mask: {m: [r["pointing"][m][mask][0] for r in recs] for m in methods}
                                        for mask in masks}},
             "notes": _NOTES,
+            "maps_folder": f"samples/{self.name}" if self.save_maps and ctx.out_dir is not None else None,
         }
         summary = {
             "methods": len(methods),

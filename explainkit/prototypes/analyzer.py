@@ -1,0 +1,473 @@
+"""``prototypes``: what each prototype responds to — hue, shape, texture, contrast, saturation.
+
+Nauta et al. (2021), "This Looks Like That, Because ...": every image of the probe set is
+perturbed in one characteristic at a time; the drop of a prototype's similarity at the location
+that matched best in the original image is the characteristic's local importance, and the
+similarity-weighted mean over a split is its global importance. Prototype networks (ProtoPNet,
+ProtoTree, TesNet-like) are read through their prototype tensor; ordinary CNNs and ViTs through
+channel-as-prototype or exemplar (latent-cell / k-means) prototypes, see
+:mod:`explainkit.prototypes.adapters`.
+
+Train vs test: the reference computes global explanations on the model's training and test sets.
+From one probe set the analyzer draws a seeded split: image ``i`` is in "train" with probability
+``train_fraction``, decided by a generator derived from ``(seed, i)`` alone, so the split does not
+depend on batching. Prototype patches come from the top-activating "train" image; the per-prototype
+tests and local examples use "test" images.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from explainkit.adapters import default_layer
+from explainkit.analyzers.base import Analyzer, Batch, Finding, RunContext, Section
+from explainkit.analyzers.metric import metric
+from explainkit.analyzers.registry import register_analyzer
+from explainkit.errors import ConfigError
+from explainkit.prototypes.adapters import (
+    ChannelPrototypes,
+    PrototypeAdapter,
+    VectorPrototypes,
+    exemplar_prototypes,
+    find_prototype_tensor,
+    kmeans_prototypes,
+)
+from explainkit.prototypes.importance import (
+    WEIGHTS,
+    SplitAccumulator,
+    local_importance,
+    relative_drop,
+    resolve_weight,
+)
+from explainkit.prototypes.perturb import DEFAULT_CHARACTERISTICS, make_perturbations
+from explainkit.prototypes.similarity import SIMILARITIES
+from explainkit.prototypes.statistics import (
+    GlobalScores,
+    generalisation,
+    global_scores,
+    local_tests,
+    redundancy_groups,
+    verdict,
+)
+from explainkit.prototypes.visuals import PATCH_SIDE, VIEW_SIDE, prototype_box, views, with_box
+from explainkit.report.images import thumbnail, to_data_uri
+from explainkit.stats import bootstrap_ci
+from explainkit.stats.streaming import poisson_counts
+
+__all__ = ["Prototypes"]
+
+ADAPTERS = ("auto", "vectors", "channels", "exemplars", "kmeans")
+SPLITS = ("train", "test")
+#: Most images used to fit k-means prototypes.
+KMEANS_IMAGES = 256
+#: Most prototypes listed in the HTML table (the JSON has all).
+TABLE_ROWS = 256
+
+
+@register_analyzer
+class Prototypes(Analyzer):
+    """Prototype-meaning quantification with local/global importances, tests and redundancy.
+
+    Parameters
+    ----------
+    adapter : str
+        ``"auto"`` (the model's prototype tensor if it has one, else channels), ``"vectors"``,
+        ``"channels"``, ``"exemplars"`` (latent cells given in ``exemplar_cells``) or ``"kmeans"``
+        (``per_class`` k-means centres of each class's latent cells from "train" images).
+    layer : str, optional
+        Latent layer (default: the run's ``--layer``; for prototype networks the layer before the
+        prototypes; otherwise the default layer of the architecture).
+    prototype_tensor : str, optional
+        Dotted name of the prototype tensor (found automatically when omitted).
+    similarity : str
+        ``"auto"`` or one of ``log``, ``linear``, ``exp``, ``cosine``, ``projection`` (vector,
+        exemplar and k-means prototypes; exemplar and k-means default to ``log``).
+    channels : list of int, optional
+        Channel prototypes: which channels (default all).
+    softmax : bool
+        Channel prototypes: softmax over channels at every location first (PIP-Net).
+    exemplar_cells : list of [int, int, int], optional
+        Exemplar prototypes: ``[probe index, row, column]`` latent cells.
+    per_class : int
+        k-means prototypes per class.
+    prototypes : list of int, optional
+        Analyse only these prototypes (similarity maps are computed for them only).
+    characteristics : list of str
+        Perturbed characteristics (``brightness`` is available, off by default).
+    perturbation_params : dict, optional
+        Per characteristic, parameter overrides (see :func:`explainkit.perturb`).
+    jpeg : bool
+        Emulate the reference's JPEG re-encoding of perturbed images.
+    readout : str
+        ``"fixed"`` (reference) or ``"max"`` (first-generation notebooks).
+    weight : str
+        Weight of the global mean: ``auto``, ``similarity``, ``clip``, ``softplus``, ``uniform``.
+    train_fraction : float
+        Probability that an image lands in the "train" split.
+    n_resamples : int
+        Poisson-bootstrap resamples for the CIs of global scores.
+    sample_size : int
+        Images per split whose local scores are kept for the tests and local examples.
+    alpha : float
+        False-discovery rate for the per-prototype tests.
+    redundancy_tolerance : float
+        Relative distance at or below which prototype vectors / explanation vectors are
+        near-identical.
+    local_images : int
+        Test images shown with a local explanation.
+    max_shown : int
+        Prototypes shown with patches in the HTML report (the most present ones).
+    """
+
+    name = "prototypes"
+    title = "Prototype meaning: hue, shape, texture, contrast, saturation"
+    summary = "which image characteristics each prototype (or channel) relies on (Nauta et al. 2021), with tests"
+    requires = frozenset({"module_hooks", "images"})
+    run_by_default = True
+
+    def __init__(self, adapter: str = "auto", layer: str | None = None, prototype_tensor: str | None = None,
+                 similarity: str = "auto", channels: list[int] | None = None, softmax: bool = False,
+                 exemplar_cells: list[list[int]] | None = None, per_class: int = 3,
+                 prototypes: list[int] | None = None, characteristics: tuple[str, ...] = DEFAULT_CHARACTERISTICS,
+                 perturbation_params: dict[str, dict[str, float]] | None = None, jpeg: bool = False,
+                 readout: str = "fixed", weight: str = "auto", train_fraction: float = 0.5, n_resamples: int = 200,
+                 sample_size: int = 256, alpha: float = 0.05, redundancy_tolerance: float = 0.05,
+                 local_images: int = 3, max_shown: int = 8) -> None:
+        self.adapter = adapter
+        self.layer = layer
+        self.prototype_tensor = prototype_tensor
+        self.similarity = similarity
+        self.channels = channels
+        self.softmax = softmax
+        self.exemplar_cells = exemplar_cells
+        self.per_class = per_class
+        self.prototypes = prototypes
+        self.characteristics = characteristics
+        self.perturbation_params = perturbation_params
+        self.jpeg = jpeg
+        self.readout = readout
+        self.weight = weight
+        self.train_fraction = train_fraction
+        self.n_resamples = n_resamples
+        self.sample_size = sample_size
+        self.alpha = alpha
+        self.redundancy_tolerance = redundancy_tolerance
+        self.local_images = local_images
+        self.max_shown = max_shown
+
+    # ------------------------------------------------------------------ setup
+
+    def check(self, ctx: RunContext) -> None:
+        """Validate parameters."""
+        if self.adapter not in ADAPTERS:
+            raise ConfigError(f"prototypes: adapter must be one of {', '.join(ADAPTERS)}, not {self.adapter!r}")
+        if self.similarity != "auto" and self.similarity not in SIMILARITIES:
+            raise ConfigError(f"prototypes: similarity must be auto or one of {', '.join(SIMILARITIES)}")
+        make_perturbations(tuple(self.characteristics), self.perturbation_params, jpeg=self.jpeg)
+        if self.readout not in ("fixed", "max"):
+            raise ConfigError("prototypes: readout must be 'fixed' or 'max'")
+        if self.weight not in WEIGHTS:
+            raise ConfigError(f"prototypes: weight must be one of {', '.join(WEIGHTS)}")
+        if not 0 < self.train_fraction < 1:
+            raise ConfigError("prototypes: train_fraction must be strictly between 0 and 1")
+        if self.n_resamples < 50 or self.sample_size < 5 or min(self.local_images, self.max_shown, self.per_class) < 0:
+            raise ConfigError("prototypes: need n_resamples >= 50, sample_size >= 5 and non-negative counts")
+        if not 0 < self.alpha < 1 or self.redundancy_tolerance < 0:
+            raise ConfigError("prototypes: alpha must be in (0, 1) and redundancy_tolerance >= 0")
+        if self.adapter == "exemplars" and not self.exemplar_cells:
+            raise ConfigError("prototypes: adapter 'exemplars' needs exemplar_cells [[probe index, row, column], ...]")
+        if self.adapter == "kmeans" and not ctx.data.has_labels:
+            raise ConfigError("prototypes: adapter 'kmeans' needs a labelled probe set")
+
+    def init_state(self, ctx: RunContext) -> dict[str, SplitAccumulator]:
+        """Build the adapter (fitted attributes ``adapter_``, ``perturbations_``...) and empty sums."""
+        self.adapter_ = self._build_adapter(ctx)
+        total = self.adapter_.num_prototypes
+        ids = list(range(total)) if self.prototypes is None else [int(p) for p in self.prototypes]
+        bad = [p for p in ids if not 0 <= p < total]
+        if bad or not ids or len(set(ids)) != len(ids):
+            raise ConfigError(f"prototypes: bad prototype indices {bad[:5] or ids[:5]} (the model has {total})")
+        self.prototype_ids_ = ids
+        self.perturbations_ = make_perturbations(tuple(self.characteristics), self.perturbation_params, jpeg=self.jpeg)
+        self.weight_rule_ = resolve_weight(self.weight, self.adapter_)
+        return {s: SplitAccumulator.empty(len(ids), len(self.perturbations_), self.n_resamples, self.sample_size)
+                for s in SPLITS}
+
+    def _build_adapter(self, ctx: RunContext) -> PrototypeAdapter:
+        handle = ctx.handle
+        size = handle.require_preprocessing().input_size
+        kind = self.adapter
+        if kind == "auto":
+            kind = "vectors" if find_prototype_tensor(handle.module) is not None else "channels"
+        layer = self.layer or ctx.layer
+        if kind == "vectors":
+            return VectorPrototypes.from_model(handle, tensor=self.prototype_tensor, layer=layer,
+                                               similarity=self.similarity, input_size=size)
+        layer = layer or default_layer(handle.module, size)
+        if kind == "channels":
+            return ChannelPrototypes(layer, self.channels, self.softmax).bind(handle, size)
+        similarity = "log" if self.similarity == "auto" else self.similarity
+        if kind == "exemplars":
+            cells = [tuple(int(v) for v in c) for c in self.exemplar_cells or []]
+            if any(len(c) != 3 or not 0 <= c[0] < len(ctx.data) for c in cells):
+                raise ConfigError("prototypes: exemplar_cells must be [probe index, row, column] of probe images")
+            inputs = handle.preprocess(ctx.load_images([c[0] for c in cells])).to(ctx.device)
+            classes = [self._model_label(ctx, c[0]) for c in cells]
+            return exemplar_prototypes(handle, inputs, [(k, r, col) for k, (_, r, col) in enumerate(cells)], layer,
+                                       similarity=similarity, classes=classes)
+        train = [i for i in range(len(ctx.data)) if self._is_train(ctx, i)][:KMEANS_IMAGES]
+        inputs = handle.preprocess(ctx.load_images(train)).to(ctx.device)
+        labels = np.array([self._model_label(ctx, i) for i in train])
+        return kmeans_prototypes(handle, inputs, labels, layer, per_class=self.per_class, similarity=similarity,
+                                 seed=int(ctx.rng(self.name, "kmeans").integers(2**31)), batch_size=ctx.batch_size)
+
+    @staticmethod
+    def _model_label(ctx: RunContext, i: int) -> int:
+        """The model's class index of probe image ``i`` (matched by class name when both sides have names)."""
+        label = int(ctx.data.labels[i])
+        names = ctx.handle.class_names
+        if label >= 0 and names and ctx.data.class_names and ctx.data.class_names[label] in names:
+            return names.index(ctx.data.class_names[label])
+        return label
+
+    def _is_train(self, ctx: RunContext, i: int) -> bool:
+        return bool(ctx.rng(self.name, "split", int(i)).random() < self.train_fraction)
+
+    # ------------------------------------------------------------------ map / merge
+
+    def map(self, ctx: RunContext, batch: Batch) -> dict[str, SplitAccumulator]:
+        """Local importances of the batch (originals and perturbed copies in one pass), added per split."""
+        scores = local_importance(self.adapter_, ctx.handle, batch.images, self.perturbations_, ctx.handle.preprocess,
+                                  prototypes=self.prototype_ids_, readout=self.readout, device=ctx.device,
+                                  max_batch=ctx.handle.static_batch)
+        is_train = np.array([self._is_train(ctx, i) for i in batch.indices], dtype=bool)
+        state = {s: SplitAccumulator.empty(len(self.prototype_ids_), len(self.perturbations_), self.n_resamples,
+                                           self.sample_size) for s in SPLITS}
+        for split, mask in (("train", is_train), ("test", ~is_train)):
+            if mask.any():
+                idx = batch.indices[mask]
+                counts = poisson_counts([ctx.rng(self.name, "boot", int(i)) for i in idx], self.n_resamples)
+                priority = np.array([ctx.rng(self.name, "sample", int(i)).random() for i in idx])
+                state[split] = state[split].add(scores.subset(mask), idx, self.weight_rule_, counts, priority)
+        return state
+
+    def merge(self, a: dict[str, SplitAccumulator], b: dict[str, SplitAccumulator]) -> dict[str, SplitAccumulator]:
+        """Merge split by split."""
+        return {s: a[s].merge(b[s]) for s in SPLITS}
+
+    # ------------------------------------------------------------------ finalize
+
+    def finalize(self, ctx: RunContext, state: dict[str, SplitAccumulator]) -> Section:
+        """Global scores, tests, generalisation, redundancy, verdicts, images."""
+        names = [p.name for p in self.perturbations_]
+        scores = {s: global_scores(state[s]) for s in SPLITS}
+        primary = "train" if state["train"].n else "test"
+        sample = state["test"].sample if len(state["test"].sample) else state[primary].sample
+        tests = local_tests(sample.delta) if len(sample) else None
+        unit = self.adapter_.unit
+        records = [self._record(j, names, scores, tests, unit, ctx) for j in range(len(self.prototype_ids_))]
+        ranking = self._ranking(scores[primary], names, unit, ctx)
+        both = state["train"].n > 1 and state["test"].n > 1
+        general = generalisation(scores["train"].score, scores["test"].score, names) if both else None
+        redundancy = self._redundancy(scores[primary], records)
+        shown = self._shown(scores[primary], state[primary])
+        assets: dict[str, str] = {}
+        for j in shown:
+            records[j]["assets"] = self._prototype_assets(ctx, j, state[primary], assets)
+            records[j]["chart"] = _chart([(f"{c} ({split})", records[j][f"global_{split}"][c])
+                                          for c in names for split in SPLITS if state[split].n])
+        local = self._local_examples(ctx, sample, names, unit, assets)
+        top = ranking[0]["characteristic"] if ranking and ranking[0]["value"]["value"] is not None else None
+        significant = int(np.sum(tests["q"] < self.alpha)) if tests is not None else 0
+        summary = {
+            "prototypes": len(records), "adapter": self.adapter_.kind, "top_characteristic": top,
+            "significant_pairs": significant,
+            "train_test_rank_correlation": _rho_metric(general["pooled"]) if general else None,
+        }
+        data = {
+            "adapter": self.adapter_.describe(), "characteristics": names,
+            "perturbations": [p.describe() for p in self.perturbations_],
+            "readout": self.readout, "weight": self.weight_rule_, "primary_split": primary,
+            "splits": {s: {"n_images": state[s].n, "local_sample": len(state[s].sample)} for s in SPLITS},
+            "units": {"local": f"{unit} (original − perturbed, at the original best location)",
+                      "relative": "fraction of the original similarity (relative drop)",
+                      "global": f"{unit}, {self.weight_rule_}-weighted mean of local importances over a split"},
+            "ranking": ranking, "ranking_chart": _chart([(r["characteristic"], r["value"]) for r in ranking]),
+            "table_rows": TABLE_ROWS, "prototypes": records, "generalisation": general, "redundancy": redundancy,
+            "local_examples": local, "shown": shown, "notes": self._notes(),
+        }
+        return self.section(summary=summary, data=data, findings=self._findings(records, ranking, redundancy),
+                            assets=assets)
+
+    def _record(self, j: int, names: list[str], scores: dict[str, GlobalScores], tests: dict | None, unit: str,
+                ctx: RunContext) -> dict[str, Any]:
+        pid = self.prototype_ids_[j]
+        cls = self.adapter_.prototype_class(pid)
+        class_names = ctx.class_names
+        rec: dict[str, Any] = {
+            "prototype": pid, "class": cls,
+            "class_name": class_names[cls] if cls is not None and cls < len(class_names) else None,
+        }
+        primary = scores["train"] if scores["train"].n else scores["test"]
+        rec["verdict"] = verdict(primary.score[j], primary.ci_low[j], names)
+        for split in SPLITS:
+            g = scores[split]
+            rec[f"global_{split}"] = {c: metric(g.score[j, k], (g.ci_low[j, k], g.ci_high[j, k]), n=g.n, unit=unit,
+                                                higher_is_better=None) for k, c in enumerate(names)}
+            rec[f"relative_{split}"] = {c: metric(g.relative[j, k], n=g.n, unit="fraction of original similarity",
+                                                  higher_is_better=None) for k, c in enumerate(names)}
+            rec[f"mean_weight_{split}"] = _float(g.mean_weight[j])
+        if tests is not None:
+            rec["tests"] = {c: {"n": int(tests["n"][j, k]), "median": _float(tests["median"][j, k]),
+                                "effect_size": _float(tests["effect_size"][j, k]),
+                                "W_plus": _float(tests["statistic"][j, k]), "p": _float(tests["p"][j, k]),
+                                "q": _float(tests["q"][j, k]), "significant": bool(tests["q"][j, k] < self.alpha)}
+                            for k, c in enumerate(names)}
+        return rec
+
+    def _ranking(self, g: GlobalScores, names: list[str], unit: str, ctx: RunContext) -> list[dict[str, Any]]:
+        """Characteristics by their mean global importance over prototypes (bootstrap CI over prototypes)."""
+        seed = int(ctx.rng(self.name, "ranking").integers(2**31))
+        rows = []
+        for k, c in enumerate(names):
+            v = g.score[:, k][np.isfinite(g.score[:, k])]
+            mean = float(v.mean()) if v.size else None
+            top_share = float(np.mean(np.nanargmax(np.where(np.isfinite(g.score), g.score, -np.inf), 1) == k)) \
+                if np.isfinite(g.score).any() else None
+            rows.append({"characteristic": c,
+                         "value": metric(mean, bootstrap_ci(v, seed=seed) if v.size > 1 else None, n=int(v.size),
+                                         unit=f"{unit} (mean over prototypes)", higher_is_better=None),
+                         "share_top": top_share})
+        return sorted(rows, key=lambda r: -np.inf if r["value"]["value"] is None else -r["value"]["value"])
+
+    def _redundancy(self, g: GlobalScores, records: list[dict[str, Any]]) -> dict[str, Any]:
+        ids = np.asarray(self.prototype_ids_)
+        vectors = self.adapter_.vectors()
+        vec_groups = [] if vectors is None else redundancy_groups(vectors[ids].numpy(), self.redundancy_tolerance)
+        expl_groups = redundancy_groups(g.score, self.redundancy_tolerance)
+
+        def named(groups: list[list[int]]) -> list[list[int]]:
+            return [[int(ids[i]) for i in grp] for grp in groups]
+
+        for label, groups in (("vector_group", vec_groups), ("explanation_group", expl_groups)):
+            for n, grp in enumerate(groups):
+                for i in grp:
+                    records[i][label] = n
+        return {"tolerance": self.redundancy_tolerance,
+                "rule": "every member within relative distance |a − b| / max(|a|, |b|) <= tolerance of the group's "
+                        "first prototype",
+                "vector_groups": named(vec_groups), "explanation_groups": named(expl_groups),
+                "vectors_available": vectors is not None}
+
+    def _shown(self, g: GlobalScores, acc: SplitAccumulator) -> list[int]:
+        """Positions of the prototypes shown with images: the most present ones that have a top image."""
+        order = np.argsort(-np.nan_to_num(g.mean_weight, nan=-np.inf), kind="stable")
+        return [int(j) for j in order if acc.best_index[j] >= 0][: self.max_shown]
+
+    def _prototype_assets(self, ctx: RunContext, j: int, acc: SplitAccumulator, assets: dict[str, str]
+                          ) -> dict[str, Any]:
+        pid = self.prototype_ids_[j]
+        index = int(acc.best_index[j])
+        image = ctx.load_images([index])[0]
+        box = prototype_box(self.adapter_, ctx.handle, image, pid)
+        context = with_box(ctx.handle.require_preprocessing().resize_image(image), box)
+        keys = [f"p{pid}_{v}" for v in ("patch", *(p.name for p in self.perturbations_))]
+        for key, uri in zip(keys, views(ctx.handle, image, self.perturbations_, box, PATCH_SIDE)):
+            assets[key] = uri
+        assets[f"p{pid}_context"] = to_data_uri(thumbnail(context, VIEW_SIDE))
+        return {"patch": keys[0], "perturbed": dict(zip([p.name for p in self.perturbations_], keys[1:])),
+                "context": f"p{pid}_context", "image": ctx.data.ids[index], "box": list(box),
+                "similarity": _float(acc.best_similarity[j])}
+
+    def _local_examples(self, ctx: RunContext, sample: Any, names: list[str], unit: str, assets: dict[str, str]
+                        ) -> list[dict[str, Any]]:
+        """Local explanations of the first test images of the seeded sample: their most similar prototypes."""
+        if not len(sample) or not self.local_images:
+            return []
+        chosen = np.lexsort((sample.index, sample.priority))[: self.local_images]
+        out = []
+        for row in chosen:
+            index = int(sample.index[row])
+            image = ctx.load_images([index])[0]
+            top = np.argsort(-sample.similarity[row], kind="stable")[:3]
+            box = prototype_box(self.adapter_, ctx.handle, image, self.prototype_ids_[int(top[0])])
+            key = f"local{index}"
+            uris = views(ctx.handle, image, self.perturbations_, None, VIEW_SIDE)
+            assets[key] = to_data_uri(thumbnail(with_box(ctx.handle.require_preprocessing().resize_image(image), box),
+                                                VIEW_SIDE))
+            for name, uri in zip(names, uris[1:]):
+                assets[f"{key}_{name}"] = uri
+            rel = relative_drop(sample.delta[row], sample.similarity[row])
+            out.append({
+                "image": ctx.data.ids[index], "index": index, "asset": key,
+                "perturbed": {n: f"{key}_{n}" for n in names}, "box": list(box),
+                "prototypes": [{"prototype": self.prototype_ids_[int(j)],
+                                "similarity": _float(sample.similarity[row, j]),
+                                "delta": {n: _float(sample.delta[row, j, k]) for k, n in enumerate(names)},
+                                "relative": {n: _float(rel[j, k]) for k, n in enumerate(names)},
+                                "verdict": verdict(sample.delta[row, j], np.full(len(names), np.nan), names)}
+                               for j in top],
+                "unit": unit,
+            })
+        return out
+
+    def _findings(self, records: list[dict[str, Any]], ranking: list[dict[str, Any]], redundancy: dict[str, Any]
+                  ) -> list[Finding]:
+        findings = []
+        counts: dict[str, int] = {}
+        for r in records:
+            counts[r["verdict"]] = counts.get(r["verdict"], 0) + 1
+        common = max(counts.items(), key=lambda kv: kv[1]) if counts else None
+        if ranking and ranking[0]["value"]["value"] is not None and common:
+            top = ranking[0]
+            findings.append(Finding(
+                "info",
+                f"prototypes rely most on {top['characteristic']} (mean global importance "
+                f"{top['value']['value']:.3g}); most common verdict: '{common[0]}' ({common[1]} of {len(records)})",
+                self.name, {"ranking": [r["characteristic"] for r in ranking], "verdicts": counts},
+            ))
+        groups = redundancy["vector_groups"] + redundancy["explanation_groups"]
+        if groups:
+            findings.append(Finding(
+                "info",
+                f"{len(redundancy['vector_groups'])} group(s) of near-identical prototype vectors and "
+                f"{len(redundancy['explanation_groups'])} group(s) of near-identical explanations: candidates for "
+                "pruning or merging",
+                self.name, {"vector_groups": redundancy["vector_groups"][:20],
+                            "explanation_groups": redundancy["explanation_groups"][:20]},
+            ))
+        return findings
+
+    def _notes(self) -> str:
+        return (
+            "Local importance = similarity at the prototype's best location in the original image minus the "
+            f"similarity at that location after perturbing one characteristic ({self.readout} read-out); positive: "
+            "the prototype relies on the characteristic. Global importance = weighted mean of local importances over "
+            f"all images of a split (weight: {self.weight_rule_}); 95% CIs from a Poisson bootstrap over images. "
+            f"Seeded split: each image is 'train' with probability {self.train_fraction}. Per-prototype tests: "
+            "one-sided Wilcoxon signed-rank of the local importances of up to "
+            f"{self.sample_size} 'test' images, Benjamini–Hochberg across prototypes × characteristics. "
+            "Generalisation: Welch's t-test of train vs test global scores per characteristic (the reference's test; "
+            "Holm across characteristics) and Spearman's rank correlation of the two. Relative drops are a separate "
+            "view in units of the original similarity."
+        )
+
+
+def _float(v: Any) -> float | None:
+    v = float(v)
+    return v if np.isfinite(v) else None
+
+
+def _chart(rows: list[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
+    """Rows and range for ``macros.bar_chart`` from (label, metric) pairs; the range always includes 0."""
+    out = [{"label": label, "value": m["value"], "low": m["ci_low"], "high": m["ci_high"]} for label, m in rows]
+    ends = [v for r in out for v in (r["value"], r["low"], r["high"]) if v is not None]
+    lo, hi = min([0.0, *ends]), max([0.0, *ends])
+    return {"rows": out, "lo": lo, "hi": hi if hi > lo else lo + 1.0}
+
+
+def _rho_metric(r: dict[str, Any]) -> dict[str, Any]:
+    return metric(r["rho"], (r["ci_low"], r["ci_high"]) if r["ci_low"] is not None else None, n=r["n"],
+                  unit="Spearman rho", higher_is_better=True, p=r["p"])

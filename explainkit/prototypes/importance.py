@@ -1,0 +1,342 @@
+"""Local and global importance of image characteristics for prototypes (Nauta et al. 2021).
+
+Local importance of characteristic ``c`` for prototype ``p`` on image ``x``::
+
+    delta_c(x, p) = s_p(x)[l*] - s_p(perturb_c(x))[l*],   l* = argmax over locations of s_p(x)
+
+read at the location that matched best in the *original* image (``readout="fixed"``, the final
+reference; ``"max"`` re-maximises over the perturbed map, as the first-generation notebooks did).
+Positive: removing the characteristic lowers the similarity, so the prototype relies on it. Units
+are the adapter's similarity units (ProtoPNet: log-similarity). The relative view divides by the
+original similarity and is reported separately, never mixed with raw units.
+
+Global importance over a split of images is the similarity-weighted mean::
+
+    global_c(p) = sum_x w(s_p(x)) delta_c(x, p) / sum_x w(s_p(x))
+
+with ``w(s) = s`` (``similarity``: the reference; valid for similarities that are never negative)
+or, for similarities that can be <= 0, a documented non-negative weight: ``clip`` = max(s, 0)
+(identical to the reference for post-ReLU activations), ``softplus`` = log(1 + e^s) (positive and
+increasing for any real similarity: cosine, projection, ProtoPNet's ``-d``), or ``uniform`` = 1
+(the plain mean). ``auto`` takes the adapter's ``default_weight``: ``similarity`` for ``log``,
+``exp`` and softmax channels, ``clip`` for raw channel activations, ``softplus`` for ``linear``,
+``cosine`` and ``projection``. :class:`SplitAccumulator` streams
+these sums with O(P·C) memory, plus a Poisson bootstrap (O(R·P·C)) for confidence intervals and a
+bounded, seeded sample of local deltas for the per-prototype tests.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+from explainkit.errors import ConfigError
+from explainkit.loading.handle import ModelHandle
+from explainkit.prototypes.adapters import PrototypeAdapter
+from explainkit.prototypes.perturb import Perturbation
+
+__all__ = [
+    "WEIGHTS",
+    "LocalSample",
+    "LocalScores",
+    "SplitAccumulator",
+    "local_importance",
+    "relative_drop",
+    "resolve_weight",
+    "similarity_weight",
+]
+
+#: Weighting rules of the global mean (see the module docstring).
+WEIGHTS = ("auto", "similarity", "clip", "softplus", "uniform")
+
+
+def resolve_weight(rule: str, adapter: PrototypeAdapter) -> str:
+    """The weight rule to use: ``auto`` becomes the adapter's ``default_weight``; validates ``rule``."""
+    if rule not in WEIGHTS:
+        raise ConfigError(f"unknown weight {rule!r}; choose from {', '.join(WEIGHTS)}")
+    return adapter.default_weight if rule == "auto" else rule
+
+
+def similarity_weight(s: np.ndarray, rule: str) -> np.ndarray:
+    """Non-negative weight of each original similarity ``s`` (any shape) under a resolved ``rule``."""
+    s = np.asarray(s, dtype=np.float64)
+    if rule == "similarity":
+        if np.any(s < 0):
+            raise ConfigError("weight='similarity' needs similarities >= 0; use weight='clip' or 'softplus'")
+        return s
+    if rule == "clip":
+        return np.maximum(s, 0.0)
+    if rule == "softplus":
+        return np.logaddexp(0.0, s)
+    if rule == "uniform":
+        return np.ones_like(s)
+    raise ConfigError(f"unknown weight {rule!r}")
+
+
+@dataclass
+class LocalScores:
+    """Local importances of one batch.
+
+    Attributes
+    ----------
+    similarity : ndarray
+        (B, P) original similarity at the best-matching location.
+    location : ndarray
+        (B, P) flat index ``row * w + column`` of that location in the (h, w) map.
+    delta : ndarray
+        (B, P, C) original minus perturbed similarity at that location, per characteristic.
+    grid : tuple of int
+        (h, w) of the similarity maps.
+    """
+
+    similarity: np.ndarray
+    location: np.ndarray
+    delta: np.ndarray
+    grid: tuple[int, int]
+
+    def subset(self, mask: np.ndarray) -> LocalScores:
+        """The scores of the images selected by the (B,) boolean ``mask``."""
+        return LocalScores(self.similarity[mask], self.location[mask], self.delta[mask], self.grid)
+
+
+
+def relative_drop(delta: np.ndarray, similarity: np.ndarray) -> np.ndarray:
+    """Relative view of local importances: ``delta / similarity`` (NaN where the similarity is <= 0).
+
+    Parameters
+    ----------
+    delta : ndarray
+        (..., C) local importances.
+    similarity : ndarray
+        (...) original similarities.
+
+    Returns
+    -------
+    ndarray
+        (..., C) fraction of the original similarity lost (same sign convention as ``delta``).
+    """
+    s = np.asarray(similarity, np.float64)[..., None]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(s > 0, np.asarray(delta, np.float64) / np.where(s > 0, s, 1.0), np.nan)
+
+
+def local_importance(
+    adapter: PrototypeAdapter,
+    model: ModelHandle | nn.Module,
+    images: Sequence[Image.Image],
+    perturbations: Sequence[Perturbation],
+    preprocess: Callable[[Sequence[Image.Image]], torch.Tensor],
+    *,
+    prototypes: Sequence[int] | None = None,
+    readout: str = "fixed",
+    device: torch.device | str = "cpu",
+    max_batch: int | None = None,
+) -> LocalScores:
+    """Local importances of a batch: the originals and all perturbed copies go through the model together.
+
+    Parameters
+    ----------
+    adapter : PrototypeAdapter
+        Gives the similarity maps.
+    model : ModelHandle or torch.nn.Module
+        The model (in eval mode).
+    images : sequence of PIL.Image.Image
+        B original images at source resolution.
+    perturbations : sequence of Perturbation
+        The C characteristics, applied at source resolution before ``preprocess``.
+    preprocess : callable
+        Images → (N, 3, H, W) model inputs (the model's own preprocessing).
+    prototypes : sequence of int, optional
+        Only these prototypes (default all).
+    readout : str
+        ``"fixed"`` (the original best location) or ``"max"`` (best location of the perturbed map).
+    device : torch.device or str
+        Where the model runs.
+    max_batch : int, optional
+        At most this many inputs per forward pass (default all B·(1 + C) at once).
+
+    Returns
+    -------
+    LocalScores
+        Similarities, locations and (B, P, C) deltas.
+    """
+    if readout not in ("fixed", "max"):
+        raise ConfigError(f"readout must be 'fixed' or 'max', not {readout!r}")
+    b, c = len(images), len(perturbations)
+    views = list(images) + [p(im) for p in perturbations for im in images]
+    x = preprocess(views).to(device)
+    step = max_batch or len(x)
+    with torch.no_grad():
+        maps = torch.cat([adapter.similarity_maps(model, x[i : i + step], prototypes) for i in range(0, len(x), step)])
+    grid = (int(maps.shape[2]), int(maps.shape[3]))
+    flat = maps.flatten(2).float()  # (B (1 + C), P, h w)
+    s0, loc = flat[:b].max(dim=2)  # first maximum on ties
+    perturbed = flat[b:].reshape(c, b, flat.shape[1], flat.shape[2])
+    if readout == "fixed":
+        sc = perturbed.gather(3, loc[None, :, :, None].expand(c, -1, -1, 1)).squeeze(3)
+    else:
+        sc = perturbed.amax(dim=3)
+    delta = (s0[None] - sc).permute(1, 2, 0)  # (B, P, C)
+    return LocalScores(s0.cpu().numpy(), loc.cpu().numpy(), delta.cpu().numpy(), grid)
+
+
+@dataclass
+class LocalSample:
+    """A bounded, seeded sample of per-image local scores (bottom-k by a per-image priority).
+
+    Keeping the ``capacity`` images with the smallest priorities (ties by index) is a uniform
+    random sample when priorities are i.i.d. uniform, and merging two samples keeps the same set
+    whatever the batch order, so the sample does not depend on how the data was partitioned.
+
+    Attributes
+    ----------
+    capacity : int
+        Most images kept.
+    priority : ndarray
+        (n,) priorities (images forced in have priority -1).
+    index : ndarray
+        (n,) probe-set indices.
+    similarity, location : ndarray
+        (n, P) original similarity and best location.
+    delta : ndarray
+        (n, P, C) local importances.
+    """
+
+    capacity: int
+    priority: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    index: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    similarity: np.ndarray | None = None
+    location: np.ndarray | None = None
+    delta: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return int(self.index.size)
+
+    def merge(self, other: LocalSample) -> LocalSample:
+        """The bottom-``capacity`` union of two samples."""
+        if other.similarity is None:
+            return self
+        if self.similarity is None:
+            return other
+        prio = np.concatenate([self.priority, other.priority])
+        idx = np.concatenate([self.index, other.index])
+        keep = np.lexsort((idx, prio))[: self.capacity]
+        keep = keep[np.argsort(idx[keep], kind="stable")]  # store in index order
+        return LocalSample(
+            self.capacity, prio[keep], idx[keep],
+            np.concatenate([self.similarity, other.similarity])[keep],
+            np.concatenate([self.location, other.location])[keep],
+            np.concatenate([self.delta, other.delta])[keep],
+        )
+
+
+@dataclass
+class SplitAccumulator:
+    """Streaming sums for the global importance of one split (mergeable: sums, maxima, samples).
+
+    Attributes
+    ----------
+    n : int
+        Images seen.
+    sum_w : ndarray
+        (P,) sum of weights.
+    sum_ws : ndarray
+        (P,) sum of weight × original similarity (denominator of the relative view).
+    sum_wd : ndarray
+        (P, C) sum of weight × local importance.
+    boot_w, boot_wd : ndarray
+        (R, P) and (R, P, C) the same sums with Poisson(1) bootstrap counts per image.
+    best_similarity, best_index, best_location : ndarray
+        (P,) the top-activating image of each prototype (index -1 before any image).
+    sample : LocalSample
+        Local scores of a bounded image sample.
+    """
+
+    n: int
+    sum_w: np.ndarray
+    sum_ws: np.ndarray
+    sum_wd: np.ndarray
+    boot_w: np.ndarray
+    boot_wd: np.ndarray
+    best_similarity: np.ndarray
+    best_index: np.ndarray
+    best_location: np.ndarray
+    sample: LocalSample
+
+    @classmethod
+    def empty(cls, n_prototypes: int, n_characteristics: int, n_resamples: int, sample_size: int) -> SplitAccumulator:
+        """All-zero sums for P prototypes, C characteristics and R bootstrap resamples."""
+        p, c, r = n_prototypes, n_characteristics, n_resamples
+        return cls(0, np.zeros(p), np.zeros(p), np.zeros((p, c)), np.zeros((r, p)), np.zeros((r, p, c)),
+                   np.full(p, -np.inf), np.full(p, -1, np.int64), np.zeros(p, np.int64), LocalSample(sample_size))
+
+    def add(self, scores: LocalScores, indices: np.ndarray, weight_rule: str, boot_counts: np.ndarray,
+            priorities: np.ndarray) -> SplitAccumulator:
+        """A new accumulator with one batch added.
+
+        Parameters
+        ----------
+        scores : LocalScores
+            The batch's local scores (B images).
+        indices : ndarray
+            (B,) probe-set indices.
+        weight_rule : str
+            A resolved rule (:func:`resolve_weight`).
+        boot_counts : ndarray
+            (R, B) Poisson(1) counts of each image in each bootstrap resample.
+        priorities : ndarray
+            (B,) sample priorities in [0, 1) (-1 forces an image into the sample).
+
+        Returns
+        -------
+        SplitAccumulator
+            The updated state.
+        """
+        w = similarity_weight(scores.similarity, weight_rule)  # (B, P)
+        d = scores.delta.astype(np.float64)  # (B, P, C)
+        wd = w[..., None] * d
+        counts = boot_counts.astype(np.float64)
+        batch = SplitAccumulator(
+            len(indices), w.sum(0), (w * scores.similarity).sum(0), wd.sum(0),
+            counts @ w, np.einsum("rb,bpc->rpc", counts, wd),
+            *_best(scores, indices), LocalSample(self.sample.capacity),
+        )
+        keep = np.lexsort((indices, priorities))[: self.sample.capacity]
+        keep = keep[np.argsort(np.asarray(indices)[keep], kind="stable")]  # samples are stored in index order
+        batch.sample = LocalSample(self.sample.capacity, priorities[keep], np.asarray(indices)[keep],
+                                   scores.similarity[keep].astype(np.float32), scores.location[keep].astype(np.int32),
+                                   scores.delta[keep].astype(np.float32))
+        return self.merge(batch)
+
+    def merge(self, other: SplitAccumulator) -> SplitAccumulator:
+        """Sum two accumulators (associative and commutative)."""
+        best = _better(other.best_similarity, other.best_index, self.best_similarity, self.best_index)
+        return SplitAccumulator(
+            self.n + other.n, self.sum_w + other.sum_w, self.sum_ws + other.sum_ws, self.sum_wd + other.sum_wd,
+            self.boot_w + other.boot_w, self.boot_wd + other.boot_wd,
+            np.where(best, other.best_similarity, self.best_similarity),
+            np.where(best, other.best_index, self.best_index),
+            np.where(best, other.best_location, self.best_location),
+            self.sample.merge(other.sample),
+        )
+
+
+def _better(s_a: np.ndarray, i_a: np.ndarray, s_b: np.ndarray, i_b: np.ndarray) -> np.ndarray:
+    """Whether (s_a, i_a) beats (s_b, i_b): higher similarity, then lower index (-1 never wins)."""
+    valid = i_a >= 0
+    return valid & ((i_b < 0) | (s_a > s_b) | ((s_a == s_b) & (i_a < i_b)))
+
+
+def _best(scores: LocalScores, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per prototype the batch image with the highest similarity (ties: the lowest index)."""
+    order = np.argsort(indices, kind="stable")
+    sims = scores.similarity[order]
+    arg = sims.argmax(axis=0)  # first maximum = lowest index
+    cols = np.arange(sims.shape[1])
+    return (sims[arg, cols].astype(np.float64), np.asarray(indices, np.int64)[order][arg],
+            scores.location[order][arg, cols].astype(np.int64))
