@@ -2,13 +2,30 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import numpy as np
 import torch
 
 from explainkit.analyzers.cam.render import mask_to_input
+from explainkit.errors import ConfigError
 from explainkit.gate.kinds.base import CheckContext
+from explainkit.gate.options import Option
 
-__all__ = ["images_with_mask", "input_masks"]
+__all__ = ["MASK_OPTIONS", "images_with_mask", "input_masks", "require_mask_source"]
+
+#: Policy keys naming the mask folder of the kinds that read artifact masks.
+MASK_OPTIONS: dict[str, Option] = {
+    "artifact": Option("file", None, help="the artifact's template (its file stem names the mask folder)"),
+    "concept": Option("str", None, help="mask folder name under masks/ (default: the template's stem)"),
+}
+
+
+def require_mask_source(kind: str, options: Mapping[str, Any]) -> None:
+    """Raise :class:`ConfigError` unless ``artifact`` or ``concept`` names the mask folder."""
+    if options.get("artifact") is None and not options.get("concept"):
+        raise ConfigError(f"kind {kind!r} needs artifact (a template) or concept (the masks/<concept>/ folder)")
 
 
 def images_with_mask(cc: CheckContext, concept: str) -> np.ndarray:

@@ -26,9 +26,9 @@ from explainkit.analyzers.cam import cam
 from explainkit.analyzers.cam.metrics import pointing_game
 from explainkit.analyzers.cam.render import input_view, overlay_uri, quantize, view_uri
 from explainkit.analyzers.metric import metric
-from explainkit.errors import ConfigError, DataError
+from explainkit.errors import DataError
 from explainkit.gate.kinds.base import CheckContext, Measurement, concept_name, paired_measurement, register_check_kind
-from explainkit.gate.masks import images_with_mask, input_masks
+from explainkit.gate.masks import MASK_OPTIONS, images_with_mask, input_masks, require_mask_source
 from explainkit.gate.options import Option
 from explainkit.gate.saliency import SALIENCY_OPTIONS, SaliencyKind
 from explainkit.stats import bootstrap_ci
@@ -45,8 +45,7 @@ class AttributionMass(SaliencyKind):
     name = "attribution_mass"
     title = "Attribution mass on the artifact"
     options: ClassVar[Mapping[str, Option]] = {
-        "artifact": Option("file", None, help="the artifact's template (its file stem names the mask folder)"),
-        "concept": Option("str", None, help="mask folder name under masks/ (default: the template's stem)"),
+        **MASK_OPTIONS,
         **SALIENCY_OPTIONS,
     }
 
@@ -58,9 +57,7 @@ class AttributionMass(SaliencyKind):
     @classmethod
     def validate_options(cls, options: Mapping[str, Any]) -> None:
         """A template or a concept names the masks; the method must exist."""
-        if options.get("artifact") is None and not options.get("concept"):
-            raise ConfigError("kind 'attribution_mass' needs artifact (a template) or concept (the masks/<concept>/ "
-                              "folder)")
+        require_mask_source("attribution_mass", options)
         super().validate_options(options)
 
     def prepare(self, cc: CheckContext) -> None:

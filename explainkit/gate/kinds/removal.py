@@ -21,7 +21,7 @@ import torch
 from explainkit.errors import ConfigError, DataError
 from explainkit.gate.interventions import DEFAULT_TAU, EFFECTS, paired_result, run_paired
 from explainkit.gate.kinds.base import CheckContext, CheckKind, Measurement, concept_name, register_check_kind
-from explainkit.gate.masks import images_with_mask, input_masks
+from explainkit.gate.masks import MASK_OPTIONS, images_with_mask, input_masks, require_mask_source
 from explainkit.gate.options import Option
 
 __all__ = ["FILLS", "Removal", "cover", "shifted_mask"]
@@ -114,8 +114,7 @@ class Removal(CheckKind):
     title = "Artifact removal"
     needs_target = True
     options: ClassVar[Mapping[str, Option]] = {
-        "artifact": Option("file", None, help="the artifact's template (its file stem names the mask folder)"),
-        "concept": Option("str", None, help="mask folder name under masks/ (default: the template's stem)"),
+        **MASK_OPTIONS,
         "fill": Option("choice", "inpaint", FILLS, help="how the artifact region is filled"),
         "repeats": Option("int", 3, low=1, high=64, help="control regions per image"),
         "effect": Option("choice", "logit_shift", tuple(EFFECTS), help="what is compared"),
@@ -129,8 +128,7 @@ class Removal(CheckKind):
     @classmethod
     def validate_options(cls, options: dict[str, Any]) -> None:
         """An artifact template or a concept name is needed to find the masks."""
-        if options.get("artifact") is None and not options.get("concept"):
-            raise ConfigError("kind 'removal' needs artifact (a template) or concept (the masks/<concept>/ folder)")
+        require_mask_source("removal", options)
 
     def prepare(self, cc: CheckContext) -> None:
         """Find images with a mask of the artifact."""
