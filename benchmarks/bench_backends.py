@@ -13,7 +13,7 @@ Runs, each a fresh ``explainkit analyze`` process (so start-up costs are counted
 * ``invert cold`` / ``invert cached rerun``: ``--cache-dir`` set, the rerun changes only
   ``alpha`` and ``auroc_floor``, so every batch comes from the cache.
 
-Every parallel run's sections must equal the serial run's (floats to 1e-9 relative); the script
+Every parallel run's sections must equal the serial run's (floats to 1e-6 relative: float32 rounding); the script
 says so. Ratios are speed-ups over ``serial, 1 thread``.
 
 Usage: ``python benchmarks/bench_backends.py [--images 960] [--batch-size 32] [--skip-ray]``.
@@ -36,14 +36,14 @@ from explainkit.datasets.demo import PROBE_WORLD, bundled_model_path
 from explainkit.datasets.synthetic import write_world
 
 
-def close(a: object, b: object, rel: float = 1e-9) -> bool:
-    """JSON values equal, floats up to summation-order rounding."""
+def close(a: object, b: object, rel: float = 1e-6) -> bool:
+    """JSON values equal, floats up to float32 rounding (batch composition changes the last bits)."""
     if isinstance(a, dict):
         return isinstance(b, dict) and a.keys() == b.keys() and all(close(a[k], b[k], rel) for k in a)
     if isinstance(a, list):
         return isinstance(b, list) and len(a) == len(b) and all(close(x, y, rel) for x, y in zip(a, b))
     if isinstance(a, float) and isinstance(b, float):
-        return math.isclose(a, b, rel_tol=rel, abs_tol=1e-12)
+        return math.isclose(a, b, rel_tol=rel, abs_tol=1e-9)
     return a == b
 
 

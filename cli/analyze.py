@@ -63,6 +63,8 @@ _SEVERITY = {"never": set(), "error": {"error"}, "warning": {"error", "warning"}
               help="Ray actors (--backend ray).")
 @click.option("--gpus-per-worker", "gpus_per_worker", type=click.FloatRange(0), default=0.0, show_default=True,
               envvar="EXPLAINKIT_GPUS_PER_WORKER", help="GPUs per Ray actor (--backend ray).")
+@click.option("--ray-address", "ray_address", envvar="RAY_ADDRESS", metavar="ADDR",
+              help="Join this Ray cluster ('auto', 'ray://head:10001'); default: a local Ray (--backend ray).")
 @click.option("--cache", "cache", is_flag=True, default=False, envvar="EXPLAINKIT_CACHE",
               help="Reuse cached per-batch activations (INVERT) across runs; folder: --cache-dir.")
 @click.option("--cache-dir", "cache_dir", type=click.Path(file_okay=False), envvar="EXPLAINKIT_CACHE_DIR",
@@ -86,12 +88,12 @@ def analyze(ctx: click.Context, model: str, config: str | None, data: str | None
     resolved = parameter_sources(ctx, {"model": model, "data": data, "config": config, "layer": layer,
                                        **{k: v for k, v in opts.items() if k != "progress"}})
     if opts["backend"] == "torchrun":
-        resolved.pop("workers"), resolved.pop("gpus_per_worker")
+        resolved.pop("workers"), resolved.pop("gpus_per_worker"), resolved.pop("ray_address")
     resolved["analyzers"] = {"value": [[n, p] for n, p in specs] if specs else "defaults",
                              "source": "command line" if ctx.params.get("analyzers") else
                              ("config file" if specs else "default")}
-    backend_options = ({"workers": opts["workers"], "gpus_per_worker": opts["gpus_per_worker"]}
-                       if opts["backend"] == "ray" else {})
+    backend_options = ({"workers": opts["workers"], "gpus_per_worker": opts["gpus_per_worker"],
+                        "address": opts["ray_address"]} if opts["backend"] == "ray" else {})
     report = run_analyze(
         handle, probe, specs, out=opts["out"], device=opts["device"], batch_size=opts["batch_size"],
         seed=opts["seed"], progress=opts["progress"], config=resolved, layer=layer,

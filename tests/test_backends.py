@@ -22,8 +22,9 @@ from explainkit.errors import ConfigError
 from explainkit.run import build_analyzers, resolve_device
 
 
-def assert_same_json(a, b, path="", rel=1e-9):
-    """Equal JSON values, floats up to summation-order rounding."""
+def assert_same_json(a, b, path="", rel=1e-6):
+    """Equal JSON values; floats up to float32 rounding (a batch of 1 and a batch of 5 round convolutions
+    differently in the last bits: measured ~3e-8 relative on the demo model)."""
     if isinstance(a, dict):
         assert isinstance(b, dict) and a.keys() == b.keys(), path
         for k in a:
@@ -33,7 +34,8 @@ def assert_same_json(a, b, path="", rel=1e-9):
         for i, (x, y) in enumerate(zip(a, b)):
             assert_same_json(x, y, f"{path}[{i}]", rel)
     elif isinstance(a, float) and isinstance(b, float):
-        assert math.isclose(a, b, rel_tol=rel, abs_tol=1e-12), f"{path}: {a} != {b}"
+        both_nan = math.isnan(a) and math.isnan(b)
+        assert both_nan or math.isclose(a, b, rel_tol=rel, abs_tol=1e-9), f"{path}: {a} != {b}"
     else:
         assert a == b, f"{path}: {a!r} != {b!r}"
 
@@ -42,6 +44,16 @@ def test_shards_cover_every_sample_once():
     for n, world in [(10, 3), (7, 7), (3, 5)]:
         got = np.sort(np.concatenate([shard_indices(n, r, world) for r in range(world)]))
         assert got.tolist() == list(range(n))
+
+
+#: Cheaper settings of the heavier analyzers (the property test finalizes every analyzer per example).
+LIGHT = {
+    "gradcam": {"methods": ["gradcam", "layercam"], "metric_images": 4, "road_images": 2, "steps": 4,
+                "sanity_images": 2, "sanity_steps": 2, "n_examples": 2, "n_resamples": 200},
+    "captum": {"methods": ["saliency"], "metric_images": 4, "road_images": 2, "steps": 4, "sanity_images": 2,
+               "sanity_steps": 2, "n_examples": 2, "n_resamples": 200},
+    "prototypes": {"per_class": 1, "n_resamples": 50, "local_images": 1, "max_shown": 2},
+}
 
 
 @pytest.fixture(scope="module")
@@ -54,29 +66,41 @@ def setup(small_world, demo_model_path):
 
 def _plan(setup, names):
     handle, probe, _ = setup
-    analyzers = build_analyzers(names)
+    analyzers = build_analyzers([(n, LIGHT.get(n, {})) for n in names])
     ctx = RunContext(handle=handle, data=probe, device=resolve_device("cpu"), seed=0, batch_size=5)
     for a in analyzers:
         a.check(ctx)
     return RunPlan(handle, probe, analyzers, None, progress=False), ctx
 
 
-@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@pytest.fixture(scope="module")
+def mapped(setup):
+    """The serial run (batches of 5) and every sample mapped alone (batches of 1), once."""
+    plan, ctx = _plan(setup, setup[2])
+    serial, _ = map_shard(plan, ctx, range(len(plan.probe)))
+    singles = [map_shard(plan, ctx, [i])[0] for i in range(len(plan.probe))]
+    finals = {a.name: a.finalize(ctx, serial[a.name]).to_dict() for a in plan.analyzers}
+    return plan, ctx, singles, finals
+
+
+def test_every_default_analyzer_is_in_the_property_test(setup):
+    assert {"performance", "invert", "gradcam", "prototypes"} <= set(setup[2])
+
+
+@settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
-def test_merge_of_random_partitions_equals_serial(setup, data):
-    names = setup[2]
-    plan, ctx = _plan(setup, names)
+def test_merge_of_random_partitions_equals_serial(mapped, data):
+    """Shards of any composition, merged in any order and grouping, finalize to the serial result
+    (the serial run used batches of 5, the shards single images: batch composition does not matter)."""
+    plan, ctx, singles, finals = mapped
     n = len(plan.probe)
-    serial, _ = map_shard(plan, ctx, range(n))
     order = data.draw(st.permutations(list(range(n))))
     cuts = sorted(data.draw(st.lists(st.integers(1, n - 1), max_size=4, unique=True)))
-    parts = [np.sort(np.array(order[a:b], dtype=np.int64)) for a, b in zip([0, *cuts], [*cuts, n])]
-    states = [map_shard(plan, ctx, p)[0] for p in parts]
-    perm = data.draw(st.permutations(list(range(len(states)))))
-    merged = merge_states(plan, [states[i] for i in perm])
+    parts = [merge_states(plan, [singles[i] for i in order[a:b]]) for a, b in zip([0, *cuts], [*cuts, n])]
+    perm = data.draw(st.permutations(list(range(len(parts)))))
+    merged = merge_states(plan, [parts[i] for i in perm])
     for a in plan.analyzers:
-        assert_same_json(a.finalize(ctx, merged[a.name]).to_dict(), a.finalize(ctx, serial[a.name]).to_dict(),
-                         a.name)
+        assert_same_json(a.finalize(ctx, merged[a.name]).to_dict(), finals[a.name], a.name)
 
 
 def test_unknown_backend_and_torchrun_outside_torchrun(setup):

@@ -8,6 +8,7 @@ one a local Ray instance with ``workers`` CPUs is started.
 
 from __future__ import annotations
 
+import os
 import pickle
 from typing import Any
 
@@ -50,14 +51,21 @@ class RayBackend(Backend):
         GPUs per actor (0 for CPU).
     cpus_per_worker : float
         CPUs per actor.
+    address : str, optional
+        A running Ray cluster to join (``"auto"``, ``"ray://head:10001"``); default ``$RAY_ADDRESS``,
+        else a local Ray instance sized for the workers is started (and stopped afterwards). On a
+        cluster, the probe folder and the output folder must be reachable at the same path from
+        every node (a shared filesystem); the model travels with the task.
     """
 
     name = "ray"
 
-    def __init__(self, workers: int = 2, gpus_per_worker: float = 0.0, cpus_per_worker: float = 1.0) -> None:
+    def __init__(self, workers: int = 2, gpus_per_worker: float = 0.0, cpus_per_worker: float = 1.0,
+                 address: str | None = None) -> None:
         self.workers = workers
         self.gpus_per_worker = gpus_per_worker
         self.cpus_per_worker = cpus_per_worker
+        self.address = address
 
     def run(self, plan: RunPlan, ctx: RunContext) -> Outcome:
         """Map batches of sample indices on actors; merge the states in index order."""
@@ -72,8 +80,12 @@ class RayBackend(Backend):
 
         started = False
         if not ray.is_initialized():
-            ray.init(num_cpus=max(1, int(self.workers * self.cpus_per_worker)), include_dashboard=False,
-                     log_to_driver=False, configure_logging=False)
+            address = self.address or os.environ.get("RAY_ADDRESS")
+            if address:
+                ray.init(address=address, log_to_driver=False, configure_logging=False)
+            else:
+                ray.init(num_cpus=max(1, int(self.workers * self.cpus_per_worker)), include_dashboard=False,
+                         log_to_driver=False, configure_logging=False)
             started = True
         try:
             device = torch.device("cuda") if self.gpus_per_worker > 0 else torch.device("cpu")
