@@ -6,7 +6,9 @@ import json
 import shutil
 import xml.etree.ElementTree as ET
 from dataclasses import replace
+from pathlib import Path
 
+import jsonschema
 import numpy as np
 import pytest
 from PIL import Image
@@ -16,6 +18,7 @@ from explainkit.datasets.demo import PROBE_WORLD, bundled_asset, run_demo
 from explainkit.datasets.synthetic import stamp_template, write_world
 from explainkit.errors import ExitCode
 from explainkit.gate import list_check_kinds, load_policy
+from explainkit.report import schema_path
 
 
 def test_stamp_asset_is_the_worlds_stamp():
@@ -50,6 +53,7 @@ def test_example_policy_fails_the_demo_model(demo_folder, demo_handle):
     assert "error" not in statuses.values(), [c["error"] for c in result.checks]
     on_disk = json.loads((demo_folder / "check" / "report.json").read_text())
     assert on_disk["exit_code"] == 1 and [c["id"] for c in on_disk["checks"]] == list(statuses)
+    jsonschema.validate(on_disk, json.loads(Path(schema_path()).read_text()))
     failures = [c.get("name") for c in ET.parse(demo_folder / "check" / "junit.xml").getroot().iter("testcase")
                 if c.find("failure") is not None]
     assert "spurious.stamp" in failures
