@@ -140,8 +140,9 @@ def test_torchrun_two_ranks_match_serial(setup, tmp_path, small_world, demo_mode
 def test_ray_two_workers_match_serial(setup, tmp_path):
     pytest.importorskip("ray")
     handle, probe, names = setup
-    serial = explainkit.analyze(handle, probe, names, batch_size=8, progress=False)
-    ray_rep = explainkit.analyze(handle, probe, names, batch_size=8, progress=False, backend="ray",
+    specs = [(n, LIGHT.get(n, {})) for n in names]
+    serial = explainkit.analyze(handle, probe, specs, batch_size=8, progress=False)
+    ray_rep = explainkit.analyze(handle, probe, specs, batch_size=8, progress=False, backend="ray",
                                  backend_options={"workers": 2})
     assert_same_json(ray_rep.to_dict()["sections"], serial.to_dict()["sections"])
     assert ray_rep["provenance"]["config"]["backend"]["name"] == "ray"

@@ -160,7 +160,7 @@ class Prototypes(Analyzer):
     # ------------------------------------------------------------------ setup
 
     def check(self, ctx: RunContext) -> None:
-        """Validate parameters."""
+        """Validate parameters, then fit the prototype adapter (k-means, exemplars) on the run's data."""
         if self.adapter not in ADAPTERS:
             raise ConfigError(f"prototypes: adapter must be one of {', '.join(ADAPTERS)}, not {self.adapter!r}")
         if self.similarity != "auto" and self.similarity not in SIMILARITIES:
@@ -180,9 +180,11 @@ class Prototypes(Analyzer):
             raise ConfigError("prototypes: adapter 'exemplars' needs exemplar_cells [[probe index, row, column], ...]")
         if self.adapter == "kmeans" and not ctx.data.has_labels:
             raise ConfigError("prototypes: adapter 'kmeans' needs a labelled probe set")
+        self._fit(ctx)
 
-    def init_state(self, ctx: RunContext) -> dict[str, SplitAccumulator]:
-        """Build the adapter (fitted attributes ``adapter_``, ``perturbations_``...) and empty sums."""
+    def _fit(self, ctx: RunContext) -> None:
+        """Build the adapter and the fitted attributes ``adapter_``, ``prototype_ids_``, ``perturbations_``,
+        ``weight_rule_`` (deterministic: every worker that checks the run fits the same)."""
         self.adapter_ = self._build_adapter(ctx)
         total = self.adapter_.num_prototypes
         ids = list(range(total)) if self.prototypes is None else [int(p) for p in self.prototypes]
@@ -192,8 +194,11 @@ class Prototypes(Analyzer):
         self.prototype_ids_ = ids
         self.perturbations_ = make_perturbations(tuple(self.characteristics), self.perturbation_params, jpeg=self.jpeg)
         self.weight_rule_ = resolve_weight(self.weight, self.adapter_)
-        return {s: SplitAccumulator.empty(len(ids), len(self.perturbations_), self.n_resamples, self.sample_size)
-                for s in SPLITS}
+
+    def init_state(self, ctx: RunContext) -> dict[str, SplitAccumulator]:
+        """Empty sums for the prototypes asked for."""
+        return {s: SplitAccumulator.empty(len(self.prototype_ids_), len(self.perturbations_), self.n_resamples,
+                                          self.sample_size) for s in SPLITS}
 
     def _build_adapter(self, ctx: RunContext) -> PrototypeAdapter:
         handle = ctx.handle
