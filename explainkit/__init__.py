@@ -27,6 +27,7 @@ from explainkit.errors import (
     ModelRefusedError,
     RuntimeAnalysisError,
 )
+from explainkit.gate import check
 from explainkit.invert import label_neurons
 from explainkit.loading import ModelHandle, Preprocessing, load_model, wrap
 from explainkit.loading.save import save_model
@@ -53,6 +54,7 @@ __all__ = [
     "analyze",
     "cam",
     "cams",
+    "check",
     "get_analyzer",
     "label_neurons",
     "list_analyzers",
