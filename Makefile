@@ -26,7 +26,7 @@ install-test: $(VENV)/.installed-test
 demo: $(VENV)/.installed
 	$(VENV)/bin/explainkit demo --out $(OUT)
 
-## The default test suite (tiny models, synthetic data; about 10 minutes on 2 cores)
+## The default test suite (tiny models, synthetic data; about 12 minutes on 2 cores)
 test: $(VENV)/.installed-test
 	OMP_NUM_THREADS=1 $(PY) -m pytest -n 2 -m "not slow" $(PYTEST_ARGS)
 
