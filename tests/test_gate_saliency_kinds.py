@@ -117,6 +117,9 @@ def test_randomisation_fails_when_maps_ignore_the_weights(masked_probe):
     np.testing.assert_allclose(c["details"]["per_image"]["rho_full"], 1.0, atol=1e-9)
     assert c["effect"]["value"] == pytest.approx(1.0) and c["tau"] == 0.5
     assert c["status"] == "fail" and result.exit_code == ExitCode.FINDINGS
+    # one randomisation group (the head is everything): image, trained map, randomised map
+    assert [p["label"] for p in c["examples"][0]["panels"]] == ["image", "trained", "all randomised"]
+    assert c["examples"][0]["panels"][2]["score"] == pytest.approx(1.0)
 
 
 def test_randomisation_passes_for_gradcam_on_a_trained_model(small_world, demo_handle):
@@ -137,3 +140,13 @@ def test_randomisation_passes_for_gradcam_on_a_trained_model(small_world, demo_h
 
     one = stats.wilcoxon(np.array(per[f"rho_{scored}"]) - 0.5, alternative="greater").pvalue
     assert c2["p"] == pytest.approx(min(1.0, 2 * one), rel=1e-3)
+    # examples: the images whose maps changed least, recomputed with the same randomised weights
+    ex = c2["examples"]
+    assert [p["label"] for p in ex[0]["panels"]] == ["image", "trained", "head randomised", "all randomised"]
+    ids = per["ids"]
+    order = np.argsort(-np.array(per[f"rho_{scored}"]), kind="stable")[:3]
+    assert [e["id"] for e in ex] == [ids[i] for i in order]
+    for e in ex:
+        i = ids.index(e["id"])
+        assert e["panels"][2]["score"] == pytest.approx(per["rho_head"][i], abs=1e-6)
+        assert e["panels"][3]["score"] == pytest.approx(per["rho_full"][i], abs=1e-6)

@@ -134,6 +134,7 @@ def parameter_randomization(
     batch_size: int = 32,
     seed: int = 0,
     n_resamples: int = 2000,
+    keep_maps: bool = False,
 ) -> dict[str, Any]:
     """Run the cascading and independent randomisation tests.
 
@@ -157,13 +158,17 @@ def parameter_randomization(
         Correlation above which a map is considered unchanged.
     batch_size, seed, n_resamples
         Chunking, randomness, bootstrap resamples.
+    keep_maps : bool
+        Also return the maps themselves (for pictures of the test).
 
     Returns
     -------
     dict
         ``groups`` (list of layer-name lists, top first), ``head`` (whether group 0 is the part
         above the target layer), and per method ``cascading`` / ``independent`` lists of
-        correlation metrics (mean with a 95 % bootstrap CI), ``verdict`` and ``reason``.
+        correlation metrics (mean with a 95 % bootstrap CI), ``verdict`` and ``reason``. With
+        ``keep_maps``, also ``maps``: ``original`` (method → (B, H, W) map in [0, 1] at input
+        resolution) and ``cascading`` (one such dict per cascade step).
     """
     handle = as_handle(model)
     cls = [int(c) for c in (classes.tolist() if isinstance(classes, torch.Tensor) else classes)]
@@ -173,8 +178,12 @@ def parameter_randomization(
     units, n_above = randomization_units(handle, inputs, base.layers)
     groups = _groups(units, n_above, steps)
 
-    def correlations(h: ModelHandle) -> dict[str, np.ndarray]:
+    cascade_maps: list[dict[str, torch.Tensor]] = []
+
+    def correlations(h: ModelHandle, keep: list | None = None) -> dict[str, np.ndarray]:
         res = compute(h, inputs, **kwargs)
+        if keep is not None:
+            keep.append(res.maps)
         return {m: _spearman(to_grid(base.maps[m], grids[m]), to_grid(res.maps[m], grids[m])) for m in base.maps}
 
     cascade_model = copy.deepcopy(handle.module)
@@ -184,7 +193,7 @@ def parameter_randomization(
     for group in groups:
         for name in group:
             randomize_(cascade_modules[name], _seed(seed, name))
-        cascading.append(correlations(cascade_handle))
+        cascading.append(correlations(cascade_handle, cascade_maps if keep_maps else None))
     independent: list[dict[str, np.ndarray]] = []
     single_model = copy.deepcopy(handle.module)
     single_handle = dataclasses.replace(handle, module=single_model)
@@ -198,6 +207,8 @@ def parameter_randomization(
     out: dict[str, Any] = {"groups": groups, "head": bool(n_above), "threshold": threshold,
                            "statistic": "Spearman rank correlation with the original map (per image)",
                            "methods": {}}
+    if keep_maps:
+        out["maps"] = {"original": base.maps, "cascading": cascade_maps}
     for i, m in enumerate(base.maps):
         casc = [_summary(step[m], n_resamples, seed + i) for step in cascading]
         ind = [_summary(step[m], n_resamples, seed + i) for step in independent]

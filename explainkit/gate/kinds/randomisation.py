@@ -21,6 +21,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from explainkit.analyzers.cam.render import input_view, overlay_uri, quantize, view_uri
 from explainkit.analyzers.cam.sanity import parameter_randomization
 from explainkit.analyzers.metric import metric
 from explainkit.errors import ConfigError
@@ -110,7 +111,50 @@ class Randomisation(SaliencyKind):
                          "(a map that became constant counts as 0)",
             "per_image": {"ids": [cc.run.data.ids[int(i)] for i in idx], "rho_head": head_a.tolist(),
                           "rho_full": full_a.tolist()},
+            "examples_caption": "Images whose maps changed least under randomisation: the map on the trained model, "
+                                "then after randomising the layers above the target layer (head) and every layer "
+                                "(all); numbers: Spearman rho with the original map.",
         })
+        m.examples, m.assets = self._examples(cc, idx, {"head": head_a, "full": full_a}[scored], seed)
         m.notes.append(f"the test is one-sided against tau = {self.spec.tau:g} (maps that survive randomisation); "
                        "the minimal detectable effect is an excess over tau")
         return m
+
+    def _examples(self, cc: CheckContext, idx: np.ndarray, rho: np.ndarray, seed: int, k: int = 3
+                  ) -> tuple[list[dict], dict[str, str]]:
+        """Image and maps (trained, head randomised, all randomised) of the ``k`` images with the largest rho.
+
+        The maps are recomputed for these images alone with the same seed, hence the same randomised
+        weights as the measurement.
+        """
+        finite = np.isfinite(rho)
+        if not finite.any():
+            return [], {}
+        order = np.flatnonzero(finite)[np.argsort(-rho[finite], kind="stable")[:k]]
+        prep = cc.run.handle.require_preprocessing()
+        images = cc.run.load_images(idx[order])
+        unit = prep.to_unit_tensor(images).to(cc.run.device)
+        o = self.spec.options
+        res = parameter_randomization(cc.run.handle, prep.normalize(unit), methods=[o["method"]],
+                                      classes=self.classes(cc, unit), layer=o["layer"], steps=2,
+                                      threshold=self.spec.tau, batch_size=cc.run.batch_size, seed=seed,
+                                      n_resamples=_HELPER_RESAMPLES, keep_maps=True)
+        method = next(iter(res["methods"]))
+        stats = next(iter(res["methods"].values()))["cascading"]
+        steps = [("trained", res["maps"]["original"][method], None)]
+        if res["head"] and len(res["groups"]) > 1:
+            steps.append(("head randomised", res["maps"]["cascading"][0][method], stats[0]["per_image"]))
+        steps.append(("all randomised", res["maps"]["cascading"][-1][method], stats[-1]["per_image"]))
+        examples, assets = [], {}
+        for j, (pos, image) in enumerate(zip(order, images)):
+            view = input_view(image, prep)
+            key = f"{self.spec.id}/{j}"
+            assets[f"{key}/image"] = view_uri(view)
+            panels = [{"asset": f"{key}/image", "label": "image", "score": None}]
+            for label, maps, per_image in steps:
+                name = f"{key}/{label.replace(' ', '_')}"
+                assets[name] = overlay_uri(view, quantize(maps[j].detach().cpu().numpy()))
+                panels.append({"asset": name, "label": label,
+                               "score": None if per_image is None else float(per_image[j])})
+            examples.append({"id": cc.run.data.ids[int(idx[pos])], "effect": float(rho[pos]), "panels": panels})
+        return examples, assets
