@@ -8,6 +8,7 @@ import torch
 import torchvision.transforms.functional as TF
 from torch import nn
 
+import explainkit
 from explainkit.analyzers.cam import baseline, metrics
 from explainkit.analyzers.cam.engine import CamRun
 from explainkit.analyzers.cam.imputation import impute
@@ -185,3 +186,13 @@ def test_sanity_check_flags_class_agnostic_maps(net):
     assert grad["verdict"] != "FAIL" and grad["cascading"][0]["value"] < 0.5
     assert len(grad["cascading"]) == len(grad["independent"]) == len(out["groups"])
     assert len(grad["cascading"][0]["per_image"]) == 16
+    # the cascade alone, with its maps: the same correlations, maps consistent with them
+    lean = parameter_randomization(net, x, methods=["gradcam"], classes=classes, layer="features", steps=3,
+                                   n_resamples=200, independent=False, keep_maps=True)
+    assert lean["methods"]["gradcam"]["independent"] == []
+    assert lean["methods"]["gradcam"]["cascading"] == grad["cascading"]
+    maps = lean["maps"]
+    torch.testing.assert_close(maps["original"]["gradcam"], explainkit.cam(net, x, layer="features",
+                                                                           targets=classes.tolist()))
+    assert len(maps["cascading"]) == len(out["groups"])
+    assert maps["cascading"][-1]["gradcam"].shape == (16, 12, 10)

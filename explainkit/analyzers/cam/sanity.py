@@ -134,6 +134,7 @@ def parameter_randomization(
     batch_size: int = 32,
     seed: int = 0,
     n_resamples: int = 2000,
+    independent: bool = True,
     keep_maps: bool = False,
 ) -> dict[str, Any]:
     """Run the cascading and independent randomisation tests.
@@ -158,6 +159,8 @@ def parameter_randomization(
         Correlation above which a map is considered unchanged.
     batch_size, seed, n_resamples
         Chunking, randomness, bootstrap resamples.
+    independent : bool
+        Also run the independent test (``False``: ``independent`` lists are empty).
     keep_maps : bool
         Also return the maps themselves (for pictures of the test).
 
@@ -178,32 +181,32 @@ def parameter_randomization(
     units, n_above = randomization_units(handle, inputs, base.layers)
     groups = _groups(units, n_above, steps)
 
-    cascade_maps: list[dict[str, torch.Tensor]] = []
-
-    def correlations(h: ModelHandle, keep: list | None = None) -> dict[str, np.ndarray]:
-        res = compute(h, inputs, **kwargs)
-        if keep is not None:
-            keep.append(res.maps)
-        return {m: _spearman(to_grid(base.maps[m], grids[m]), to_grid(res.maps[m], grids[m])) for m in base.maps}
+    def correlations(maps: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+        return {m: _spearman(to_grid(base.maps[m], grids[m]), to_grid(maps[m], grids[m])) for m in base.maps}
 
     cascade_model = copy.deepcopy(handle.module)
     cascade_handle = dataclasses.replace(handle, module=cascade_model)
     cascading: list[dict[str, np.ndarray]] = []
+    cascade_maps: list[dict[str, torch.Tensor]] = []
     cascade_modules = dict(cascade_model.named_modules())
     for group in groups:
         for name in group:
             randomize_(cascade_modules[name], _seed(seed, name))
-        cascading.append(correlations(cascade_handle, cascade_maps if keep_maps else None))
-    independent: list[dict[str, np.ndarray]] = []
-    single_model = copy.deepcopy(handle.module)
-    single_handle = dataclasses.replace(handle, module=single_model)
-    single_modules = dict(single_model.named_modules())
-    for group in groups:
-        saved = {k: v.clone() for k, v in single_model.state_dict().items()}
-        for name in group:
-            randomize_(single_modules[name], _seed(seed, name))
-        independent.append(correlations(single_handle))
-        single_model.load_state_dict(saved)
+        maps = compute(cascade_handle, inputs, **kwargs).maps
+        cascading.append(correlations(maps))
+        if keep_maps:
+            cascade_maps.append(maps)
+    single: list[dict[str, np.ndarray]] = []
+    if independent:
+        single_model = copy.deepcopy(handle.module)
+        single_handle = dataclasses.replace(handle, module=single_model)
+        single_modules = dict(single_model.named_modules())
+        for group in groups:
+            saved = {k: v.clone() for k, v in single_model.state_dict().items()}
+            for name in group:
+                randomize_(single_modules[name], _seed(seed, name))
+            single.append(correlations(compute(single_handle, inputs, **kwargs).maps))
+            single_model.load_state_dict(saved)
     out: dict[str, Any] = {"groups": groups, "head": bool(n_above), "threshold": threshold,
                            "statistic": "Spearman rank correlation with the original map (per image)",
                            "methods": {}}
@@ -211,7 +214,7 @@ def parameter_randomization(
         out["maps"] = {"original": base.maps, "cascading": cascade_maps}
     for i, m in enumerate(base.maps):
         casc = [_summary(step[m], n_resamples, seed + i) for step in cascading]
-        ind = [_summary(step[m], n_resamples, seed + i) for step in independent]
+        ind = [_summary(step[m], n_resamples, seed + i) for step in single]
         verdict, reason = _verdict(casc, bool(n_above), threshold)
         out["methods"][m] = {"cascading": casc, "independent": ind, "verdict": verdict, "reason": reason}
     return out

@@ -20,6 +20,7 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import numpy as np
+import torch
 
 from explainkit.analyzers.cam.render import input_view, overlay_uri, quantize, view_uri
 from explainkit.analyzers.cam.sanity import parameter_randomization
@@ -62,6 +63,14 @@ class Randomisation(SaliencyKind):
         if self.spec.target_class is not None:
             cc.target_index()
 
+    def _randomise(self, cc: CheckContext, unit: torch.Tensor, seed: int, keep_maps: bool = False) -> dict[str, Any]:
+        """The cascading test (head, then every layer) of the policy's method on (B, 3, H, W) images in [0, 1]."""
+        o = self.spec.options
+        return parameter_randomization(cc.run.handle, cc.run.handle.require_preprocessing().normalize(unit),
+                                       methods=[o["method"]], classes=self.classes(cc, unit), layer=o["layer"],
+                                       steps=2, threshold=self.spec.tau, batch_size=cc.run.batch_size, seed=seed,
+                                       n_resamples=_HELPER_RESAMPLES, independent=False, keep_maps=keep_maps)
+
     def measure(self, cc: CheckContext) -> Measurement:
         """Randomise, recompute, correlate; batch by batch within the time budget."""
         o = self.spec.options
@@ -71,10 +80,7 @@ class Randomisation(SaliencyKind):
         done, head, full, groups, has_head = [], [], [], [], False
         for chunk, images in cc.batches(indices, cc.run.batch_size):
             unit = prep.to_unit_tensor(images).to(cc.run.device)
-            res = parameter_randomization(cc.run.handle, prep.normalize(unit), methods=[o["method"]],
-                                          classes=self.classes(cc, unit), layer=o["layer"], steps=2,
-                                          threshold=self.spec.tau, batch_size=cc.run.batch_size, seed=seed,
-                                          n_resamples=_HELPER_RESAMPLES)
+            res = self._randomise(cc, unit, seed)
             cascade = next(iter(res["methods"].values()))["cascading"]
             has_head, groups = res["head"], res["groups"]
             head.append(np.asarray(cascade[0]["per_image"]) if has_head else np.full(len(chunk), np.nan))
@@ -134,11 +140,7 @@ class Randomisation(SaliencyKind):
         prep = cc.run.handle.require_preprocessing()
         images = cc.run.load_images(idx[order])
         unit = prep.to_unit_tensor(images).to(cc.run.device)
-        o = self.spec.options
-        res = parameter_randomization(cc.run.handle, prep.normalize(unit), methods=[o["method"]],
-                                      classes=self.classes(cc, unit), layer=o["layer"], steps=2,
-                                      threshold=self.spec.tau, batch_size=cc.run.batch_size, seed=seed,
-                                      n_resamples=_HELPER_RESAMPLES, keep_maps=True)
+        res = self._randomise(cc, unit, seed, keep_maps=True)
         method = next(iter(res["methods"]))
         stats = next(iter(res["methods"].values()))["cascading"]
         steps = [("trained", res["maps"]["original"][method], None)]
