@@ -17,7 +17,7 @@ from explainkit.cli.options import (
 )
 from explainkit.cli.render import print_summary
 from explainkit.config import merge_analyzer_specs
-from explainkit.datasets.probe import ProbeSet
+from explainkit.data.probe import ProbeSet
 from explainkit.errors import ExitCode
 from explainkit.loading import load_model
 from explainkit.run import analyze as run_analyze

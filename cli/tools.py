@@ -114,7 +114,7 @@ def world(out: str, **kwargs) -> int:
 @click.option("--seed", type=int, default=0, show_default=True)
 def train(data: str, out: str, epochs: int, seed: int) -> int:
     """Train the tiny demo CNN on a labelled probe folder (CPU, about a minute)."""
-    from explainkit.datasets.probe import ProbeSet
+    from explainkit.data.probe import ProbeSet
     from explainkit.datasets.training import train_classifier
     from explainkit.loading.save import save_model
     from explainkit.models import SYNTHETIC_PREPROCESSING

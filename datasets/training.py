@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from explainkit.datasets.probe import ProbeSet
+from explainkit.data.probe import ProbeSet
 from explainkit.errors import DataError
 from explainkit.loading.preprocessing import Preprocessing
 from explainkit.models import SYNTHETIC_PREPROCESSING, TinyCNN

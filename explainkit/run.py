@@ -22,7 +22,7 @@ from explainkit.analyzers.base import Analyzer, Finding, RunContext, Section, re
 from explainkit.analyzers.registry import get_analyzer, get_analyzer_class, list_analyzers
 from explainkit.backends import RunPlan, get_backend, guard
 from explainkit.cache import ActivationCache
-from explainkit.datasets.probe import ProbeSet
+from explainkit.data.probe import ProbeSet
 from explainkit.errors import ConfigError, DataError
 from explainkit.loading.handle import ModelHandle
 from explainkit.loading.loaders import wrap

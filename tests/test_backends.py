@@ -17,7 +17,7 @@ import explainkit
 from explainkit.analyzers import get_analyzer_class, list_analyzers
 from explainkit.analyzers.base import RunContext
 from explainkit.backends import RunPlan, get_backend, map_shard, merge_states, shard_indices
-from explainkit.datasets.probe import ProbeSet
+from explainkit.data.probe import ProbeSet
 from explainkit.errors import ConfigError
 from explainkit.run import build_analyzers, resolve_device
 

@@ -14,9 +14,9 @@ import torch
 from torch import nn
 
 import explainkit
-from explainkit.analyzers.cam import compute, get_method, list_methods
-from explainkit.analyzers.cam.methods import first_component
-from explainkit.analyzers.cam.postprocess import combine_layers, minmax
+from explainkit.cam import compute, get_method, list_methods
+from explainkit.cam.methods import first_component
+from explainkit.cam.postprocess import combine_layers, minmax
 
 K, H, W = 6, 12, 10
 
@@ -117,7 +117,7 @@ def test_smooth_gradcampp_against_a_loop_over_noisy_copies(gap, x):
     c = gap(x).argmax(1)
     a0 = _acts(gap, x)
     # independent: the same noise draws (one shared (C, H, W) field per sample), full autograd
-    from explainkit.analyzers.cam.smooth import _noise
+    from explainkit.cam.smooth import _noise
 
     d = [torch.zeros_like(a0) for _ in range(3)]
     for m in range(n):

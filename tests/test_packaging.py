@@ -56,7 +56,7 @@ def test_wheel_install(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     tops = {n.split("/")[0] for n in names}
     assert tops == {"explainkit", next(t for t in tops if t.endswith(".dist-info"))}, tops
-    assert "explainkit/cli/main.py" in names and "explainkit/datasets/probe.py" in names
+    assert "explainkit/cli/main.py" in names and "explainkit/data/probe.py" in names
     assert "explainkit/report/templates/report.html.j2" in names
     assert "explainkit/datasets/assets/demo_model.safetensors" in names
     venv = _venv(tmp_path)

@@ -11,7 +11,7 @@ import torch
 
 import explainkit
 from explainkit.cli.main import main
-from explainkit.datasets.probe import ProbeSet
+from explainkit.data.probe import ProbeSet
 from explainkit.errors import ConfigError
 from explainkit.hooks import hook_count
 from explainkit.models import TinyCNN, TinyProtoPNet

@@ -11,7 +11,7 @@ import torch
 import explainkit
 from explainkit.analyzers import Analyzer, get_analyzer, get_analyzer_class, list_analyzers, register_analyzer
 from explainkit.analyzers import registry as reg
-from explainkit.datasets.probe import ProbeSet
+from explainkit.data.probe import ProbeSet
 from explainkit.errors import ConfigError, ExplainkitError
 from explainkit.hooks import hook_count
 from explainkit.models import TinyCNN

@@ -1,6 +1,6 @@
 """Analyzers and their registry. Importing this package registers the built-in analyzers."""
 
-from explainkit.analyzers import cam, performance
+from explainkit.analyzers import performance
 from explainkit.analyzers.base import Analyzer, Batch, Finding, RecordState, RunContext, Section
 from explainkit.analyzers.registry import (
     get_analyzer,
@@ -8,6 +8,7 @@ from explainkit.analyzers.registry import (
     list_analyzers,
     register_analyzer,
 )
+from explainkit.cam import analyzer as cam  # registers "gradcam", "captum"
 from explainkit.invert import analyzer as invert  # registers "invert"
 from explainkit.prototypes import analyzer as prototypes  # registers "prototypes"
 

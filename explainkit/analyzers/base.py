@@ -29,7 +29,7 @@ import torch
 from PIL import Image
 
 from explainkit.cache import ActivationCache
-from explainkit.datasets.probe import ProbeSet
+from explainkit.data.probe import ProbeSet
 from explainkit.errors import CapabilityError
 from explainkit.loading.handle import ModelHandle
 

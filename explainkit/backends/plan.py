@@ -16,7 +16,7 @@ from explainkit._prefetch import prefetch
 from explainkit.adapters.targets import select_logits
 from explainkit.analyzers.base import Analyzer, Batch, RunContext
 from explainkit.backends.mapcache import MapCache
-from explainkit.datasets.probe import ProbeSet
+from explainkit.data.probe import ProbeSet
 from explainkit.errors import ExplainkitError, RuntimeAnalysisError
 from explainkit.hooks import eval_mode
 from explainkit.loading.handle import ModelHandle

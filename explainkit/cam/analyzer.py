@@ -25,13 +25,13 @@ import torch
 
 from explainkit.adapters import default_layer, resolve_layers
 from explainkit.analyzers.base import Analyzer, Batch, Finding, RecordState, RunContext, Section
-from explainkit.analyzers.cam import baseline, metrics, render
-from explainkit.analyzers.cam.api import CamResult, compute, plan_methods
-from explainkit.analyzers.cam.engine import CamRun
-from explainkit.analyzers.cam.methods import get_method
-from explainkit.analyzers.cam.sanity import parameter_randomization
 from explainkit.analyzers.metric import metric
 from explainkit.analyzers.registry import register_analyzer
+from explainkit.cam import baseline, metrics, render
+from explainkit.cam.api import CamResult, compute, plan_methods
+from explainkit.cam.engine import CamRun
+from explainkit.cam.methods import get_method
+from explainkit.cam.sanity import parameter_randomization
 from explainkit.errors import CapabilityError, ConfigError
 from explainkit.samples import write_samples
 from explainkit.stats import adjust_pvalues, bootstrap_ci, wilson_interval

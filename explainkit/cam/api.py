@@ -15,9 +15,9 @@ import torch
 from torch import nn
 
 from explainkit.adapters import SpatialLayout
-from explainkit.analyzers.cam.engine import CamRun
-from explainkit.analyzers.cam.methods import CamMethod, get_method
-from explainkit.analyzers.cam.postprocess import combine_layers
+from explainkit.cam.engine import CamRun
+from explainkit.cam.methods import CamMethod, get_method
+from explainkit.cam.postprocess import combine_layers
 from explainkit.errors import ConfigError
 from explainkit.loading.handle import ModelHandle
 
@@ -127,7 +127,7 @@ def compute(
     inputs : torch.Tensor
         (B, C, H, W) preprocessed inputs.
     methods : sequence of str
-        Method names (see :func:`explainkit.analyzers.cam.list_methods`).
+        Method names (see :func:`explainkit.cam.list_methods`).
     layer : str, sequence of str or None
         Target layer(s) by dotted name; ``None``: :func:`explainkit.adapters.default_layer`.
         Several layers: per-layer maps are normalised, then averaged (as pytorch-grad-cam).

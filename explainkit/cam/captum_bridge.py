@@ -16,8 +16,8 @@ from typing import Any
 import torch
 
 from explainkit.adapters import SoftmaxProbability, select_logits
-from explainkit.analyzers.cam.engine import CamRun
-from explainkit.analyzers.cam.methods import register_method
+from explainkit.cam.engine import CamRun
+from explainkit.cam.methods import register_method
 from explainkit.errors import ConfigError
 from explainkit.hooks import eval_mode
 

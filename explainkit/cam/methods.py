@@ -3,7 +3,7 @@
 Notation: activations ``A`` and gradients ``g = dy/dA`` of shape (B, K, h, w) for channel ``k``
 and position ``(i, j)``; ``y`` is the target score (by default the logit of the explained class);
 ``S_k = sum_ij A^k_ij``. Each method returns the *raw* map (B, h, w) — signed and un-normalised —
-that :mod:`explainkit.analyzers.cam.postprocess` turns into a heatmap.
+that :mod:`explainkit.cam.postprocess` turns into a heatmap.
 
 Kinds
 -----
@@ -12,13 +12,13 @@ Kinds
 ``activation``
     Needs ``A`` only (same forward).
 ``noise``
-    Needs gradients on noisy copies (:mod:`explainkit.analyzers.cam.smooth`).
+    Needs gradients on noisy copies (:mod:`explainkit.cam.smooth`).
 ``perturbation``
     Extra forward passes on masked inputs or edited activations
-    (:mod:`explainkit.analyzers.cam.perturbation`).
+    (:mod:`explainkit.cam.perturbation`).
 ``input``
     Input-level attributions from captum, no hooks needed
-    (:mod:`explainkit.analyzers.cam.captum_bridge`).
+    (:mod:`explainkit.cam.captum_bridge`).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from explainkit.analyzers.cam.engine import CamRun, LayerData
+from explainkit.cam.engine import CamRun, LayerData
 from explainkit.errors import ConfigError
 
 __all__ = ["KINDS", "CamMethod", "get_method", "list_methods", "register_method"]

@@ -10,8 +10,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from explainkit.analyzers.cam.engine import CamRun, LayerData, chunks
-from explainkit.analyzers.cam.methods import register_method
+from explainkit.cam.engine import CamRun, LayerData, chunks
+from explainkit.cam.methods import register_method
 from explainkit.errors import ConfigError
 
 __all__ = ["ablationcam", "scorecam"]

@@ -27,7 +27,7 @@ from typing import Any
 from explainkit.config import _line_of
 from explainkit.errors import ConfigError
 from explainkit.gate.kinds import get_check_kind, list_check_kinds
-from explainkit.gate.options import REQUIRED, Option
+from explainkit.options import REQUIRED, Option
 
 __all__ = ["CHECK_OPTIONS", "DEFAULT_OPTIONS", "POLICY_VERSION", "CheckSpec", "GateDefaults", "Policy", "Waiver",
            "load_policy", "parse_policy"]

@@ -23,7 +23,7 @@ from torch import nn
 from explainkit._io import atomic_write_text
 from explainkit.analyzers.base import Finding, RunContext, Section
 from explainkit.analyzers.metric import metric
-from explainkit.datasets.probe import ProbeSet
+from explainkit.data.probe import ProbeSet
 from explainkit.errors import CapabilityError, ConfigError, ExplainkitError
 from explainkit.gate.decision import POWER, decide, finite_or_nan, gate_verdict, minimal_detectable_effect
 from explainkit.gate.junit import to_junit_xml

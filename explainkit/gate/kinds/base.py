@@ -2,7 +2,7 @@
 
 A kind is a class with
 
-* ``options``: its own policy keys (:class:`~explainkit.gate.options.Option`), validated by the
+* ``options``: its own policy keys (:class:`~explainkit.options.Option`), validated by the
   policy parser, and :meth:`CheckKind.validate_options` for rules across keys;
 * :meth:`CheckKind.prepare`: checks against the data before anything runs (raise
   :class:`~explainkit.errors.ConfigError` / :class:`~explainkit.errors.DataError`: exit code 2);
@@ -25,7 +25,7 @@ import numpy as np
 
 from explainkit.analyzers.base import RunContext
 from explainkit.errors import CapabilityError, ConfigError
-from explainkit.gate.options import Option
+from explainkit.options import Option
 from explainkit.stats import bootstrap_ci, wilcoxon_signed_rank
 
 if TYPE_CHECKING:

@@ -22,10 +22,17 @@ import numpy as np
 import torch
 
 from explainkit.errors import DataError
-from explainkit.gate.artifact import CONTROLS, PLACEMENTS, ArtifactTemplate, composite, control_colours, placements
-from explainkit.gate.interventions import DEFAULT_TAU, EFFECTS, paired_result, run_paired
+from explainkit.gate.kinds.artifact import (
+    CONTROLS,
+    PLACEMENTS,
+    ArtifactTemplate,
+    composite,
+    control_colours,
+    placements,
+)
 from explainkit.gate.kinds.base import CheckContext, CheckKind, Measurement, concept_name, register_check_kind
-from explainkit.gate.options import REQUIRED, Option
+from explainkit.gate.kinds.interventions import DEFAULT_TAU, EFFECTS, paired_result, run_paired
+from explainkit.options import REQUIRED, Option
 
 __all__ = ["SHUFFLED_PIXELS_NOTE", "Insertion", "without_artifact"]
 

@@ -20,7 +20,7 @@ from scipy import stats
 from explainkit.analyzers.performance import Performance
 from explainkit.errors import ConfigError, DataError
 from explainkit.gate.kinds.base import CheckContext, CheckKind, Measurement, register_check_kind
-from explainkit.gate.options import Option
+from explainkit.options import Option
 
 __all__ = ["SliceGap", "slice_names"]
 
