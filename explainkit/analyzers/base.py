@@ -32,6 +32,7 @@ from explainkit.cache import ActivationCache
 from explainkit.data.probe import ProbeSet
 from explainkit.errors import CapabilityError
 from explainkit.loading.handle import ModelHandle
+from explainkit.report.section import Finding, Section
 
 __all__ = ["Analyzer", "Batch", "Finding", "RecordState", "RunContext", "Section"]
 
@@ -118,70 +119,6 @@ def _key_int(key: object) -> int:
     if isinstance(key, int | np.integer):
         return int(key) & (2**63 - 1)
     return int.from_bytes(hashlib.sha256(str(key).encode()).digest()[:8], "little")
-
-
-@dataclass
-class Finding:
-    """Something a reviewer should see first (shown in the report summary).
-
-    Attributes
-    ----------
-    severity : str
-        ``"info"``, ``"warning"`` or ``"error"``.
-    message : str
-        One sentence, with numbers.
-    analyzer : str
-        Who found it.
-    evidence : dict
-        Numbers backing the message.
-    """
-
-    severity: str
-    message: str
-    analyzer: str = ""
-    evidence: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready."""
-        return {"severity": self.severity, "message": self.message, "analyzer": self.analyzer,
-                "evidence": self.evidence}
-
-
-@dataclass
-class Section:
-    """An analyzer's result: a JSON section, image assets and findings.
-
-    Attributes
-    ----------
-    analyzer : str
-        Registry name.
-    title : str
-        Human title.
-    params : dict
-        The analyzer's parameters (``get_params()``).
-    summary : dict
-        Headline numbers (shown in the report summary).
-    data : dict
-        Everything else (JSON-ready; numbers say their units and direction).
-    findings : list of Finding
-        Reviewer-facing conclusions.
-    assets : dict of str to str
-        Asset id → data URI, referenced from ``data`` by id.
-    """
-
-    analyzer: str
-    title: str
-    params: dict[str, Any]
-    summary: dict[str, Any]
-    data: dict[str, Any]
-    findings: list[Finding] = field(default_factory=list)
-    assets: dict[str, str] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready section (assets are stored report-wide, not here)."""
-        return {"analyzer": self.analyzer, "title": self.title, "params": self.params,
-                "summary": self.summary, "data": self.data,
-                "findings": [f.to_dict() for f in self.findings]}
 
 
 @dataclass

@@ -15,6 +15,7 @@ from collections.abc import Callable
 
 from explainkit.analyzers.base import Analyzer
 from explainkit.errors import ConfigError
+from explainkit.report.html import register_section_template
 
 __all__ = ["get_analyzer", "get_analyzer_class", "list_analyzers", "register_analyzer"]
 
@@ -48,6 +49,8 @@ def register_analyzer(cls: type[Analyzer] | None = None, *, name: str | None = N
         if key in _REGISTRY and _REGISTRY[key] is not klass:
             raise ValueError(f"an analyzer named {key!r} is already registered ({_REGISTRY[key].__module__})")
         _REGISTRY[key] = klass
+        if getattr(klass, "template_source", None):
+            register_section_template(key, klass.template_source)
         return klass
 
     return add(cls) if cls is not None else add

@@ -2,7 +2,7 @@
 
 from explainkit.backends import ray, serial, torchrun
 from explainkit.backends.base import Backend, get_backend, list_backends, register_backend
-from explainkit.backends.plan import Outcome, RunPlan, guard, map_shard, merge_states, shard_indices
+from explainkit.backends.plan import Outcome, RunPlan, guard, label_map, map_shard, merge_states, shard_indices
 
 __all__ = [
     "Backend",
@@ -10,6 +10,7 @@ __all__ = [
     "RunPlan",
     "get_backend",
     "guard",
+    "label_map",
     "list_backends",
     "map_shard",
     "merge_states",
