@@ -29,11 +29,6 @@ class TrainResult:
     history: list[dict] = field(default_factory=list)
     seconds: float = 0.0
 
-    @property
-    def final_accuracy(self) -> float:
-        """Training accuracy of the last epoch."""
-        return self.history[-1]["train_accuracy"] if self.history else float("nan")
-
 
 def load_tensors(data: ProbeSet, preprocessing: Preprocessing) -> tuple[torch.Tensor, torch.Tensor]:
     """All images of ``data`` as one (N, 3, H, W) input tensor and (N,) labels."""
