@@ -149,6 +149,9 @@ def analyze(
         analyzers = [n for n in runnable if get_analyzer_class(n).run_by_default]
     instances = build_analyzers(analyzers)
     for a in instances:
+        a.check_params()
+    runner = get_backend(backend, **(backend_options or {}))
+    for a in instances:
         require(a, handle, probe, runnable)
     handle.require_preprocessing()
     if layer is not None:
@@ -159,11 +162,13 @@ def analyze(
                      out_dir=Path(out) if out else None, config=dict(config or {}), layer=layer,
                      cache=None if cache in (None, False) else ActivationCache(None if cache is True else cache))
     for a in instances:
-        guard(a, "check", a.check, ctx)
+        guard(a, "validate", a.validate, ctx)
+    for a in instances:
+        guard(a, "prepare", a.prepare, ctx)
     _seed_all(seed)
     timings: dict[str, float] = {"setup": time.perf_counter() - t0}
     plan = RunPlan(handle=handle, probe=probe, analyzers=instances, label_map=labels_to_outputs, progress=progress)
-    outcome = get_backend(backend, **(backend_options or {})).run(plan, ctx)
+    outcome = runner.run(plan, ctx)
     states = outcome.states
     for key, value in outcome.timings.items():
         timings[key] = timings.get(key, 0.0) + value

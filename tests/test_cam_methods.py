@@ -17,6 +17,7 @@ import explainkit
 from explainkit.cam import compute, get_method, list_methods
 from explainkit.cam.methods import first_component
 from explainkit.cam.postprocess import combine_layers, minmax
+from explainkit.hooks import hook_count
 
 K, H, W = 6, 12, 10
 
@@ -227,10 +228,13 @@ def _raw_input(model, x, method, **params):
 
 @pytest.mark.parametrize("method", list_methods())
 def test_every_method_gives_unit_maps_at_input_resolution(method, gap, x):
+    """Conformance over the registry: (B, H, W) maps in [0, 1], no hook left, declared parameters."""
     maps = explainkit.cam(gap, x, method=method, layer="features")
     assert maps.shape == (3, H, W) and maps.dtype == torch.float32
     assert float(maps.min()) >= 0 and float(maps.max()) <= 1 and torch.isfinite(maps).all()
-    assert get_method(method).title
+    assert hook_count(gap) == 0
+    m = get_method(method)
+    assert m.title and all(o.help for o in m.options.values())
 
 
 def test_postprocessing_matches_opencv_resize():

@@ -130,7 +130,7 @@ def test_ordinary_cnns_get_exemplar_kmeans_and_channel_prototypes(small_world, p
 
 @pytest.mark.parametrize(("params", "match"), [
     ({"adapter": "bogus"}, "adapter must be"),
-    ({"characteristics": ["colour"]}, "unknown characteristic"),
+    ({"characteristics": ["colour"]}, r"characteristics\[0\] must be one of 'hue'"),
     ({"train_fraction": 1.0}, "train_fraction"),
     ({"adapter": "exemplars"}, "exemplar_cells"),
     ({"prototypes": [64]}, "bad prototype indices"),

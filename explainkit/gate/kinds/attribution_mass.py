@@ -27,7 +27,7 @@ from explainkit.cam import cam
 from explainkit.cam.metrics import pointing_game
 from explainkit.cam.render import input_view, overlay_uri, quantize, view_uri
 from explainkit.errors import DataError
-from explainkit.gate.kinds.base import CheckContext, Measurement, concept_name, paired_measurement, register_check_kind
+from explainkit.gate.kinds.base import CheckContext, Measurement, concept_name, paired_measurement
 from explainkit.gate.kinds.masks import MASK_OPTIONS, images_with_mask, input_masks, require_mask_source
 from explainkit.gate.kinds.saliency import SALIENCY_OPTIONS, SaliencyKind
 from explainkit.options import Option
@@ -38,7 +38,6 @@ __all__ = ["AttributionMass"]
 _UNIT = "fraction of map mass"
 
 
-@register_check_kind
 class AttributionMass(SaliencyKind):
     """Share of the explanation's mass inside the artifact mask vs the mask's area (evidence; warns)."""
 

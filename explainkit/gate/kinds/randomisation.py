@@ -26,7 +26,7 @@ from explainkit.analyzers.metric import metric
 from explainkit.cam.render import input_view, overlay_uri, quantize, view_uri
 from explainkit.cam.sanity import parameter_randomization
 from explainkit.errors import ConfigError
-from explainkit.gate.kinds.base import CheckContext, Measurement, paired_measurement, register_check_kind
+from explainkit.gate.kinds.base import CheckContext, Measurement, paired_measurement
 from explainkit.gate.kinds.saliency import SALIENCY_OPTIONS, SaliencyKind
 from explainkit.options import Option
 from explainkit.stats import bootstrap_ci
@@ -40,7 +40,6 @@ _UNIT = "Spearman rho"
 _HELPER_RESAMPLES = 100
 
 
-@register_check_kind
 class Randomisation(SaliencyKind):
     """Model-parameter randomisation test of the explanation method (evidence; warns by default)."""
 
