@@ -83,6 +83,13 @@ def test_bind_options_takes_defaults_from_the_signature_and_wants_every_paramete
 
             def __init__(self, k: int = 1) -> None:
                 self.k = k
+    with pytest.raises(TypeError, match="split into validate"):
+
+        class Old(Analyzer):
+            name = "old"
+
+            def check(self, ctx) -> None:
+                pass
 
 
 @pytest.mark.parametrize("name", list_analyzers())

@@ -240,6 +240,9 @@ class Analyzer:
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
+        if "check" in cls.__dict__:
+            raise TypeError(f"{cls.__qualname__}.check(): the step was split into validate(ctx) (no side effects) "
+                            "and prepare(ctx) (fits state); rename it")
         cls.options = bind_options(cls.options, cls.__init__, cls.__qualname__)
 
     def get_params(self) -> dict[str, Any]:
