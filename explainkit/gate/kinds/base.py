@@ -48,9 +48,11 @@ def _check(name: str, cls: object) -> None:
 
 #: Every check kind: the built-ins (in this order), then kinds registered in this process.
 CHECK_KINDS: Registry[type[CheckKind]] = Registry("check kind", check=_check, builtins={
-    name: f"explainkit.gate.kinds.{name}:{cls}" for name, cls in (
-        ("attribution_mass", "AttributionMass"), ("insertion", "Insertion"), ("randomisation", "Randomisation"),
-        ("removal", "Removal"), ("slice_gap", "SliceGap"))
+    "attribution_mass": "explainkit.gate.kinds.attribution_mass:AttributionMass",
+    "insertion": "explainkit.gate.kinds.insertion:Insertion",
+    "randomisation": "explainkit.gate.kinds.randomisation:Randomisation",
+    "removal": "explainkit.gate.kinds.removal:Removal",
+    "slice_gap": "explainkit.gate.kinds.slice_gap:SliceGap",
 })
 
 
