@@ -54,7 +54,7 @@ class MatrixSettings:
     cnn_epochs : int
         Epochs of :func:`~explainkit.datasets.training.train_classifier`.
     protopnet_epochs : int
-        Pre-training and joint epochs of :func:`~explainkit.prototypes.training.train_protopnet`
+        Pre-training and joint epochs of :func:`~explainkit.datasets.protopnet.train_protopnet`
         (3 last-layer epochs).
     analyzer : dict
         Extra ``prototypes`` parameters (defaults otherwise).
@@ -95,11 +95,11 @@ class Cell:
 
 def _train(planted: str, model: str, seed: int, settings: MatrixSettings, workdir: Path) -> tuple[torch.nn.Module,
                                                                                                    float]:
-    from explainkit.datasets.probe import ProbeSet
+    from explainkit.data.probe import ProbeSet
+    from explainkit.datasets.protopnet import train_protopnet
     from explainkit.datasets.training import train_classifier
     from explainkit.loading.preprocessing import Preprocessing
     from explainkit.models import TinyCNN, TinyProtoPNet
-    from explainkit.prototypes.training import train_protopnet
 
     n_classes = len(PLANTED[planted])
     net = TinyCNN(num_classes=n_classes) if model == "cnn" else TinyProtoPNet(num_classes=n_classes)

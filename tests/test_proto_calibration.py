@@ -64,7 +64,8 @@ def test_decision_scores_match_log_softmax_by_hand():
     assert targets.tolist() == [0, 1]  # label, else predicted
     d = decision_scores(logits, targets, 2)
     lsm = torch.log_softmax(logits.double(), 1).numpy()
-    expected = np.array([[lsm[0, 0] - lsm[2, 0], lsm[0, 0] - lsm[4, 0]], [lsm[1, 1] - lsm[3, 1], lsm[1, 1] - lsm[5, 1]]])
+    expected = np.array([[lsm[0, 0] - lsm[2, 0], lsm[0, 0] - lsm[4, 0]],
+                         [lsm[1, 1] - lsm[3, 1], lsm[1, 1] - lsm[5, 1]]])
     np.testing.assert_allclose(d.delta_log_prob, expected)
     np.testing.assert_allclose(d.delta_logit, [[1.0, 0.0], [-2.0, 0.0]])
     rows = DecisionRows(np.array([5, 2]), d.target, d.delta_log_prob, d.delta_logit, np.zeros((2, 0, 2)))
