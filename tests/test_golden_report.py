@@ -59,18 +59,22 @@ def _asset_digest(uri: str) -> str:
         return f"{im.mode} {im.size[0]}x{im.size[1]} {hashlib.sha256(im.tobytes()).hexdigest()[:16]}"
 
 
-def _normalise(value: Any, root: str) -> Any:
+def _normalise(value: Any, paths: dict[str, str]) -> Any:
     if isinstance(value, dict):
-        return {k: _normalise(v, root) for k, v in value.items() if k not in _VOLATILE}
+        return {k: _normalise(v, paths) for k, v in value.items() if k not in _VOLATILE}
     if isinstance(value, list):
-        return [_normalise(v, root) for v in value]
+        return [_normalise(v, paths) for v in value]
     if isinstance(value, str):
-        return value.replace(root, "<demo>") if root in value else value
+        for path, name in paths.items():
+            value = value.replace(path, name)
     return value
 
 
 def _document(report: dict[str, Any], root: str) -> dict[str, Any]:
-    doc = _normalise(report, root)
+    """The report with run-dependent fields dropped and checkout-dependent paths named."""
+    from explainkit.datasets.demo import bundled_model_path
+
+    doc = _normalise(report, {root: "<demo>", str(bundled_model_path().parent): "<assets>"})
     doc["assets"] = {k: _asset_digest(v) for k, v in sorted(report.get("assets", {}).items())}
     return doc
 

@@ -77,7 +77,7 @@ ADAPTERS = ("auto", "vectors", "channels", "exemplars", "kmeans")
 TARGETS = ("auto", "predicted")
 #: Probe images whose latent cells become the exemplar prototypes of re-initialised copies.
 NULL_IMAGES = 16
-DECISION_UNIT = ("nats per unit dose: drop of log p(target class) ÷ the perturbation's relative strength in "
+DECISION_UNIT = ("nats per unit dose: |change of log p(target class)| ÷ the perturbation's relative strength in "
                  "re-initialised copies, minus the same for the copies")
 CALIBRATED_UNIT = ("importance ÷ (the model's mean |change| × the re-initialised copies' relative |change| for the "
                    "characteristic); 1 = as in an untrained network")

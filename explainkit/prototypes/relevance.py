@@ -3,8 +3,8 @@
 Two calibrated views of one analysis, both compared with the re-initialised copies and tested with
 :func:`explainkit.prototypes.calibration.compare_with_null`:
 
-* **decision relevance** (the headline, :func:`decision_relevance`): per image, the drop of the
-  target's log-probability under each perturbation (:mod:`explainkit.prototypes.decision`),
+* **decision relevance** (the headline, :func:`decision_relevance`): per image, the absolute change
+  of the target's log-probability under each perturbation (:mod:`explainkit.prototypes.decision`),
   matched controls applied, divided by the perturbation's dose in untrained copies; per target
   class the mean over its images, overall the class-balanced mean (each class weighs the same).
   Sampling covariance from the paired per-image values (the characteristics are compared on the
@@ -136,8 +136,10 @@ def decision_relevance(rows: DecisionRows, names: Sequence[str], pairs: Sequence
                        profile: np.ndarray, profiles: np.ndarray, *, alpha: float) -> dict[str, Any]:
     """Calibrated decision relevance ("potency") per target class and overall (class-balanced).
 
-    Per image, the drop of the target's log-probability under each perturbation (matched controls
-    applied) is divided by the perturbation's *dose* ``R_c``: how strongly it moves the features of
+    Per image, the change of the target's log-probability under each perturbation, in either
+    direction (``|dlogp|``: a perturbation that makes the target more likely also shows that the
+    decision depends on the characteristic), minus the same for the matched control, is divided by
+    the perturbation's *dose* ``R_c``: how strongly it moves the features of
     untrained copies of the architecture relative to the other perturbations (the copies' relative
     profile, :func:`prototype_relevance`; 1 = an average perturbation). The copies' own decision
     changes, divided alike, are the null. The uncertainty of ``R_c`` (its spread over the copies)
@@ -168,8 +170,8 @@ def decision_relevance(rows: DecisionRows, names: Sequence[str], pairs: Sequence
     """
     c = len(names)
     dose = np.where(np.isfinite(profile) & (profile > 0), profile, np.nan)
-    values = apply_controls(rows.delta_log_prob, c, pairs) / dose  # (n, C)
-    null_values = apply_controls(rows.null_delta_log_prob, c, pairs) / dose  # (n, K, C)
+    values = apply_controls(np.abs(rows.delta_log_prob), c, pairs) / dose  # (n, C)
+    null_values = apply_controls(np.abs(rows.null_delta_log_prob), c, pairs) / dose  # (n, K, C)
     k = null_values.shape[1]
     rel_var = profiles.var(0, ddof=1) / (k * dose**2) if k > 1 else np.zeros(c)  # squared relative SE of the dose
     classes, means, covs, counts = class_means(values, rows.target)
