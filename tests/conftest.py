@@ -62,7 +62,7 @@ LIGHT_PARAMS = {
                 "sanity_images": 2, "sanity_steps": 2, "n_examples": 2, "n_resamples": 200},
     "captum": {"methods": ["saliency"], "metric_images": 4, "road_images": 2, "steps": 4, "sanity_images": 2,
                "sanity_steps": 2, "n_examples": 2, "n_resamples": 200},
-    "prototypes": {"per_class": 1, "n_resamples": 50, "local_images": 1, "max_shown": 2},
+    "prototypes": {"per_class": 1, "n_resamples": 50, "local_images": 1, "max_shown": 2, "null_models": 2},
 }
 
 
