@@ -8,6 +8,13 @@ ProtoTree, TesNet-like) are read through their prototype tensor; ordinary CNNs a
 channel-as-prototype or exemplar (latent-cell / k-means) prototypes, see
 :mod:`explainkit.prototypes.adapters`.
 
+These raw importances are not comparable across characteristics (a contrast change moves almost every
+activation of any network). The headline — what the model relies on — is the calibrated decision
+relevance of :mod:`explainkit.prototypes.relevance`: the change of log p(target) under each
+perturbation, a matched control subtracted, divided by the perturbation's dose in re-initialised
+copies of the architecture and compared with the copies (:mod:`explainkit.prototypes.calibration`);
+"relies most on X" only when X is significantly ahead (docs/prototypes.md).
+
 Train vs test: the reference computes global explanations on the model's training and test sets.
 From one probe set the analyzer draws a seeded split: image ``i`` is in "train" with probability
 ``train_fraction``, decided by a generator derived from ``(seed, i)`` alone, so the split does not
@@ -81,6 +88,8 @@ DECISION_UNIT = ("nats per unit dose: |change of log p(target class)| ÷ the per
                  "re-initialised copies, minus the same for the copies")
 CALIBRATED_UNIT = ("importance ÷ (the model's mean |change| × the re-initialised copies' relative |change| for the "
                    "characteristic); 1 = as in an untrained network")
+#: How the units are written inside a headline sentence.
+SHORT_UNITS = {DECISION_UNIT: "nats per unit dose, calibrated", CALIBRATED_UNIT: "× an untrained network"}
 SPLITS = ("train", "test")
 #: Most images used to fit k-means prototypes.
 KMEANS_IMAGES = 256
@@ -141,8 +150,9 @@ class Prototypes(Analyzer):
     max_shown : int
         Prototypes shown with patches in the HTML report (the most present ones).
     calibration : str
-        ``"reinit"`` (compare with ``null_models`` copies whose parameters are re-initialised) or
-        ``"none"`` (raw values; a randomly initialised model may then get a confident headline).
+        ``"reinit"`` (compare with ``null_models`` copies whose parameters are re-initialised; see
+        :mod:`explainkit.prototypes.calibration`) or ``"none"`` (no copies: the decision relevance is
+        not divided by a dose and has no null, so an untrained model may get a confident headline).
     null_models : int
         Re-initialised copies (at least 2, so the null has a spread).
     null_init : str
@@ -190,7 +200,7 @@ class Prototypes(Analyzer):
         "local_images": Option("int", low=0, help="test images shown with a local explanation"),
         "max_shown": Option("int", low=0, help="prototypes shown with patches in the HTML report"),
         "calibration": Option("choice", choices=CALIBRATIONS, help="'reinit': compare with re-initialised copies of "
-                                                                    "the model; 'none': raw values"),
+                                                                    "the model; 'none': no copies (no dose, no null)"),
         "null_models": Option("int", low=2, high=32, help="re-initialised copies (calibration='reinit')"),
         "null_init": Option("choice", choices=tuple(RANDOMIZERS), help="how copies are re-initialised: 'permute' "
                                                                       "each parameter's values or 'reset' them"),
@@ -703,7 +713,7 @@ def _headline(comp: NullComparison, unit: str, subject: str, n_null: int, prepos
     """
     top = comp.order[0]
     first = comp.names[top]
-    value = f"{comp.value[top]:.3g} [{comp.ci_low[top]:.3g}, {comp.ci_high[top]:.3g}] {unit}"
+    value = f"{comp.value[top]:.3g} [{comp.ci_low[top]:.3g}, {comp.ci_high[top]:.3g}] {SHORT_UNITS[unit]}"
     comparisons = [{**c, "difference": metric(c["difference"], (c["ci_low"], c["ci_high"]), unit=unit,
                                               higher_is_better=None)} for c in comp.comparisons]
     for c in comparisons:
