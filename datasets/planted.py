@@ -14,12 +14,12 @@ planted         classes                how the classes differ (the default pertu
                 triangle               wobbles)
 ``hue``         orange, red            hue in [-8°, 8°] vs [27°, 43°], 35° apart (hue +35.2°: red
                                        becomes orange)
-``texture``     grain, plain           fine Gaussian grain (sigma 8) on the object vs none (non-local
-                                       means removes the grain)
+``texture``     grain, plain           fine Gaussian grain (sigma 8) over the whole image vs none
+                                       (non-local means removes the grain)
 ``contrast``    high, low              the whole image blended with its mean grey at a factor in
                                        [0.85, 1] vs [0.3, 0.5] (contrast 0.45)
-``saturation``  pale, vivid            HSV saturation in [0.25, 0.45] vs [0.75, 1] (saturation 0.7
-                                       halves the gap)
+``saturation``  pale, vivid            HSV saturation in [0.2, 0.4] vs [0.5, 0.65] (saturation 0.7
+                                       brings most vivid objects below 0.5)
 ``warmth``      cool, warm             hue family: [150°, 270°] vs [-30°, 50°] (the colour-family
                                        world of issue 19; hue +35° mostly stays within a family)
 ==============  =====================  =============================================================

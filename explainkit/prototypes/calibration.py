@@ -5,15 +5,17 @@ every activation of any network, a 35° hue shift moves few. Two corrections, me
 planted worlds of :mod:`explainkit.datasets.planted` (numbers in ``docs/prototypes.md``):
 
 **Null of re-initialised copies** (``calibration="reinit"``). ``K`` copies of the model with every
-parameter re-initialised (:func:`explainkit.adapters.randomize.randomized_copy`: the layer's own
-``reset_parameters``, so batch-norm statistics are reset as in a freshly built network) are run
-through the same analysis on the same perturbed images. Per characteristic ``c``, the null level
-``N_c`` is the weighted mean absolute local change ``|delta|`` over all prototypes and images of the
-copies: how much this perturbation moves this architecture's features regardless of training.
-A calibrated importance is ``importance / N_c`` (dimensionless: "times the change the perturbation
-causes in an untrained network"). Prototype vectors are not meaningful in a re-initialised
-network, so the copies of vector, exemplar and k-means adapters use exemplar prototypes pushed
-onto seeded random latent cells of probe images (a post-hoc push in the untrained network).
+parameter re-initialised (:func:`explainkit.adapters.randomize.randomized_copy`; ``"permute"``, the
+default, shuffles each parameter tensor's values, ``"reset"`` calls each layer's
+``reset_parameters``) are run through the same analysis on the same perturbed images. Per
+characteristic ``c``, a copy's level ``L_jc`` is its weighted mean absolute local change ``|delta|``
+over all prototypes and images; divided by the copy's mean level over characteristics and averaged
+over copies it is the perturbation's *dose* ``R_c``: how strongly it moves this architecture's
+features regardless of training, relative to the other perturbations (1 = an average one).
+:mod:`explainkit.prototypes.relevance` divides decision changes and importances by it. Prototype
+vectors are not meaningful in a re-initialised network, so the copies of vector, exemplar and
+k-means adapters use exemplar prototypes pushed onto seeded random latent cells of probe images (a
+post-hoc push in the untrained network).
 
 **Matched controls** (``controls=True``). Pillow's contrast enhancer blends with a uniform grey,
 ``m + f (x - m)``; with luma ``L`` and chroma ``x - L`` this is *exactly* a luminance-contrast
