@@ -22,7 +22,7 @@ from explainkit.errors import ConfigError
 from explainkit.hooks import eval_mode
 from explainkit.options import Option
 
-__all__ = ["gradient_shap", "integrated_gradients", "occlusion", "saliency", "smoothgrad"]
+__all__ = ["REDUCE", "gradient_shap", "integrated_gradients", "occlusion", "reduce_channels", "saliency", "smoothgrad"]
 
 
 def _forward(run: CamRun) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
@@ -42,7 +42,8 @@ REDUCE = Option("choice", choices=("abs", "sum"), help="sum of absolute attribut
 _SAMPLES = Option("int", low=1, help="noisy samples per image")
 
 
-def _reduce(attr: torch.Tensor, reduce: str) -> torch.Tensor:
+def reduce_channels(attr: torch.Tensor, reduce: str) -> torch.Tensor:
+    """(B, C, H, W) attributions → (B, H, W): the sum of absolute values (``"abs"``) or the signed sum."""
     attr = attr.detach()
     return (attr.abs() if reduce == "abs" else attr).sum(dim=1).float()
 
@@ -55,7 +56,7 @@ def _attribute(run: CamRun, make: Callable[[Callable], Any], reduce: str, *, nee
         torch.manual_seed(run.seed)
         inputs = run.inputs.clone().requires_grad_(needs_grad)
         attr = make(_forward(run)).attribute(inputs, additional_forward_args=(run.rows.to(inputs.device),), **kwargs)
-    return _reduce(attr, reduce)
+    return reduce_channels(attr, reduce)
 
 
 @register_method("saliency", "Saliency (Simonyan et al., 2014; captum)", "input", default=True,
