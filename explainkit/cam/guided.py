@@ -75,7 +75,8 @@ def guided_backprop(run: CamRun, *, reduce: str = "abs") -> torch.Tensor:
 
 
 @register_method("guided_gradcam", "Guided Grad-CAM (Selvaraju et al., ICCV 2017)", "backward",
-                 aliases=("guided-gradcam", "guided-grad-cam"), gradients=True, options={"reduce": REDUCE})
+                 aliases=("guided-gradcam", "guided-grad-cam"), gradients=True, to_input=True,
+                 options={"reduce": REDUCE})
 def guided_gradcam(layer: LayerData, run: CamRun, *, reduce: str = "abs") -> torch.Tensor:
     """Guided Grad-CAM: guided backpropagation times the [0, 1] Grad-CAM map at input resolution.
 

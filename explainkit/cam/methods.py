@@ -81,6 +81,9 @@ class CamMethod:
         Whether it reads the clean pass's layer gradients.
     hooks : bool
         Whether it needs module hooks (every layer method; FullGrad and Guided Backprop).
+    to_input : bool
+        Whether its backward runs to the input (input-level methods, Guided Grad-CAM) instead of
+        stopping at the target layer.
     """
 
     name: str
@@ -92,6 +95,7 @@ class CamMethod:
     default: bool = False
     gradients: bool = False
     hooks: bool = True
+    to_input: bool = False
 
     @property
     def defaults(self) -> dict[str, Any]:
@@ -135,7 +139,8 @@ EIGEN_SMOOTH = Option("bool", help="first principal component of the per-channel
 
 def register_method(name: str, title: str, kind: str, peer: str | None = None, *,
                     options: Mapping[str, Option] | None = None, aliases: Sequence[str] = (),
-                    default: bool = False, gradients: bool | None = None, hooks: bool | None = None) -> Callable:
+                    default: bool = False, gradients: bool | None = None, hooks: bool | None = None,
+                    to_input: bool | None = None) -> Callable:
     """Decorator registering ``compute`` as method ``name`` (duplicate names raise).
 
     Parameters
@@ -153,6 +158,8 @@ def register_method(name: str, title: str, kind: str, peer: str | None = None, *
         Reads the clean pass's gradients (default: for the ``gradient`` kind).
     hooks : bool, optional
         Needs module hooks (default: every kind but ``input``).
+    to_input : bool, optional
+        Its backward runs to the input (default: the ``input`` kind).
     """
     if kind not in KINDS:
         raise ValueError(f"unknown method kind {kind!r}")
@@ -161,7 +168,8 @@ def register_method(name: str, title: str, kind: str, peer: str | None = None, *
         declared = {**bind_options(options or {}, fn, f"CAM method {name!r}", keyword_only=True), **COMMON_OPTIONS}
         method = CamMethod(name, title, kind, fn, peer, declared, default,
                            gradients=kind == "gradient" if gradients is None else gradients,
-                           hooks=kind != "input" if hooks is None else hooks)
+                           hooks=kind != "input" if hooks is None else hooks,
+                           to_input=kind == "input" if to_input is None else to_input)
         METHODS.register(name, method, aliases=aliases)
         return fn
 
