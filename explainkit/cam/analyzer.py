@@ -194,9 +194,9 @@ class _AttributionAnalyzer(Analyzer):
     def validate(self, ctx: RunContext) -> None:
         """Methods and their parameters, the rules across parameters, capabilities, labels and layers."""
         plan = self._plan()
-        if any(m.uses_layers for m, _ in plan) and not ctx.handle.module_hooks:
-            raise CapabilityError(f"{self.name}: CAM methods need module hooks, which this model does not allow; "
-                                  "use input-level methods (the captum analyzer)")
+        if any(m.hooks for m, _ in plan) and not ctx.handle.module_hooks:
+            raise CapabilityError(f"{self.name}: {', '.join(m.name for m, _ in plan if m.hooks)} need module hooks, "
+                                  "which this model does not allow; use captum's input-level methods")
         if self.target == "label" and not ctx.data.has_labels:
             raise ConfigError(f"{self.name}: target='label' needs a labelled probe set")
         if self.n_random != 0 and self.n_random < 10:
@@ -521,7 +521,7 @@ class GradCam(_AttributionAnalyzer):
                "Grad-CAM++ on request) with deletion/insertion, ROAD, pointing game, random-map test, sanity check")
     requires = frozenset({"module_hooks", "gradients"})
     run_by_default = True
-    method_kinds = ("gradient", "activation", "noise", "perturbation")
+    method_kinds = ("gradient", "activation", "noise", "perturbation", "backward")
 
 
 class CaptumAttributions(_AttributionAnalyzer):
