@@ -230,15 +230,3 @@ def test_timm_architectures_non_square(name, layer, kind):
     reshape = {"nhwc": _nhwc, "nchw": None,
                "tokens": lambda t: t[:, 1:, :].reshape(t.size(0), 8, 12, t.size(2)).permute(0, 3, 1, 2)}[kind]
     _check(model, x, layer, kind, reshape)
-
-
-@pytest.mark.slow
-def test_torchvision_vit_square_only():
-    model = _torchvision("vit_b_16", image_size=64, num_classes=10)
-    torch.manual_seed(6)
-    x = torch.randn(1, 3, 64, 64)
-
-    def reshape(t):
-        return t[:, 1:, :].reshape(t.size(0), 4, 4, t.size(2)).permute(0, 3, 1, 2)
-
-    _check(model, x, "encoder.layers.encoder_layer_11.ln_1", "tokens", reshape)

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from explainkit.adapters.targets import Target, output_rows
+from explainkit.adapters.targets import Target, output_rows, pick_tensor
 from explainkit.errors import ConfigError
 
 __all__ = ["BoxScoreTarget", "SegmentationTarget", "select_dense"]
@@ -39,25 +39,9 @@ def select_dense(output: Any, key: str | int | None = None) -> torch.Tensor:
     torch.Tensor
         (B, K, *spatial) scores.
     """
-    if key is not None:
-        try:
-            output = output[key]
-        except (KeyError, IndexError, TypeError):
-            raise ConfigError(f"model output has no entry {key!r}") from None
-    if isinstance(output, dict):
-        found = next((output[k] for k in _DENSE_KEYS if isinstance(output.get(k), torch.Tensor)), None)
-        tensors = [v for v in output.values() if isinstance(v, torch.Tensor)]
-        if found is None and len(tensors) == 1:
-            found = tensors[0]
-        if found is None:
-            raise ConfigError(f"cannot tell which output is the score map among keys {sorted(output)}; "
-                              "pass output_key=")
-        output = found
-    elif isinstance(output, tuple | list):
-        output = next((o for o in output if isinstance(o, torch.Tensor)), None)
-    if not isinstance(output, torch.Tensor) or output.dim() < 3:
-        shape = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
-        raise ConfigError(f"a segmentation target needs (B, K, H, W) class scores, got {shape}")
+    output = pick_tensor(output, key, _DENSE_KEYS, "the score map")
+    if output.dim() < 3:
+        raise ConfigError(f"a segmentation target needs (B, K, H, W) class scores, got {tuple(output.shape)}")
     return output
 
 

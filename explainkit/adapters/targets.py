@@ -40,11 +40,44 @@ __all__ = [
     "Target",
     "as_target",
     "output_rows",
+    "pick_tensor",
     "select_logits",
     "take_rows",
 ]
 
 _DICT_KEYS = ("logits", "out", "output", "scores")
+
+
+def pick_tensor(output: Any, key: str | int | None = None, keys: Sequence[str] = _DICT_KEYS,
+                what: str = "the logits") -> torch.Tensor:
+    """The tensor of a model output.
+
+    ``output[key]``, else the tensor itself, the first tensor of a sequence, or in a dict the first
+    of ``keys`` (else its only tensor).
+
+    Raises
+    ------
+    ConfigError
+        No entry ``key``, no tensor, or a dict whose tensor cannot be told.
+    """
+    if key is not None:
+        try:
+            output = output[key]
+        except (KeyError, IndexError, TypeError):
+            raise ConfigError(f"model output has no entry {key!r}") from None
+    if isinstance(output, dict):
+        found = next((output[k] for k in keys if isinstance(output.get(k), torch.Tensor)), None)
+        tensors = [v for v in output.values() if isinstance(v, torch.Tensor)]
+        if found is None and len(tensors) == 1:
+            found = tensors[0]
+        if found is None:
+            raise ConfigError(f"cannot tell which output is {what} among keys {sorted(output)}; pass output_key=")
+        output = found
+    elif isinstance(output, tuple | list):
+        output = next((o for o in output if isinstance(o, torch.Tensor)), None)
+    if not isinstance(output, torch.Tensor):
+        raise ConfigError("model output holds no tensor")
+    return output
 
 
 def select_logits(output: Any, key: str | int | None = None) -> torch.Tensor:
@@ -68,23 +101,7 @@ def select_logits(output: Any, key: str | int | None = None) -> torch.Tensor:
     ConfigError
         No suitable tensor.
     """
-    if key is not None:
-        try:
-            output = output[key]
-        except (KeyError, IndexError, TypeError):
-            raise ConfigError(f"model output has no entry {key!r}") from None
-    if isinstance(output, dict):
-        found = next((output[k] for k in _DICT_KEYS if isinstance(output.get(k), torch.Tensor)), None)
-        tensors = [v for v in output.values() if isinstance(v, torch.Tensor)]
-        if found is None and len(tensors) == 1:
-            found = tensors[0]
-        if found is None:
-            raise ConfigError(f"cannot tell which output is the logits among keys {sorted(output)}; pass output_key=")
-        output = found
-    elif isinstance(output, tuple | list):
-        output = next((o for o in output if isinstance(o, torch.Tensor)), None)
-    if not isinstance(output, torch.Tensor):
-        raise ConfigError("model output holds no tensor")
+    output = pick_tensor(output, key)
     if output.dim() == 1:
         output = output[:, None]
     if output.dim() != 2:
