@@ -127,6 +127,27 @@ def test_shared_mask_and_mapping_backbone_layer(seg, x, masks):
     torch.testing.assert_close(res.maps["gradcam"], relu2.maps["gradcam"])
 
 
+@pytest.mark.slow
+def test_torchvision_segmentation_model():
+    """LR-ASPP as torchvision builds it: dict output, IntermediateLayerGetter backbone, non-square input."""
+    import torchvision
+
+    torch.manual_seed(0)
+    model = torchvision.models.segmentation.lraspp_mobilenet_v3_large(weights=None, weights_backbone=None,
+                                                                      num_classes=4).eval()
+    torch.manual_seed(1)
+    x = torch.randn(2, 3, 64, 96)
+    with torch.no_grad():
+        regions = model(x)["out"].argmax(1) == 1
+    got = compute(model, x, methods=["gradcam"], layer="backbone.16", targets=SegmentationTarget(1, regions))
+    ref = _peer_per_image(Logits(model), "model.backbone.16", pgc.GradCAM, x,
+                          [SemanticSegmentationTarget(1, r.numpy().astype(np.float32)) for r in regions])
+    assert np.abs(got.maps["gradcam"].numpy() - ref).max() <= TOL
+    both = compute(model, x, methods=["gradcam"], layer="backbone", targets=SegmentationTarget(1, regions))
+    assert set(both.layouts) == {"backbone[low]", "backbone[high]"}
+    torch.testing.assert_close(both.raw["gradcam"]["backbone[high]"], got.raw["gradcam"]["backbone.16"])
+
+
 @pytest.mark.parametrize("method", ["smoothgradcampp", "integrated_gradients", "occlusion", "ablationcam"])
 def test_per_image_targets_in_added_passes_equal_one_image_at_a_time(method, seg, x, masks):
     params = {"smoothgradcampp": {"n_samples": 3}, "occlusion": {"window": 8}}.get(method, {})
@@ -272,14 +293,29 @@ def test_binary_output_target(x):
     torch.testing.assert_close(res.maps["gradcam"], mixed)
 
 
+#: Methods whose noise is drawn for the whole batch (captum), so a batch is not its images one by one.
+BATCH_NOISE = ("smoothgrad", "gradient_shap")
+
+
 @pytest.mark.parametrize("method", [m for m in list_methods() if m not in ("finercam",)])
 def test_every_method_takes_a_region_target(method, seg, x, masks):
-    """Conformance over the registry: every method honours a per-image region target."""
+    """Conformance over the registry: every method honours a per-image region target in chunks of 2."""
     params = {"smoothgradcampp": {"n_samples": 2}, "integrated_gradients": {"n_steps": 2},
               "smoothgrad": {"n_samples": 2}, "gradient_shap": {"n_samples": 2}}.get(method, {})
-    maps = explainkit.cam(seg, x, method=method, layer="backbone.relu2", targets=SegmentationTarget(1, masks),
-                          batch_size=2, **params)
-    assert maps.shape == (3, H, W) and torch.isfinite(maps).all()
+    layer, cats = "backbone.relu2", [1, 2, 0]
+    if method in BATCH_NOISE:  # image 1's empty mask makes its score constant: its map alone must be 0
+        empty = masks.clone()
+        empty[1] = False
+        maps = explainkit.cam(seg, x, method=method, layer=layer, targets=SegmentationTarget(cats, empty),
+                              batch_size=2, **params)
+        assert not maps[1].any() and maps[[0, 2]].flatten(1).amax(1).gt(0.99).all()
+        return
+    batch = explainkit.cam(seg, x, method=method, layer=layer, targets=SegmentationTarget(cats, masks), batch_size=2,
+                           **params)
+    singles = torch.cat([explainkit.cam(seg, x[i:i + 1], method=method, layer=layer, batch_size=2,
+                                        targets=SegmentationTarget(cats[i:i + 1], masks[i:i + 1]), **params)
+                         for i in range(3)])
+    torch.testing.assert_close(batch, singles, atol=2e-5, rtol=0)
 
 
 def test_finercam_needs_a_class_target(seg, x, masks):
