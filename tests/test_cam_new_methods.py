@@ -272,3 +272,29 @@ def test_confidence_change_and_arcc(tiny_cnn, monkeypatch):
     with np.errstate(divide="ignore"):
         expected = 3 / (1 / ours["coherency"] + 1 / (1 - ours["complexity"]) + 1 / r)
     np.testing.assert_allclose(ours["arcc"], expected, rtol=1e-6, atol=1e-7)
+
+
+def test_analyzers_run_the_new_methods(small_world, demo_model_path):
+    """The gradcam analyzer runs the backward-kind methods, the captum analyzer FullGrad / Guided Backprop
+    (module hooks: refused on TorchScript before the first pass); their maps find the demo's stamp shortcut."""
+    probe = explainkit.ProbeSet.from_folder(small_world).subset(np.arange(0, 120, 6))
+    handle = explainkit.load_model(demo_model_path)
+    cheap = {"metric_images": 4, "road_images": 2, "steps": 4, "n_random": 0, "sanity": False, "n_examples": 1,
+             "n_resamples": 100}
+    specs = [("gradcam", {**cheap, "methods": ["shapleycam", "finercam", "guided_gradcam"]}),
+             ("captum", {**cheap, "methods": ["fullgrad", "guided_backprop"]})]
+    rep = explainkit.analyze(handle, probe, specs, progress=False)
+    n_stamped = int(probe.concepts[:, probe.concept_index("stamp")].sum())
+    for name, methods in (("gradcam", ["shapleycam", "finercam", "guided_gradcam"]),
+                          ("captum", ["fullgrad", "guided_backprop"])):
+        data = rep.section(name)["data"]
+        assert [m["name"] for m in data["methods"]] == methods
+        for m in data["methods"]:
+            assert m["deletion"]["n"] == 4 and np.isfinite(m["deletion"]["value"])
+            hit = m["pointing"]["stamp"]["hit_rate"]
+            # the stamp covers ~3 % of the image: the Wilson CI of the hit rate lies far above chance
+            assert hit["n"] == n_stamped and hit["ci_low"] > 0.25, (m["name"], hit)
+    scripted = explainkit.wrap(torch.jit.script(handle.module.eval()), input_size=64, mean="0.5,0.5,0.5",
+                               std="0.5,0.5,0.5", class_names=list(handle.class_names))
+    with pytest.raises(explainkit.CapabilityError, match="fullgrad need module hooks"):
+        explainkit.analyze(scripted, probe, [("captum", {"methods": ["saliency", "fullgrad"]})], progress=False)
