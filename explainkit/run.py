@@ -10,6 +10,7 @@ import logging
 import random
 import time
 from collections.abc import Iterable, Mapping, Sequence
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +18,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from explainkit._io import StagedDir
 from explainkit.adapters.layers import resolve_layer
 from explainkit.analyzers.base import Analyzer, Finding, RunContext, Section, require
 from explainkit.analyzers.registry import get_analyzer, get_analyzer_class, list_analyzers
 from explainkit.backends import RunPlan, get_backend, guard
+from explainkit.backends.plan import validate_output
 from explainkit.cache import ActivationCache
 from explainkit.datasets.probe import ProbeSet
 from explainkit.errors import ConfigError, DataError
@@ -102,6 +105,38 @@ def _label_map(handle: ModelHandle, data: ProbeSet) -> tuple[np.ndarray | None, 
     return np.array([handle.class_names.index(c) for c in data.class_names]), "by class name"
 
 
+def _open_cache(cache: bool | str | Path | None) -> ActivationCache | None:
+    if cache in (None, False):
+        return None
+    store = ActivationCache(None if cache is True else cache)
+    if store.root.exists() and not store.root.is_dir():
+        raise ConfigError(f"--cache-dir {store.root} is not a folder")
+    return store
+
+
+def _check_analyzers(instances: list[Analyzer], ctx: RunContext, explicit: bool
+                     ) -> tuple[list[Analyzer], list[Finding]]:
+    """Run every analyzer's :meth:`~Analyzer.check`.
+
+    A default analyzer that cannot run on this model and data is left out with an info finding; one
+    the user asked for fails the run.
+    """
+    kept, skipped = [], []
+    for a in instances:
+        try:
+            guard(a, "check", a.check, ctx)
+        except ConfigError as exc:
+            if explicit:
+                raise
+            skipped.append(Finding("info", f"{a.name} skipped: it cannot run on this model and data ({exc})",
+                                   a.name, {"reason": str(exc)}))
+            continue
+        kept.append(a)
+    if not kept:
+        raise ConfigError("none of the default analyzers can run here: " + "; ".join(f.message for f in skipped))
+    return kept, skipped
+
+
 def _seed_all(seed: int) -> None:
     random.seed(seed)
     torch.manual_seed(seed)
@@ -123,6 +158,7 @@ def analyze(
     backend: str = "serial",
     backend_options: Mapping[str, Any] | None = None,
     cache: bool | str | Path | None = None,
+    params: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> Report:
     """Run analyzers over a probe set and return the report.
 
@@ -134,9 +170,14 @@ def analyze(
         The probe images.
     analyzers : sequence, optional
         Names, ``(name, params)``, ``{"name": ..., **params}`` or instances. By default every
-        analyzer marked ``run_by_default`` whose requirements the model and data meet.
+        analyzer marked ``run_by_default`` whose requirements the model and data meet; a default
+        analyzer whose check fails (e.g. Grad-CAM on a model without spatial layers) is left out
+        with an info finding, while one named here fails the run.
     out : str or Path, optional
-        Folder for ``report.json`` and ``report.html`` (written atomically).
+        Folder for ``report.json``, ``report.html`` and ``samples/``. It is checked before any model
+        pass (a new folder, an empty one, or a previous explainkit output), built beside itself and
+        swapped in when the run succeeds (:class:`explainkit._io.StagedDir`): a failed run leaves
+        the previous outputs as they were, and nothing of an earlier run survives a new one.
     device : str or torch.device
         Where the model runs.
     batch_size : int
@@ -160,6 +201,9 @@ def analyze(
         Reuse per-batch states of analyzers that allow it (INVERT's pooled activations) across runs:
         ``True`` uses :func:`explainkit.cache.default_cache_dir`, a path names the folder (shared by
         every worker), ``None``/``False`` (default) caches nothing.
+    params : mapping, optional
+        Analyzer name → parameters for the analyzers picked by default (the config file's
+        ``[analyzer.NAME]`` tables when ``analyzers`` is not given).
 
     Returns
     -------
@@ -176,11 +220,16 @@ def analyze(
     t0 = time.perf_counter()
     if batch_size < 1:
         raise ConfigError("batch size must be at least 1")
+    engine = get_backend(backend, **(backend_options or {}))
+    token, owner = engine.output_role()
+    staged = StagedDir(out, token=token, owner=owner) if out is not None else None  # before any model pass
+    store = _open_cache(cache)
     handle = wrap(handle) if not isinstance(handle, ModelHandle) else handle
     probe = data if isinstance(data, ProbeSet) else ProbeSet.from_folder(data)
     runnable = [n for n in list_analyzers() if not get_analyzer_class(n)().missing_requirements(handle, probe)]
+    explicit = analyzers is not None
     if analyzers is None:
-        analyzers = [n for n in runnable if get_analyzer_class(n).run_by_default]
+        analyzers = [(n, (params or {}).get(n, {})) for n in runnable if get_analyzer_class(n).run_by_default]
     instances = build_analyzers(analyzers)
     for a in instances:
         require(a, handle, probe, runnable)
@@ -189,33 +238,35 @@ def analyze(
         layer = resolve_layer(handle.module, layer)[0]
     dev = resolve_device(device)
     label_map, label_mapping = _label_map(handle, probe)
-    ctx = RunContext(handle=handle, data=probe, device=dev, seed=seed, batch_size=batch_size,
-                     out_dir=Path(out) if out else None, config=dict(config or {}), layer=layer,
-                     cache=None if cache in (None, False) else ActivationCache(None if cache is True else cache))
-    for a in instances:
-        guard(a, "check", a.check, ctx)
-    _seed_all(seed)
-    timings: dict[str, float] = {"setup": time.perf_counter() - t0}
-    plan = RunPlan(handle=handle, probe=probe, analyzers=instances, label_map=label_map, progress=progress)
-    outcome = get_backend(backend, **(backend_options or {})).run(plan, ctx)
-    states = outcome.states
-    for key, value in outcome.timings.items():
-        timings[key] = timings.get(key, 0.0) + value
-    sections = []
-    for a in instances:
-        t = time.perf_counter()
-        sections.append(guard(a, "finalize", a.finalize, ctx, states[a.name]))
-        timings[a.name] = timings.get(a.name, 0.0) + time.perf_counter() - t
-    timings["total"] = time.perf_counter() - t0
-    report = build_report(
-        kind="analysis", sections=sections, handle=handle, data=probe, seed=seed, device=dev,
-        batch_size=batch_size, timings=timings,
-        config={**dict(config or {}), "backend": outcome.describe,
-                "cache": None if ctx.cache is None else str(ctx.cache.root)},
-        label_mapping=label_mapping, asset_budget_bytes=asset_budget_bytes,
-    )
-    if out is not None and outcome.is_writer:
-        report.save(out)
+    validate_output(handle, probe, dev)
+    with staged or nullcontext():
+        ctx = RunContext(handle=handle, data=probe, device=dev, seed=seed, batch_size=batch_size,
+                         out_dir=staged.path if staged else None, config=dict(config or {}), layer=layer,
+                         cache=store)
+        instances, skipped = _check_analyzers(instances, ctx, explicit)
+        _seed_all(seed)
+        timings: dict[str, float] = {"setup": time.perf_counter() - t0}
+        plan = RunPlan(handle=handle, probe=probe, analyzers=instances, label_map=label_map, progress=progress)
+        outcome = engine.run(plan, ctx)
+        states = outcome.states
+        for key, value in outcome.timings.items():
+            timings[key] = timings.get(key, 0.0) + value
+        sections = []
+        for a in instances:
+            t = time.perf_counter()
+            sections.append(guard(a, "finalize", a.finalize, ctx, states[a.name]))
+            timings[a.name] = timings.get(a.name, 0.0) + time.perf_counter() - t
+        timings["total"] = time.perf_counter() - t0
+        report = build_report(
+            kind="analysis", sections=sections, handle=handle, data=probe, seed=seed, device=dev,
+            batch_size=batch_size, timings=timings,
+            config={**dict(config or {}), "backend": outcome.describe,
+                    "cache": None if store is None else str(store.root)},
+            label_mapping=label_mapping, asset_budget_bytes=asset_budget_bytes, findings=skipped,
+        )
+        if staged is not None and outcome.is_writer:
+            report.save(staged.path)
+            staged.commit()
     return report
 
 
@@ -234,6 +285,7 @@ def build_report(
     status: str | None = None,
     extra: Mapping[str, Any] | None = None,
     asset_budget_bytes: int | None = None,
+    findings: Sequence[Finding] = (),
 ) -> Report:
     """Assemble the JSON report from sections (used by ``analyze`` and ``check``).
 
@@ -253,6 +305,8 @@ def build_report(
         More top-level keys (``checks``, ``exit_code``).
     asset_budget_bytes : int, optional
         Size budget of embedded images.
+    findings : sequence of Finding
+        Findings of the run itself (e.g. default analyzers left out), besides the sections' own.
 
     Returns
     -------
@@ -260,7 +314,7 @@ def build_report(
         The report.
     """
     store = AssetStore() if asset_budget_bytes is None else AssetStore(budget_bytes=asset_budget_bytes)
-    findings: list[Finding] = []
+    findings = list(findings)
     for s in sections:
         for key, uri in s.assets.items():
             store.add(f"{s.analyzer}:{key}", uri)

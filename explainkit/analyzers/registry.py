@@ -14,6 +14,7 @@ import os
 from collections.abc import Callable
 
 from explainkit.analyzers.base import Analyzer
+from explainkit.analyzers.coerce import coerce_params
 from explainkit.errors import ConfigError
 
 __all__ = ["get_analyzer", "get_analyzer_class", "list_analyzers", "register_analyzer"]
@@ -102,9 +103,11 @@ def get_analyzer(name: str, **params: object) -> Analyzer:
     Raises
     ------
     ConfigError
-        Unknown name or parameter.
+        Unknown name or parameter, or a value of the wrong type (:func:`~explainkit.analyzers.coerce.coerce_params`;
+        a single value given for a list parameter is a one-element list).
     """
     cls = get_analyzer_class(name)
+    params = coerce_params(cls, name, params)
     try:
         return cls(**params)
     except TypeError as exc:

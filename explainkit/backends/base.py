@@ -28,6 +28,15 @@ class Backend:
         """Map every sample and merge the states."""
         raise NotImplementedError
 
+    def output_role(self) -> tuple[str | None, bool]:
+        """``(token, owner)`` of the run's staging folder (:class:`explainkit._io.StagedDir`).
+
+        Processes that run the same analysis side by side (torchrun ranks) share the staging folder
+        through a common token; only the owner swaps it in or removes it. Default: a private
+        folder, owned by this process.
+        """
+        return None, True
+
 
 def register_backend(cls: type[Backend]) -> type[Backend]:
     """Class decorator adding a backend; duplicate names raise."""

@@ -13,6 +13,7 @@ import datetime as dt
 import logging
 import time
 from collections.abc import Mapping
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,9 +21,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from explainkit._io import atomic_write_text
+from explainkit._io import StagedDir, atomic_write_text, check_output_file
 from explainkit.analyzers.base import Finding, RunContext, Section
 from explainkit.analyzers.metric import metric
+from explainkit.backends.plan import validate_output
 from explainkit.datasets.probe import ProbeSet
 from explainkit.errors import CapabilityError, ConfigError, ExplainkitError
 from explainkit.gate.decision import POWER, decide, finite_or_nan, gate_verdict, minimal_detectable_effect
@@ -182,6 +184,7 @@ def check(
     today: dt.date | None = None,
     config: Mapping[str, Any] | None = None,
     asset_budget_bytes: int | None = None,
+    follow_symlinks: bool = False,
 ) -> GateResult:
     """Run the checks of a policy on a model and decide the gate.
 
@@ -193,9 +196,11 @@ def check(
         A policy file (TOML), its parsed mapping (paths relative to the working directory), or a
         :class:`~explainkit.gate.policy.Policy`.
     out : str or Path, optional
-        Folder for ``report.json`` and ``report.html`` (written atomically).
+        Folder for ``report.json`` and ``report.html``: checked before any model pass, built beside
+        itself and swapped in at the end (a failed run leaves the previous outputs as they were).
     junit : str or Path, optional
-        Where to write the JUnit XML.
+        Where to write the JUnit XML (checked before any model pass; inside ``out`` it is swapped in
+        with the report).
     device : str or torch.device
         Where the model runs.
     batch_size : int
@@ -208,6 +213,8 @@ def check(
         Resolved configuration to record (the CLI passes its options).
     asset_budget_bytes : int, optional
         Size budget of the report's example images.
+    follow_symlinks : bool
+        Read probe files that are symlinks resolving outside their folder.
 
     Returns
     -------
@@ -230,6 +237,9 @@ def check(
     t0 = time.perf_counter()
     if batch_size < 1:
         raise ConfigError("batch size must be at least 1")
+    staged = StagedDir(out) if out is not None else None  # output paths before any model pass
+    if junit is not None:
+        check_output_file(junit, "--junit")
     handle = wrap(handle) if not isinstance(handle, ModelHandle) else handle
     policy = _as_policy(policy)
     handle.require_preprocessing()
@@ -239,7 +249,8 @@ def check(
     runs: list[tuple[CheckKind, CheckContext]] = []
     for spec in policy.checks:
         if spec.data not in probes:
-            probes[spec.data] = ProbeSet.from_folder(spec.data)
+            probes[spec.data] = ProbeSet.from_folder(spec.data, follow_symlinks=follow_symlinks)
+            validate_output(handle, probes[spec.data], dev)
         ctx = RunContext(handle=handle, data=probes[spec.data], device=dev, seed=spec.seed, batch_size=batch_size)
         kind = get_check_kind(spec.kind)(spec, policy.defaults)
         cc = CheckContext(spec=spec, defaults=policy.defaults, run=ctx, progress=progress)
@@ -277,8 +288,26 @@ def check(
         asset_budget_bytes=asset_budget_bytes,
     )
     result = GateResult(report=report, exit_code=code, status=status, reasons=reasons)
-    if out is not None:
-        result.paths.update(report.save(out))
-    if junit is not None:
-        result.paths["junit"] = atomic_write_text(junit, to_junit_xml(report.data))
+    _write_outputs(result, staged, junit)
     return result
+
+
+def _write_outputs(result: GateResult, staged: StagedDir | None, junit: str | Path | None) -> None:
+    """Report (and JUnit inside ``out``) into the staging folder, swapped in; JUnit elsewhere after."""
+    junit_inside = None
+    if staged is not None and junit is not None:
+        try:
+            junit_inside = Path(junit).resolve().relative_to(staged.target.resolve())
+        except ValueError:
+            junit_inside = None
+    with staged or nullcontext():
+        if staged is not None:
+            written = result.report.save(staged.path)
+            if junit_inside is not None:
+                atomic_write_text(staged.path / junit_inside, to_junit_xml(result.report.data))
+            staged.commit()
+            result.paths.update({k: staged.target / v.name for k, v in written.items()})
+    if junit is not None:
+        if junit_inside is None:
+            atomic_write_text(junit, to_junit_xml(result.report.data))
+        result.paths["junit"] = Path(junit)
