@@ -11,6 +11,7 @@ from explainkit.gate.annotations import annotation_lines, github_enabled, write_
 from explainkit.gate.policy import load_policy
 from explainkit.gate.runner import check as run_check
 from explainkit.gate.text import format_summary
+from explainkit.textsafe import inert_lines
 
 __all__ = ["COMMANDS"]
 
@@ -58,7 +59,7 @@ def check(ctx: click.Context, model: str, policy_path: str, junit: str | None, o
     if opts["fmt"] == "json":
         click.echo(json.dumps({k: v for k, v in doc.items() if k != "assets"}, indent=1, allow_nan=False))
     else:
-        click.echo(format_summary(doc, result.paths))
+        click.echo(inert_lines(format_summary(doc, result.paths)))
     return result.exit_code
 
 

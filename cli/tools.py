@@ -10,7 +10,7 @@ import click
 from explainkit._io import check_output_file
 from explainkit.cli.options import load_handle, loading_options
 from explainkit.errors import ConfigError
-from explainkit.textsafe import escape
+from explainkit.textsafe import escape, inert_lines
 
 __all__ = ["COMMANDS"]
 
@@ -139,7 +139,7 @@ def demo(out: str, retrain: bool, progress: bool | None) -> int:
     """Build the stamped synthetic world, then write a full report on the bundled tiny model."""
     from explainkit.datasets.demo import run_demo
 
-    paths = run_demo(Path(out), retrain=retrain, progress=progress, echo=lambda m: click.echo(m, err=True))
+    paths = run_demo(Path(out), retrain=retrain, progress=progress, echo=lambda m: click.echo(inert_lines(m), err=True))
     for key, path in paths.items():
         click.echo(f"{key}: {escape(path)}")
     return 0

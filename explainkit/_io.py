@@ -133,9 +133,11 @@ class StagedDir:
 
     def __init__(self, target: str | Path, option: str = "--out", token: str | None = None,
                  owner: bool = True) -> None:
-        target = Path(target)
+        target = Path(os.path.abspath(target))
         if target.is_symlink() and target.is_dir():
             target = target.resolve()
+        if not target.name:
+            raise ConfigError(f"{option} {target}: the root folder cannot be an output folder")
         if target.exists() and not target.is_dir():
             raise ConfigError(f"{option} {target} is not a folder")
         if target.is_dir() and any(target.iterdir()) and not (target / "report.json").is_file():

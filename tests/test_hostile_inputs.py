@@ -797,7 +797,8 @@ CASES: dict[str, Case] = {
               "{c}/names.txt"), 0, lines=0),
     "metadata class names as a file path": Case(_perf("{c}/meta_class_path.safetensors"), 4,
                                                 r"metadata 'class_names'"),
-    "metadata class names count": Case(_perf("{c}/meta_four_names.safetensors"), 2, r"3 outputs per image for 4 class names"),
+    "metadata class names count": Case(_perf("{c}/meta_four_names.safetensors"), 2,
+                                       r"3 outputs per image for 4 class names"),
     "metadata input size out of range": Case(_perf("{c}/meta_input_size.safetensors"), 4,
                                              r"metadata 'input_size'"),
     "metadata mean not finite": Case(_perf("{c}/meta_mean_nan.safetensors"), 4, r"metadata 'mean'"),
@@ -1211,3 +1212,77 @@ def test_sigterm_leaves_the_previous_report(hostile, tmp_path):
     assert "terminated" in err
     assert (out / "report.json").read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+# -- the pieces the corpus relies on, tested directly -------------------------------------------------
+@pytest.mark.parametrize(("raw", "want"), [
+    ("plain text, 95% sure", "plain text, 95% sure"),
+    ("\x1b[31mred\x1b[0m", "red"),
+    ("\x1b]8;;https://evil.example\x07link\x1b]8;;\x07", "link"),
+    ("\x9b2Jc1 CSI", "c1 CSI"),
+    ("bell\x07 and nul\x00", "bell and nul"),
+    ("a\nb\r\nc", "a%0Ab%0D%0Ac"),
+    ("::error::x", "%3A:error::x"),
+    ("  ::add-mask::x", "  %3A:add-mask::x"),
+    ("##[warning]x", "%23#[warning]x"),
+    ("x\n::error::y", "x%0A::error::y"),
+    ("literal %0A stays literal", "literal %250A stays literal"),
+])
+def test_escape(raw, want):
+    from explainkit.textsafe import escape
+
+    assert escape(raw) == want
+
+
+def test_escape_property_markdown_and_lines():
+    from explainkit.textsafe import escape_markdown, escape_property, inert_lines
+
+    assert escape_property("a:b,c") == "a%3Ab%2Cc"
+    assert escape_markdown("![x](https://e/t.png) <b>|") == r"\!\[x\]\(https://e/t.png\) \<b\>\|"
+    assert inert_lines("ok\n  ::error::x\r\n##[warning]y\x1b[2J") == "ok\n  %3A:error::x\n%23#[warning]y"
+
+
+def test_pickle_scanner_tells_instantiated_classes_from_calls(hostile):
+    """``torch.save(module)`` instantiates classes (NEWOBJ); payloads call (REDUCE, INST, OBJ)."""
+    from explainkit.loading.pickle_scan import CALLED, INSTANTIATED, global_uses, uses_in_torch_file
+
+    mixed = uses_in_torch_file(hostile["c"] / "evil_mixed.pt", legacy=False)
+    assert mixed[f"{MOD}.UserNet"] == {INSTANTIATED}
+    assert mixed["torch.nn.modules.conv.Conv2d"] == {INSTANTIATED}
+    assert mixed["posix.system"] == {CALLED}
+    assert mixed["collections.OrderedDict"] == {CALLED}
+    for name, data in _raw_pickles(Path("/nowhere")).items():
+        uses = global_uses(data)
+        assert all(kinds == {CALLED} for kinds in uses.values()), (name, uses)
+
+
+def test_staged_dir_swaps_without_renameat2(tmp_path, monkeypatch):
+    """The two-rename fallback (no renameat2) also replaces the folder completely."""
+    import explainkit._io as io_mod
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "report.json").write_text("old")
+    (out / "stale.npz").write_text("old")
+    monkeypatch.setattr(io_mod, "_exchange", lambda a, b: False)
+    with io_mod.StagedDir(out) as staged:
+        (staged.path / "report.json").write_text("new")
+        staged.commit()
+    assert sorted(p.name for p in out.iterdir()) == ["report.json"]
+    assert (out / "report.json").read_text() == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+@pytest.mark.parametrize(("params", "want"), [
+    ({"methods": "gradcam"}, {"methods": ["gradcam"]}),
+    ({"methods": ["gradcam", "layercam"]}, {"methods": ["gradcam", "layercam"]}),
+    ({"layer": "features.3"}, {"layer": "features.3"}),
+    ({"road_levels": 0.5}, {"road_levels": [0.5]}),
+    ({"n_resamples": np.int64(200)}, {"n_resamples": 200}),
+    ({"pointing_tolerance": 3}, {"pointing_tolerance": 3.0}),
+])
+def test_parameters_are_coerced_by_type_hints(params, want):
+    from explainkit.analyzers.coerce import coerce_params
+    from explainkit.analyzers.registry import get_analyzer_class
+
+    assert coerce_params(get_analyzer_class("gradcam"), "gradcam", params) == want
