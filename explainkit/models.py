@@ -1,44 +1,20 @@
 """Small reference models: the demo classifier and a ProtoPNet-like network for tests and demos.
 
-Their factories are registered under the ``explainkit:`` architecture namespace
-(``--arch explainkit:tiny_cnn(num_classes=3)``), which, like ``torchvision:`` and ``timm:``, may also
-come from a model file's metadata, a config file or the environment: only registered factories are
-reachable through it (:func:`get_model`), never other attributes of this module.
+Their factories are the ``explainkit:`` architectures (``--arch explainkit:tiny_cnn(num_classes=3)``,
+see :data:`explainkit.loading.arch.EXPLAINKIT_ARCHITECTURES`), which a model file's metadata, a config
+file or the environment may also name.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
 
 from explainkit.prototypes.similarity import log_similarity, squared_l2_distances
 
-__all__ = ["PrototypeLayer", "TinyCNN", "TinyProtoPNet", "get_model", "list_models", "register_model", "tiny_cnn",
-           "tiny_protopnet"]
-
-_MODELS: dict[str, Callable[..., nn.Module]] = {}
-
-
-def register_model(factory: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-    """Decorator registering ``factory`` as ``explainkit:<factory name>``; duplicate names raise."""
-    name = factory.__name__
-    if name in _MODELS and _MODELS[name] is not factory:
-        raise ValueError(f"an explainkit model named {name!r} is already registered")
-    _MODELS[name] = factory
-    return factory
-
-
-def list_models() -> list[str]:
-    """Names reachable as ``explainkit:NAME``."""
-    return sorted(_MODELS)
-
-
-def get_model(name: str, **kwargs: object) -> nn.Module:
-    """Build the registered model ``name`` (``KeyError`` for an unregistered name)."""
-    return _MODELS[name](**kwargs)
-
+__all__ = ["PrototypeLayer", "TinyCNN", "TinyProtoPNet", "tiny_cnn", "tiny_protopnet"]
 
 #: Preprocessing of the synthetic worlds (images already at 64 px, values scaled to [-1, 1]).
 SYNTHETIC_PREPROCESSING = {"input_size": (64, 64), "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)}
@@ -82,7 +58,6 @@ class TinyCNN(nn.Module):
         return self.classifier(torch.flatten(self.pool(self.features(x)), 1))
 
 
-@register_model
 def tiny_cnn(num_classes: int = 3, widths: Sequence[int] = (16, 32, 64, 64)) -> TinyCNN:
     """Factory for :class:`TinyCNN` (``--arch explainkit:tiny_cnn``)."""
     return TinyCNN(num_classes=num_classes, widths=tuple(widths))
@@ -173,7 +148,6 @@ class TinyProtoPNet(nn.Module):
         return self.forward_with_distances(x)[0]
 
 
-@register_model
 def tiny_protopnet(num_classes: int = 3, prototypes_per_class: int = 4, prototype_dim: int = 32,
                    widths: Sequence[int] = (16, 32, 64, 64)) -> TinyProtoPNet:
     """Factory for :class:`TinyProtoPNet` (``--arch explainkit:tiny_protopnet``)."""

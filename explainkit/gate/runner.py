@@ -22,10 +22,11 @@ import torch
 from torch import nn
 
 from explainkit._io import StagedDir, atomic_write_text, check_output_file
-from explainkit.analyzers.base import Finding, RunContext, Section
+from explainkit.analyzers.base import RunContext
 from explainkit.analyzers.metric import metric
 from explainkit.backends.plan import validate_output
-from explainkit.datasets.probe import ProbeSet
+from explainkit.data.probe import ProbeSet
+from explainkit.device import resolve_device
 from explainkit.errors import CapabilityError, ConfigError, ExplainkitError
 from explainkit.gate.decision import POWER, decide, finite_or_nan, gate_verdict, minimal_detectable_effect
 from explainkit.gate.junit import to_junit_xml
@@ -35,6 +36,8 @@ from explainkit.hooks import eval_mode
 from explainkit.loading.handle import ModelHandle
 from explainkit.loading.loaders import wrap
 from explainkit.report import Report
+from explainkit.report.build import build_report
+from explainkit.report.section import Finding, Section
 from explainkit.stats import adjust_pvalues
 
 __all__ = ["GateResult", "check"]
@@ -232,8 +235,6 @@ def check(
     >>> result.check("spurious.stamp")["status"]  # doctest: +SKIP
     'fail'
     """
-    from explainkit.run import build_report, resolve_device
-
     t0 = time.perf_counter()
     if batch_size < 1:
         raise ConfigError("batch size must be at least 1")
@@ -250,12 +251,13 @@ def check(
     for spec in policy.checks:
         if spec.data not in probes:
             probes[spec.data] = ProbeSet.from_folder(spec.data, follow_symlinks=follow_symlinks)
-            validate_output(handle, probes[spec.data], dev)
         ctx = RunContext(handle=handle, data=probes[spec.data], device=dev, seed=spec.seed, batch_size=batch_size)
         kind = get_check_kind(spec.kind)(spec, policy.defaults)
         cc = CheckContext(spec=spec, defaults=policy.defaults, run=ctx, progress=progress)
         kind.prepare(cc)
         runs.append((kind, cc))
+    for probe in probes.values():  # the first model passes, once every policy and data check has passed
+        validate_output(handle, probe, dev)
     timings: dict[str, float] = {"setup": time.perf_counter() - t0}
     handle.to(dev)
     measured = []

@@ -7,7 +7,7 @@ Specs
 ``timm:vit_tiny_patch16_224``
     ``timm.create_model(name, pretrained=False, **kwargs)`` (needs the ``timm`` extra).
 ``explainkit:tiny_cnn``
-    A factory registered in :mod:`explainkit.models` (never any other attribute).
+    A factory of :data:`EXPLAINKIT_ARCHITECTURES` (explainkit's own models; never any other attribute).
 ``package.module:factory``
     ``importlib.import_module(package.module).factory(**kwargs)``.
 
@@ -31,19 +31,26 @@ import ast
 import importlib
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
 from explainkit.errors import ConfigError, ExplainkitError
+from explainkit.registry import Registry
 
-__all__ = ["UNTRUSTED_KWARGS", "UNTRUSTED_SOURCES", "ArchSpec", "build_arch", "load_state_dict_strict", "parse_arch",
-           "parse_untrusted_arch", "strip_prefixes"]
+__all__ = ["EXPLAINKIT_ARCHITECTURES", "UNTRUSTED_KWARGS", "UNTRUSTED_SOURCES", "ArchSpec", "build_arch",
+           "load_state_dict_strict", "parse_arch", "parse_untrusted_arch", "strip_prefixes"]
 
 _SPEC = re.compile(r"^\s*(?P<source>[A-Za-z_][\w.]*)\s*:\s*(?P<name>[A-Za-z_]\w*)\s*(?:\((?P<kw>.*)\))?\s*$")
 _PREFIXES = ("module.", "_orig_mod.")
+
+#: The ``explainkit:NAME`` architectures: these factories only, never other attributes of their module.
+EXPLAINKIT_ARCHITECTURES: Registry[Callable[..., nn.Module]] = Registry(
+    "explainkit architecture",
+    builtins={"tiny_cnn": "explainkit.models:tiny_cnn", "tiny_protopnet": "explainkit.models:tiny_protopnet"},
+)
 
 #: Architecture sources a config file, the environment or model metadata may name.
 UNTRUSTED_SOURCES = ("torchvision", "timm", "explainkit")
@@ -209,9 +216,7 @@ def parse_untrusted_arch(spec: str, origin: str, error: type[ExplainkitError] = 
 
 def _known_name(source: str, name: str) -> bool:
     if source == "explainkit":
-        from explainkit.models import list_models
-
-        return name in list_models()
+        return name in EXPLAINKIT_ARCHITECTURES.names()
     if source == "torchvision":
         import torchvision
 
@@ -257,12 +262,7 @@ def build_arch(spec: ArchSpec) -> nn.Module:
                 raise ConfigError(f"unknown timm architecture {spec.name!r}")
             return timm.create_model(spec.name, pretrained=False, **spec.kwargs)
         if spec.source == "explainkit":
-            from explainkit.models import get_model, list_models
-
-            if spec.name not in list_models():
-                raise ConfigError(f"unknown explainkit architecture {spec.name!r}; "
-                                  f"registered: {', '.join(list_models())}")
-            return get_model(spec.name, **spec.kwargs)
+            return EXPLAINKIT_ARCHITECTURES.get(spec.name)(**spec.kwargs)
         try:
             module = importlib.import_module(spec.source)
         except ImportError as exc:

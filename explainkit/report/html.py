@@ -16,7 +16,21 @@ from typing import Any
 from jinja2 import Environment, PackageLoader, StrictUndefined, TemplateNotFound, select_autoescape
 from markupsafe import Markup
 
-__all__ = ["render_body", "render_html", "safe_assets"]
+__all__ = ["register_section_template", "render_body", "render_html", "safe_assets"]
+
+#: Analyzer name → Jinja source of its section (plugins without a template file; see
+#: :func:`register_section_template`).
+_SECTION_SOURCES: dict[str, str] = {}
+
+
+def register_section_template(analyzer: str, source: str) -> None:
+    """Render the sections of ``analyzer`` with the Jinja template ``source``.
+
+    The analyzer registry calls this for classes with a ``template_source`` attribute; built-in
+    analyzers have files under ``templates/sections/``.
+    """
+    _SECTION_SOURCES[analyzer] = source
+
 
 _log = logging.getLogger(__name__)
 _IMAGE_URI = re.compile(r"data:image/(?:png|jpeg|webp);base64,[A-Za-z0-9+/]*={0,2}")
@@ -46,10 +60,7 @@ def _env() -> Environment:
 
 def _section_template(analyzer: str):
     env = _env()
-    from explainkit.analyzers.registry import _REGISTRY
-
-    cls = _REGISTRY.get(analyzer)
-    source = getattr(cls, "template_source", None)
+    source = _SECTION_SOURCES.get(analyzer)
     if source:
         return env.from_string(source)
     try:
