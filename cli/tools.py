@@ -7,9 +7,9 @@ from pathlib import Path
 
 import click
 
-from explainkit._io import check_output_file
 from explainkit.cli.options import load_handle, loading_options
 from explainkit.errors import ConfigError
+from explainkit.outputs import check_output_file
 from explainkit.textsafe import escape, inert_lines
 
 __all__ = ["COMMANDS"]

@@ -15,7 +15,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from explainkit._io import StagedDir
 from explainkit.adapters.layers import resolve_layer
 from explainkit.analyzers.base import Analyzer, Finding, RunContext, require
 from explainkit.analyzers.registry import get_analyzer, get_analyzer_class, list_analyzers
@@ -27,6 +26,7 @@ from explainkit.device import resolve_device
 from explainkit.errors import ConfigError
 from explainkit.loading.handle import ModelHandle
 from explainkit.loading.loaders import wrap
+from explainkit.outputs import StagedDir
 from explainkit.report.build import build_report
 from explainkit.report.report import Report
 
@@ -143,7 +143,7 @@ def analyze(
     out : str or Path, optional
         Folder for ``report.json``, ``report.html`` and ``samples/``. It is checked before any model
         pass (a new folder, an empty one, or a previous explainkit output), built beside itself and
-        swapped in when the run succeeds (:class:`explainkit._io.StagedDir`): a failed run leaves
+        swapped in when the run succeeds (:class:`explainkit.outputs.StagedDir`): a failed run leaves
         the previous outputs as they were, and nothing of an earlier run survives a new one.
     device : str or torch.device
         Where the model runs.

@@ -1262,7 +1262,7 @@ def test_pickle_scanner_tells_instantiated_classes_from_calls(hostile):
 
 def test_staged_dir_swaps_without_renameat2(tmp_path, monkeypatch):
     """The two-rename fallback (no renameat2) also replaces the folder completely."""
-    import explainkit._io as io_mod
+    import explainkit.outputs as io_mod
 
     out = tmp_path / "out"
     out.mkdir()

@@ -36,7 +36,7 @@ class Backend:
         raise NotImplementedError
 
     def output_role(self) -> tuple[str | None, bool]:
-        """``(token, owner)`` of the run's staging folder (:class:`explainkit._io.StagedDir`).
+        """``(token, owner)`` of the run's staging folder (:class:`explainkit.outputs.StagedDir`).
 
         Processes that run the same analysis side by side (torchrun ranks) share the staging folder
         through a common token; only the owner swaps it in or removes it. Default: a private

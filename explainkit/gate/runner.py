@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from explainkit._io import StagedDir, atomic_write_text, check_output_file
+from explainkit._io import atomic_write_text
 from explainkit.analyzers.base import RunContext
 from explainkit.analyzers.metric import metric
 from explainkit.backends.plan import validate_output
@@ -35,6 +35,7 @@ from explainkit.gate.policy import Policy, load_policy, parse_policy
 from explainkit.hooks import eval_mode
 from explainkit.loading.handle import ModelHandle
 from explainkit.loading.loaders import wrap
+from explainkit.outputs import StagedDir, check_output_file
 from explainkit.report import Report
 from explainkit.report.build import build_report
 from explainkit.report.section import Finding, Section
