@@ -14,6 +14,7 @@ from explainkit.adapters.targets import (
     SoftmaxProbability,
     Target,
     as_target,
+    check_logits,
     select_logits,
 )
 from explainkit.adapters.tokens import SpatialLayout, token_hints
@@ -32,6 +33,7 @@ __all__ = [
     "SpatialLayout",
     "Target",
     "as_target",
+    "check_logits",
     "default_layer",
     "infer_layout",
     "resolve_layer",

@@ -39,6 +39,7 @@ __all__ = [
     "SoftmaxProbability",
     "Target",
     "as_target",
+    "check_logits",
     "output_rows",
     "pick_tensor",
     "select_logits",
@@ -71,13 +72,14 @@ def pick_tensor(output: Any, key: str | int | None = None, keys: Sequence[str] =
         if found is None and len(tensors) == 1:
             found = tensors[0]
         if found is None:
-            raise ConfigError(f"cannot tell which output is {what} among keys {sorted(output)}; pass output_key=")
-        output = found
-    elif isinstance(output, tuple | list):
-        output = next((o for o in output if isinstance(o, torch.Tensor)), None)
-    if not isinstance(output, torch.Tensor):
-        raise ConfigError("model output holds no tensor")
-    return output
+            raise ConfigError(f"cannot tell which output is {what} among keys {sorted(map(str, output))}; "
+                              "pass --output-key KEY (Python: output_key=)")
+        return found
+    picked = next((o for o in output if isinstance(o, torch.Tensor)), None) if isinstance(output, tuple | list) \
+        else output
+    if not isinstance(picked, torch.Tensor):
+        raise ConfigError(f"model output ({type(output).__name__}) holds no tensor")
+    return picked
 
 
 def select_logits(output: Any, key: str | int | None = None) -> torch.Tensor:
@@ -107,6 +109,50 @@ def select_logits(output: Any, key: str | int | None = None) -> torch.Tensor:
     if output.dim() != 2:
         raise ConfigError(f"expected (B, K) logits, got shape {tuple(output.shape)}; pass a target function")
     return output
+
+
+def check_logits(output: Any, batch: int, n_classes: int | None = None, classes: str = "class names",
+                 at_least: bool = False) -> torch.Tensor:
+    """Validate a model's output for a batch of ``batch`` images; return its (B, K) logits.
+
+    Parameters
+    ----------
+    output : Any
+        What the model returned (tensor, or a dict / tuple holding the logits, see
+        :func:`select_logits`).
+    batch : int
+        B, the number of images the model was given.
+    n_classes : int, optional
+        How many outputs per image are expected (the model's class names), or at least expected
+        (``at_least``: the probe set's classes, matched by position).
+    classes : str
+        What ``n_classes`` counts, for the message.
+    at_least : bool
+        Only require ``K >= n_classes``.
+
+    Returns
+    -------
+    torch.Tensor
+        (B, K) floating-point logits.
+
+    Raises
+    ------
+    ConfigError
+        No tensor, a shape other than (B, K) or (B,), a non-floating dtype, or a K that does not
+        fit ``n_classes``.
+    """
+    t = pick_tensor(output)
+    shape = tuple(t.shape)
+    if t.dim() not in (1, 2) or shape[0] != batch:
+        raise ConfigError(f"model output shape {shape} for a batch of {batch} images; expected ({batch}, K)")
+    if not t.is_floating_point():
+        raise ConfigError(f"model output dtype {str(t.dtype).replace('torch.', '')} for a batch of {batch} images; "
+                          "expected floating-point logits")
+    logits = t if t.dim() == 2 else t[:, None]
+    k = logits.shape[1]
+    if n_classes is not None and (k < n_classes if at_least else k != n_classes):
+        raise ConfigError(f"model output shape {shape}: {k} outputs per image for {n_classes} {classes}")
+    return logits
 
 
 def _per_image_list(output: Any) -> bool:
