@@ -147,23 +147,43 @@ def test_default_layer_of_a_channels_last_model_with_collision():
     assert res.layouts["mix"].evidence == "module Linear" and res.layouts["mix"].kind == "nhwc"
 
 
+class _Square(nn.Module):
+    """The input is resized to a fixed 8 x 8 map of 8 channels: neither size nor probe can tell the layout."""
+
+    def __init__(self, classes: int = 2) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d(3, 8, 1)
+        self.block = nn.Identity()
+        self.head = nn.Linear(8, classes)
+
+    def forward(self, x):
+        h = self.block(self.conv(nn.functional.interpolate(x, size=(8, 8))))
+        return self.head(h.mean((2, 3)))
+
+
 def test_undecidable_layout_names_layout_and_a_given_one_is_used():
-    class Square(nn.Module):  # the input is resized to a fixed 8 x 8: neither size nor probe can tell
-        def __init__(self):
-            super().__init__()
-            self.conv = nn.Conv2d(3, 8, 1)
-            self.block = nn.Identity()
-            self.head = nn.Linear(8, 2)
-
-        def forward(self, x):
-            h = self.block(self.conv(nn.functional.interpolate(x, size=(8, 8))))
-            return self.head(h.mean((2, 3)))
-
-    model = Square().eval()
+    model = _Square().eval()
     x = torch.randn(1, 3, 20, 30)
     with pytest.raises(ConfigError, match=r"'block'.*layout='nchw'"):
         compute(model, x, methods=["gradcam"], layer="block")
     assert compute(model, x, methods=["gradcam"], layer="block", layout="nchw").layouts["block"].evidence == "given"
+
+
+def test_the_analyzer_takes_layout(small_world):
+    import explainkit
+
+    probe = explainkit.ProbeSet.from_folder(small_world).subset(np.arange(8))
+    model = explainkit.wrap(_Square(len(probe.class_names)).eval(), input_size=64, mean="0.5,0.5,0.5",
+                            std="0.5,0.5,0.5", class_names=list(probe.class_names))
+    cheap = {"layer": "block", "methods": ["gradcam"], "metric_images": 2, "road_images": 1, "steps": 2,
+             "n_random": 0, "sanity": False, "n_examples": 1, "n_resamples": 100}
+    with pytest.raises(ConfigError, match="layout=nchw"):
+        explainkit.analyze(model, probe, [("gradcam", cheap)], progress=False)
+    rep = explainkit.analyze(model, probe, [("gradcam", {**cheap, "layout": "nchw"})], progress=False)
+    assert [m["name"] for m in rep.section("gradcam")["data"]["methods"]] == ["gradcam"]
+    with pytest.raises(ConfigError, match="cannot go with layout=nhwc"):
+        explainkit.analyze(model, probe, [("gradcam", {**cheap, "layout": "nhwc", "grid": [2, 2]})], progress=False)
 
 
 def test_timm_vit_dynamic_img_size_grid_from_input_size():

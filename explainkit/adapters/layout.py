@@ -188,5 +188,5 @@ def infer_layout(
         why.append(f"a probe gave {_describe(probed)}, which {'fits both' if len(by_probe) == 2 else 'fits neither'}")
     raise ConfigError(
         f"cannot tell whether {name}'s output {_describe(shape)} is channels-first or channels-last: "
-        + "; ".join(why) + "; pass layout='nchw' or layout='nhwc'"
+        + "; ".join(why) + "; pass layout='nchw' or layout='nhwc' (analyzers gradcam, captum: layout=nchw|nhwc)"
     )
