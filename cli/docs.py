@@ -30,7 +30,7 @@ from typing import Any
 from explainkit.options import Option, describe_options
 from explainkit.registry import AUTOLOAD_ENV
 
-__all__ = ["BLOCKS", "REGENERATE", "render_block", "stale_blocks", "update_file"]
+__all__ = ["BLOCKS", "REGENERATE", "main", "options_table", "render_block", "stale_blocks", "update_file"]
 
 #: The command that rewrites every generated block (named in the drift test's message).
 REGENERATE = "python -m explainkit.cli.docs"
