@@ -281,12 +281,9 @@ def cam(
     layer : str, sequence of str or None
         Target layer(s); ``None`` picks the last spatial layer (ViT/Swin: the last block's norm).
     method : str
-        A registered method (:func:`explainkit.cam.list_methods`): ``gradcam``, ``gradcampp``,
-        ``xgradcam``, ``layercam``, ``hirescam``, ``gradcam_elementwise``, ``eigencam``,
-        ``eigengradcam``, ``kpcacam``, ``fem``, ``scorecam``, ``ablationcam``, ``smoothgradcampp``,
-        ``shapleycam``, ``finercam``, ``guided_gradcam``, or an input-level method (``fullgrad``,
-        ``guided_backprop``, ``saliency``, ``integrated_gradients``, ``smoothgrad``,
-        ``occlusion``, ``gradient_shap``).
+        A registered method (:func:`~explainkit.cam.methods.list_methods`, or another spelling such
+        as ``grad-cam++``): a layer method such as ``gradcam`` or an input-level one such as
+        ``saliency``. docs/analyzers.md lists them with their parameters.
     targets : Any
         What to explain (``None``: the predicted class); see :func:`compute`.
     raw : bool
