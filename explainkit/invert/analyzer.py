@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from explainkit.adapters.layers import default_layer, resolve_layer
+from explainkit.adapters.activations import LOGITS, Pooler, batch_activations, build_poolers
 from explainkit.analyzers.base import Analyzer, Batch, Finding, RecordState, RunContext, Section
 from explainkit.analyzers.metric import metric
 from explainkit.analyzers.registry import register_analyzer
@@ -32,7 +32,6 @@ from explainkit.hooks import eval_mode
 from explainkit.invert.api import NeuronResult, label_neurons
 from explainkit.invert.concepts import ConceptMatrix
 from explainkit.invert.connection import batch_contributions, class_connection
-from explainkit.invert.extract import LOGITS, Pooler, batch_activations
 from explainkit.invert.search import SearchParams
 from explainkit.invert.significance import stratified_split, validate_decision
 from explainkit.report.images import thumbnail, to_data_uri
@@ -134,20 +133,11 @@ class Invert(Analyzer):
             raise ConfigError(f"invert: artifact concept(s) {', '.join(unknown)} not in the probe set's concepts "
                               f"({', '.join(ctx.data.concept_names)})")
         self.artifacts_ = tuple(names)
-        input_size = tuple(ctx.handle.preprocessing.input_size) if ctx.handle.preprocessing else None
-        layers = self.layer if self.layer is not None else ctx.layer
-        if layers is None:
-            layers = default_layer(ctx.handle.module, input_size or (224, 224))
-        layers = [layers] if isinstance(layers, str) else list(layers)
-        if not layers:
-            raise ConfigError("invert: no layer given")
-        self.poolers_: dict[str, Pooler] = {}
-        for name in layers:
-            module = None
-            if name != LOGITS:
-                name, module = resolve_layer(ctx.handle.module, name)
-            self.poolers_[name] = Pooler(name, module, pooling=self.pooling, tokens=self.tokens,
-                                         model=ctx.handle.module, input_size=input_size)
+        try:
+            self.poolers_ = build_poolers(ctx.handle, self.layer, default=ctx.layer, pooling=self.pooling,
+                                          tokens=self.tokens)
+        except ConfigError as exc:
+            raise ConfigError(f"invert: {exc}") from None
         self.connect_ = (self.connection == "gradient" and bool(self.artifacts_)
                          and "gradients" in ctx.handle.capabilities)
 

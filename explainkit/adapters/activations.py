@@ -1,8 +1,9 @@
-"""Streaming activation extraction: one number per unit and image, never whole feature maps.
+"""Streaming activation extraction, shared by the concept families (INVERT, Network Dissection, ...).
 
 A :class:`Pooler` turns a layer output into (B, D) inside the forward hook
 (``capture_layers(detach=True, transform=poolers, stop_early=True)``), so only N×D values are kept
-for a probe set, never N×D×H×W:
+for a probe set, never N×D×H×W; :meth:`Pooler.maps` instead returns the (B, D, h, w) maps for the
+methods that need where a unit fires (Network Dissection):
 
 * spatial maps (B, C, H, W) or channels-last (B, H, W, C): spatial ``mean`` (default, as INVERT's
   authors did for ResNet ``avgpool``) or ``max`` per channel;
@@ -22,13 +23,15 @@ import numpy as np
 import torch
 from torch import nn
 
+from explainkit.adapters.layers import default_layer, resolve_layer
 from explainkit.adapters.targets import select_logits
 from explainkit.adapters.tokens import SpatialLayout, infer_layout, token_hints
 from explainkit.errors import ConfigError
 from explainkit.hooks import capture_layers, eval_mode
 from explainkit.loading.handle import ModelHandle
 
-__all__ = ["LOGITS", "POOLINGS", "TOKEN_OPTIONS", "Pooler", "batch_activations", "extract_activations"]
+__all__ = ["LOGITS", "POOLINGS", "TOKEN_OPTIONS", "Pooler", "batch_activations", "build_poolers",
+           "extract_activations"]
 
 #: Layer name meaning "the model's logits" (one unit per class).
 LOGITS = "@logits"
@@ -96,7 +99,7 @@ class Pooler:
                 )
         else:
             raise ConfigError(
-                f"layer {self.layer!r} outputs shape {tuple(t.shape)}; INVERT needs (B, D) units, (B, C, H, W) "
+                f"layer {self.layer!r} outputs shape {tuple(t.shape)}; expected (B, D) units, (B, C, H, W) "
                 "maps or (B, T, C) tokens"
             )
 
@@ -116,6 +119,21 @@ class Pooler:
         if self.kind is None:
             self._learn(t)
         return self._reduce(t.float(), self.pooling).float()
+
+    def maps(self, t: torch.Tensor) -> torch.Tensor:
+        """(B, D, h, w) float32 unit maps of a spatial or token-grid layer output (channels first).
+
+        Raises
+        ------
+        ConfigError
+            For layers without a spatial layout ((B, D) units, logits, tokens without a grid).
+        """
+        if self.kind is None:
+            self._learn(t)
+        if self.kind not in ("spatial", "tokens") or (self.kind == "tokens" and self.layout.grid is None):  # type: ignore[union-attr]
+            raise ConfigError(f"layer {self.layer!r} has no spatial maps (outputs {tuple(t.shape)}); pick a "
+                              "convolutional layer or a ViT block with a patch grid")
+        return self.layout.apply(t.float()).float()  # type: ignore[union-attr]
 
     def contribution(self, value: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
         """Gradient × activation summed over the positions the pooling reads: (B, D).
@@ -141,8 +159,8 @@ class Pooler:
 
 
 def batch_activations(handle: ModelHandle, inputs: torch.Tensor, poolers: Mapping[str, Pooler],
-                      logits: torch.Tensor | None = None) -> dict[str, np.ndarray]:
-    """Pooled activations of one batch for every layer in ``poolers``.
+                      logits: torch.Tensor | None = None, *, spatial: bool = False) -> dict[str, np.ndarray]:
+    """Pooled activations (or unit maps) of one batch for every layer in ``poolers``.
 
     Parameters
     ----------
@@ -154,18 +172,22 @@ def batch_activations(handle: ModelHandle, inputs: torch.Tensor, poolers: Mappin
         Layer name → pooler; :data:`LOGITS` reads ``logits``.
     logits : torch.Tensor, optional
         (B, K) logits of ``inputs`` when already computed (else the pass runs to the end).
+    spatial : bool
+        Return each layer's (B, D, h, w) unit maps (:meth:`Pooler.maps`) instead of pooled values.
 
     Returns
     -------
     dict of str to ndarray
-        Layer name → (B, D) float32.
+        Layer name → (B, D) float32, or (B, D, h, w) with ``spatial``.
     """
-    hooked = {name: p for name, p in poolers.items() if name != LOGITS}
+    if spatial and LOGITS in poolers:
+        raise ConfigError("the logits have no spatial maps")
+    hooked = {name: (p.maps if spatial else p) for name, p in poolers.items() if name != LOGITS}
     out: dict[str, np.ndarray] = {}
     need_logits = LOGITS in poolers and logits is None
     with torch.no_grad():
         if hooked:
-            layers = {name: p.module for name, p in hooked.items()}
+            layers = {name: poolers[name].module for name in hooked}
             with capture_layers(handle.module, layers, detach=True, transform=hooked,
                                 stop_early=not need_logits) as cap:
                 output = cap.forward(handle.forward, inputs)
@@ -177,6 +199,48 @@ def batch_activations(handle: ModelHandle, inputs: torch.Tensor, poolers: Mappin
     if LOGITS in poolers:
         out[LOGITS] = poolers[LOGITS](logits.detach()).cpu().numpy()
     return out
+
+
+def build_poolers(handle: ModelHandle, layers: str | Sequence[str] | None, *, default: str | None = None,
+                  pooling: str = "mean", tokens: str = "cls") -> dict[str, Pooler]:
+    """One :class:`Pooler` per layer, keyed by the resolved dotted name.
+
+    Parameters
+    ----------
+    handle : ModelHandle
+        The model.
+    layers : str, sequence of str or None
+        Layer name(s) or :data:`LOGITS`; ``None`` uses ``default``, else the model's last spatial
+        layer (:func:`~explainkit.adapters.layers.default_layer`).
+    default : str, optional
+        The run-wide layer (``--layer``).
+    pooling, tokens : str
+        See :class:`Pooler`.
+
+    Returns
+    -------
+    dict of str to Pooler
+        Resolved layer name → pooler, in the given order.
+
+    Raises
+    ------
+    ConfigError
+        Unknown layers or an empty list.
+    """
+    input_size = tuple(handle.preprocessing.input_size) if handle.preprocessing is not None else None
+    if layers is None:
+        layers = default if default is not None else default_layer(handle.module, input_size or (224, 224))
+    names = [layers] if isinstance(layers, str) else list(layers)
+    if not names:
+        raise ConfigError("no layer given")
+    poolers: dict[str, Pooler] = {}
+    for name in names:
+        module = None
+        if name != LOGITS:
+            name, module = resolve_layer(handle.module, name)
+        poolers[name] = Pooler(name, module, pooling=pooling, tokens=tokens, model=handle.module,
+                               input_size=input_size)
+    return poolers
 
 
 def extract_activations(handle: ModelHandle, images: Any, layers: Sequence[str], *, pooling: str = "mean",
@@ -203,16 +267,7 @@ def extract_activations(handle: ModelHandle, images: Any, layers: Sequence[str],
     representations : dict of str to dict
         Layer → :meth:`Pooler.describe` record.
     """
-    from explainkit.adapters.layers import resolve_layer
-
-    poolers = {}
-    input_size = handle.preprocessing.input_size if handle.preprocessing is not None else None
-    for name in layers:
-        module = None
-        if name != LOGITS:
-            name, module = resolve_layer(handle.module, name)
-        poolers[name] = Pooler(name, module, pooling=pooling, tokens=tokens, model=handle.module,
-                               input_size=input_size)
+    poolers = build_poolers(handle, layers, pooling=pooling, tokens=tokens)
     device = handle.device()
     chunks: dict[str, list[np.ndarray]] = {name: [] for name in poolers}
     with eval_mode(handle.module):
