@@ -63,6 +63,9 @@ LIGHT_PARAMS = {
     "captum": {"methods": ["saliency"], "metric_images": 4, "road_images": 2, "steps": 4, "sanity_images": 2,
                "sanity_steps": 2, "n_examples": 2, "n_resamples": 200},
     "prototypes": {"per_class": 1, "n_resamples": 50, "local_images": 1, "max_shown": 2},
+    "dissect": {"top_images": 1, "max_image_units": 1},
+    "information": {"permutations": 19, "resamples": 10},
+    "tcav": {"concepts": ["stamp"], "runs": 2, "max_images": 6, "min_images": 3},
 }
 
 

@@ -31,7 +31,7 @@ from explainkit.hooks import capture_layers, eval_mode
 from explainkit.loading.handle import ModelHandle
 
 __all__ = ["LOGITS", "POOLINGS", "TOKEN_OPTIONS", "Pooler", "batch_activations", "build_poolers",
-           "extract_activations"]
+           "extract_activations", "learn_layouts"]
 
 #: Layer name meaning "the model's logits" (one unit per class).
 LOGITS = "@logits"
@@ -199,6 +199,25 @@ def batch_activations(handle: ModelHandle, inputs: torch.Tensor, poolers: Mappin
     if LOGITS in poolers:
         out[LOGITS] = poolers[LOGITS](logits.detach()).cpu().numpy()
     return out
+
+
+def learn_layouts(handle: ModelHandle, poolers: Mapping[str, Pooler], images: Sequence[Any]) -> None:
+    """Let poolers that saw no batch (other workers mapped them) learn their layout on ``images``.
+
+    Parameters
+    ----------
+    handle : ModelHandle
+        The model.
+    poolers : mapping of str to Pooler
+        Layer → pooler; those with a known layout are left alone.
+    images : sequence of PIL.Image.Image
+        One or a few probe images.
+    """
+    pending = {name: p for name, p in poolers.items() if p.kind is None}
+    if pending:
+        inputs = handle.preprocess(list(images)).to(handle.device())
+        with eval_mode(handle.module):
+            batch_activations(handle, inputs, pending)
 
 
 def build_poolers(handle: ModelHandle, layers: str | Sequence[str] | None, *, default: str | None = None,

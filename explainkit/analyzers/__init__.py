@@ -9,8 +9,10 @@ from explainkit.analyzers.registry import (
     register_analyzer,
 )
 from explainkit.dissect import analyzer as dissect  # registers "dissect"
+from explainkit.information import analyzer as information  # registers "information"
 from explainkit.invert import analyzer as invert  # registers "invert"
 from explainkit.prototypes import analyzer as prototypes  # registers "prototypes"
+from explainkit.tcav import analyzer as tcav  # registers "tcav"
 
 __all__ = [
     "Analyzer",
@@ -23,9 +25,11 @@ __all__ = [
     "dissect",
     "get_analyzer",
     "get_analyzer_class",
+    "information",
     "invert",
     "list_analyzers",
     "performance",
     "prototypes",
     "register_analyzer",
+    "tcav",
 ]

@@ -23,12 +23,11 @@ from typing import Any
 
 import numpy as np
 
-from explainkit.adapters.activations import LOGITS, Pooler, batch_activations, build_poolers
+from explainkit.adapters.activations import LOGITS, Pooler, batch_activations, build_poolers, learn_layouts
 from explainkit.analyzers.base import Analyzer, Batch, Finding, RecordState, RunContext, Section
 from explainkit.analyzers.metric import metric
 from explainkit.analyzers.registry import register_analyzer
 from explainkit.errors import ConfigError
-from explainkit.hooks import eval_mode
 from explainkit.invert.api import NeuronResult, label_neurons
 from explainkit.invert.concepts import ConceptMatrix
 from explainkit.invert.connection import batch_contributions, class_connection
@@ -161,7 +160,7 @@ class Invert(Analyzer):
     def finalize(self, ctx: RunContext, state: RecordState) -> Section:
         """Search, confirm and decide for every layer; collect artifact units; build the section."""
         idx = state.indices()
-        self._learn_layouts(ctx, int(idx[0]))
+        learn_layouts(ctx.handle, self.poolers_, ctx.load_images(idx[:1]))
         table = ConceptMatrix(ctx.data.concepts[idx], ctx.data.concept_names)
         seed = int(ctx.rng(self.name, "split").integers(0, 2**31))
         search_idx, confirm_idx = stratified_split(table.row_keys(), self.confirm_fraction, seed)
@@ -183,14 +182,6 @@ class Invert(Analyzer):
             thumbs = self._thumbnails(ctx, idx, acts, shown, f"l{li}", assets)
             layers.append(self._layer_record(name, pooler, results, thumbs))
         return self._section(ctx, layers, artifact_neurons, assets, seed, search_idx.size, confirm_idx.size)
-
-    def _learn_layouts(self, ctx: RunContext, index: int) -> None:
-        """Poolers that saw no batch here (other workers mapped them) learn their layout on one image."""
-        pending = {name: p for name, p in self.poolers_.items() if p.kind is None}
-        if pending:
-            inputs = ctx.handle.preprocess(ctx.load_images([index])).to(ctx.handle.device())
-            with eval_mode(ctx.handle.module):
-                batch_activations(ctx.handle, inputs, pending)
 
     def _artifact_neurons(self, ctx: RunContext, state: RecordState, layer: str,
                           results: list[NeuronResult]) -> list[dict[str, Any]]:
