@@ -66,6 +66,7 @@ LIGHT_PARAMS = {
     "dissect": {"top_images": 1, "max_image_units": 1},
     "information": {"permutations": 19, "resamples": 10},
     "tcav": {"concepts": ["stamp"], "runs": 2, "max_images": 6, "min_images": 3},
+    "reliability": {"resamples": 3, "folds": 2},
 }
 
 

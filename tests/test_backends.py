@@ -74,7 +74,8 @@ def mapped(setup):
 
 
 def test_every_default_analyzer_is_in_the_property_test(setup):
-    assert {"performance", "invert", "gradcam", "prototypes", "dissect", "information", "tcav"} <= set(setup[2])
+    assert {"performance", "invert", "gradcam", "prototypes", "dissect", "information", "tcav",
+            "reliability"} <= set(setup[2])
 
 
 @settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -12,6 +12,7 @@ from explainkit.dissect import analyzer as dissect  # registers "dissect"
 from explainkit.information import analyzer as information  # registers "information"
 from explainkit.invert import analyzer as invert  # registers "invert"
 from explainkit.prototypes import analyzer as prototypes  # registers "prototypes"
+from explainkit.reliability import analyzer as reliability  # registers "reliability"
 from explainkit.tcav import analyzer as tcav  # registers "tcav"
 
 __all__ = [
@@ -31,5 +32,6 @@ __all__ = [
     "performance",
     "prototypes",
     "register_analyzer",
+    "reliability",
     "tcav",
 ]

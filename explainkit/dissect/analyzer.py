@@ -15,22 +15,21 @@ result, the INVERT result and the outcome of each unit), ``artifact_units``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
 
-from explainkit.adapters.activations import batch_activations, build_poolers
-from explainkit.analyzers.base import Analyzer, Batch, Finding, RecordState, RunContext, Section
+from explainkit.adapters.activations import build_poolers
+from explainkit.analyzers.base import Analyzer, Batch, Finding, RunContext, Section
 from explainkit.analyzers.metric import metric
 from explainkit.analyzers.registry import register_analyzer
 from explainkit.dissect.compare import compare_labels
-from explainkit.dissect.labels import UnitLabel, label_units, validate_labelling
+from explainkit.dissect.labels import UnitLabel, validate_labelling
 from explainkit.dissect.masks import MaskReader, mask_sources
-from explainkit.dissect.quantile import top_k_size
-from explainkit.dissect.tally import DissectState, Tally, tally, upsample
+from explainkit.dissect.stream import DissectRunState, label_layer, map_batch
+from explainkit.dissect.tally import DissectState, Tally, upsample
 from explainkit.errors import ConfigError
 from explainkit.invert.api import NeuronResult, label_neurons
 from explainkit.invert.concepts import ConceptMatrix
@@ -38,24 +37,9 @@ from explainkit.invert.significance import stratified_split, validate_decision
 from explainkit.report.images import thumbnail, to_data_uri
 from explainkit.report.jsonify import jsonable
 
-__all__ = ["DissectRunState", "NetworkDissection"]
+__all__ = ["NetworkDissection"]
 
 _THUMB_PX = 64
-
-
-@dataclass
-class DissectRunState:
-    """The analyzer's state: one :class:`DissectState` per layer plus pooled activations for INVERT."""
-
-    layers: dict[str, DissectState] = field(default_factory=dict)
-    pooled: RecordState = field(default_factory=RecordState)
-
-    def merge(self, other: DissectRunState) -> DissectRunState:
-        """Layer-wise merge (associative and commutative)."""
-        names = list(dict.fromkeys([*self.layers, *other.layers]))
-        layers = {n: self.layers[n].merge(other.layers[n]) if n in self.layers and n in other.layers
-                  else self.layers.get(n) or other.layers[n] for n in names}
-        return DissectRunState(layers, self.pooled.merge(other.pooled))
 
 
 @register_analyzer
@@ -138,21 +122,13 @@ class NetworkDissection(Analyzer):
     # -- per batch ---------------------------------------------------------------------------
     def map(self, ctx: RunContext, batch: Batch) -> DissectRunState:
         """Unit maps into each layer's state; concept-mask pixel counts; spatial means for INVERT."""
-        maps = batch_activations(ctx.handle, batch.inputs, self.poolers_, spatial=True)
-        masks = self.reader_(batch.indices, [im.size for im in batch.images])
-        pixels = masks.reshape(masks.shape[0], masks.shape[1], -1).sum(-1)
-        layers = {}
-        for name, m in maps.items():
-            k = top_k_size(len(ctx.data) * m.shape[2] * m.shape[3], self.quantile)
-            layers[name] = DissectState.from_batch(batch.indices, torch.from_numpy(m), pixels, k)
-        pooled = {f"act:{name}": m.mean((2, 3)) for name, m in maps.items()} if self.invert_ else {}
-        return DissectRunState(layers, RecordState.from_batch(batch.indices, **pooled))
+        return map_batch(ctx.handle, batch.inputs, batch.indices, [im.size for im in batch.images], self.poolers_,
+                         self.reader_, len(ctx.data), self.quantile, pooled=self.invert_)
 
     # -- at the end --------------------------------------------------------------------------
     def finalize(self, ctx: RunContext, state: DissectRunState) -> Section:
         """Tally and label every layer, compare with INVERT, build the section."""
         names = [s.concept for s in self.sources_]
-        mask_size = tuple(int(s) for s in ctx.handle.require_preprocessing().input_size)
         split = None
         if self.invert_:
             idx = state.pooled.indices()
@@ -163,12 +139,12 @@ class NetworkDissection(Analyzer):
         artifacts = set(ctx.data.artifact_concepts)
         label_pixels = None
         for li, (layer, lstate) in enumerate(state.layers.items()):
-            counts = tally(lstate, self.quantile, self.reader_, mask_size)
+            counts, labels = label_layer(state, layer, self.reader_, names, quantile=self.quantile,
+                                         iou_threshold=self.iou_threshold, alpha=self.alpha)
             label_pixels = counts.label_pixels
-            labels = label_units(counts, names, iou_threshold=self.iou_threshold, alpha=self.alpha)
             invert = self._invert(state, layer, split) if split is not None else None
             shown = self._image_units(labels)
-            thumbs = self._thumbnails(ctx, lstate, counts, shown, f"l{li}", mask_size, assets)
+            thumbs = self._thumbnails(ctx, lstate, counts, shown, f"l{li}", assets)
             record = self._layer_record(layer, lstate, labels, invert, thumbs)
             layers.append(record)
             artifact_units += [{"layer": layer, **u} for u in record["units"]
@@ -190,7 +166,7 @@ class NetworkDissection(Analyzer):
         return [u.unit for u in ranked[: self.max_image_units] if u.unit_pixels > 0]
 
     def _thumbnails(self, ctx: RunContext, lstate: DissectState, counts: Tally, units: list[int], prefix: str,
-                    mask_size: tuple[int, int], assets: dict[str, str]) -> dict[int, list[str]]:
+                    assets: dict[str, str]) -> dict[int, list[str]]:
         """Top images of each shown unit with its binarised mask tinted red (the reference's view)."""
         out: dict[int, list[str]] = {}
         if self.top_images == 0:
@@ -199,7 +175,7 @@ class NetworkDissection(Analyzer):
         for u in units:
             rows = np.flatnonzero(lstate.pair_unit == u)
             rows = rows[np.argsort(-lstate.pair_peak[rows], kind="stable")][: self.top_images]
-            up = upsample(torch.from_numpy(lstate.pair_map[rows]), mask_size) > float(counts.thresholds[u])
+            up = upsample(torch.from_numpy(lstate.pair_map[rows]), self.reader_.size) > float(counts.thresholds[u])
             keys = []
             for rank, (row, mask) in enumerate(zip(rows, up.numpy())):
                 view = np.asarray(prep.resize_image(ctx.data.load_image(int(lstate.pair_image[row]))), np.float32)

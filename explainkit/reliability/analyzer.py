@@ -1,0 +1,324 @@
+"""``reliability``: how much each unit label depends on the probe set, and whether its concept is learnable.
+
+Per batch the same state as Network Dissection's is mapped (unit maps → mergeable tally state,
+spatial means for INVERT; :mod:`~explainkit.dissect.stream`). At the end, for every layer:
+
+* INVERT (held-out confirmed, as the ``invert`` analyzer does) and Network Dissection label the units
+  on the whole probe set (Network Dissection only when the probe set has mask folders);
+* both labellings are repeated on bootstrap resamples of the probe set (label stability), and on a
+  second probe set when one is given (computed before the first batch, every worker);
+* a linear probe per concept measures whether the concept can be decoded from the layer
+  (:mod:`~explainkit.reliability.learnability`);
+* a label is **unreliable** when its concept cannot be decoded from the layer, or when fewer than
+  half of the resamples reproduce it.
+
+JSON section (``data``): ``learnability`` (layer × concept probes), ``layers`` (per unit: each
+method's label, its stability with CI and alternatives, the second probe set's label, reliability
+flags), ``probe_sets`` (agreement between the two probe sets).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from explainkit.adapters.activations import build_poolers
+from explainkit.analyzers.base import Analyzer, Batch, Finding, RunContext, Section
+from explainkit.analyzers.metric import metric
+from explainkit.analyzers.registry import register_analyzer
+from explainkit.datasets.probe import ProbeSet
+from explainkit.dissect.labels import validate_labelling
+from explainkit.dissect.masks import MaskReader, mask_sources
+from explainkit.dissect.stream import DissectRunState, label_layer, map_batch, stream_probe
+from explainkit.errors import ConfigError
+from explainkit.invert.api import label_neurons
+from explainkit.invert.concepts import ConceptMatrix
+from explainkit.invert.significance import stratified_split, validate_decision
+from explainkit.reliability.learnability import linear_probe
+from explainkit.reliability.stability import (
+    bootstrap_indices,
+    dissect_bootstrap_labels,
+    invert_bootstrap_labels,
+    label_stability,
+    probe_agreement,
+)
+from explainkit.report.jsonify import jsonable
+from explainkit.stats import benjamini_hochberg
+
+__all__ = ["LabelReliability"]
+
+_METHODS = ("invert", "dissect")
+
+
+@register_analyzer
+class LabelReliability(Analyzer):
+    """Probe-set sensitivity and concept learnability of INVERT and Network Dissection labels.
+
+    Parameters
+    ----------
+    layer : str or list of str, optional
+        Layer(s) with spatial maps. Default: the run's ``--layer``, else the last spatial layer.
+    resamples : int
+        Bootstrap resamples of the probe set for label stability.
+    second_probe : str, optional
+        Folder of a second probe set with the same concepts: labels are compared unit by unit.
+    invert_length : int
+        INVERT's formula length (1: single concepts, comparable with Network Dissection).
+    quantile, iou_threshold : float
+        Network Dissection's parameters (reference 0.005 and 0.04).
+    concepts : list of str, optional
+        Concepts for Network Dissection (default: every table column and mask folder).
+    regions : dict of str to str, optional
+        Concept → mask folder it covers (see the ``dissect`` analyzer).
+    folds : int
+        Cross-validation folds of the linear probes.
+    min_balanced_accuracy : float
+        A concept is decodable when the probe's balanced-accuracy CI lies above this (and q < alpha).
+    min_stability : float
+        A label reproduced by fewer resamples than this share is flagged.
+    alpha : float
+        False discovery rate (probe tests over layers × concepts; INVERT's labels over units).
+    confirm_fraction, auroc_floor : float
+        INVERT's held-out split and acceptance floor.
+    """
+
+    name = "reliability"
+    title = "Probe-set sensitivity and concept learnability"
+    summary = ("bootstrap / second-probe stability of INVERT and Network Dissection labels, and linear-probe "
+               "learnability of their concepts")
+    requires = frozenset({"module_hooks", "concepts"})
+
+    def __init__(self, layer: str | list[str] | None = None, resamples: int = 50, second_probe: str | None = None,
+                 invert_length: int = 1, quantile: float = 0.005, iou_threshold: float = 0.04,
+                 concepts: list[str] | None = None, regions: dict[str, str] | None = None, folds: int = 5,
+                 min_balanced_accuracy: float = 0.6, min_stability: float = 0.5, alpha: float = 0.05,
+                 confirm_fraction: float = 0.4, auroc_floor: float = 0.75) -> None:
+        self.layer = layer
+        self.resamples = resamples
+        self.second_probe = second_probe
+        self.invert_length = invert_length
+        self.quantile = quantile
+        self.iou_threshold = iou_threshold
+        self.concepts = concepts
+        self.regions = regions
+        self.folds = folds
+        self.min_balanced_accuracy = min_balanced_accuracy
+        self.min_stability = min_stability
+        self.alpha = alpha
+        self.confirm_fraction = confirm_fraction
+        self.auroc_floor = auroc_floor
+
+    # -- setup -------------------------------------------------------------------------------
+    def check(self, ctx: RunContext) -> None:
+        """Validate, resolve layers and mask sources; label the second probe set if one is given."""
+        try:
+            for key, low in (("resamples", 1), ("invert_length", 1), ("folds", 2)):
+                value = getattr(self, key)
+                if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                    raise ConfigError(f"{key} must be an integer >= {low}, not {value!r}")
+            validate_labelling(self.quantile, self.iou_threshold, self.alpha, 0.95)
+            validate_decision(self.alpha, self.auroc_floor, 0.95, self.confirm_fraction)
+            for key in ("min_balanced_accuracy", "min_stability"):
+                if not 0.0 <= getattr(self, key) <= 1.0:
+                    raise ConfigError(f"{key} must be in [0, 1], not {getattr(self, key)!r}")
+            self.poolers_ = build_poolers(ctx.handle, self.layer, default=ctx.layer)
+            self.dissect_ = bool(ctx.data.mask_names())
+            self.sources_ = mask_sources(ctx.data, self.concepts, self.regions) if self.dissect_ else []
+            second = self._second_probe(ctx)
+        except ConfigError as exc:
+            raise ConfigError(f"reliability: {exc}") from None
+        prep = ctx.handle.require_preprocessing()
+        self.reader_ = MaskReader(ctx.data, prep, self.sources_)
+        self.second_ = None
+        if second is not None:
+            reader = MaskReader(second, prep, mask_sources(second, [s.concept for s in self.sources_], self.regions)
+                                if self.dissect_ else [])
+            state = stream_probe(ctx.handle, second, self.poolers_, reader, self.quantile, ctx.batch_size)
+            self.second_ = {layer: self._labels(ctx, second, state, reader, layer)[0] for layer in self.poolers_}
+
+    def _second_probe(self, ctx: RunContext) -> ProbeSet | None:
+        if self.second_probe is None:
+            return None
+        second = ProbeSet.from_folder(Path(self.second_probe))
+        missing = [c for c in ctx.data.concept_names if c not in second.concept_names]
+        if self.dissect_:
+            missing += [s.concept for s in self.sources_ if s.kind == "pixels" and s.folder not in second.mask_names()]
+        if missing:
+            raise ConfigError(f"the second probe set lacks concept(s) {', '.join(missing)}")
+        return second
+
+    def init_state(self, ctx: RunContext) -> DissectRunState:
+        """No layer seen yet."""
+        return DissectRunState()
+
+    def map(self, ctx: RunContext, batch: Batch) -> DissectRunState:
+        """Network Dissection's state of one batch, with spatial means for INVERT."""
+        return map_batch(ctx.handle, batch.inputs, batch.indices, [im.size for im in batch.images], self.poolers_,
+                         self.reader_, len(ctx.data), self.quantile)
+
+    # -- labelling (shared by both probe sets) ------------------------------------------------
+    def _labels(self, ctx: RunContext, probe: ProbeSet, state: DissectRunState, reader: MaskReader, layer: str
+                ) -> tuple[dict[str, list[str | None]], dict[str, Any]]:
+        """Full-probe labels per method (accepted INVERT formulas, confirmed ND labels) and what they came from.
+
+        ``detail["concepts"][method][u]`` lists the concepts the unit's candidate label uses positively.
+        """
+        idx = state.pooled.indices()
+        acts = state.pooled.stacked(f"act:{layer}").astype(np.float64)
+        table = ConceptMatrix(probe.concepts[idx], probe.concept_names)
+        seed = int(ctx.rng(self.name, "split").integers(0, 2**31))
+        inv = label_neurons(acts, table, length=self.invert_length, split=stratified_split(
+            table.row_keys(), self.confirm_fraction, seed), alpha=self.alpha, auroc_floor=self.auroc_floor)
+        labels = {"invert": [r.best.formula if r.best is not None and r.accepted else None for r in inv]}
+        used = {"invert": [[name for _, name, negated in r.best.terms if not negated] if r.best is not None else []
+                           for r in inv]}
+        detail: dict[str, Any] = {"acts": acts, "table": probe.concepts[idx], "invert": inv, "concepts": used}
+        if self.dissect_:
+            counts, nd = label_layer(state, layer, reader, [s.concept for s in reader.sources],
+                                     quantile=self.quantile, iou_threshold=self.iou_threshold, alpha=self.alpha)
+            labels["dissect"] = [u.label if u.confirmed else None for u in nd]
+            used["dissect"] = [[u.label] if u.label is not None else [] for u in nd]
+            detail.update(tally=counts, dissect=nd)
+        return labels, detail
+
+    # -- at the end --------------------------------------------------------------------------
+    def finalize(self, ctx: RunContext, state: DissectRunState) -> Section:
+        """Label, resample, probe and flag every layer; build the section."""
+        idx = state.pooled.indices()
+        rng = ctx.rng(self.name, "bootstrap")
+        boot = bootstrap_indices(idx.size, self.resamples, rng)
+        names = list(ctx.data.concept_names)
+        table = ctx.data.concepts[idx]
+        learn = {layer: self._learnability(state.pooled.stacked(f"act:{layer}").astype(np.float64), table, names,
+                                           ctx.seed) for layer in self.poolers_}
+        self._decide_learnability(learn)
+        layers = []
+        for layer in self.poolers_:
+            labels, detail = self._labels(ctx, ctx.data, state, self.reader_, layer)
+            candidates = {"invert": [r.best.formula if r.best is not None else None for r in detail["invert"]]}
+            stability = {"invert": label_stability(candidates["invert"], invert_bootstrap_labels(
+                detail["acts"], detail["table"], names, boot, length=self.invert_length))}
+            if self.dissect_:
+                candidates["dissect"] = [u.label for u in detail["dissect"]]
+                stability["dissect"] = label_stability(candidates["dissect"], dissect_bootstrap_labels(
+                    detail["tally"], [s.concept for s in self.sources_], boot, iou_threshold=self.iou_threshold))
+            layers.append(self._layer_record(layer, labels, candidates, detail["concepts"], stability, learn[layer]))
+        return self._section(layers, learn)
+
+    def _learnability(self, acts: np.ndarray, table: np.ndarray, names: list[str], seed: int
+                      ) -> list[dict[str, Any]]:
+        out = []
+        for c, name in enumerate(names):
+            res = linear_probe(acts, table[:, c], folds=self.folds, seed=seed)
+            if res is None:
+                out.append({"concept": name, "balanced_accuracy": None, "auroc": None, "q": None, "decodable": None,
+                            "reason": f"fewer than {self.folds} images with or without the concept"})
+                continue
+            out.append({"concept": name,
+                        "balanced_accuracy": metric(res.balanced_accuracy, (res.ci_low, res.ci_high), n=res.n,
+                                                    unit="balanced accuracy (out-of-fold)", higher_is_better=True,
+                                                    n_positive=res.n_positive, ci_method="percentile bootstrap"),
+                        "auroc": metric(res.auroc, (res.auroc_ci_low, res.auroc_ci_high), n=res.n,
+                                        unit="AUROC (out-of-fold decision values)", higher_is_better=True, p=res.p,
+                                        ci_method="DeLong", test="one-sided Mann-Whitney U"),
+                        "q": None, "decodable": None, "reason": None})
+        return out
+
+    def _decide_learnability(self, learn: dict[str, list[dict[str, Any]]]) -> None:
+        cells = [c for rows in learn.values() for c in rows if c["auroc"] is not None]
+        q = benjamini_hochberg(np.array([c["auroc"]["p"] for c in cells]))
+        for c, qv in zip(cells, q):
+            c["q"] = float(qv)
+            low = c["balanced_accuracy"]["ci_low"]
+            c["decodable"] = bool(qv < self.alpha and low is not None and low > self.min_balanced_accuracy)
+
+    def _layer_record(self, layer: str, labels: dict[str, list], candidates: dict[str, list], used: dict[str, list],
+                      stability: dict[str, list], learn: list[dict[str, Any]]) -> dict[str, Any]:
+        """Per unit and method: the label, the candidate the stability refers to, flags."""
+        decodable = {c["concept"]: c["decodable"] for c in learn}
+        units = []
+        for u in range(len(labels["invert"])):
+            row: dict[str, Any] = {"unit": u}
+            for method in labels:
+                label = labels[method][u]
+                stab = stability[method][u]
+                concepts = used[method][u]
+                undecodable = [c for c in concepts if decodable.get(c) is False]
+                reasons = []
+                if undecodable:
+                    reasons.append(f"concept(s) {', '.join(undecodable)} cannot be decoded from the layer")
+                if label is not None and stab["value"] is not None and stab["value"] < self.min_stability:
+                    reasons.append(f"only {100 * stab['value']:.0f}% of the resamples reproduce it")
+                second = self.second_[layer][method][u] if self.second_ is not None else None
+                row[method] = {
+                    "label": label, "candidate": candidates[method][u],
+                    "stability": {**stab, "unit": "share of bootstrap resamples giving the candidate label",
+                                  "higher_is_better": True, "ci_method": "Wilson (Monte-Carlo error)"},
+                    "decodable": _all_decodable([decodable.get(c) for c in concepts]),
+                    "second_probe_label": second,
+                    "same_on_second_probe": None if self.second_ is None or label is None or second is None
+                    else label == second,
+                    "unreliable": bool(label is not None and reasons), "reasons": reasons if label is not None else []}
+            units.append(row)
+        agreement = ({m: probe_agreement(labels[m], self.second_[layer][m]) for m in labels}
+                     if self.second_ is not None else None)
+        return {"layer": layer, "n_units": len(units), "methods": list(labels), "units": units,
+                "second_probe_agreement": agreement}
+
+    def _section(self, layers: list[dict], learn: dict[str, list[dict]]) -> Section:
+        findings = []
+        counts = {}
+        for layer in layers:
+            for method in layer["methods"]:
+                rows = [u[method] for u in layer["units"] if u[method]["label"] is not None]
+                bad = [u for u in layer["units"] if u[method]["unreliable"]]
+                stab = [r["stability"]["value"] for r in rows if r["stability"]["value"] is not None]
+                counts[f"{layer['layer']}/{method}"] = {"labels": len(rows), "unreliable": len(bad),
+                                                        "mean_stability": float(np.mean(stab)) if stab else None}
+                if bad:
+                    examples = ", ".join(f"unit {u['unit']} '{u[method]['label']}' ({u[method]['reasons'][0]})"
+                                         for u in bad[:3])
+                    findings.append(Finding(
+                        "warning", f"{len(bad)} of {len(rows)} {method} labels of layer '{layer['layer']}' are "
+                        f"unreliable; e.g. {examples}", self.name,
+                        {"layer": layer["layer"], "method": method, "units": [u["unit"] for u in bad]}))
+        not_decodable = sorted({(layer, c["concept"]) for layer, rows in learn.items() for c in rows
+                                if c["decodable"] is False})
+        summary = {"labels": sum(v["labels"] for v in counts.values()),
+                   "unreliable": sum(v["unreliable"] for v in counts.values()),
+                   "not_decodable": len(not_decodable), "per_layer_method": counts}
+        data = {
+            "method": "probe-set sensitivity and concept learnability (Ramaswamy et al., CVPR 2023): labels "
+                      "re-derived on bootstrap resamples of the probe set (and on a second probe set), concepts "
+                      "probed linearly from each layer",
+            "stability": {"resamples": self.resamples, "candidate": "the full-probe label before the significance "
+                          "decision (INVERT's best formula; Network Dissection's best concept above the IoU threshold)",
+                          "invert": f"best formula (length <= {self.invert_length}) "
+                          "searched on each whole resample", "dissect": "best IoU concept above "
+                          f"{self.iou_threshold} with image weights from the resample, thresholds held at their "
+                          "full-probe values", "flag_below": self.min_stability},
+            "learnability": {"probe": f"logistic regression (balanced classes, standardised features), {self.folds}-"
+                             "fold stratified cross-validation on the units' spatial means",
+                             "decodable": f"BH q < {self.alpha} (one-sided Mann-Whitney on out-of-fold decision "
+                                          f"values, over layers x concepts) and balanced-accuracy CI above "
+                                          f"{self.min_balanced_accuracy}",
+                             "layers": [{"layer": layer, "concepts": rows} for layer, rows in learn.items()]},
+            "labels": {"invert": "accepted best formula (held-out confirmation, as the invert analyzer)",
+                       "dissect": "confirmed Network Dissection label" if self.dissect_
+                       else "not computed: the probe set has no mask folders"},
+            "second_probe": self.second_probe,
+            "layers": layers,
+            "notes": "A label is unreliable when its concept cannot be decoded from the layer by a linear probe, or "
+                     "when fewer than the flag share of bootstrap resamples reproduce it. Network Dissection "
+                     "concepts that exist only as masks have no image labels to probe (decodable: null).",
+        }
+        return self.section(summary=jsonable(summary), data=jsonable(data), findings=findings)
+
+
+def _all_decodable(flags: list[bool | None]) -> bool | None:
+    """False if any concept is not decodable, True if all are, None when unknown (no concept, or not probed)."""
+    if any(f is False for f in flags):
+        return False
+    return True if flags and all(flags) else None
