@@ -100,8 +100,7 @@ def test_any_partition_and_merge_order_gives_the_same_tally():
     maps, masks = _world(seed=3, n=20)
     n, _, h, w = maps.shape
     k = top_k_size(n * h * w, 0.005)
-    pixels = masks.reshape(n, masks.shape[1], -1).sum(-1)
-    singles = [DissectState.from_batch(np.array([i]), torch.from_numpy(maps[[i]]), pixels[[i]], k) for i in range(n)]
+    singles = [DissectState.from_batch(np.array([i]), torch.from_numpy(maps[[i]]), masks[[i]], k) for i in range(n)]
     rng = np.random.default_rng(0)
     results = []
     for _ in range(3):
@@ -116,7 +115,10 @@ def test_any_partition_and_merge_order_gives_the_same_tally():
         total = DissectState(k)
         for p in rng.permutation(len(parts)):
             total = parts[p].merge(total)
-        results.append(tally(total, 0.005, lambda rows: masks[rows], masks.shape[2:]))
+        kept = np.unique(total.pair_image)  # only images with a kept map keep their masks, exactly
+        np.testing.assert_array_equal(total.image_masks(kept), masks[kept].reshape(kept.size, masks.shape[1], -1))
+        assert set(total.mask_key[:, 0]) <= set(kept)
+        results.append(tally(total, 0.005))
     for t in results[1:]:
         for key in ("thresholds", "images", "pair_image", "pair_unit", "pair_fire", "pair_inter"):
             np.testing.assert_array_equal(getattr(t, key), getattr(results[0], key))
@@ -233,18 +235,9 @@ def test_stamp_units_confirmed_and_side_by_side_with_invert(nd_run):
                for f in report.findings)
 
 
-def test_section_schema_and_html(nd_run):
-    import json
-
-    import jsonschema
-
-    from explainkit.report import schema_path, section_schema_path
-
+def test_section_schema_and_html(nd_run, validated_section):
     out = nd_run[3]
-    doc = json.loads((out / "report.json").read_text())
-    jsonschema.validate(doc, json.loads(open(schema_path()).read()))
-    section = next(s for s in doc["sections"] if s["analyzer"] == "dissect")
-    jsonschema.validate(section["data"], json.loads(open(section_schema_path("dissect")).read()))
+    section = validated_section(out, "dissect")
     html = (out / "report.html").read_text()
     assert "Network Dissection vs INVERT" in html and "unit mask in red" in html
     shown = [u for u in section["data"]["layers"][0]["units"] if u["top_images"]]

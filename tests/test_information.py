@@ -161,16 +161,9 @@ def test_demo_model_carries_shape_and_stamp_information(info_run):
             assert m["value"] <= 1.05 * next(f["entropy_bits"] for f in data["factors"] if f["name"] == c["factor"])
 
 
-def test_information_section_schema_and_html(info_run):
-    import jsonschema
-
-    from explainkit.report import schema_path, section_schema_path
-
+def test_information_section_schema_and_html(info_run, validated_section):
     _, out = info_run
-    doc = json.loads((out / "report.json").read_text())
-    jsonschema.validate(doc, json.loads(open(schema_path()).read()))
-    section = next(s for s in doc["sections"] if s["analyzer"] == "information")
-    jsonschema.validate(section["data"], json.loads(open(section_schema_path("information")).read()))
+    section = validated_section(out, "information")
     html = (out / "report.html").read_text()
     assert "Layer × factor map" in html and "Co-information" in html
     pairs = section["data"]["layers"][0]["pairs"]

@@ -3,8 +3,6 @@ weighted (bootstrap) IoU against direct sums, and the analyzer with a second pro
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 from sklearn.metrics import balanced_accuracy_score
@@ -117,16 +115,9 @@ def test_labels_of_undecodable_concepts_are_flagged(rel_run):
     assert report.section("reliability")["summary"]["unreliable"] == flagged
 
 
-def test_reliability_section_schema_and_html(rel_run):
-    import jsonschema
-
-    from explainkit.report import schema_path, section_schema_path
-
+def test_reliability_section_schema_and_html(rel_run, validated_section):
     _, out = rel_run
-    doc = json.loads((out / "report.json").read_text())
-    jsonschema.validate(doc, json.loads(open(schema_path()).read()))
-    section = next(s for s in doc["sections"] if s["analyzer"] == "reliability")
-    jsonschema.validate(section["data"], json.loads(open(section_schema_path("reliability")).read()))
+    validated_section(out, "reliability")
     html = (out / "report.html").read_text()
     assert "Concept learnability" in html and "second probe" in html
 

@@ -3,7 +3,6 @@ direct gradient computation, the paper's t-test with Holm, and the analyzer on t
 
 from __future__ import annotations
 
-import json
 import pickle
 import tempfile
 
@@ -138,16 +137,9 @@ def test_demo_class_circle_is_sensitive_to_the_stamp(tcav_run):
     assert warning and "circle" in warning[0]["message"] and "stamp" in warning[0]["message"]
 
 
-def test_tcav_section_schema_html_and_pickling(tcav_run, demo):
-    import jsonschema
-
-    from explainkit.report import schema_path, section_schema_path
-
+def test_tcav_section_schema_html_and_pickling(tcav_run, demo, validated_section):
     _, out = tcav_run
-    doc = json.loads((out / "report.json").read_text())
-    jsonschema.validate(doc, json.loads(open(schema_path()).read()))
-    section = next(s for s in doc["sections"] if s["analyzer"] == "tcav")
-    jsonschema.validate(section["data"], json.loads(open(section_schema_path("tcav")).read()))
+    validated_section(out, "tcav")
     assert "Significant TCAV scores" in (out / "report.html").read_text()
     handle, probe = demo
     a = explainkit.analyzers.get_analyzer("tcav", layer="features.3", concepts=["stamp"], runs=2, max_images=6)

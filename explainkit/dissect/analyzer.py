@@ -139,7 +139,7 @@ class NetworkDissection(Analyzer):
         artifacts = set(ctx.data.artifact_concepts)
         label_pixels = None
         for li, (layer, lstate) in enumerate(state.layers.items()):
-            counts, labels = label_layer(state, layer, self.reader_, names, quantile=self.quantile,
+            counts, labels = label_layer(state, layer, names, quantile=self.quantile,
                                          iou_threshold=self.iou_threshold, alpha=self.alpha)
             label_pixels = counts.label_pixels
             invert = self._invert(state, layer, split) if split is not None else None

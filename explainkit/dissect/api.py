@@ -45,11 +45,10 @@ def dissect_tally(maps: np.ndarray | torch.Tensor, masks: np.ndarray, *, quantil
     n, _, h, w = maps.shape
     k = top_k_size(n * h * w, quantile)
     state = DissectState(k)
-    pixels = masks.reshape(n, masks.shape[1], -1).sum(-1)
     for start in range(0, n, batch_size):
         idx = np.arange(start, min(n, start + batch_size))
-        state = state.merge(DissectState.from_batch(idx, maps[idx], pixels[idx], k))
-    return tally(state, quantile, lambda rows: masks[rows], tuple(masks.shape[2:]))
+        state = state.merge(DissectState.from_batch(idx, maps[idx], masks[idx], k))
+    return tally(state, quantile)
 
 
 def dissect(maps: np.ndarray | torch.Tensor, masks: np.ndarray, concept_names: Sequence[str], *,

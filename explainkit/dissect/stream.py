@@ -75,11 +75,10 @@ def map_batch(handle: ModelHandle, inputs: torch.Tensor, indices: np.ndarray, im
     """
     maps = batch_activations(handle, inputs, poolers, spatial=True)
     masks = reader(indices, image_sizes)
-    pixels = masks.reshape(masks.shape[0], masks.shape[1], -1).sum(-1)
     layers = {}
     for name, m in maps.items():
         k = top_k_size(n_images * m.shape[2] * m.shape[3], quantile)
-        layers[name] = DissectState.from_batch(indices, torch.from_numpy(m), pixels, k)
+        layers[name] = DissectState.from_batch(indices, torch.from_numpy(m), masks, k)
     cols = {f"act:{name}": m.mean((2, 3)) for name, m in maps.items()} if pooled else {}
     return DissectRunState(layers, RecordState.from_batch(indices, **cols))
 
@@ -97,8 +96,8 @@ def stream_probe(handle: ModelHandle, probe: ProbeSet, poolers: Mapping[str, Poo
     return state
 
 
-def label_layer(state: DissectRunState, layer: str, reader: MaskReader, concept_names: Sequence[str], *,
-                quantile: float, iou_threshold: float, alpha: float) -> tuple[Tally, list[UnitLabel]]:
-    """Tally one layer of a merged state (re-reading the masks of the images kept) and label its units."""
-    counts = tally(state.layers[layer], quantile, reader, reader.size)
+def label_layer(state: DissectRunState, layer: str, concept_names: Sequence[str], *, quantile: float,
+                iou_threshold: float, alpha: float) -> tuple[Tally, list[UnitLabel]]:
+    """Tally one layer of a merged state and label its units."""
+    counts = tally(state.layers[layer], quantile)
     return counts, label_units(counts, concept_names, iou_threshold=iou_threshold, alpha=alpha)

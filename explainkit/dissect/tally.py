@@ -13,15 +13,16 @@ Here one pass suffices and the state merges exactly across shards (:class:`Disse
   τ only grows as data arrives and ``T_u ≥`` the final τ, so a map dropped at any point has its
   maximum ``≤ T_u`` and is one the reference skips too (``feature_map.max() > threshold``). The
   kept set after the last merge is the same whatever the partition or merge order;
-* each image keeps its concept-mask pixel counts (for the union term).
+* each image keeps its concept-mask pixel counts (for the union term), and the images with a kept
+  map keep their concept masks, bit-packed (only masks that are neither empty nor the whole image:
+  the others follow from the counts), dropped with their last map.
 
-:func:`tally` re-reads the concept masks of the kept images only and returns per-image counts, from
-which the IoU of every unit and concept, and its confidence interval, follow.
+:func:`tally` needs no further access to the data and returns per-image counts, from which the IoU of
+every unit and concept, and its confidence interval, follow.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -63,6 +64,13 @@ class DissectState:
         (P, h, w) float32 the kept maps.
     pair_peak : ndarray
         (P,) float32 their maxima.
+    mask_key : ndarray
+        (m, 2) int64 (image, concept) of the stored concept masks: only images with a kept map, and
+        only masks that are neither empty nor the whole image (those follow from ``label_pixels``).
+    mask_bits : ndarray
+        (m, ⌈H·W/8⌉) uint8 the stored masks, bit-packed.
+    mask_size : tuple of int
+        (H, W) of the masks.
     """
 
     k: int
@@ -73,6 +81,9 @@ class DissectState:
     pair_unit: np.ndarray | None = None
     pair_map: np.ndarray | None = None
     pair_peak: np.ndarray | None = None
+    mask_key: np.ndarray | None = None
+    mask_bits: np.ndarray | None = None
+    mask_size: tuple[int, int] = (0, 0)
 
     @property
     def empty(self) -> bool:
@@ -91,7 +102,7 @@ class DissectState:
         return int(self.images.size) * h * w  # type: ignore[union-attr]
 
     @classmethod
-    def from_batch(cls, indices: np.ndarray, maps: torch.Tensor, label_pixels: np.ndarray, k: int) -> DissectState:
+    def from_batch(cls, indices: np.ndarray, maps: torch.Tensor, masks: np.ndarray, k: int) -> DissectState:
         """The state of one batch.
 
         Parameters
@@ -100,8 +111,8 @@ class DissectState:
             (B,) probe indices.
         maps : torch.Tensor
             (B, D, h, w) unit maps.
-        label_pixels : ndarray
-            (B, C) concept-mask pixels of each image.
+        masks : ndarray
+            (B, C, H, W) bool concept masks at the resolution the maps are upsampled to.
         k : int
             Largest values to keep per unit.
 
@@ -111,19 +122,28 @@ class DissectState:
             The batch's state.
         """
         b, d, h, w = maps.shape
+        indices = np.asarray(indices, np.int64)
         maps = maps.detach().float().cpu()
         top = top_values(maps.permute(1, 0, 2, 3).reshape(d, b * h * w), k)
         peak = maps.amax(dim=(2, 3)).numpy()
         bi, ui = np.nonzero(peak > top[:, -1][None, :])
-        state = cls(k, top, np.asarray(indices, np.int64), np.asarray(label_pixels, np.int64),
-                    np.asarray(indices, np.int64)[bi], ui.astype(np.int64), maps.numpy()[bi, ui], peak[bi, ui])
+        flat = np.asarray(masks, bool).reshape(b, masks.shape[1], -1)
+        pixels = flat.sum(-1).astype(np.int64)
+        rows, cols = np.nonzero((pixels > 0) & (pixels < flat.shape[-1]) & np.isin(np.arange(b), bi)[:, None])
+        state = cls(k, top, indices, pixels, indices[bi], ui.astype(np.int64), maps.numpy()[bi, ui], peak[bi, ui],
+                    np.stack([indices[rows], cols.astype(np.int64)], 1), np.packbits(flat[rows, cols], axis=-1),
+                    (int(masks.shape[2]), int(masks.shape[3])))
         return state._sorted()
 
     def _sorted(self) -> DissectState:
         order = np.lexsort((self.pair_image, self.pair_unit))
         rows = np.argsort(self.images, kind="stable")
+        keep = np.isin(self.mask_key[:, 0], self.pair_image)
+        key, bits = self.mask_key[keep], self.mask_bits[keep]
+        masks = np.lexsort((key[:, 1], key[:, 0]))
         return DissectState(self.k, self.top, self.images[rows], self.label_pixels[rows], self.pair_image[order],
-                            self.pair_unit[order], self.pair_map[order], self.pair_peak[order])
+                            self.pair_unit[order], self.pair_map[order], self.pair_peak[order], key[masks],
+                            bits[masks], self.mask_size)
 
     def merge(self, other: DissectState) -> DissectState:
         """Union of two states over disjoint images (associative and commutative)."""
@@ -131,7 +151,8 @@ class DissectState:
             return other
         if other.empty:
             return self
-        if self.k != other.k or self.top.shape != other.top.shape or self.map_size != other.map_size:
+        if (self.k != other.k or self.top.shape != other.top.shape or self.map_size != other.map_size
+                or self.mask_size != other.mask_size):
             raise DataError("cannot merge Network Dissection states of different layers or probe sets")
         if np.intersect1d(self.images, other.images).size:
             raise DataError("Network Dissection states overlap; shards must be disjoint")
@@ -145,8 +166,21 @@ class DissectState:
             np.concatenate([self.label_pixels, other.label_pixels]),
             np.concatenate([self.pair_image, other.pair_image])[keep], unit[keep],
             np.concatenate([self.pair_map, other.pair_map])[keep], peak[keep],
+            np.concatenate([self.mask_key, other.mask_key]), np.concatenate([self.mask_bits, other.mask_bits]),
+            self.mask_size,
         )
         return merged._sorted()
+
+    def image_masks(self, images: np.ndarray) -> np.ndarray:
+        """(len(images), C, H·W) bool concept masks of images (ascending) that have a kept map (stored bits)."""
+        n_pixels = self.mask_size[0] * self.mask_size[1]
+        rows = np.searchsorted(self.images, images)
+        out = (self.label_pixels[rows] == n_pixels)[:, :, None].repeat(n_pixels, axis=2)
+        sel = np.flatnonzero(np.isin(self.mask_key[:, 0], images))
+        key = self.mask_key[sel]
+        out[np.searchsorted(images, key[:, 0]), key[:, 1]] = np.unpackbits(
+            self.mask_bits[sel], axis=1, count=n_pixels).astype(bool)
+        return out
 
 
 @dataclass
@@ -266,8 +300,7 @@ class Tally:
         return iou, se
 
 
-def tally(state: DissectState, quantile: float, read_masks: Callable[[np.ndarray], np.ndarray],
-          mask_size: tuple[int, int], *, chunk: int = 32) -> Tally:
+def tally(state: DissectState, quantile: float, *, chunk: int = 32) -> Tally:
     """Thresholds, binarised unit masks and their overlaps with every concept mask.
 
     Parameters
@@ -276,12 +309,8 @@ def tally(state: DissectState, quantile: float, read_masks: Callable[[np.ndarray
         The merged state of one layer.
     quantile : float
         Top share q (0.005 in the reference).
-    read_masks : callable
-        ``read_masks(indices) -> (n, C, H, W) bool`` concept masks of probe images.
-    mask_size : tuple of int
-        (H, W) of the masks.
     chunk : int
-        Images whose masks are read at once.
+        Images whose masks are unpacked at once.
 
     Returns
     -------
@@ -293,18 +322,19 @@ def tally(state: DissectState, quantile: float, read_masks: Callable[[np.ndarray
     thresholds = quantile_threshold(state.top, state.n_positions, quantile)
     fires = state.pair_peak > thresholds[state.pair_unit]
     images, units, maps = state.pair_image[fires], state.pair_unit[fires], state.pair_map[fires]
-    n_concepts = state.label_pixels.shape[1]
     fire = np.zeros(images.size, np.int64)
-    inter = np.zeros((images.size, n_concepts), np.int64)
+    inter = np.zeros((images.size, state.label_pixels.shape[1]), np.int64)
     distinct = np.unique(images)
     for start in range(0, distinct.size, chunk):
         block = distinct[start : start + chunk]
-        masks = torch.from_numpy(read_masks(block)).reshape(block.size, n_concepts, -1).float()
-        for b, image in enumerate(block):
-            rows = np.flatnonzero(images == image)
-            up = upsample(torch.from_numpy(maps[rows]), mask_size)
-            unit_mask = (up > torch.from_numpy(thresholds[units[rows]])[:, None, None]).reshape(rows.size, -1)
-            fire[rows] = unit_mask.sum(1).numpy()
-            inter[rows] = torch.round(unit_mask.float() @ masks[b].T).long().numpy()
+        masks = torch.from_numpy(state.image_masks(block)).float()
+        rows = np.flatnonzero(np.isin(images, block))
+        up = upsample(torch.from_numpy(maps[rows]), state.mask_size)
+        unit_mask = (up > torch.from_numpy(thresholds[units[rows]])[:, None, None]).reshape(rows.size, -1)
+        fire[rows] = unit_mask.sum(1).numpy()
+        which = np.searchsorted(block, images[rows])
+        for b in range(block.size):
+            sel = np.flatnonzero(which == b)
+            inter[rows[sel]] = torch.round(unit_mask[sel].float() @ masks[b].T).long().numpy()
     return Tally(thresholds, quantile, state.images, state.label_pixels, images, units, fire, inter,
-                 int(mask_size[0] * mask_size[1]))
+                 int(state.mask_size[0] * state.mask_size[1]))

@@ -176,8 +176,8 @@ class LabelReliability(Analyzer):
                            for r in inv]}
         detail: dict[str, Any] = {"acts": acts, "table": probe.concepts[idx], "invert": inv, "concepts": used}
         if self.dissect_:
-            counts, nd = label_layer(state, layer, reader, [s.concept for s in reader.sources],
-                                     quantile=self.quantile, iou_threshold=self.iou_threshold, alpha=self.alpha)
+            counts, nd = label_layer(state, layer, [s.concept for s in reader.sources], quantile=self.quantile,
+                                     iou_threshold=self.iou_threshold, alpha=self.alpha)
             labels["dissect"] = [u.label if u.confirmed else None for u in nd]
             used["dissect"] = [[u.label] if u.label is not None else [] for u in nd]
             detail.update(tally=counts, dissect=nd)

@@ -185,7 +185,7 @@ class Tcav(Analyzer):
         artifacts = set(ctx.data.artifact_concepts)
         rows = [self._row(t, t.concept in artifacts) for t in tests]
         significant = sorted((r for r in rows if r["significant"]), key=lambda r: -abs(r["difference"]["value"]))
-        accuracy = self._cav_accuracy()
+        accuracy, not_converged = self._cav_accuracy()
         summary = {"tests": len(rows), "significant": len(significant),
                    "concepts": len(self.sets_.concepts), "classes": int(self.class_mask_.sum()),
                    "strongest": (f"{significant[0]['class']} / {significant[0]['concept']} ({significant[0]['layer']})"
@@ -197,7 +197,8 @@ class Tcav(Analyzer):
             "cavs": {"runs": self.runs, "max_images": self.max_images, "min_images": self.min_images,
                      "classifier": "scikit-learn SGDClassifier(alpha=0.01, max_iter=1000, tol=1e-3), seeded; "
                                    "33% of each set held out for the CAV accuracy (captum's defaults)",
-                     "null": "random-vs-random CAVs: a fixed random probe subset against a fresh one per run"},
+                     "null": "random-vs-random CAVs: a fixed random probe subset against a fresh one per run",
+                     "not_converged": not_converged},
             "test": {"method": "two-sided Student t-test of the concept's R scores against the R random scores "
                                "(as tensorflow/tcav)", "correction": "Holm over all layer x class x concept tests",
                      "alpha": self.alpha, "ci": "Student t, 95%"},
@@ -213,18 +214,15 @@ class Tcav(Analyzer):
         }
         return self.section(summary=jsonable(summary), data=jsonable(data), findings=self._findings(significant))
 
-    def _cav_accuracy(self) -> dict[str, list[float | None]]:
-        """Mean held-out accuracy of each concept's R CAVs, per layer (captum's ``accs``)."""
-        out = {}
-        r = self.runs
+    def _cav_accuracy(self) -> tuple[dict[str, list[float]], int]:
+        """Mean held-out accuracy of each concept's CAVs per layer (captum's ``accs``); fits that hit max_iter."""
+        out, not_converged, r = {}, 0, self.runs
         for layer in self.layers_:
-            accs = []
-            for c in range(len(self.sets_.concepts)):
-                vals = [float(self.tcav_.cavs[concepts_to_str(s)][_PREFIX + layer].stats["accs"])
-                        for s in self.exp_sets_[c * r : (c + 1) * r]] if hasattr(self, "tcav_") else []
-                accs.append(float(np.mean(vals)) if vals else None)
-            out[layer] = accs
-        return out
+            stats = [self.tcav_.cavs[concepts_to_str(s)][_PREFIX + layer].stats for s in self.exp_sets_]
+            out[layer] = [float(np.mean([float(s["accs"]) for s in stats[c * r : (c + 1) * r]]))
+                          for c in range(len(self.sets_.concepts))]
+            not_converged += sum(not s["converged"] for s in stats)
+        return out, not_converged
 
     @staticmethod
     def _row(t: TcavTest, artifact: bool) -> dict[str, Any]:

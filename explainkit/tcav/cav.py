@@ -29,6 +29,7 @@ store on every call. Concept names never reach captum's file paths (sets are nam
 from __future__ import annotations
 
 import hashlib
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -38,6 +39,7 @@ import torch
 from captum._utils.av import AV
 from captum.concept import TCAV, Classifier, Concept
 from captum.concept._utils.common import concepts_to_str
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import SGDClassifier
 from torch import nn
 from torch.utils.data import DataLoader
@@ -66,7 +68,7 @@ class SeededLinearClassifier(Classifier):
         self.model: SGDClassifier | None = None
 
     def train_and_eval(self, dataloader: DataLoader, **kwargs: Any) -> dict[str, torch.Tensor]:
-        """Fit on a seeded split of the set's activations; return the held-out accuracy (``accs``)."""
+        """Fit on a seeded split of the set's activations; return the held-out accuracy (``accs``) and ``converged``."""
         xs, ys = zip(*dataloader)
         x = torch.cat(xs).detach().cpu().double().numpy()
         y = torch.cat(ys).cpu().numpy()
@@ -76,9 +78,11 @@ class SeededLinearClassifier(Classifier):
         n_test = int(self.test_split * len(y))
         test, train = order[:n_test], order[n_test:]
         self.model = SGDClassifier(alpha=0.01, max_iter=1000, tol=1e-3, random_state=int(rng.integers(0, 2**31)))
-        self.model.fit(x[train], y[train])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)  # reported per analysis instead (``converged``)
+            self.model.fit(x[train], y[train])
         acc = float((self.model.predict(x[test]) == y[test]).mean()) if n_test else float("nan")
-        return {"accs": torch.tensor(acc)}
+        return {"accs": torch.tensor(acc), "converged": bool(self.model.n_iter_ < self.model.max_iter)}
 
     def weights(self) -> torch.Tensor:
         """(2, F) rows for the two classes (captum's convention for binary sets: −w, +w)."""

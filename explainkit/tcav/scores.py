@@ -11,6 +11,7 @@ interval and p, and Holm's correction over all of them (the paper used Bonferron
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -92,8 +93,10 @@ def _student(a: np.ndarray, b: np.ndarray, confidence: float) -> tuple[float, fl
     diff = float(a.mean() - b.mean())
     if np.var(a) == 0 and np.var(b) == 0:
         return (np.inf * np.sign(diff) if diff else 0.0), (0.0 if diff else 1.0), diff, diff
-    res = stats.ttest_ind(a, b)
-    ci = res.confidence_interval(confidence)
+    with warnings.catch_warnings():  # near-constant score lists: scipy warns about precision, the result stands
+        warnings.simplefilter("ignore", RuntimeWarning)
+        res = stats.ttest_ind(a, b)
+        ci = res.confidence_interval(confidence)
     return float(res.statistic), float(res.pvalue), float(ci.low), float(ci.high)
 
 
