@@ -10,9 +10,8 @@ Naive baselines (the straightforward implementation of the same result):
 * ``dissect``: the reference's procedure literally — feature maps of all images extracted and kept,
   masks read, ``np.quantile`` per unit, then per image and unit a PIL bilinear resize
   (``imresize(mode="F")``) and per-concept mask counting; the best IoU of every unit must agree with
-  the analyzer's (max |Δ| printed). The analyzer also runs INVERT for the comparison and keeps
-  memory at K values per unit plus the maps that can exceed the threshold, where the reference keeps
-  every map (N × D × h × w).
+  the analyzer's (max |Δ| printed). The analyzer keeps K values per unit plus the maps that can
+  exceed the threshold (and their images' masks), where the reference keeps every map (N × D × h × w).
 * ``information``: unit MI with the per-level Cholesky formula of ``gcmi.mi_model_gd`` in Python
   loops, for the observed data and every permutation; timed on 8 units and scaled to 64 (stated);
   the observed MIs must equal the vectorised ones.
@@ -111,7 +110,7 @@ def bench_dissect(handle, probe, rows):
     from explainkit.dissect.api import dissect_tally
 
     kept = dissect_tally(maps, masks).pair_image.size
-    rows.append(("dissect (+ INVERT L=1 comparison)", t, fwd, naive,
+    rows.append(("dissect", t, fwd, naive,
                  f"naive = reference procedure; max |ΔIoU| {delta:.1e}; maps above threshold (kept at the end): "
                  f"{kept} of {maps.shape[0] * maps.shape[1]}"))
     return maps, masks, names
@@ -193,7 +192,7 @@ def bench_reliability(handle, probe, rows, maps, masks, names, resamples):
     rows.append((f"reliability: Network Dissection bootstrap ({resamples} resamples)", fast, 0.0, naive,
                  "naive = exact re-tally per resample; ours = weighted tally, thresholds fixed"))
     rows.append(("reliability (whole analyzer)", t, fwd, None,
-                 f"INVERT + ND labels, {resamples} resamples each, linear probes for 13 concepts"))
+                 f"INVERT + ND labels side by side, {resamples} resamples each, linear probes for 13 concepts"))
 
 
 def main() -> None:

@@ -97,6 +97,28 @@ def test_stamp_labels_are_stable_decodable_and_reproduced_on_the_second_probe(re
     assert layer["second_probe_agreement"]["invert"]["n"] > 0
 
 
+def test_invert_and_dissect_labels_side_by_side(rel_run):
+    report, _ = rel_run
+    layer = report.section("reliability")["data"]["layers"][0]
+    counts = layer["methods_counts"]
+    assert sum(counts.values()) == layer["n_units"]
+    assert layer["methods_agreement"]["n"] == counts["agree"] + counts["differ"] > 0
+    for u in layer["units"]:
+        inv, nd = u["invert"]["label"], u["dissect"]["label"]
+        if inv is not None and nd is not None:
+            assert u["agreement"] == ("agree" if nd == inv else "differ")  # single-concept INVERT labels here
+        else:
+            assert u["agreement"] == ("dissect_only" if nd else "invert_only" if inv else "neither")
+        if nd is not None:
+            assert u["dissect"]["evidence"]["unit"] == "IoU" and u["dissect"]["evidence"]["q"] < 0.05
+        if inv is not None:
+            assert u["invert"]["evidence"]["unit"] == "AUROC (held-out)"
+    both_stamp = [u for u in layer["units"] if u["dissect"]["label"] == "stamp" and u["invert"]["label"] is not None]
+    assert sum(u["agreement"] == "agree" for u in both_stamp) >= 10
+    assert any(f["analyzer"] == "reliability" and f["severity"] == "info" and "agree on" in f["message"]
+               for f in report.findings)
+
+
 def test_labels_of_undecodable_concepts_are_flagged(rel_run):
     report, _ = rel_run
     data = report.section("reliability")["data"]
@@ -119,7 +141,7 @@ def test_reliability_section_schema_and_html(rel_run, validated_section):
     _, out = rel_run
     validated_section(out, "reliability")
     html = (out / "report.html").read_text()
-    assert "Concept learnability" in html and "second probe" in html
+    assert "Concept learnability" in html and "second probe" in html and "Network Dissection vs INVERT" in html
 
 
 def test_reliability_config_errors(demo_model_path, small_world, tmp_path):

@@ -4,7 +4,7 @@ Modules, one concern each: :mod:`~explainkit.dissect.quantile` (exact mergeable 
 thresholds), :mod:`~explainkit.dissect.masks` (concept masks at the input geometry),
 :mod:`~explainkit.dissect.tally` (the mergeable state and the IoU tallies),
 :mod:`~explainkit.dissect.labels` (labels, CIs and tests), :mod:`~explainkit.dissect.api`
-(``dissect`` on arrays), :mod:`~explainkit.dissect.compare` (agreement with INVERT) and
+(``dissect`` on arrays), :mod:`~explainkit.dissect.stream` (batches and probe sets into states) and
 :mod:`~explainkit.dissect.analyzer` (the ``dissect`` analyzer).
 """
 

@@ -1,16 +1,15 @@
-"""``dissect``: Network Dissection labels for every unit of a layer, side by side with INVERT's.
+"""``dissect``: Network Dissection labels for every unit of a layer.
 
-Per batch, the layer's (B, D, h, w) unit maps feed a mergeable state (each unit's largest values
-and the maps that may exceed its final threshold; :mod:`~explainkit.dissect.tally`), the concept
-masks' pixel counts are recorded, and the spatial means of the maps are kept for INVERT. At the end
-the exact top-quantile thresholds are fixed, the kept maps are upsampled and binarised, the concept
-masks of those images are re-read, and every unit gets the concept of largest IoU (label when the
-IoU exceeds 0.04), with a delta-method CI and a selection-corrected test. INVERT's labels of the same
-units (spatial-mean activations, held-out confirmation) are computed alongside and compared.
+Per batch, the layer's (B, D, h, w) unit maps feed a mergeable state (each unit's largest values,
+the maps that may exceed its final threshold and those images' concept masks;
+:mod:`~explainkit.dissect.tally`) and the concept masks' pixel counts are recorded. At the end the
+exact top-quantile thresholds are fixed, the kept maps are upsampled and binarised, and every unit
+gets the concept of largest IoU (label when the IoU exceeds 0.04), with a delta-method CI and a
+selection-corrected test. The ``reliability`` analyzer puts these labels next to INVERT's.
 
 JSON section (``data``): ``concepts`` (name, mask source, pixels, images), ``layers`` (per layer:
-``map_size``, ``agreement`` with INVERT, ``counts`` per outcome, ``units``: the Network Dissection
-result, the INVERT result and the outcome of each unit), ``artifact_units``.
+``map_size``, ``units``: label, best concept, IoU metric with CI and test, threshold, runners-up,
+top images), ``artifact_units``.
 """
 
 from __future__ import annotations
@@ -25,15 +24,11 @@ from explainkit.adapters.activations import build_poolers
 from explainkit.analyzers.base import Analyzer, Batch, Finding, RunContext, Section
 from explainkit.analyzers.metric import metric
 from explainkit.analyzers.registry import register_analyzer
-from explainkit.dissect.compare import compare_labels
 from explainkit.dissect.labels import UnitLabel, validate_labelling
 from explainkit.dissect.masks import MaskReader, mask_sources
 from explainkit.dissect.stream import DissectRunState, label_layer, map_batch
 from explainkit.dissect.tally import DissectState, Tally, upsample
 from explainkit.errors import ConfigError
-from explainkit.invert.api import NeuronResult, label_neurons
-from explainkit.invert.concepts import ConceptMatrix
-from explainkit.invert.significance import stratified_split, validate_decision
 from explainkit.report.images import thumbnail, to_data_uri
 from explainkit.report.jsonify import jsonable
 
@@ -44,7 +39,7 @@ _THUMB_PX = 64
 
 @register_analyzer
 class NetworkDissection(Analyzer):
-    """Network Dissection (Bau et al., CVPR 2017) with INVERT's labels alongside.
+    """Network Dissection (Bau et al., CVPR 2017).
 
     Parameters
     ----------
@@ -61,13 +56,7 @@ class NetworkDissection(Analyzer):
         Concept → mask folder it covers (``"~folder"``: the complement), for table concepts without
         pixel masks; overrides ``"region"`` entries of ``descriptions.json``.
     alpha : float
-        False discovery rate of the label test (and of INVERT's) over a layer's units.
-    compare_invert : bool
-        Also label the units with INVERT (spatial-mean activations) and report the agreement.
-    invert_length : int
-        INVERT's maximum formula length for the comparison (1: single concepts, like Network Dissection).
-    confirm_fraction, auroc_floor : float
-        INVERT's held-out split and acceptance floor.
+        False discovery rate of the label test over a layer's units.
     top_images : int
         Top-activating images (with the unit's mask) per shown unit.
     max_image_units : int
@@ -77,23 +66,18 @@ class NetworkDissection(Analyzer):
     name = "dissect"
     title = "Network Dissection"
     summary = ("labels conv units with the concept whose masks best overlap their top-0.5% activations "
-               "(Bau et al. 2017), side by side with INVERT")
+               "(Bau et al. 2017), with IoU CIs and tests")
     requires = frozenset({"module_hooks", "masks"})
 
     def __init__(self, layer: str | list[str] | None = None, quantile: float = 0.005, iou_threshold: float = 0.04,
                  concepts: list[str] | None = None, regions: dict[str, str] | None = None, alpha: float = 0.05,
-                 compare_invert: bool = True, invert_length: int = 1, confirm_fraction: float = 0.4,
-                 auroc_floor: float = 0.75, top_images: int = 3, max_image_units: int = 8) -> None:
+                 top_images: int = 3, max_image_units: int = 8) -> None:
         self.layer = layer
         self.quantile = quantile
         self.iou_threshold = iou_threshold
         self.concepts = concepts
         self.regions = regions
         self.alpha = alpha
-        self.compare_invert = compare_invert
-        self.invert_length = invert_length
-        self.confirm_fraction = confirm_fraction
-        self.auroc_floor = auroc_floor
         self.top_images = top_images
         self.max_image_units = max_image_units
 
@@ -102,18 +86,15 @@ class NetworkDissection(Analyzer):
         """Validate parameters, resolve layers and every concept's mask source."""
         try:
             validate_labelling(self.quantile, self.iou_threshold, self.alpha, 0.95)
-            validate_decision(self.alpha, self.auroc_floor, 0.95, self.confirm_fraction)
-            for key in ("invert_length", "top_images", "max_image_units"):
+            for key in ("top_images", "max_image_units"):
                 value = getattr(self, key)
-                if not isinstance(value, int) or value < (1 if key == "invert_length" else 0):
-                    raise ConfigError(f"{key} must be a {'positive' if key == 'invert_length' else 'non-negative'} "
-                                      f"integer, not {value!r}")
+                if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                    raise ConfigError(f"{key} must be a non-negative integer, not {value!r}")
             self.sources_ = mask_sources(ctx.data, self.concepts, self.regions)
             self.poolers_ = build_poolers(ctx.handle, self.layer, default=ctx.layer)
         except ConfigError as exc:
             raise ConfigError(f"dissect: {exc}") from None
         self.reader_ = MaskReader(ctx.data, ctx.handle.require_preprocessing(), self.sources_)
-        self.invert_ = bool(self.compare_invert and ctx.data.concepts is not None)
 
     def init_state(self, ctx: RunContext) -> DissectRunState:
         """No layer seen yet."""
@@ -121,20 +102,14 @@ class NetworkDissection(Analyzer):
 
     # -- per batch ---------------------------------------------------------------------------
     def map(self, ctx: RunContext, batch: Batch) -> DissectRunState:
-        """Unit maps into each layer's state; concept-mask pixel counts; spatial means for INVERT."""
+        """Unit maps and concept masks into each layer's state."""
         return map_batch(ctx.handle, batch.inputs, batch.indices, [im.size for im in batch.images], self.poolers_,
-                         self.reader_, len(ctx.data), self.quantile, pooled=self.invert_)
+                         self.reader_, len(ctx.data), self.quantile, pooled=False)
 
     # -- at the end --------------------------------------------------------------------------
     def finalize(self, ctx: RunContext, state: DissectRunState) -> Section:
-        """Tally and label every layer, compare with INVERT, build the section."""
+        """Tally and label every layer, build the section."""
         names = [s.concept for s in self.sources_]
-        split = None
-        if self.invert_:
-            idx = state.pooled.indices()
-            table = ConceptMatrix(ctx.data.concepts[idx], ctx.data.concept_names)
-            seed = int(ctx.rng(self.name, "split").integers(0, 2**31))
-            split = (table, stratified_split(table.row_keys(), self.confirm_fraction, seed))
         layers, assets, artifact_units = [], {}, []
         artifacts = set(ctx.data.artifact_concepts)
         label_pixels = None
@@ -142,10 +117,9 @@ class NetworkDissection(Analyzer):
             counts, labels = label_layer(state, layer, names, quantile=self.quantile,
                                          iou_threshold=self.iou_threshold, alpha=self.alpha)
             label_pixels = counts.label_pixels
-            invert = self._invert(state, layer, split) if split is not None else None
             shown = self._image_units(labels)
             thumbs = self._thumbnails(ctx, lstate, counts, shown, f"l{li}", assets)
-            record = self._layer_record(layer, lstate, labels, invert, thumbs)
+            record = self._layer_record(layer, lstate, labels, thumbs)
             layers.append(record)
             artifact_units += [{"layer": layer, **u} for u in record["units"]
                                if u["dissect"]["confirmed"] and u["dissect"]["label"] in artifacts]
@@ -154,12 +128,6 @@ class NetworkDissection(Analyzer):
                      "images": int((label_pixels[:, c] > 0).sum()) if label_pixels is not None else 0}
                     for c, s in enumerate(self.sources_)]
         return self._section(layers, concepts, artifact_units, assets)
-
-    def _invert(self, state: DissectRunState, layer: str, split: tuple) -> list[NeuronResult]:
-        table, (search_idx, confirm_idx) = split
-        acts = state.pooled.stacked(f"act:{layer}").astype(np.float32)
-        return label_neurons(acts, table, length=self.invert_length, split=(search_idx, confirm_idx),
-                             alpha=self.alpha, auroc_floor=self.auroc_floor)
 
     def _image_units(self, labels: list[UnitLabel]) -> list[int]:
         ranked = sorted(labels, key=lambda u: (not u.confirmed, u.label is None, -u.iou, u.unit))
@@ -193,31 +161,16 @@ class NetworkDissection(Analyzer):
                       test=f"one-sided z-test of IoU > {self.iou_threshold}")
 
     def _layer_record(self, layer: str, lstate: DissectState, labels: list[UnitLabel],
-                      invert: list[NeuronResult] | None, thumbs: dict[int, list[str]]) -> dict[str, Any]:
+                      thumbs: dict[int, list[str]]) -> dict[str, Any]:
         n = int(lstate.images.size)
-        cmp = compare_labels(labels, invert) if invert is not None else None
-        units = []
-        for i, u in enumerate(labels):
-            inv = None
-            if invert is not None:
-                r = invert[i]
-                best = r.best
-                inv = {"formula": best.formula if best else None, "accepted": bool(r.accepted), "q": r.q,
-                       "auroc": (metric(best.confirm.auroc, (best.confirm.ci_low, best.confirm.ci_high),
-                                        n=best.confirm.n, unit="AUROC (held-out)", higher_is_better=True,
-                                        p=best.confirm.p, ci_method="DeLong")
-                                 if best is not None and best.confirm is not None else None)}
-            units.append({"unit": u.unit, "name": u.name,
-                          "dissect": {"label": u.label, "best": u.best, "iou": self._iou_metric(u, n),
-                                      "confirmed": u.confirmed, "threshold": u.threshold,
-                                      "unit_pixels": u.unit_pixels, "runners_up": u.runners_up},
-                          "invert": inv, "agreement": cmp["outcomes"][i] if cmp else None,
-                          "top_images": thumbs.get(u.unit, [])})
+        units = [{"unit": u.unit, "name": u.name,
+                  "dissect": {"label": u.label, "best": u.best, "iou": self._iou_metric(u, n),
+                              "confirmed": u.confirmed, "threshold": u.threshold,
+                              "unit_pixels": u.unit_pixels, "runners_up": u.runners_up},
+                  "top_images": thumbs.get(u.unit, [])} for u in labels]
         return {"layer": layer, "map_size": list(lstate.map_size), "n_units": len(labels), "n_images": n,
                 "n_labelled": sum(u.label is not None for u in labels),
-                "n_confirmed": sum(u.confirmed for u in labels),
-                "agreement": cmp["agreement"] if cmp else None, "counts": cmp["counts"] if cmp else None,
-                "units": units}
+                "n_confirmed": sum(u.confirmed for u in labels), "units": units}
 
     def _section(self, layers: list[dict], concepts: list[dict], artifact_units: list[dict],
                  assets: dict[str, str]) -> Section:
@@ -234,21 +187,10 @@ class NetworkDissection(Analyzer):
                     f"{top['name']} IoU {iou['value']:.3f} [95% CI {iou['ci_low']:.3f}, {iou['ci_high']:.3f}], "
                     f"q={iou['q']:.2g}", self.name,
                     {"layer": layer["layer"], "units": [a["unit"] for a in found]}))
-            agree = layer["agreement"]
-            if agree and agree["n"]:
-                findings.append(Finding(
-                    "info",
-                    f"layer '{layer['layer']}': Network Dissection and INVERT agree on {layer['counts']['agree']} of "
-                    f"{agree['n']} units labelled by both ({100 * agree['value']:.0f}% [95% CI "
-                    f"{100 * agree['ci_low']:.0f}, {100 * agree['ci_high']:.0f}]); "
-                    f"{layer['counts']['dissect_only']} labelled only by Network Dissection, "
-                    f"{layer['counts']['invert_only']} only by INVERT", self.name,
-                    {"layer": layer["layer"], **layer["counts"]}))
         total = sum(layer["n_units"] for layer in layers)
         summary = {"units": total, "labelled": sum(layer["n_labelled"] for layer in layers),
                    "confirmed": sum(layer["n_confirmed"] for layer in layers),
-                   "artifact_units": len(artifact_units),
-                   "agreement_with_invert": layers[0]["agreement"] if len(layers) == 1 else None}
+                   "artifact_units": len(artifact_units)}
         data = {
             "method": "Network Dissection (Bau et al., CVPR 2017): per unit, the top-quantile activation threshold "
                       "over all images and positions (exact), maps upsampled bilinearly to the mask resolution and "
@@ -259,13 +201,10 @@ class NetworkDissection(Analyzer):
                          "correction": "Bonferroni over the concepts (the label is the best of them), then "
                                        "Benjamini-Hochberg over the units of each layer",
                          "rule": "confirmed if q < alpha"},
-            "invert": ({"length": self.invert_length, "activations": "spatial mean of the same unit maps",
-                        "confirm_fraction": self.confirm_fraction, "auroc_floor": self.auroc_floor}
-                       if self.invert_ else None),
             "concepts": concepts, "layers": layers, "artifact_units": artifact_units,
-            "notes": "Network Dissection needs pixel masks and asks where a unit fires; INVERT needs image labels "
-                     "and asks which images make it fire. 'agree' means the confirmed Network Dissection label is a "
-                     "positive concept of INVERT's accepted formula. Concepts without pixel masks count as covering "
-                     "the whole image where the concept table marks them (as the reference treats scene labels).",
+            "notes": "Network Dissection needs pixel masks and asks where a unit fires (INVERT, which needs image "
+                     "labels, asks which images make it fire; the reliability analyzer shows both labels of each "
+                     "unit side by side). Concepts without pixel masks count as covering the whole image where the "
+                     "concept table marks them (as the reference treats scene labels).",
         }
         return self.section(summary=jsonable(summary), data=jsonable(data), findings=findings, assets=assets)

@@ -1,10 +1,11 @@
-"""``reliability``: how much each unit label depends on the probe set, and whether its concept is learnable.
+"""``reliability``: which unit labels to trust — INVERT vs Network Dissection, probe-set sensitivity, learnability.
 
 Per batch the same state as Network Dissection's is mapped (unit maps → mergeable tally state,
 spatial means for INVERT; :mod:`~explainkit.dissect.stream`). At the end, for every layer:
 
 * INVERT (held-out confirmed, as the ``invert`` analyzer does) and Network Dissection label the units
-  on the whole probe set (Network Dissection only when the probe set has mask folders);
+  on the whole probe set (Network Dissection only when the probe set has mask folders), side by side
+  with their evidence and agreement (:mod:`~explainkit.reliability.agreement`);
 * both labellings are repeated on bootstrap resamples of the probe set (label stability), and on a
   second probe set when one is given (computed before the first batch, every worker);
 * a linear probe per concept measures whether the concept can be decoded from the layer
@@ -12,9 +13,10 @@ spatial means for INVERT; :mod:`~explainkit.dissect.stream`). At the end, for ev
 * a label is **unreliable** when its concept cannot be decoded from the layer, or when fewer than
   half of the resamples reproduce it.
 
-JSON section (``data``): ``learnability`` (layer × concept probes), ``layers`` (per unit: each
-method's label, its stability with CI and alternatives, the second probe set's label, reliability
-flags), ``probe_sets`` (agreement between the two probe sets).
+JSON section (``data``): ``learnability`` (layer × concept probes), ``layers`` (per layer: agreement
+of the two methods and of the two probe sets; per unit: each method's label and evidence, its
+stability with CI and alternatives, the second probe set's label, reliability flags, agreement).
+A composite family: it imports the ``dissect`` and ``invert`` libraries (the layer above the families).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from explainkit.errors import ConfigError
 from explainkit.invert.api import label_neurons
 from explainkit.invert.concepts import ConceptMatrix
 from explainkit.invert.significance import stratified_split, validate_decision
+from explainkit.reliability.agreement import compare_labels
 from explainkit.reliability.learnability import linear_probe
 from explainkit.reliability.stability import (
     bootstrap_indices,
@@ -85,9 +88,9 @@ class LabelReliability(Analyzer):
     """
 
     name = "reliability"
-    title = "Probe-set sensitivity and concept learnability"
-    summary = ("bootstrap / second-probe stability of INVERT and Network Dissection labels, and linear-probe "
-               "learnability of their concepts")
+    title = "Label reliability: INVERT vs Network Dissection, probe-set sensitivity, concept learnability"
+    summary = ("INVERT and Network Dissection labels side by side with their agreement, their bootstrap / "
+               "second-probe stability, and the linear-probe learnability of their concepts")
     requires = frozenset({"module_hooks", "concepts"})
 
     def __init__(self, layer: str | list[str] | None = None, resamples: int = 50, second_probe: str | None = None,
@@ -204,8 +207,32 @@ class LabelReliability(Analyzer):
                 candidates["dissect"] = [u.label for u in detail["dissect"]]
                 stability["dissect"] = label_stability(candidates["dissect"], dissect_bootstrap_labels(
                     detail["tally"], [s.concept for s in self.sources_], boot, iou_threshold=self.iou_threshold))
-            layers.append(self._layer_record(layer, labels, candidates, detail["concepts"], stability, learn[layer]))
+            record = self._layer_record(layer, labels, candidates, detail["concepts"], stability, learn[layer])
+            self._side_by_side(record, labels, detail)
+            layers.append(record)
         return self._section(layers, learn)
+
+    def _side_by_side(self, record: dict[str, Any], labels: dict[str, list], detail: dict[str, Any]) -> None:
+        """Each method's evidence per unit; the agreement of the two methods (when both ran)."""
+        for u, r in enumerate(detail["invert"]):
+            c = r.best.confirm if r.best is not None else None
+            record["units"][u]["invert"]["evidence"] = None if c is None else metric(
+                c.auroc, (c.ci_low, c.ci_high), n=c.n, unit="AUROC (held-out)", higher_is_better=True, p=c.p, q=r.q,
+                ci_method="DeLong")
+        if not self.dissect_:
+            record["methods_agreement"] = record["methods_counts"] = None
+            return
+        n = int(detail["tally"].images.size)
+        for u, d in enumerate(detail["dissect"]):
+            record["units"][u]["dissect"]["evidence"] = metric(
+                d.iou, (d.ci_low, d.ci_high), n=n, unit="IoU", higher_is_better=True, p=d.p_selection, q=d.q,
+                ci_method="delta method over images")
+        cmp = compare_labels(labels["dissect"], labels["invert"],
+                             [c if lab is not None else [] for c, lab in zip(detail["concepts"]["invert"],
+                                                                              labels["invert"])])
+        for row, outcome in zip(record["units"], cmp["outcomes"]):
+            row["agreement"] = outcome
+        record["methods_agreement"], record["methods_counts"] = cmp["agreement"], cmp["counts"]
 
     def _learnability(self, acts: np.ndarray, table: np.ndarray, names: list[str], seed: int
                       ) -> list[dict[str, Any]]:
@@ -240,7 +267,7 @@ class LabelReliability(Analyzer):
         decodable = {c["concept"]: c["decodable"] for c in learn}
         units = []
         for u in range(len(labels["invert"])):
-            row: dict[str, Any] = {"unit": u}
+            row: dict[str, Any] = {"unit": u, "agreement": None}
             for method in labels:
                 label = labels[method][u]
                 stab = stability[method][u]
@@ -284,15 +311,27 @@ class LabelReliability(Analyzer):
                         "warning", f"{len(bad)} of {len(rows)} {method} labels of layer '{layer['layer']}' are "
                         f"unreliable; e.g. {examples}", self.name,
                         {"layer": layer["layer"], "method": method, "units": [u["unit"] for u in bad]}))
+            agree = layer["methods_agreement"]
+            if agree and agree["n"]:
+                c = layer["methods_counts"]
+                findings.append(Finding(
+                    "info", f"layer '{layer['layer']}': Network Dissection and INVERT agree on {c['agree']} of "
+                    f"{agree['n']} units labelled by both ({100 * agree['value']:.0f}% [95% CI "
+                    f"{100 * agree['ci_low']:.0f}, {100 * agree['ci_high']:.0f}]); {c['dissect_only']} labelled only "
+                    f"by Network Dissection, {c['invert_only']} only by INVERT", self.name,
+                    {"layer": layer["layer"], **c}))
         not_decodable = sorted({(layer, c["concept"]) for layer, rows in learn.items() for c in rows
                                 if c["decodable"] is False})
         summary = {"labels": sum(v["labels"] for v in counts.values()),
                    "unreliable": sum(v["unreliable"] for v in counts.values()),
-                   "not_decodable": len(not_decodable), "per_layer_method": counts}
+                   "not_decodable": len(not_decodable), "per_layer_method": counts,
+                   "methods_agreement": layers[0]["methods_agreement"] if len(layers) == 1 else None}
         data = {
-            "method": "probe-set sensitivity and concept learnability (Ramaswamy et al., CVPR 2023): labels "
-                      "re-derived on bootstrap resamples of the probe set (and on a second probe set), concepts "
-                      "probed linearly from each layer",
+            "method": "INVERT and Network Dissection labels of each unit side by side; probe-set sensitivity and "
+                      "concept learnability (Ramaswamy et al., CVPR 2023): labels re-derived on bootstrap resamples "
+                      "of the probe set (and on a second probe set), concepts probed linearly from each layer",
+            "agreement": "'agree': the confirmed Network Dissection label is a positive concept of INVERT's accepted "
+                         "formula; 'differ': both labelled otherwise; 'dissect_only' / 'invert_only' / 'neither'",
             "stability": {"resamples": self.resamples, "candidate": "the full-probe label before the significance "
                           "decision (INVERT's best formula; Network Dissection's best concept above the IoU threshold)",
                           "invert": f"best formula (length <= {self.invert_length}) "
@@ -310,9 +349,11 @@ class LabelReliability(Analyzer):
                        else "not computed: the probe set has no mask folders"},
             "second_probe": self.second_probe,
             "layers": layers,
-            "notes": "A label is unreliable when its concept cannot be decoded from the layer by a linear probe, or "
-                     "when fewer than the flag share of bootstrap resamples reproduce it. Network Dissection "
-                     "concepts that exist only as masks have no image labels to probe (decodable: null).",
+            "notes": "Network Dissection needs pixel masks and asks where a unit fires; INVERT needs image labels "
+                     "and asks which images make it fire, so they can differ for good reasons. A label is unreliable "
+                     "when its concept cannot be decoded from the layer by a linear probe, or when fewer than the "
+                     "flag share of bootstrap resamples reproduce it. Network Dissection concepts that exist only as "
+                     "masks have no image labels to probe (decodable: null).",
         }
         return self.section(summary=jsonable(summary), data=jsonable(data), findings=findings)
 

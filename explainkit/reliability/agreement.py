@@ -3,7 +3,7 @@
 Network Dissection asks where a unit fires (pixel masks, IoU); INVERT asks which images make it
 fire most (image-level labels, AUROC of a pooled activation). They can disagree for good reasons
 (a unit firing on the background of circle images is ``circle`` for INVERT and ``background`` for
-Network Dissection), so the report shows both with their evidence.
+Network Dissection), so the report shows both with their evidence and this comparison.
 """
 
 from __future__ import annotations
@@ -11,8 +11,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from explainkit.dissect.labels import UnitLabel
-from explainkit.invert.api import NeuronResult
 from explainkit.stats import wilson_interval
 
 __all__ = ["AGREEMENT", "agreement", "compare_labels"]
@@ -21,33 +19,41 @@ __all__ = ["AGREEMENT", "agreement", "compare_labels"]
 AGREEMENT = ("agree", "differ", "dissect_only", "invert_only", "neither")
 
 
-def agreement(nd: UnitLabel, inv: NeuronResult | None) -> str:
-    """How a unit's Network Dissection label relates to its INVERT label.
+def agreement(dissect: str | None, invert: str | None, invert_concepts: Sequence[str]) -> str:
+    """How a unit's (confirmed) Network Dissection label relates to its (accepted) INVERT label.
 
-    ``agree`` when the confirmed Network Dissection label is a positive literal of INVERT's accepted
-    best formula; ``differ`` when both exist otherwise; ``dissect_only`` / ``invert_only`` / ``neither``
-    when one or both methods gave no confirmed label.
+    Parameters
+    ----------
+    dissect : str or None
+        The Network Dissection label.
+    invert : str or None
+        The INVERT formula.
+    invert_concepts : sequence of str
+        The concepts the INVERT formula uses positively.
+
+    Returns
+    -------
+    str
+        ``agree`` when the Network Dissection label is a positive concept of the INVERT formula,
+        ``differ`` when both exist otherwise; ``dissect_only`` / ``invert_only`` / ``neither``.
     """
-    has_nd = nd.label is not None and nd.confirmed
-    best = inv.best if inv is not None else None
-    has_inv = best is not None and bool(inv.accepted)
-    if has_nd and has_inv:
-        positive = {name for _, name, negated in best.terms if not negated}
-        return "agree" if nd.label in positive else "differ"
-    if has_nd:
+    if dissect is not None and invert is not None:
+        return "agree" if dissect in invert_concepts else "differ"
+    if dissect is not None:
         return "dissect_only"
-    return "invert_only" if has_inv else "neither"
+    return "invert_only" if invert is not None else "neither"
 
 
-def compare_labels(nd: Sequence[UnitLabel], inv: Sequence[NeuronResult]) -> dict[str, Any]:
+def compare_labels(dissect: Sequence[str | None], invert: Sequence[str | None],
+                   invert_concepts: Sequence[Sequence[str]]) -> dict[str, Any]:
     """Agreement of the two methods over a layer's units.
 
     Parameters
     ----------
-    nd : sequence of UnitLabel
-        Network Dissection labels, one per unit.
-    inv : sequence of NeuronResult
-        INVERT results for the same units (same order).
+    dissect, invert : sequence of str or None
+        One label per unit (``None``: no confirmed / accepted label).
+    invert_concepts : sequence of sequence of str
+        Per unit, the concepts its INVERT formula uses positively.
 
     Returns
     -------
@@ -55,7 +61,7 @@ def compare_labels(nd: Sequence[UnitLabel], inv: Sequence[NeuronResult]) -> dict
         ``outcomes`` (one of :data:`AGREEMENT` per unit), ``counts`` per outcome and ``agreement``:
         the share of units labelled by both on which they agree, with a Wilson 95 % CI.
     """
-    outcomes = [agreement(a, b) for a, b in zip(nd, inv)]
+    outcomes = [agreement(a, b, c) for a, b, c in zip(dissect, invert, invert_concepts)]
     counts = {k: outcomes.count(k) for k in AGREEMENT}
     both = counts["agree"] + counts["differ"]
     lo, hi = wilson_interval(counts["agree"], both) if both else (None, None)
