@@ -1,6 +1,6 @@
 """``tcav``: Testing with Concept Activation Vectors (Kim et al., ICML 2018) through captum.
 
-Before the first batch (every worker, once), CAVs are trained through captum's
+Before the first batch, CAVs are trained once through captum's
 :class:`~captum.concept.TCAV` for every concept of the concept table (positive images against R
 sets of negative images) and R random-vs-random CAVs (:mod:`~explainkit.tcav.cav`). Per batch,
 captum's ``interpret`` scores the images of each class against every CAV with the class's own logit;
@@ -104,8 +104,13 @@ class Tcav(Analyzer):
         self.alpha = alpha
 
     def __getstate__(self) -> dict[str, Any]:
-        """Pickled without the fitted captum object (workers refit it in :meth:`check`)."""
+        """Pickled without the captum object; the trained CAVs (``cavs_``) travel to the workers."""
         return {k: v for k, v in self.__dict__.items() if k not in ("tcav_", "exp_sets_")}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """A copy shipped to a worker reuses the driver's CAVs once instead of training its own."""
+        self.__dict__.update(state)
+        self._shipped = "cavs_" in state
 
     # -- setup -------------------------------------------------------------------------------
     def check(self, ctx: RunContext) -> None:
@@ -145,12 +150,17 @@ class Tcav(Analyzer):
         names = [_PREFIX + name for name in self.layers_]
         try:
             self.tcav_ = CachedTCAV(model, names, classifier=SeededLinearClassifier(seed=ctx.seed), save_path=store)
+            if getattr(self, "_shipped", False):  # a worker: the driver's CAVs, bit for bit
+                self.tcav_.import_cavs(self.exp_sets_, self.cavs_)
+                self._shipped = False
+                return
             with eval_mode(ctx.handle.module):
                 self.tcav_.use_activations(*activation_table(
                     model, {n: model.get_submodule(n) for n in names}, self.sets_.all_indices(), _Loader(ctx),
                     ctx.batch_size))
                 self.tcav_.compute_cavs(self.exp_sets_)
             self.tcav_.use_activations(None, None)  # type: ignore[arg-type]
+            self.cavs_ = self.tcav_.export_cavs()
         finally:
             shutil.rmtree(store, ignore_errors=True)  # the CAVs stay in memory
 

@@ -20,10 +20,11 @@ one forward pass per distinct image (:func:`activation_table`), and captum then 
 
 :class:`SeededLinearClassifier` is captum's default linear model (scikit-learn's ``SGDClassifier``
 with ``alpha=0.01, max_iter=1000, tol=1e-3`` and a 33 % held-out accuracy) with its two random
-choices (the split, the SGD order) seeded from the experimental set, so every worker trains the same
-CAVs. :class:`CachedTCAV` keeps the trained CAVs in memory instead of re-reading them from captum's
-store on every call. Concept names never reach captum's file paths (sets are named ``pos3``,
-``neg3_1``, ...), so an untrusted concept table cannot choose where files go.
+choices (the split, the SGD order) seeded from the experimental set, so a run is reproducible.
+:class:`CachedTCAV` keeps the trained CAVs in memory instead of re-reading them from captum's store on
+every call, and exports / imports them so that workers use the driver's CAVs. Concept names never
+reach captum's file paths (sets are named ``pos3``, ``neg3_1``, ...), so an untrusted concept table
+cannot choose where files go.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from typing import Any
 import numpy as np
 import torch
 from captum._utils.av import AV
-from captum.concept import TCAV, Classifier, Concept
+from captum.concept import CAV, TCAV, Classifier, Concept
 from captum.concept._utils.common import concepts_to_str
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import SGDClassifier
@@ -105,6 +106,17 @@ class CachedTCAV(TCAV):
 
     _rows: dict[int, int] | None = None
     _tables: dict[str, torch.Tensor] | None = None
+
+    def export_cavs(self) -> dict[str, dict[str, dict[str, Any]]]:
+        """The trained CAVs' stats (weights, classes, accuracy), picklable: set key → layer → stats."""
+        return {key: {layer: dict(cav.stats) for layer, cav in layers.items()} for key, layers in self.cavs.items()}
+
+    def import_cavs(self, experimental_sets: Sequence[Sequence[Concept]], stats: dict[str, dict[str, dict]]) -> None:
+        """Install CAVs trained elsewhere (:meth:`export_cavs`) for these experimental sets, without training."""
+        for concepts in experimental_sets:
+            key = concepts_to_str(list(concepts))
+            for layer, st in stats[key].items():
+                self.cavs[key][layer] = CAV(list(concepts), layer, st, self.save_path, self.model_id)
 
     def use_activations(self, rows: dict[int, int], tables: dict[str, torch.Tensor]) -> None:
         """Serve concept activations from ``tables`` (see :func:`activation_table`)."""
