@@ -143,10 +143,10 @@ def test_tcav_section_schema_html_and_pickling(tcav_run, demo, validated_section
     assert "Significant TCAV scores" in (out / "report.html").read_text()
     handle, probe = demo
     a = explainkit.analyzers.get_analyzer("tcav", layer="features.3", concepts=["stamp"], runs=2, max_images=6)
-    a.check(explainkit.analyzers.RunContext(handle=handle, data=probe, device=torch.device("cpu")))
+    a.prepare(explainkit.analyzers.RunContext(handle=handle, data=probe, device=torch.device("cpu")))
     clone = pickle.loads(pickle.dumps(a))  # Ray ships checked analyzers; workers rebuild captum's object
     assert not hasattr(clone, "tcav_") and clone.sets_.concepts == ["stamp"]
-    clone.check(explainkit.analyzers.RunContext(handle=handle, data=probe, device=torch.device("cpu")))
+    clone.prepare(explainkit.analyzers.RunContext(handle=handle, data=probe, device=torch.device("cpu")))
     for key, layers in a.tcav_.cavs.items():  # the worker uses the driver's CAVs, bit for bit
         for layer, cav in layers.items():
             assert torch.equal(clone.tcav_.cavs[key][layer].stats["weights"], cav.stats["weights"])

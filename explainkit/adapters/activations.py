@@ -31,7 +31,7 @@ from explainkit.hooks import capture_layers, eval_mode
 from explainkit.loading.handle import ModelHandle
 
 __all__ = ["LOGITS", "POOLINGS", "TOKEN_OPTIONS", "Pooler", "batch_activations", "build_poolers",
-           "extract_activations", "learn_layouts"]
+           "check_layers", "extract_activations", "layer_names", "learn_layouts"]
 
 #: Layer name meaning "the model's logits" (one unit per class).
 LOGITS = "@logits"
@@ -220,19 +220,61 @@ def learn_layouts(handle: ModelHandle, poolers: Mapping[str, Pooler], images: Se
             batch_activations(handle, inputs, pending)
 
 
-def build_poolers(handle: ModelHandle, layers: str | Sequence[str] | None, *, default: str | None = None,
-                  pooling: str = "mean", tokens: str = "cls") -> dict[str, Pooler]:
-    """One :class:`Pooler` per layer, keyed by the resolved dotted name.
+def layer_names(handle: ModelHandle, layers: str | Sequence[str] | None, run_layer: str | None = None, *,
+                default: bool = True) -> list[str]:
+    """The layers an analyzer works on: its parameter, else the run's ``--layer``, else the model's default.
 
     Parameters
     ----------
     handle : ModelHandle
         The model.
     layers : str, sequence of str or None
-        Layer name(s) or :data:`LOGITS`; ``None`` uses ``default``, else the model's last spatial
-        layer (:func:`~explainkit.adapters.layers.default_layer`).
-    default : str, optional
+        The analyzer's ``layer`` parameter.
+    run_layer : str, optional
         The run-wide layer (``--layer``).
+    default : bool
+        Fall back to the model's last spatial layer (:func:`~explainkit.adapters.layers.default_layer`,
+        which may run the model once); ``False`` returns ``[]`` instead.
+
+    Returns
+    -------
+    list of str
+        Layer names (unresolved) or :data:`LOGITS`.
+
+    Raises
+    ------
+    ConfigError
+        An empty list.
+    """
+    chosen = layers if layers is not None else run_layer
+    if chosen is None:
+        if not default:
+            return []
+        input_size = tuple(handle.preprocessing.input_size) if handle.preprocessing is not None else None
+        chosen = default_layer(handle.module, input_size or (224, 224))
+    names = [chosen] if isinstance(chosen, str) else list(chosen)
+    if not names:
+        raise ConfigError("no layer given")
+    return names
+
+
+def check_layers(handle: ModelHandle, layers: str | Sequence[str] | None, run_layer: str | None = None) -> None:
+    """Raise :class:`ConfigError` unless every layer asked for (not the model default) resolves; no side effects."""
+    for name in layer_names(handle, layers, run_layer, default=False):
+        if name != LOGITS:
+            resolve_layer(handle.module, name)
+
+
+def build_poolers(handle: ModelHandle, layers: Sequence[str], *, pooling: str = "mean", tokens: str = "cls"
+                  ) -> dict[str, Pooler]:
+    """One :class:`Pooler` per layer, keyed by the resolved dotted name.
+
+    Parameters
+    ----------
+    handle : ModelHandle
+        The model.
+    layers : sequence of str
+        Layer names or :data:`LOGITS` (see :func:`layer_names`).
     pooling, tokens : str
         See :class:`Pooler`.
 
@@ -244,16 +286,11 @@ def build_poolers(handle: ModelHandle, layers: str | Sequence[str] | None, *, de
     Raises
     ------
     ConfigError
-        Unknown layers or an empty list.
+        Unknown layers.
     """
     input_size = tuple(handle.preprocessing.input_size) if handle.preprocessing is not None else None
-    if layers is None:
-        layers = default if default is not None else default_layer(handle.module, input_size or (224, 224))
-    names = [layers] if isinstance(layers, str) else list(layers)
-    if not names:
-        raise ConfigError("no layer given")
     poolers: dict[str, Pooler] = {}
-    for name in names:
+    for name in layers:
         module = None
         if name != LOGITS:
             name, module = resolve_layer(handle.module, name)

@@ -14,21 +14,22 @@ top images), ``artifact_units``.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from PIL import Image
 
-from explainkit.adapters.activations import build_poolers
+from explainkit.adapters.activations import build_poolers, check_layers, layer_names
 from explainkit.analyzers.base import Analyzer, Batch, Finding, RunContext, Section
 from explainkit.analyzers.metric import metric
-from explainkit.analyzers.registry import register_analyzer
-from explainkit.dissect.labels import UnitLabel, validate_labelling
+from explainkit.dissect.labels import UnitLabel
 from explainkit.dissect.masks import MaskReader, mask_sources
 from explainkit.dissect.stream import DissectRunState, label_layer, map_batch
 from explainkit.dissect.tally import DissectState, Tally, upsample
 from explainkit.errors import ConfigError
+from explainkit.options import Option
 from explainkit.report.images import thumbnail, to_data_uri
 from explainkit.report.jsonify import jsonable
 
@@ -37,7 +38,6 @@ __all__ = ["NetworkDissection"]
 _THUMB_PX = 64
 
 
-@register_analyzer
 class NetworkDissection(Analyzer):
     """Network Dissection (Bau et al., CVPR 2017).
 
@@ -68,6 +68,19 @@ class NetworkDissection(Analyzer):
     summary = ("labels conv units with the concept whose masks best overlap their top-0.5% activations "
                "(Bau et al. 2017), with IoU CIs and tests")
     requires = frozenset({"module_hooks", "masks"})
+    options: ClassVar[Mapping[str, Option]] = {
+        "layer": Option("str", many=True, or_one=True,
+                        help="layer(s) with spatial maps (default: the run's --layer, else the model's)"),
+        "quantile": Option("float", low=0, high=0.5, low_open=True, high_open=True,
+                           help="top share of a unit's activations (all images and positions) that fires it"),
+        "iou_threshold": Option("float", low=0, high=1, high_open=True, help="a unit is labelled above this IoU"),
+        "concepts": Option("str", many=True, help="concepts to score (default: every table column and mask folder)"),
+        "regions": Option("mapping", help="concept -> mask folder it covers ('~folder': the complement)"),
+        "alpha": Option("float", low=0, high=1, low_open=True, high_open=True,
+                        help="false discovery rate of the label test over a layer's units"),
+        "top_images": Option("int", low=0, help="top images (with the unit's mask) per shown unit"),
+        "max_image_units": Option("int", low=0, help="units per layer that get images"),
+    }
 
     def __init__(self, layer: str | list[str] | None = None, quantile: float = 0.005, iou_threshold: float = 0.04,
                  concepts: list[str] | None = None, regions: dict[str, str] | None = None, alpha: float = 0.05,
@@ -82,18 +95,18 @@ class NetworkDissection(Analyzer):
         self.max_image_units = max_image_units
 
     # -- setup -------------------------------------------------------------------------------
-    def check(self, ctx: RunContext) -> None:
-        """Validate parameters, resolve layers and every concept's mask source."""
+    def validate(self, ctx: RunContext) -> None:
+        """Every concept needs a mask source; the layers asked for must exist."""
         try:
-            validate_labelling(self.quantile, self.iou_threshold, self.alpha, 0.95)
-            for key in ("top_images", "max_image_units"):
-                value = getattr(self, key)
-                if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                    raise ConfigError(f"{key} must be a non-negative integer, not {value!r}")
-            self.sources_ = mask_sources(ctx.data, self.concepts, self.regions)
-            self.poolers_ = build_poolers(ctx.handle, self.layer, default=ctx.layer)
+            mask_sources(ctx.data, self.concepts, self.regions)
+            check_layers(ctx.handle, self.layer, ctx.layer)
         except ConfigError as exc:
             raise ConfigError(f"dissect: {exc}") from None
+
+    def prepare(self, ctx: RunContext) -> None:
+        """Resolve layers and mask sources; a mask reader for the probe set."""
+        self.sources_ = mask_sources(ctx.data, self.concepts, self.regions)
+        self.poolers_ = build_poolers(ctx.handle, layer_names(ctx.handle, self.layer, ctx.layer))
         self.reader_ = MaskReader(ctx.data, ctx.handle.require_preprocessing(), self.sources_)
 
     def init_state(self, ctx: RunContext) -> DissectRunState:

@@ -14,7 +14,7 @@ them in three ways, resolved per concept (first match wins):
 * ``image``: a concept-table column without masks covers the whole image where it is marked —
   how the reference treats Broden's image-level (scene) labels.
 
-Masks are resized and cropped exactly like the images (:func:`mask_to_input`).
+Masks are resized and cropped exactly like the images (:meth:`Preprocessing.resize_mask`).
 """
 
 from __future__ import annotations
@@ -25,8 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from explainkit.analyzers.cam.render import mask_to_input
-from explainkit.datasets.probe import ProbeSet
+from explainkit.data.probe import ProbeSet
 from explainkit.errors import ConfigError, DataError
 from explainkit.loading.preprocessing import Preprocessing
 
@@ -149,7 +148,7 @@ class MaskReader:
         if raw.shape != (image_size[1], image_size[0]):
             raise DataError(f"mask masks/{folder}/ of {self.probe.ids[i]} is {raw.shape[1]}x{raw.shape[0]} px, "
                             f"its image {image_size[0]}x{image_size[1]} px; masks must match their images")
-        return mask_to_input(raw, self.preprocessing)
+        return self.preprocessing.resize_mask(raw)
 
     def __call__(self, indices: Sequence[int], image_sizes: Sequence[tuple[int, int]] | None = None) -> np.ndarray:
         """Masks of the images at ``indices``.

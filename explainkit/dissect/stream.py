@@ -16,7 +16,7 @@ import torch
 
 from explainkit.adapters.activations import Pooler, batch_activations
 from explainkit.analyzers.base import RecordState
-from explainkit.datasets.probe import ProbeSet
+from explainkit.data.probe import ProbeSet
 from explainkit.dissect.labels import UnitLabel, label_units
 from explainkit.dissect.masks import MaskReader
 from explainkit.dissect.quantile import top_k_size

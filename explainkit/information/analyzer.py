@@ -13,23 +13,31 @@ units; factor-pair co-information).
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 import numpy as np
 
-from explainkit.adapters.activations import batch_activations, build_poolers, learn_layouts
+from explainkit.adapters.activations import (
+    POOLINGS,
+    TOKEN_OPTIONS,
+    batch_activations,
+    build_poolers,
+    check_layers,
+    layer_names,
+    learn_layouts,
+)
 from explainkit.analyzers.base import Analyzer, Batch, Finding, RecordState, RunContext, Section
 from explainkit.analyzers.metric import metric
-from explainkit.analyzers.registry import register_analyzer
 from explainkit.errors import ConfigError
 from explainkit.information.api import FactorInformation, factor_information
 from explainkit.information.factors import probe_factors
+from explainkit.options import Option
 from explainkit.report.jsonify import jsonable
 
 __all__ = ["FactorAnalysis"]
 
 
-@register_analyzer
 class FactorAnalysis(Analyzer):
     """Information-theoretic factor analysis (Xu et al. 2018) with Gaussian-copula MI (Ince et al. 2017).
 
@@ -63,6 +71,19 @@ class FactorAnalysis(Analyzer):
     summary = ("mutual information (Gaussian copula, bias-corrected) between layers/units and generative "
                "factors, with family-wise permutation tests")
     requires = frozenset({"module_hooks", "concepts"})
+    options: ClassVar[Mapping[str, Option]] = {
+        "layer": Option("str", many=True, or_one=True,
+                        help="layer(s) to analyse; several give a layer x factor map (default: the run's --layer)"),
+        "pooling": Option("choice", choices=POOLINGS, help="spatial aggregation of conv maps into one value per unit"),
+        "tokens": Option("choice", choices=TOKEN_OPTIONS, help="aggregation of ViT tokens: CLS token or patch mean"),
+        "factors": Option("str", many=True, help="factors to analyse (default: all with two or more levels)"),
+        "components": Option("int", low=1, help="leading principal components behind each layer's MI"),
+        "permutations": Option("int", low=1, help="label permutations of the max-statistic null"),
+        "resamples": Option("int", low=0, help="bootstrap resamples for the CIs (0: none)"),
+        "pairs": Option("bool", help="co-information of every factor pair at layer level"),
+        "alpha": Option("float", low=0, high=1, low_open=True, high_open=True, help="family-wise error rate"),
+        "top_units": Option("int", low=0, help="most informative units listed per layer and factor"),
+    }
 
     def __init__(self, layer: str | list[str] | None = None, pooling: str = "mean", tokens: str = "cls",
                  factors: list[str] | None = None, components: int = 8, permutations: int = 500,
@@ -78,20 +99,19 @@ class FactorAnalysis(Analyzer):
         self.alpha = alpha
         self.top_units = top_units
 
-    def check(self, ctx: RunContext) -> None:
-        """Validate parameters, resolve layers and read the factors."""
+    def validate(self, ctx: RunContext) -> None:
+        """The factors must exist in the probe set; the layers asked for in the model."""
         try:
-            for key, low in (("components", 1), ("permutations", 1), ("resamples", 0), ("top_units", 0)):
-                value = getattr(self, key)
-                if not isinstance(value, int) or isinstance(value, bool) or value < low:
-                    raise ConfigError(f"{key} must be an integer >= {low}, not {value!r}")
-            if not 0.0 < self.alpha < 1.0:
-                raise ConfigError(f"alpha must be in (0, 1), not {self.alpha!r}")
-            self.factors_ = probe_factors(ctx.data, self.factors)
-            self.poolers_ = build_poolers(ctx.handle, self.layer, default=ctx.layer, pooling=self.pooling,
-                                          tokens=self.tokens)
+            probe_factors(ctx.data, self.factors)
+            check_layers(ctx.handle, self.layer, ctx.layer)
         except ConfigError as exc:
             raise ConfigError(f"information: {exc}") from None
+
+    def prepare(self, ctx: RunContext) -> None:
+        """Read the factors and build one activation pooler per layer."""
+        self.factors_ = probe_factors(ctx.data, self.factors)
+        self.poolers_ = build_poolers(ctx.handle, layer_names(ctx.handle, self.layer, ctx.layer),
+                                      pooling=self.pooling, tokens=self.tokens)
 
     def map(self, ctx: RunContext, batch: Batch) -> RecordState:
         """Pooled activations of one batch."""

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from explainkit.datasets.probe import ProbeSet
+from explainkit.data.probe import ProbeSet
 from explainkit.errors import ConfigError, DataError
 
 __all__ = ["Factor", "probe_factors"]

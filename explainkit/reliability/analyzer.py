@@ -21,23 +21,23 @@ A composite family: it imports the ``dissect`` and ``invert`` libraries (the lay
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
-from explainkit.adapters.activations import build_poolers
+from explainkit.adapters.activations import build_poolers, check_layers, layer_names
 from explainkit.analyzers.base import Analyzer, Batch, Finding, RunContext, Section
 from explainkit.analyzers.metric import metric
-from explainkit.analyzers.registry import register_analyzer
-from explainkit.datasets.probe import ProbeSet
-from explainkit.dissect.labels import validate_labelling
+from explainkit.data.probe import ProbeSet
 from explainkit.dissect.masks import MaskReader, mask_sources
 from explainkit.dissect.stream import DissectRunState, label_layer, map_batch, stream_probe
 from explainkit.errors import ConfigError
 from explainkit.invert.api import label_neurons
 from explainkit.invert.concepts import ConceptMatrix
 from explainkit.invert.significance import stratified_split, validate_decision
+from explainkit.options import Option
 from explainkit.reliability.agreement import compare_labels
 from explainkit.reliability.learnability import linear_probe
 from explainkit.reliability.stability import (
@@ -55,7 +55,6 @@ __all__ = ["LabelReliability"]
 _METHODS = ("invert", "dissect")
 
 
-@register_analyzer
 class LabelReliability(Analyzer):
     """Probe-set sensitivity and concept learnability of INVERT and Network Dissection labels.
 
@@ -92,6 +91,27 @@ class LabelReliability(Analyzer):
     summary = ("INVERT and Network Dissection labels side by side with their agreement, their bootstrap / "
                "second-probe stability, and the linear-probe learnability of their concepts")
     requires = frozenset({"module_hooks", "concepts"})
+    options: ClassVar[Mapping[str, Option]] = {
+        "layer": Option("str", many=True, or_one=True,
+                        help="layer(s) with spatial maps (default: the run's --layer, else the model's)"),
+        "resamples": Option("int", low=1, help="bootstrap resamples of the probe set for label stability"),
+        "second_probe": Option("dir", help="folder of a second probe set with the same concepts"),
+        "invert_length": Option("int", low=1, help="INVERT's formula length (1: single concepts)"),
+        "quantile": Option("float", low=0, high=0.5, low_open=True, high_open=True,
+                           help="Network Dissection's top activation share"),
+        "iou_threshold": Option("float", low=0, high=1, high_open=True, help="Network Dissection's label IoU"),
+        "concepts": Option("str", many=True, help="concepts for Network Dissection (default: all)"),
+        "regions": Option("mapping", help="concept -> mask folder it covers ('~folder': the complement)"),
+        "folds": Option("int", low=2, help="cross-validation folds of the linear probes"),
+        "min_balanced_accuracy": Option("float", low=0, high=1,
+                                        help="a concept is decodable when the probe's balanced-accuracy CI is above"),
+        "min_stability": Option("float", low=0, high=1, help="labels reproduced by fewer resamples are flagged"),
+        "alpha": Option("float", low=0, high=1, low_open=True, high_open=True,
+                        help="false discovery rate (probes over layers x concepts; labels over units)"),
+        "confirm_fraction": Option("float", low=0, high=1, low_open=True, high_open=True,
+                                   help="INVERT's held-out share"),
+        "auroc_floor": Option("float", low=0.5, high=1, help="INVERT accepts a label whose held-out CI clears this"),
+    }
 
     def __init__(self, layer: str | list[str] | None = None, resamples: int = 50, second_probe: str | None = None,
                  invert_length: int = 1, quantile: float = 0.005, iou_threshold: float = 0.04,
@@ -114,27 +134,25 @@ class LabelReliability(Analyzer):
         self.auroc_floor = auroc_floor
 
     # -- setup -------------------------------------------------------------------------------
-    def check(self, ctx: RunContext) -> None:
-        """Validate, resolve layers and mask sources; label the second probe set if one is given."""
+    def validate(self, ctx: RunContext) -> None:
+        """Cross-parameter rules; mask sources and layers must resolve."""
         try:
-            for key, low in (("resamples", 1), ("invert_length", 1), ("folds", 2)):
-                value = getattr(self, key)
-                if not isinstance(value, int) or isinstance(value, bool) or value < low:
-                    raise ConfigError(f"{key} must be an integer >= {low}, not {value!r}")
-            validate_labelling(self.quantile, self.iou_threshold, self.alpha, 0.95)
             validate_decision(self.alpha, self.auroc_floor, 0.95, self.confirm_fraction)
-            for key in ("min_balanced_accuracy", "min_stability"):
-                if not 0.0 <= getattr(self, key) <= 1.0:
-                    raise ConfigError(f"{key} must be in [0, 1], not {getattr(self, key)!r}")
-            self.poolers_ = build_poolers(ctx.handle, self.layer, default=ctx.layer)
-            self.dissect_ = bool(ctx.data.mask_names())
-            self.sources_ = mask_sources(ctx.data, self.concepts, self.regions) if self.dissect_ else []
-            second = self._second_probe(ctx)
+            if ctx.data.mask_names():
+                mask_sources(ctx.data, self.concepts, self.regions)
+            check_layers(ctx.handle, self.layer, ctx.layer)
         except ConfigError as exc:
             raise ConfigError(f"reliability: {exc}") from None
+
+    def prepare(self, ctx: RunContext) -> None:
+        """Resolve layers and mask sources; read and label the second probe set if one is given."""
+        self.poolers_ = build_poolers(ctx.handle, layer_names(ctx.handle, self.layer, ctx.layer))
+        self.dissect_ = bool(ctx.data.mask_names())
+        self.sources_ = mask_sources(ctx.data, self.concepts, self.regions) if self.dissect_ else []
         prep = ctx.handle.require_preprocessing()
         self.reader_ = MaskReader(ctx.data, prep, self.sources_)
         self.second_ = None
+        second = self._second_probe(ctx)
         if second is not None:
             reader = MaskReader(second, prep, mask_sources(second, [s.concept for s in self.sources_], self.regions)
                                 if self.dissect_ else [])
@@ -149,7 +167,7 @@ class LabelReliability(Analyzer):
         if self.dissect_:
             missing += [s.concept for s in self.sources_ if s.kind == "pixels" and s.folder not in second.mask_names()]
         if missing:
-            raise ConfigError(f"the second probe set lacks concept(s) {', '.join(missing)}")
+            raise ConfigError(f"reliability: the second probe set lacks concept(s) {', '.join(missing)}")
         return second
 
     def init_state(self, ctx: RunContext) -> DissectRunState:

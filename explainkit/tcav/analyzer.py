@@ -17,21 +17,22 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from captum.concept._utils.common import concepts_to_str
 from torch import nn
 
-from explainkit.adapters.activations import build_poolers
+from explainkit.adapters.activations import build_poolers, check_layers, layer_names
 from explainkit.adapters.targets import select_logits
 from explainkit.analyzers.base import Analyzer, Batch, Finding, RunContext, Section
 from explainkit.analyzers.metric import metric
-from explainkit.analyzers.registry import register_analyzer
 from explainkit.errors import ConfigError
 from explainkit.hooks import eval_mode
 from explainkit.loading.handle import ModelHandle
+from explainkit.options import Option
 from explainkit.report.jsonify import jsonable
 from explainkit.tcav.cav import CachedTCAV, SeededLinearClassifier, activation_table, concept_sets
 from explainkit.tcav.scores import TcavCounts, TcavTest, tcav_tests
@@ -64,7 +65,6 @@ class _Loader:
         return self.handle.preprocess(images).to(self.device)
 
 
-@register_analyzer
 class Tcav(Analyzer):
     """TCAV scores per class and concept, tested against random CAVs (captum's implementation).
 
@@ -91,6 +91,17 @@ class Tcav(Analyzer):
     title = "TCAV concept sensitivity"
     summary = "TCAV scores per class and concept via captum, t-tested against random CAVs (Holm-corrected)"
     requires = frozenset({"module_hooks", "gradients", "concepts", "labels"})
+    options: ClassVar[Mapping[str, Option]] = {
+        "layer": Option("str", many=True, or_one=True,
+                        help="layer(s) the CAVs live in (default: the run's --layer, else the model's)"),
+        "concepts": Option("str", many=True, help="concept-table columns to test (default: all with enough images)"),
+        "classes": Option("str", many=True, help="classes to explain (default: every class with probe images)"),
+        "runs": Option("int", low=2, help="CAVs per concept against fresh negatives, and random-vs-random CAVs"),
+        "max_images": Option("int", low=2, help="images per concept / random set"),
+        "min_images": Option("int", low=2, help="concepts with fewer positive or negative images are skipped"),
+        "alpha": Option("float", low=0, high=1, low_open=True, high_open=True,
+                        help="family-wise error rate (Holm over all layer x class x concept tests)"),
+    }
 
     def __init__(self, layer: str | list[str] | None = None, concepts: list[str] | None = None,
                  classes: list[str] | None = None, runs: int = 10, max_images: int = 50, min_images: int = 10,
@@ -104,7 +115,10 @@ class Tcav(Analyzer):
         self.alpha = alpha
 
     def __getstate__(self) -> dict[str, Any]:
-        """Pickled without the captum object; the trained CAVs (``cavs_``) travel to the workers."""
+        """Pickled without the captum object; the trained CAVs (``cavs_``) travel with it.
+
+        A worker's :meth:`prepare` installs them instead of training (bit-identical scores everywhere).
+        """
         return {k: v for k, v in self.__dict__.items() if k not in ("tcav_", "exp_sets_")}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -113,31 +127,34 @@ class Tcav(Analyzer):
         self._shipped = "cavs_" in state
 
     # -- setup -------------------------------------------------------------------------------
-    def check(self, ctx: RunContext) -> None:
-        """Validate, draw the concept sets and train every CAV through captum."""
+    def _choices(self, ctx: RunContext) -> tuple[list[str], list[str]]:
+        """The concepts and classes asked for (all by default); unknown names raise."""
+        names, class_names = list(ctx.data.concept_names), list(ctx.class_names)
+        chosen = names if self.concepts is None else list(self.concepts)
+        unknown = [c for c in chosen if c not in names]
+        if unknown:
+            raise ConfigError(f"tcav: unknown concept(s) {', '.join(unknown)}; available: {', '.join(names)}")
+        wanted = class_names if self.classes is None else list(self.classes)
+        unknown = [c for c in wanted if c not in class_names]
+        if unknown:
+            raise ConfigError(f"tcav: unknown class(es) {', '.join(unknown)}; the model's: {', '.join(class_names)}")
+        return chosen, wanted
+
+    def validate(self, ctx: RunContext) -> None:
+        """Concepts, classes and layers must exist."""
+        self._choices(ctx)
         try:
-            for key, low in (("runs", 2), ("max_images", 2), ("min_images", 2)):
-                value = getattr(self, key)
-                if not isinstance(value, int) or isinstance(value, bool) or value < low:
-                    raise ConfigError(f"{key} must be an integer >= {low}, not {value!r}")
-            if not 0.0 < self.alpha < 1.0:
-                raise ConfigError(f"alpha must be in (0, 1), not {self.alpha!r}")
-            self.layers_ = list(build_poolers(ctx.handle, self.layer, default=ctx.layer))
-            names = list(ctx.data.concept_names)
-            chosen = names if self.concepts is None else list(self.concepts)
-            unknown = [c for c in chosen if c not in names]
-            if unknown:
-                raise ConfigError(f"unknown concept(s) {', '.join(unknown)}; available: {', '.join(names)}")
-            class_names = list(ctx.class_names)
-            wanted = class_names if self.classes is None else list(self.classes)
-            unknown = [c for c in wanted if c not in class_names]
-            if unknown:
-                raise ConfigError(f"unknown class(es) {', '.join(unknown)}; the model's: {', '.join(class_names)}")
+            check_layers(ctx.handle, self.layer, ctx.layer)
         except ConfigError as exc:
             raise ConfigError(f"tcav: {exc}") from None
-        self.class_names_ = class_names
-        self.class_mask_ = np.array([c in wanted for c in class_names])
-        table = ctx.data.concepts[:, [names.index(c) for c in chosen]]
+
+    def prepare(self, ctx: RunContext) -> None:
+        """Draw the concept sets and train every CAV through captum (a shipped copy reuses the driver's)."""
+        chosen, wanted = self._choices(ctx)
+        self.layers_ = list(build_poolers(ctx.handle, layer_names(ctx.handle, self.layer, ctx.layer)))
+        self.class_names_ = list(ctx.class_names)
+        self.class_mask_ = np.array([c in wanted for c in self.class_names_])
+        table = ctx.data.concepts[:, [ctx.data.concept_names.index(c) for c in chosen]]
         self.sets_, self.skipped_ = concept_sets(table, chosen, max_images=self.max_images, runs=self.runs,
                                                  min_images=self.min_images, rng=ctx.rng(self.name, "sets"))
         self._fit(ctx)

@@ -8,10 +8,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from explainkit.analyzers.cam.render import mask_to_input
 from explainkit.errors import ConfigError
 from explainkit.gate.kinds.base import CheckContext
-from explainkit.gate.options import Option
+from explainkit.options import Option
 
 __all__ = ["MASK_OPTIONS", "images_with_mask", "input_masks", "require_mask_source"]
 
@@ -59,7 +58,7 @@ def input_masks(cc: CheckContext, indices: np.ndarray, concept: str) -> dict[int
         raw = cc.run.data.mask(int(i), concept)
         if raw is None:
             continue
-        mask = torch.from_numpy(mask_to_input(raw, prep))
+        mask = torch.from_numpy(prep.resize_mask(raw))
         if bool(mask.any()):
             out[int(i)] = mask.to(cc.run.device)
     return out
