@@ -20,6 +20,7 @@ information about, and where. For every layer and factor:
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import combinations
@@ -125,6 +126,13 @@ def _pcs(z: np.ndarray, k: int, rng: np.random.Generator) -> tuple[np.ndarray, f
     return copnorm(u[:, :k] * s[:k], rng), var
 
 
+def _nan_reduce(fn: Any, a: np.ndarray, axis: int) -> np.ndarray:
+    """``fn(a, axis)`` ignoring NaN; all-NaN slices (too few images per level) give NaN without a warning."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return fn(a, axis=axis)
+
+
 def _fwer(obs: np.ndarray, null_max: np.ndarray, n_factors: int) -> np.ndarray:
     """Single-step max-statistic p-values, Bonferroni over the factors."""
     exceed = (null_max[:, None] >= obs.reshape(-1)[None, :]).sum(0)
@@ -192,14 +200,13 @@ def factor_information(activations: Mapping[str, np.ndarray], factors: Sequence[
         zl, var = _pcs(z, components, rng)
         unit_all.append(np.stack([unit_mi(z, g) for g in groups], axis=-1))  # (B, D, F)
         raw = np.stack([layer_mi(zl, g) for g in groups], axis=-1)  # (B, F)
-        layer_raw_bias.append(np.nanmean(raw[reps["null"]], 0))
+        layer_raw_bias.append(_nan_reduce(np.nanmean, raw[reps["null"]], 0))
         layer_all.append(raw - layer_raw_bias[-1])  # shuffle-corrected, null included
         layers.append((name, zl, var))
     f_count = len(factors)
-    with np.errstate(invalid="ignore"):
-        unit_null_max = np.stack([np.nanmax(np.concatenate([u[reps["null"], :, j] for u in unit_all], 1), 1)
-                                  for j in range(f_count)], 1)  # (P, F)
-        layer_null_max = np.nanmax(np.stack([m[reps["null"]] for m in layer_all]), 0)  # (P, F)
+    unit_null_max = np.stack([_nan_reduce(np.nanmax, np.concatenate([u[reps["null"], :, j] for u in unit_all], 1), 1)
+                              for j in range(f_count)], 1)  # (P, F)
+    layer_null_max = _nan_reduce(np.nanmax, np.stack([m[reps["null"]] for m in layer_all]), 0)  # (P, F)
     out = []
     for (name, zl, var), u, m in zip(layers, unit_all, layer_all):
         obs_u, obs_l = u[0], m[0]
@@ -242,7 +249,7 @@ def _coinformation(zl: np.ndarray, factors: Sequence[Factor], single: np.ndarray
                                   f"{_PAIR_MIN_PER_DIM * (zl.shape[1] + 1)} needed"})
             continue
         raw = layer_mi(zl, groupings(joint, perms, weights))
-        both = raw - np.nanmean(raw[1 : 1 + len(perms)])
+        both = raw - _nan_reduce(np.nanmean, raw[1 : 1 + len(perms)], 0)
         co = both[keep_joint] - single[keep, i] - single[keep, j]
         lo, hi = percentile_interval(co[1:], confidence) if len(weights) else (np.nan, np.nan)
         out.append({"factors": [a.name, b.name], "value": float(co[0]), "ci_low": float(lo), "ci_high": float(hi),
