@@ -13,6 +13,7 @@ units; factor-pair co-information).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
@@ -162,6 +163,13 @@ class FactorAnalysis(Analyzer):
                            "pairs": [{**p, "unit": "bits", "ci_method": "percentile bootstrap"} for p in info.pairs],
                            "units": {"mi_bits": info.unit_mi.tolist(), "p_fwer": info.unit_p.tolist()}})
         findings = self._findings(layers, artifacts)
+        min_p = len(res.factors) / (res.permutations + 1)
+        if min_p >= self.alpha:
+            findings.append(Finding(
+                "warning", f"with {res.permutations} permutations and {len(res.factors)} factors the smallest "
+                f"family-wise p is {min_p:.3g} >= alpha {self.alpha}: nothing can be significant; use at least "
+                f"{math.ceil(len(res.factors) / self.alpha)} permutations", self.name,
+                {"permutations": res.permutations, "factors": len(res.factors)}))
         best = max(((lay["layer"], c) for lay in layers for c in lay["factors"] if c["significant"]),
                    key=lambda t: t[1]["mi"]["value"], default=None)
         summary = {"layers": len(layers), "factors": res.factors,
@@ -182,7 +190,8 @@ class FactorAnalysis(Analyzer):
                                "unit of every layer (units) and over the layers (layer MI); same permutations for "
                                "all layers", "permutations": res.permutations,
                      "correction": "family-wise within each factor, Bonferroni over the factors",
-                     "alpha": self.alpha, "ci": f"percentile bootstrap over images ({res.resamples} resamples)",
+                     "alpha": self.alpha, "smallest_attainable_p": min(1.0, min_p),
+                     "ci": f"percentile bootstrap over images ({res.resamples} resamples)",
                      "seed": seed},
             "factors": [{"name": f.name, "levels": list(f.levels), "source": f.source,
                          "entropy_bits": float(res.entropy[j]), "artifact": f.name in artifacts}
