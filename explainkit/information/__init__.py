@@ -7,8 +7,8 @@ and :mod:`~explainkit.information.analyzer` (the ``information`` analyzer).
 """
 
 from explainkit.information.api import FactorInformation, LayerInformation, factor_information
-from explainkit.information.factors import Factor, probe_factors
+from explainkit.information.factors import Factor, probe_factors, usable_factors
 from explainkit.information.gcmi import copnorm, layer_mi, unit_mi
 
 __all__ = ["Factor", "FactorInformation", "LayerInformation", "copnorm", "factor_information", "layer_mi",
-           "probe_factors", "unit_mi"]
+           "probe_factors", "unit_mi", "usable_factors"]

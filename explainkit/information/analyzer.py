@@ -32,7 +32,7 @@ from explainkit.analyzers.base import Analyzer, Batch, Finding, RecordState, Run
 from explainkit.analyzers.metric import metric
 from explainkit.errors import ConfigError
 from explainkit.information.api import FactorInformation, factor_information
-from explainkit.information.factors import probe_factors
+from explainkit.information.factors import Factor, probe_factors, usable_factors
 from explainkit.options import Option
 from explainkit.report.jsonify import jsonable
 
@@ -100,17 +100,30 @@ class FactorAnalysis(Analyzer):
         self.alpha = alpha
         self.top_units = top_units
 
+    def _factors(self, ctx: RunContext) -> tuple[list[Factor], dict[str, str]]:
+        """The factors to analyse and those left out (with the reason).
+
+        A named factor that cannot be estimated, or none left, is a configuration error.
+        """
+        usable, skipped = usable_factors(probe_factors(ctx.data, self.factors))
+        if self.factors is not None and skipped:
+            name, why = next(iter(skipped.items()))
+            raise ConfigError(f"factor {name!r} cannot be estimated: {why}")
+        if not usable:
+            raise ConfigError(f"no factor can be estimated: {'; '.join(f'{k}: {v}' for k, v in skipped.items())}")
+        return usable, skipped
+
     def validate(self, ctx: RunContext) -> None:
-        """The factors must exist in the probe set; the layers asked for in the model."""
+        """The factors must exist in the probe set and be estimable; the layers asked for in the model."""
         try:
-            probe_factors(ctx.data, self.factors)
+            self._factors(ctx)
             check_layers(ctx.handle, self.layer, ctx.layer)
         except ConfigError as exc:
             raise ConfigError(f"information: {exc}") from None
 
     def prepare(self, ctx: RunContext) -> None:
         """Read the factors and build one activation pooler per layer."""
-        self.factors_ = probe_factors(ctx.data, self.factors)
+        self.factors_, self.skipped_factors_ = self._factors(ctx)
         self.poolers_ = build_poolers(ctx.handle, layer_names(ctx.handle, self.layer, ctx.layer),
                                       pooling=self.pooling, tokens=self.tokens)
 
@@ -152,6 +165,8 @@ class FactorAnalysis(Analyzer):
                                  share_of_entropy=info.layer_mi[j] / res.entropy[j] if res.entropy[j] else None,
                                  shuffle_bias=info.layer_bias[j]),
                     "significant": bool(info.layer_p[j] < self.alpha),
+                    "reason": None if np.isfinite(info.layer_mi[j]) else
+                    f"not estimated: a level has at most {info.components} images (the layer MI's dimension)",
                     "n_significant_units": int(np.sum(unit_p < self.alpha)),
                     "top_units": top,
                 })
@@ -196,6 +211,7 @@ class FactorAnalysis(Analyzer):
             "factors": [{"name": f.name, "levels": list(f.levels), "source": f.source,
                          "entropy_bits": float(res.entropy[j]), "artifact": f.name in artifacts}
                         for j, f in enumerate(factors)],
+            "skipped_factors": [{"name": k, "reason": v} for k, v in self.skipped_factors_.items()],
             "heatmap": {"rows": [lay["layer"] for lay in layers], "cols": res.factors, "values": heat,
                         "significant": sig, "unit": "layer MI as a share of the factor's entropy"},
             "layers": layers,

@@ -22,7 +22,7 @@ import numpy as np
 from explainkit.data.probe import ProbeSet
 from explainkit.errors import ConfigError, DataError
 
-__all__ = ["Factor", "probe_factors"]
+__all__ = ["Factor", "probe_factors", "usable_factors"]
 
 _SKIP_KEYS = {"id", "label"}
 _MAX_WORLD_BYTES = 256 * 1024 * 1024
@@ -52,6 +52,11 @@ class Factor:
     def subset(self, rows: np.ndarray) -> Factor:
         """The factor on the images at ``rows``."""
         return Factor(self.name, self.levels, self.codes[rows], self.source)
+
+    def smallest_level(self) -> int:
+        """Images in the factor's rarest level (levels without images do not count)."""
+        counts = np.bincount(self.codes)
+        return int(counts[counts > 0].min())
 
 
 def _encode(values: Sequence[str]) -> tuple[tuple[str, ...], np.ndarray]:
@@ -145,3 +150,34 @@ def probe_factors(probe: ProbeSet, names: Sequence[str] | None = None) -> list[F
     if not factors:
         raise ConfigError("no generative factor with at least two levels in this probe set")
     return factors
+
+
+def usable_factors(factors: Sequence[Factor], min_level_images: int = 2) -> tuple[list[Factor], dict[str, str]]:
+    """Split factors into those whose every level has ``min_level_images`` images and the others.
+
+    A Gaussian per level needs at least two images (a continuous value in ``world.json``, e.g. a
+    position, makes one level per image and cannot be estimated this way).
+
+    Parameters
+    ----------
+    factors : sequence of Factor
+        Candidate factors.
+    min_level_images : int
+        Images needed in each level.
+
+    Returns
+    -------
+    usable : list of Factor
+        Factors that can be estimated, in input order.
+    skipped : dict of str to str
+        Factor name → why it was left out.
+    """
+    usable, skipped = [], {}
+    for f in factors:
+        smallest = f.smallest_level()
+        if smallest < min_level_images:
+            skipped[f.name] = (f"{len(np.unique(f.codes))} levels, the rarest with {smallest} image(s); every level "
+                               f"needs {min_level_images} (a continuous value must be binned first)")
+        else:
+            usable.append(f)
+    return usable, skipped
