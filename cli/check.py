@@ -6,12 +6,11 @@ import json
 
 import click
 
-from explainkit.cli.options import loading_options, parameter_sources, preprocessing_options, split_allow_classes
+from explainkit.cli.options import load_handle, loading_options, parameter_sources, preprocessing_options
 from explainkit.gate.annotations import annotation_lines, github_enabled, write_step_summary
 from explainkit.gate.policy import load_policy
 from explainkit.gate.runner import check as run_check
 from explainkit.gate.text import format_summary
-from explainkit.loading import load_model
 
 __all__ = ["COMMANDS"]
 
@@ -43,11 +42,7 @@ def check(ctx: click.Context, model: str, policy_path: str, junit: str | None, o
     ::error / ::warning annotations and the full table is appended to $GITHUB_STEP_SUMMARY.
     """
     policy = load_policy(policy_path)
-    handle = load_model(
-        model, arch=opts["arch"], trust=opts["trust"], allow_classes=split_allow_classes(opts["allow_classes"]),
-        class_names=opts["class_names"], input_size=opts["input_size"], mean=opts["mean"], std=opts["std"],
-        resize=opts["resize"],
-    )
+    handle = load_handle(model, opts)
     resolved = parameter_sources(ctx, {"model": model, "policy_path": policy_path, "junit": junit, "out": out,
                                        **{k: v for k, v in opts.items() if k != "progress"}})
     result = run_check(handle, policy, out=out, junit=junit, device=opts["device"], batch_size=opts["batch_size"],

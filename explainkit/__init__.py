@@ -18,6 +18,7 @@ from explainkit.analyzers import (
 )
 from explainkit.analyzers.cam import cam, cams
 from explainkit.datasets.probe import ProbeSet
+from explainkit.discovery.runner import discover
 from explainkit.errors import (
     CapabilityError,
     ConfigError,
@@ -55,6 +56,7 @@ __all__ = [
     "cam",
     "cams",
     "check",
+    "discover",
     "get_analyzer",
     "label_neurons",
     "list_analyzers",

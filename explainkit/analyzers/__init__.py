@@ -8,6 +8,7 @@ from explainkit.analyzers.registry import (
     list_analyzers,
     register_analyzer,
 )
+from explainkit.discovery import analyzer as discovery  # registers "discovery"
 from explainkit.invert import analyzer as invert  # registers "invert"
 from explainkit.prototypes import analyzer as prototypes  # registers "prototypes"
 
@@ -19,6 +20,7 @@ __all__ = [
     "RunContext",
     "Section",
     "cam",
+    "discovery",
     "get_analyzer",
     "get_analyzer_class",
     "invert",

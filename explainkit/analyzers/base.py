@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import inspect
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -27,6 +27,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 from PIL import Image
+from torch import nn
 
 from explainkit.cache import ActivationCache
 from explainkit.datasets.probe import ProbeSet
@@ -61,6 +62,10 @@ class Batch:
         The model output for ``inputs`` (no gradients), as the model returns it.
     logits : torch.Tensor
         (B, K) logits selected from ``output``.
+    captured : dict of str to dict of str to torch.Tensor
+        Analyzer name → layer → the layer's output during that same forward pass, detached and
+        passed through the transform the analyzer gave in :meth:`Analyzer.captures` (empty for
+        analyzers that capture nothing).
     """
 
     indices: np.ndarray
@@ -71,6 +76,7 @@ class Batch:
     concepts: np.ndarray | None
     output: Any
     logits: torch.Tensor
+    captured: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -282,6 +288,19 @@ class Analyzer:
 
     def check(self, ctx: RunContext) -> None:
         """Validate parameters against the run; raise :class:`~explainkit.errors.ConfigError`."""
+
+    def captures(self, ctx: RunContext) -> dict[str, tuple[nn.Module, Callable[[torch.Tensor], torch.Tensor]]]:
+        """Layers whose outputs this analyzer reads from the runner's own forward pass (after :meth:`check`).
+
+        Returns
+        -------
+        dict
+            Layer name → ``(module, transform)``; the transform reduces the detached output before
+            it is kept (e.g. spatial pooling to (B, D)). The results arrive in
+            ``batch.captured[self.name][layer]``, so the analyzer needs no forward pass of its own.
+            Default: nothing.
+        """
+        return {}
 
     def init_state(self, ctx: RunContext) -> Any:
         """The empty state."""

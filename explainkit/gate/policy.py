@@ -58,7 +58,8 @@ DEFAULT_OPTIONS: dict[str, Option] = {
 #: Keys every check accepts (kinds add their own).
 CHECK_OPTIONS: dict[str, Option] = {
     "id": Option("str", REQUIRED, help="stable check id (JUnit test name, waivers)"),
-    "kind": Option("str", REQUIRED, help="insertion | removal | slice_gap | attribution_mass | randomisation"),
+    "kind": Option("str", REQUIRED, help="insertion | removal | slice_gap | slice_shift | attribution_mass | "
+                                        "randomisation"),
     "data": Option("dir", REQUIRED, help="probe image folder"),
     "severity": Option("choice", None, ("error", "warning"),
                        help="error: gates the run; warning: reported only (default per kind)"),

@@ -1,6 +1,6 @@
 """Check kinds and their registry. Importing this package registers the built-in kinds."""
 
-from explainkit.gate.kinds import attribution_mass, insertion, randomisation, removal, slice_gap
+from explainkit.gate.kinds import attribution_mass, insertion, randomisation, removal, slice_gap, slice_shift
 from explainkit.gate.kinds.base import (
     CheckContext,
     CheckKind,
@@ -24,4 +24,5 @@ __all__ = [
     "register_check_kind",
     "removal",
     "slice_gap",
+    "slice_shift",
 ]
