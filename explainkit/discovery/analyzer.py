@@ -46,7 +46,7 @@ from explainkit.discovery.slices import (
     concept_slices,
     unit_slices,
 )
-from explainkit.errors import ConfigError
+from explainkit.errors import ConfigError, DataError
 from explainkit.invert.extract import LOGITS, Pooler
 from explainkit.invert.significance import stratified_split
 from explainkit.report.images import thumbnail, to_data_uri
@@ -248,7 +248,11 @@ class Discovery(Analyzer):
         strata = np.unique(key, axis=0, return_inverse=True)[1].reshape(-1)
         seed = int(ctx.rng(self.name, "split").integers(0, 2**31))
         self.split_seed_ = seed
-        search, _ = stratified_split(strata, 1.0 - self.discovery_fraction, seed)
+        try:
+            search, _ = stratified_split(strata, 1.0 - self.discovery_fraction, seed)
+        except DataError:
+            raise DataError(f"discovery: {labels.shape[0]} images are too few to split into a discovery and a "
+                            "confirmation part") from None
         discovery = np.zeros(labels.shape[0], bool)
         discovery[search] = True
         return discovery

@@ -35,7 +35,7 @@ import numpy as np
 from explainkit.discovery.slices import Slice
 from explainkit.stats import StratifiedDifference, adjust_pvalues, stratified_difference
 
-__all__ = ["RELATED_SHARE", "SOURCE_ORDER", "Candidate", "confirm", "rank", "screen", "simultaneous_ci"]
+__all__ = ["NAMED_SOURCES", "RELATED_SHARE", "SOURCE_ORDER", "Candidate", "confirm", "rank", "screen", "simultaneous_ci"]
 
 
 @dataclass
@@ -203,8 +203,10 @@ def simultaneous_ci(c: Candidate, m: int, alpha_ci: float = 0.05) -> tuple[float
     return float(t.effect[0] - q * t.se[0]), float(t.effect[0] + q * t.se[0])
 
 
-#: Preference of a group's lead: a named cue before an image-derived one.
+#: Sources in the order a duplicate keeps them: named cues first, then image-derived ones.
 SOURCE_ORDER = ("concept", "invert", "attribution", "cluster")
+#: Sources that name their cue (a concept column, an INVERT label); they lead their group.
+NAMED_SOURCES = ("concept", "invert")
 #: Share that makes two candidates the same cue (see :func:`rank`).
 RELATED_SHARE = 0.8
 
@@ -218,8 +220,9 @@ def _statistic(c: Candidate) -> float:
 def _relation(a: Candidate, b: Candidate) -> tuple[str, float] | None:
     """How ``a`` relates to ``b``, or ``None``.
 
-    ``"inside"``: at least 80 % of a's members are b's, same target. ``"complement"``: at least
-    80 % of a's members are without b's cue and at least half of a's reference images carry it.
+    ``"inside"``: at least 80 % of a's members are b's, same target. ``"complement"`` (for a slice
+    compared within part of the images, e.g. one class): at least 80 % of a's members are without
+    b's cue and at least half of a's reference images carry it.
     """
     ma, mb = a.slice.member, b.slice.member
     n_a = max(1, int(ma.sum()))
@@ -227,7 +230,7 @@ def _relation(a: Candidate, b: Candidate) -> tuple[str, float] | None:
     if a.target == b.target and inside >= RELATED_SHARE:
         return "inside", inside
     ref = a.slice.eligible & ~ma
-    if ref.any() and 1.0 - inside >= RELATED_SHARE:
+    if ref.any() and not a.slice.eligible.all() and 1.0 - inside >= RELATED_SHARE:
         ref_in = int((ref & mb).sum()) / int(ref.sum())
         if ref_in >= 0.5:
             return "complement", ref_in
@@ -272,7 +275,8 @@ def rank(candidates: list[Candidate]) -> list[Candidate]:
 
     ordered_groups = []
     for members in groups.values():
-        lead = min(members, key=lambda c: (not c.significant, SOURCE_ORDER.index(c.slice.source), *strength(c)[1:]))
+        lead = min(members, key=lambda c: (not c.significant, c.slice.source not in NAMED_SOURCES,
+                                           c.slice.source != "concept", *strength(c)[1:]))
         rest = sorted((c for c in members if c is not lead), key=strength)
         ordered_groups.append((min(strength(c) for c in members), [lead, *rest]))
     ordered_groups.sort(key=lambda g: g[0])

@@ -9,10 +9,12 @@ image, so the confirmation test never sees a choice made on its own images.
   coincide with the label (within every class almost all or almost none of the images carry them)
   are left out: they cannot be compared within a class.
 * :func:`cluster_slices` (``cluster``): per class, k-means clusters of the embeddings (z-scored,
-  PCA) with the predicted probabilities appended, so that clusters follow the model's errors
+  PCA) with the predicted probabilities appended, so that the centres follow the model's errors
   (the error-aware mixture idea of Domino, Eyuboglu et al. 2022; the Spotlight's search for
   high-loss regions of the embedding, d'Eon et al. 2022). Centres are fitted on discovery images;
-  every image of the class is assigned to its nearest centre.
+  every image of the class is then assigned to the nearest centre *in embedding coordinates
+  only*: a slice is defined by image content, never by the outputs it is tested on (assigning by
+  the probabilities too would make "members get more of class t" true by construction).
 * :func:`attribution_slices` (``attribution``): per class, the images whose Grad-CAM map puts
   more of its mass outside the object mask than the area outside the object (a fixed rule, no
   threshold fitted).
@@ -173,13 +175,13 @@ def cluster_slices(emb: np.ndarray, probs: np.ndarray, labels: np.ndarray, disco
     Returns
     -------
     list of Slice
-        Members: the class's images nearest to a centre; eligible: the class's images.
+        Members: the class's images nearest to a centre (embedding coordinates); eligible: the
+        class's images.
     """
     from sklearn.cluster import KMeans
 
-    x = _standardised_pca(emb, discovery, n_components, seed)
-    if error_weight > 0:
-        x = np.concatenate([x, error_weight * probs], 1)
+    z = _standardised_pca(emb, discovery, n_components, seed)
+    x = np.concatenate([z, error_weight * probs], 1) if error_weight > 0 else z
     out = []
     for y in np.unique(labels):
         own = labels == y
@@ -187,9 +189,9 @@ def cluster_slices(emb: np.ndarray, probs: np.ndarray, labels: np.ndarray, disco
         k = min(clusters, int(fit_rows.sum()) // max(1, min_size))
         if k < 2:
             continue
-        km = KMeans(n_clusters=k, n_init=4, random_state=seed).fit(x[fit_rows])
+        centres = KMeans(n_clusters=k, n_init=4, random_state=seed).fit(x[fit_rows]).cluster_centers_[:, : z.shape[1]]
         assign = np.full(len(labels), -1)
-        assign[own] = km.predict(x[own])
+        assign[own] = ((z[own][:, None, :] - centres[None]) ** 2).sum(2).argmin(1)
         name = class_names[y] if y < len(class_names) else str(y)
         for c in range(k):
             member = assign == c
