@@ -228,8 +228,8 @@ def test_image_properties_on_known_images():
     p1 = dict(zip(names, props[1].tolist()))
     assert p1["corner.contrast"] > 0.3 and p1["overall.sharpness"] > 0
     member = np.array([False, True] * 10)
-    described = describe_contrast(np.tile(props.numpy(), (10, 1)) + np.random.default_rng(0).normal(0, 1e-3, (20, len(names))),
-                                  member, ~member, top=2)
+    noisy = np.tile(props.numpy(), (10, 1)) + np.random.default_rng(0).normal(0, 1e-3, (20, len(names)))
+    described = describe_contrast(noisy, member, ~member, top=2)
     assert described[0]["property"] in ("corner.contrast", "border.blueness") and described[0]["d"] != 0
     assert any(d["phrase"] == "a corner patch unlike the border" for d in described)
 

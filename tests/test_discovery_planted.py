@@ -141,6 +141,26 @@ def test_embeddings_and_predictions_come_from_one_forward_pass(worlds, demo_mode
     np.testing.assert_allclose(states["discovery"].stacked("emb"), acts[analyzer.layer_], rtol=1e-5, atol=1e-6)
 
 
+def test_models_without_hooks_or_with_a_fixed_batch(worlds, demo_model_path, tmp_path):
+    """TorchScript (no module hooks): the logits are the embedding, and the sources needing a layer say why
+    they did not run. torch.export with a fixed batch of 8: the captured layer is trimmed to each batch."""
+    module = explainkit.load_model(demo_model_path).module.eval()
+    torch.jit.save(torch.jit.script(module), tmp_path / "ts.pt")
+    torch.export.save(torch.export.export(module, (torch.randn(8, 3, 64, 64),)), tmp_path / "m.pt2")
+    prep = {"input_size": 64, "mean": "0.5,0.5,0.5", "std": "0.5,0.5,0.5", "class_names": None}
+    probe = ProbeSet.from_folder(worlds / "named").subset(np.arange(0, 150, 2))
+    for name, layer in (("ts.pt", "@logits"), ("m.pt2", "features.3")):
+        handle = explainkit.load_model(tmp_path / name, trust=True, **prep)
+        result = explainkit.discover(handle, probe, batch_size=8, layer=None if name == "ts.pt" else layer,
+                                     params={"examples": 0})
+        data = result.report.section("discovery")["data"]
+        assert data["embedding"]["layer"] == layer
+        assert data["sources"]["concept"]["ran"] and data["sources"]["cluster"]["ran"]
+        if name == "ts.pt":
+            assert not data["sources"]["attribution"]["ran"] and "module hooks" in data["sources"]["invert"]["reason"]
+        assert result.candidates[0]["cue"] == "stamp" and result.candidates[0]["significant"]
+
+
 def test_command_line_errors_are_one_line_with_exit_codes(worlds, demo_model_path, tmp_path, capsys):
     model = str(demo_model_path)
     cases = [

@@ -236,7 +236,8 @@ class Discovery(Analyzer):
                 maps = cam(ctx.handle, batch.inputs[sel.to(batch.inputs.device)], layer=self.layer_, method="gradcam",
                            targets=logits[sel].argmax(1).tolist(), batch_size=ctx.batch_size,
                            seed=int(ctx.rng(self.name, "cam").integers(0, 2**31)))
-                excess, where = outside_attribution(maps.cpu(), torch.stack(masks))
+                # a fixed-batch program pads the batch: the maps of the padding rows come last
+                excess, where = outside_attribution(maps[: len(rows)].cpu(), torch.stack(masks))
                 outside[rows], grid[rows] = excess.numpy(), where.numpy()
             cols["outside"], cols["grid"] = outside, grid
         return RecordState.from_batch(batch.indices, **cols)
@@ -384,9 +385,9 @@ class Discovery(Analyzer):
             f"candidate spurious cue '{r['cue']}' ({r['source']}): its images get {r['effect']:+.2f} "
             f"[95% CI {r['ci'][0]:.2f}, {r['ci'][1]:.2f}] more probability of '{r['target_class']}' than images of "
             f"the same class without it ({r['correction']}-adjusted p = {r['p_adj']:.2g}, test of > tau {self.tau:g}; "
-            f"n = {r['n_members']} held-out images)",
+            f"n = {r['n_members']} held-out images; cue group {r['group']})",
             self.name, {"candidate": r["id"], "effect": r["effect"], "ci": r["ci"], "p_adj": r["p_adj"]},
-        ) for r in significant[:5]]
+        ) for r in significant if r["group_lead"]][:5]
         top = records[0] if records else None
         targets = sorted({c.target for c in candidates})
         probs = arrays["probs"]

@@ -35,7 +35,8 @@ import numpy as np
 from explainkit.discovery.slices import Slice
 from explainkit.stats import StratifiedDifference, adjust_pvalues, stratified_difference
 
-__all__ = ["NAMED_SOURCES", "RELATED_SHARE", "SOURCE_ORDER", "Candidate", "confirm", "rank", "screen", "simultaneous_ci"]
+__all__ = ["NAMED_SOURCES", "RELATED_SHARE", "SOURCE_ORDER", "Candidate", "confirm", "rank", "screen",
+           "simultaneous_ci"]
 
 
 @dataclass
