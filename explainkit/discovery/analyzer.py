@@ -2,11 +2,11 @@
 
 Per batch, from the runner's single forward pass: the pooled embedding of one layer (captured in
 that pass), the logits, simple image properties and, when object masks exist, where the Grad-CAM
-map of the predicted class falls relative to the object (one extra forward and backward for those
-images). At the end the probe set is split (seeded, stratified on class and concept row) into a
-discovery half, on which every choice is made (clusters, INVERT labels, each slice's target
-class, which slices go on), and a confirmation half on which the chosen candidates are tested
-(:mod:`explainkit.discovery.candidates`).
+map of the predicted class (at the model's last spatial layer) falls relative to the object (one
+extra forward and backward for those images). At the end the probe set is split (seeded,
+stratified on class and concept row) into a discovery half, on which every choice is made
+(clusters, INVERT labels, each slice's target class, which slices go on), and a confirmation half
+on which the chosen candidates are tested (:mod:`explainkit.discovery.candidates`).
 
 JSON section (``data``):
 
@@ -211,7 +211,7 @@ class Discovery(Analyzer):
     # -- per batch ---------------------------------------------------------------------------
     def map(self, ctx: RunContext, batch: Batch) -> RecordState:
         """Embedding, logits, image properties and (with object masks) attribution outside the object."""
-        logits = batch.logits.detach().float()
+        logits = batch.logits.detach().float().cpu()
         emb = logits if self.layer_ == LOGITS else batch.captured[self.name][self.layer_]
         prep = ctx.handle.require_preprocessing()
         props = image_properties(prep.denormalize(batch.inputs))
@@ -233,7 +233,7 @@ class Discovery(Analyzer):
                     masks.append(torch.from_numpy(mask_to_input(raw, prep)))
             if rows:
                 sel = torch.as_tensor(rows)
-                maps = cam(ctx.handle, batch.inputs[sel.to(batch.inputs.device)], layer=self.layer_, method="gradcam",
+                maps = cam(ctx.handle, batch.inputs[sel.to(batch.inputs.device)], method="gradcam",
                            targets=logits[sel].argmax(1).tolist(), batch_size=ctx.batch_size,
                            seed=int(ctx.rng(self.name, "cam").integers(0, 2**31)))
                 # a fixed-batch program pads the batch: the maps of the padding rows come last
