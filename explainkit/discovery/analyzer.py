@@ -2,8 +2,8 @@
 
 Per batch, from the runner's single forward pass: the pooled embedding of one layer (captured in
 that pass), the logits, simple image properties and, when object masks exist, where the Grad-CAM
-map of the predicted class (at the model's last spatial layer) falls relative to the object (one
-extra forward and backward for those images). At the end the probe set is split (seeded,
+map of the predicted class (at the embedding layer) falls relative to the object (one extra
+forward and backward for those images). At the end the probe set is split (seeded,
 stratified on class and concept row) into a discovery half, on which every choice is made
 (clusters, INVERT labels, each slice's target class, which slices go on), and a confirmation half
 on which the chosen candidates are tested (:mod:`explainkit.discovery.candidates`).
@@ -165,8 +165,9 @@ class Discovery(Analyzer):
             "concept": None if data.concepts is not None else no_concepts,
             "cluster": None,
             "attribution": (None if OBJECT_MASK in data.mask_names() and {"gradients", "module_hooks"} <= caps
-                            else f"needs object masks (masks/{OBJECT_MASK}/) and a model with gradients and "
-                                 "module hooks"),
+                            and self.layer_ != LOGITS
+                            else f"needs object masks (masks/{OBJECT_MASK}/), a model with gradients and module "
+                                 "hooks, and a spatial embedding layer (Grad-CAM runs there)"),
             "invert": (no_concepts if data.concepts is None else
                        "no concept is marked as an artifact (descriptions.json)" if not data.artifact_concepts else
                        "needs module hooks (the embedding layer's units)" if self.layer_ == LOGITS else None),
@@ -233,7 +234,7 @@ class Discovery(Analyzer):
                     masks.append(torch.from_numpy(mask_to_input(raw, prep)))
             if rows:
                 sel = torch.as_tensor(rows)
-                maps = cam(ctx.handle, batch.inputs[sel.to(batch.inputs.device)], method="gradcam",
+                maps = cam(ctx.handle, batch.inputs[sel.to(batch.inputs.device)], layer=self.layer_, method="gradcam",
                            targets=logits[sel].argmax(1).tolist(), batch_size=ctx.batch_size,
                            seed=int(ctx.rng(self.name, "cam").integers(0, 2**31)))
                 # a fixed-batch program pads the batch: the maps of the padding rows come last
