@@ -30,6 +30,11 @@ __all__ = ["COMMANDS"]
 _PARAMS = ("tau", "alpha", "correction", "max_candidates", "sources")
 
 
+def _printable(text: object) -> str:
+    """Cue names come from data (concept columns): no control characters reach the terminal."""
+    return "".join(ch if ch.isprintable() else "?" for ch in str(text))
+
+
 def _summary(result: DiscoveryResult, out: Path) -> str:
     data = result.report.section("discovery")["data"]
     lines = [f"explainkit discover: {len(result.candidates)} candidate(s) tested on "
@@ -37,8 +42,9 @@ def _summary(result: DiscoveryResult, out: Path) -> str:
              f"({data['correction']}, alpha {data['alpha']}, effect > tau {data['effect_definition']['tau']})"]
     for c in result.candidates[:10]:
         mark = "*" if c["significant"] else " "
-        lines.append(f" {mark}{c['rank']:>3}. [{c['source']}] {c['cue']} -> {c['target_class']}: "
-                     f"{c['effect']:+.3f} [{c['ci'][0]:.3f}, {c['ci'][1]:.3f}], p_adj {c['p_adj']:.2g}, "
+        cue, target = _printable(c["cue"]), _printable(c["target_class"])
+        lines.append(f" {mark}{c['rank']:>3}. [{c['source']}] {cue} -> {target}: {c['effect']:+.3f} "
+                     f"[{c['ci'][0]:.3f}, {c['ci'][1]:.3f}], p_adj {c['p_adj']:.2g}, "
                      f"n {c['n_members']}")
     if len(result.candidates) > 10:
         lines.append(f"  ... {len(result.candidates) - 10} more in the report")

@@ -162,7 +162,9 @@ def _named_artifact(candidate: Mapping[str, Any], ctx: PolicyContext, check_id: 
 
 @register_proposer("concept", "cluster", "attribution", "invert")
 def _members_shift(candidate: Mapping[str, Any], ctx: PolicyContext, check_id: str) -> list[Proposal]:
-    """The slice's pull toward its target, on its member list."""
+    """The slice's pull toward its target, on its member list (one path per line: paths with line breaks cannot)."""
+    if any("\n" in m or "\r" in m for m in candidate["members"]):
+        return []
     name = f"members/{check_id}.txt"
     header = (f"# members of discovered candidate {_comment(candidate['id'])}: {_comment(candidate['cue'])}\n"
               "# one probe-relative image path per line (chosen on the discovery split: re-testing the same "
