@@ -117,6 +117,20 @@ def test_policy_from_discover_is_valid_and_its_insertion_check_fails(named, demo
     assert checks["slice_shift"]["effect"]["ci_low"] > TAU
 
 
+def test_slice_shift_reads_member_lists_strictly(worlds, demo_model_path, tmp_path, capsys):
+    members = tmp_path / "m.txt"
+    members.write_text("# a comment\ncircle/img_00000.png\n\nnot/there.png\n")
+    policy = tmp_path / "p.toml"
+    body = (f'version = 1\n[[checks]]\nid = "s"\nkind = "slice_shift"\ntarget_class = "circle"\n'
+            f'data = "{worlds / "named"}"\n')
+    policy.write_text(body + 'members = "m.txt"\n')
+    assert main(["check", str(demo_model_path), "--policy", str(policy)]) == ExitCode.USAGE
+    assert "members file m.txt line 4: not/there.png is not an image of the probe set" in capsys.readouterr().err
+    policy.write_text(body + 'members = "m.txt"\nconcept = "stamp"\n')
+    assert main(["check", str(demo_model_path), "--policy", str(policy)]) == ExitCode.USAGE
+    assert "needs exactly one of members (a file) and concept" in capsys.readouterr().err
+
+
 def test_unnamed_stamp_is_found_from_images(worlds, demo_model_path, tmp_path):
     result = explainkit.discover(explainkit.load_model(demo_model_path), worlds / "unnamed", out=tmp_path)
     truth = _truth(worlds / "unnamed", "stamp")
