@@ -21,8 +21,8 @@ from explainkit.cli.options import (
     preprocessing_options,
 )
 from explainkit.discovery.analyzer import CORRECTIONS, SOURCES
-from explainkit.discovery.runner import DiscoveryResult, discover
 from explainkit.errors import ExitCode
+from explainkit.run import DiscoveryResult, discover
 
 __all__ = ["COMMANDS"]
 

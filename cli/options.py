@@ -7,8 +7,9 @@ from typing import Any
 
 import click
 
+from explainkit.backends import list_backends
 from explainkit.config import load_config
-from explainkit.datasets.probe import ProbeSet
+from explainkit.data.probe import ProbeSet
 from explainkit.loading import ModelHandle, load_model
 
 __all__ = ["backend_options", "backend_settings", "config_option", "data_options", "load_handle", "load_probe",
@@ -120,7 +121,7 @@ def output_options(default_out: str) -> Callable[[Callable], Callable]:
 def backend_options(f: Callable) -> Callable:
     """``--backend``, ``--workers``, ``--gpus-per-worker``, ``--ray-address``."""
     return _stack(f, [
-        click.option("--backend", type=click.Choice(["serial", "torchrun", "ray"]), default="serial",
+        click.option("--backend", type=click.Choice(list_backends()), default="serial",
                      show_default=True, envvar="EXPLAINKIT_BACKEND",
                      help="Execution backend (torchrun: start with torchrun ... -m explainkit)."),
         click.option("--workers", type=click.IntRange(1), default=2, show_default=True, envvar="EXPLAINKIT_WORKERS",

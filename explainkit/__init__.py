@@ -16,9 +16,8 @@ from explainkit.analyzers import (
     list_analyzers,
     register_analyzer,
 )
-from explainkit.analyzers.cam import cam, cams
-from explainkit.datasets.probe import ProbeSet
-from explainkit.discovery.runner import discover
+from explainkit.cam import cam, cams
+from explainkit.data.probe import ProbeSet
 from explainkit.errors import (
     CapabilityError,
     ConfigError,
@@ -34,7 +33,7 @@ from explainkit.loading import ModelHandle, Preprocessing, load_model, wrap
 from explainkit.loading.save import save_model
 from explainkit.prototypes.perturb import perturb
 from explainkit.report import Report
-from explainkit.run import analyze
+from explainkit.run import analyze, discover
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 

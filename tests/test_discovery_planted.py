@@ -22,8 +22,8 @@ import explainkit
 from explainkit.analyzers.base import RunContext
 from explainkit.backends.plan import RunPlan, map_shard
 from explainkit.cli.main import main
+from explainkit.data.probe import ProbeSet
 from explainkit.datasets.demo import PROBE_WORLD
-from explainkit.datasets.probe import ProbeSet
 from explainkit.datasets.synthetic import WorldSpec, write_world
 from explainkit.datasets.training import train_classifier
 from explainkit.discovery.analyzer import Discovery

@@ -23,10 +23,10 @@ import pytest
 import torch
 
 import explainkit
-from explainkit.datasets.probe import ProbeSet
+from explainkit.data.probe import ProbeSet
+from explainkit.datasets.protopnet import train_protopnet
 from explainkit.datasets.synthetic import WorldSpec, write_world
 from explainkit.models import SYNTHETIC_PREPROCESSING
-from explainkit.prototypes.training import train_protopnet
 
 COLOURS5 = ("red", "green", "blue", "yellow", "purple")
 WORLDS = {

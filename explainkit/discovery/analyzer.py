@@ -23,8 +23,8 @@ JSON section (``data``):
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -32,10 +32,9 @@ from torch import nn
 
 from explainkit.adapters.layers import default_layer, resolve_layer
 from explainkit.analyzers.base import Analyzer, Batch, Finding, RecordState, RunContext, Section
-from explainkit.analyzers.cam import cam
-from explainkit.analyzers.cam.render import mask_to_input
 from explainkit.analyzers.metric import metric
-from explainkit.analyzers.registry import register_analyzer
+from explainkit.cam.api import cam
+from explainkit.cam.render import mask_to_input
 from explainkit.discovery.attribution import outside_attribution
 from explainkit.discovery.candidates import SOURCE_ORDER, Candidate, confirm, rank, screen, simultaneous_ci
 from explainkit.discovery.properties import describe_contrast, image_properties
@@ -49,6 +48,7 @@ from explainkit.discovery.slices import (
 from explainkit.errors import ConfigError, DataError
 from explainkit.invert.extract import LOGITS, Pooler
 from explainkit.invert.significance import stratified_split
+from explainkit.options import Option
 from explainkit.report.images import thumbnail, to_data_uri
 from explainkit.report.jsonify import jsonable
 from explainkit.stats import StratifiedDifference
@@ -63,7 +63,6 @@ _THUMB_PX = 64
 _EFFECT_UNIT = "probability of the target class"
 
 
-@register_analyzer
 class Discovery(Analyzer):
     """Candidate spurious cues from concept columns, embedding clusters, attribution and INVERT units.
 
@@ -114,6 +113,30 @@ class Discovery(Analyzer):
               "with held-out tests"
     requires = frozenset({"labels"})
     run_by_default = False
+    options: ClassVar[Mapping[str, Option]] = {
+        "layer": Option("str", help="embedding layer, mean-pooled, or '@logits' (default: the run's --layer, else "
+                                    "the last spatial layer)"),
+        "sources": Option("choice", choices=SOURCES, many=True, or_one=True,
+                          help="candidate sources to run (default: every source the model and data allow)"),
+        "tau": Option("float", low=0, high=1, low_open=True, high_open=True,
+                      help="materiality margin: significant only if the pull is shown to exceed it (probability)"),
+        "alpha": Option("float", low=0, high=1, low_open=True, high_open=True,
+                        help="significance level after the correction (also INVERT's false discovery rate)"),
+        "correction": Option("choice", choices=CORRECTIONS, help="correction over all tested candidates"),
+        "discovery_fraction": Option("float", low=0, high=1, low_open=True, high_open=True,
+                                     help="share of the images used to choose candidates; the rest tests them"),
+        "max_candidates": Option("int", low=1, help="candidates carried from screening to the held-out test"),
+        "min_group": Option("int", low=2, help="members and reference images a class needs, per split"),
+        "clusters_per_class": Option("int", low=2, help="k of the per-class k-means"),
+        "pca_components": Option("int", low=1, help="PCA components of the embedding before clustering"),
+        "error_weight": Option("float", low=0, help="weight of the probabilities appended when fitting centres"),
+        "label_tolerance": Option("float", low=0, high=0.5, high_open=True,
+                                  help="concepts within this share of a function of the label are left out"),
+        "duplicate_jaccard": Option("float", low=0, high=1, low_open=True,
+                                    help="Jaccard above which screened slices with one target merge"),
+        "examples": Option("int", low=0, help="member thumbnails per shown candidate"),
+        "shown": Option("int", low=0, help="candidates with thumbnails"),
+    }
 
     def __init__(self, layer: str | None = None, sources: list[str] | None = None, tau: float = 0.2,
                  alpha: float = 0.05, correction: str = "holm", discovery_fraction: float = 0.5,
@@ -137,69 +160,61 @@ class Discovery(Analyzer):
         self.shown = shown
 
     # -- setup -------------------------------------------------------------------------------
-    def _validate(self) -> None:
-        checks = [
-            ("tau", 0.0 < self.tau < 1.0, "in (0, 1)"),
-            ("alpha", 0.0 < self.alpha < 1.0, "in (0, 1)"),
-            ("discovery_fraction", 0.0 < self.discovery_fraction < 1.0, "in (0, 1)"),
-            ("label_tolerance", 0.0 <= self.label_tolerance < 0.5, "in [0, 0.5)"),
-            ("duplicate_jaccard", 0.0 < self.duplicate_jaccard <= 1.0, "in (0, 1]"),
-            ("error_weight", self.error_weight >= 0, "non-negative"),
-        ]
-        for key, ok, want in checks:
-            if not ok:
-                raise ConfigError(f"discovery: {key} must be {want}, not {getattr(self, key)!r}")
-        for key, low in (("max_candidates", 1), ("min_group", 2), ("clusters_per_class", 2), ("pca_components", 1),
-                         ("examples", 0), ("shown", 0)):
-            value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ConfigError(f"discovery: {key} must be an integer >= {low}, not {value!r}")
-        if self.correction not in CORRECTIONS:
-            raise ConfigError(f"discovery: correction must be one of {', '.join(CORRECTIONS)}, not {self.correction!r}")
-
-    def _available(self, ctx: RunContext) -> dict[str, str | None]:
-        """Source → None when it can run, else the reason it cannot."""
+    def _available(self, ctx: RunContext, layer: str | None) -> dict[str, str | None]:
+        """Source → None when it can run with embedding ``layer`` (None: the default), else why it cannot."""
         data, caps = ctx.data, ctx.handle.capabilities
         no_concepts = "the probe set has no concept table"
         return {
             "concept": None if data.concepts is not None else no_concepts,
             "cluster": None,
             "attribution": (None if OBJECT_MASK in data.mask_names() and {"gradients", "module_hooks"} <= caps
-                            and self.layer_ != LOGITS
+                            and layer != LOGITS
                             else f"needs object masks (masks/{OBJECT_MASK}/), a model with gradients and module "
                                  "hooks, and a spatial embedding layer (Grad-CAM runs there)"),
             "invert": (no_concepts if data.concepts is None else
                        "no concept is marked as an artifact (descriptions.json)" if not data.artifact_concepts else
-                       "needs module hooks (the embedding layer's units)" if self.layer_ == LOGITS else None),
+                       "needs module hooks (the embedding layer's units)" if layer == LOGITS else None),
         }
 
-    def check(self, ctx: RunContext) -> None:
-        """Validate parameters; resolve the embedding layer and the sources that run."""
-        self._validate()
+    def _wanted(self) -> tuple[str, ...] | None:
+        """The sources asked for (None: all)."""
+        if self.sources is None:
+            return None
+        return (self.sources,) if isinstance(self.sources, str) else tuple(self.sources)
+
+    def _layer(self, ctx: RunContext) -> str | None:
+        """The embedding layer asked for: the parameter, the run's ``--layer``, logits without hooks, or None."""
         hooks = "module_hooks" in ctx.handle.capabilities
-        layer = self.layer if self.layer is not None else (ctx.layer if hooks else LOGITS)
+        return self.layer if self.layer is not None else (ctx.layer if hooks else LOGITS)
+
+    def validate(self, ctx: RunContext) -> None:
+        """The layer must exist (and needs hooks); listed sources must be able to run."""
+        layer = self._layer(ctx)
+        if layer is not None and layer != LOGITS:
+            if "module_hooks" not in ctx.handle.capabilities:
+                raise ConfigError(f"discovery: layer {layer!r} needs module hooks, which this "
+                                  f"{ctx.handle.format.value} model does not provide; use layer='@logits'")
+            resolve_layer(ctx.handle.module, layer)
+        if self._wanted() is not None:
+            available = self._available(ctx, layer)
+            blocked = [f"{s} ({available[s]})" for s in self._wanted() or () if available[s]]
+            if blocked:
+                raise ConfigError(f"discovery: source(s) cannot run here: {'; '.join(blocked)}")
+
+    def prepare(self, ctx: RunContext) -> None:
+        """Resolve the embedding layer and its pooler, and the sources that run."""
+        layer = self._layer(ctx)
+        prep = ctx.handle.require_preprocessing()
         if layer is None:
-            prep = ctx.handle.require_preprocessing()
             layer = default_layer(ctx.handle.module, tuple(prep.input_size))
-        if layer != LOGITS and not hooks:
-            raise ConfigError(f"discovery: layer {layer!r} needs module hooks, which this "
-                              f"{ctx.handle.format.value} model does not provide; use layer='@logits'")
         module = None
         if layer != LOGITS:
             layer, module = resolve_layer(ctx.handle.module, layer)
         self.layer_ = layer
         self.pooler_ = Pooler(layer, module, pooling="mean", model=ctx.handle.module,
-                              input_size=tuple(ctx.handle.require_preprocessing().input_size))
-        available = self._available(ctx)
-        if self.sources is not None:
-            unknown = [s for s in self.sources if s not in SOURCES]
-            if unknown:
-                raise ConfigError(f"discovery: unknown source(s) {', '.join(map(repr, unknown))}; "
-                                  f"choose among {', '.join(SOURCES)}")
-            blocked = [f"{s} ({available[s]})" for s in self.sources if available[s]]
-            if blocked:
-                raise ConfigError(f"discovery: source(s) cannot run here: {'; '.join(blocked)}")
-        wanted = SOURCES if self.sources is None else tuple(self.sources)
+                              input_size=tuple(prep.input_size))
+        available = self._available(ctx, layer)
+        wanted = self._wanted() or SOURCES
         self.sources_ = {s: (None if s in wanted else "not requested") if available[s] is None else available[s]
                          for s in SOURCES}
 

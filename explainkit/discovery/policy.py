@@ -12,8 +12,8 @@ proposers registered for its source return. Built-in proposers:
 
 Transform checks register more proposers with :func:`register_proposer` (for example a recolouring
 check for a cluster described as "border bluer"). The writer needs no gate import: the policy text
-is plain TOML, and :func:`explainkit.discovery.runner.discover` validates it with the gate's parser
-before writing it.
+is plain TOML, and :func:`write_policy` takes the validator (``explainkit.discover`` passes the
+gate's parser).
 """
 
 from __future__ import annotations
@@ -29,8 +29,13 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["PolicyContext", "PolicyDraft", "Proposal", "draft_policy", "register_proposer", "to_toml",
-           "typical_placement"]
+from explainkit._io import atomic_write_text
+from explainkit.data.probe import ProbeSet
+
+__all__ = ["PolicyContext", "PolicyDraft", "Proposal", "draft_policy", "policy_context", "register_proposer",
+           "to_toml", "typical_placement", "write_policy"]
+
+_MEMBERS = "members"
 
 _ID_UNSAFE = re.compile(r"[^A-Za-z0-9_.\-]+")
 
@@ -165,7 +170,7 @@ def _members_shift(candidate: Mapping[str, Any], ctx: PolicyContext, check_id: s
     """The slice's pull toward its target, on its member list (one path per line: paths with line breaks cannot)."""
     if any("\n" in m or "\r" in m for m in candidate["members"]):
         return []
-    name = f"members/{check_id}.txt"
+    name = f"{_MEMBERS}/{check_id}.txt"
     header = (f"# members of discovered candidate {_comment(candidate['id'])}: {_comment(candidate['cue'])}\n"
               "# one probe-relative image path per line (chosen on the discovery split: re-testing the same "
               "model on these images is optimistic)\n")
@@ -292,3 +297,53 @@ def to_toml(doc: Mapping[str, Any]) -> str:
             for table in value:
                 lines += ["", f"[[{key}]]", *_table(table.items())]
     return "\n".join(lines) + "\n"
+
+
+def policy_context(probe: ProbeSet, policy_dir: Path, sample: int = 50) -> PolicyContext:
+    """Templates, mask folders and, per concept with both, where its masks (up to ``sample``) put it."""
+    templates = frozenset(c for c in probe.concept_names if (probe.root / "artifacts" / f"{c}.png").is_file())
+    masks = frozenset(probe.mask_names())
+    where = {}
+    for c in templates & masks:
+        found = []
+        for i in range(len(probe)):
+            m = probe.mask(i, c)
+            if m is not None:
+                found.append(m)
+                if len(found) == sample:
+                    break
+        where[c] = typical_placement(found)
+    return PolicyContext(policy_dir=policy_dir, data_dir=probe.root, templates=templates, masks=masks,
+                         concepts=tuple(probe.concept_names), placements=where)
+
+
+def write_policy(draft: PolicyDraft, out: Path, validate: Callable[[str, Path], None]) -> Path:
+    """Write the member files, check the policy with ``validate(text, folder)``, then write ``policy.toml``.
+
+    Each file is written atomically; member lists of earlier runs (``members/discover.*.txt``) that the
+    new policy does not use are removed.
+
+    Parameters
+    ----------
+    draft : PolicyDraft
+        From :func:`draft_policy`.
+    out : Path
+        The policy's folder.
+    validate : callable
+        Raises when the text is not a valid policy (its relative paths resolve against ``out``).
+
+    Returns
+    -------
+    Path
+        ``out / "policy.toml"``.
+    """
+    for rel, text in draft.files.items():
+        atomic_write_text(out / rel, text)
+    members = out / _MEMBERS
+    if members.is_dir():
+        fresh = {(out / rel).name for rel in draft.files}
+        for old in members.glob("discover.*.txt"):
+            if old.name not in fresh:
+                old.unlink()
+    validate(draft.text, out)
+    return atomic_write_text(out / "policy.toml", draft.text)

@@ -26,9 +26,9 @@ import torch
 
 from explainkit.analyzers.metric import metric
 from explainkit.errors import ConfigError, DataError
-from explainkit.gate.interventions import forward_logits
-from explainkit.gate.kinds.base import CheckContext, CheckKind, Measurement, register_check_kind
-from explainkit.gate.options import Option
+from explainkit.gate.kinds.base import CheckContext, CheckKind, Measurement
+from explainkit.gate.kinds.interventions import forward_logits
+from explainkit.options import Option
 from explainkit.stats import stratified_difference
 
 __all__ = ["SliceShift", "read_members"]
@@ -77,7 +77,6 @@ def read_members(path: Path, ids: list[str]) -> np.ndarray:
     return member
 
 
-@register_check_kind
 class SliceShift(CheckKind):
     """Prediction shift of a pre-registered slice toward a class, against class-mates (evidence; warns)."""
 
@@ -122,9 +121,21 @@ class SliceShift(CheckKind):
         self.labels = np.array([names.index(probe.class_names[y]) for y in probe.labels], np.int64)
         self.eligible = np.flatnonzero(np.isin(self.labels, np.unique(self.labels[self.member])))
 
+    def _sample(self, cc: CheckContext) -> np.ndarray:
+        """Up to half of ``max_images`` members, the rest reference images, in a seeded random order.
+
+        Sampling the two groups separately keeps them balanced without biasing a class's member or
+        reference mean; the random order means a sample cut by the time budget is still random.
+        """
+        member = self.member[self.eligible]
+        members, others = cc.sample(self.eligible[member]), cc.sample(self.eligible[~member])
+        k = min(len(members), max(1, self.spec.max_images // 2))
+        chosen = np.concatenate([members[:k], others[: max(0, self.spec.max_images - k)]])
+        return chosen[cc.rng("order").permutation(chosen.size)]
+
     def measure(self, cc: CheckContext) -> Measurement:
         """Forward the slice's classes, compare members with class-mates."""
-        indices = cc.sample(self.eligible)
+        indices = self._sample(cc)
         prep = cc.run.handle.require_preprocessing()
         done, probs = [], []
         for chunk, images in cc.batches(indices, cc.run.batch_size):
