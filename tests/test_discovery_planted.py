@@ -146,7 +146,9 @@ def test_embeddings_and_predictions_come_from_one_forward_pass(worlds, demo_mode
     probe = ProbeSet.from_folder(worlds / "named").subset(np.arange(0, 150, 5))
     analyzer = Discovery(sources=["concept", "cluster"])
     ctx = RunContext(handle=handle, data=probe, device=torch.device("cpu"), batch_size=8)
-    analyzer.check(ctx)
+    analyzer.check_params()
+    analyzer.validate(ctx)
+    analyzer.prepare(ctx)
     calls = []
     handle.module.register_forward_pre_hook(lambda m, args: calls.append(args[0].shape[0]))
     states, _ = map_shard(RunPlan(handle, probe, [analyzer], None, progress=False), ctx, range(len(probe)))
