@@ -54,6 +54,7 @@ CHECK_KINDS: Registry[type[CheckKind]] = Registry("check kind", check=_check, bu
     "removal": "explainkit.gate.kinds.removal:Removal",
     "slice_gap": "explainkit.gate.kinds.slice_gap:SliceGap",
     "slice_shift": "explainkit.gate.kinds.slice_shift:SliceShift",
+    "transform": "explainkit.gate.kinds.transform:Transform",
 })
 
 
