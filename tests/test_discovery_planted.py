@@ -101,6 +101,29 @@ def test_named_stamp_is_the_top_candidate(named, worlds):
     assert "Discovered candidate spurious cues" in html and html.count("data:image/jpeg") >= 4
 
 
+def test_diff_of_a_discovery_report_pairs_the_candidate(named):
+    """A second version whose members' target probability rose by 0.1 on the confirmation split: +0.1, paired."""
+    import copy
+
+    from explainkit.gate.diff import Regression, diff_reports
+
+    old = json.loads((named / "report.json").read_text())
+    new = copy.deepcopy(old)
+    data = next(s for s in new["sections"] if s["analyzer"] == "discovery")["data"]
+    top = data["candidates"][0]
+    members = set(top["members"])
+    per = data["per_image"]
+    prob = per["prob"][top["target_class"]]
+    for i, (sid, split) in enumerate(zip(per["ids"], per["split"])):
+        if sid in members and split == "confirmation":
+            prob[i] += 0.1
+    d = diff_reports(old, new, regressions=[Regression(top["id"], 0.05)])
+    row = next(r for r in d["candidates"] if r["id"] == top["id"])
+    assert row["change"]["paired"] and row["change"]["value"] == pytest.approx(0.1, abs=1e-9)
+    assert d["regressions"][0]["status"] == "fail"
+    assert diff_reports(old, old)["findings"] == {"new": [], "gone": []}
+
+
 def test_policy_from_discover_is_valid_and_its_insertion_check_fails(named, demo_model_path, tmp_path):
     policy = load_policy(named / "policy.toml")
     kinds = {c.kind for c in policy.checks}
