@@ -20,7 +20,7 @@ from test_gate_interventions import SIZE, _pixels, flat_probe, linear_handle
 
 import explainkit
 from explainkit.errors import ConfigError, DataError
-from explainkit.gate.kinds.transforms import LUMA, blur_region, luminance_grey, recolour
+from explainkit.gate.kinds.transforms import LUMA, blur_region, luminance_grey, recolour, retexture_region
 
 W = torch.tensor([[0.5, 2.0, -1.0], [1.0, 0.0, 0.0]])
 BACKGROUNDS = {"a": (200, 30, 30), "b": (30, 30, 200)}
@@ -107,6 +107,27 @@ def test_blur_region_matches_opencv():
     expected = np.where(region[None], ref.transpose(2, 0, 1), image)
     out = blur_region(torch.from_numpy(image), torch.from_numpy(region), sigma).numpy()
     np.testing.assert_allclose(out, expected, atol=1e-5)
+
+
+def test_texture_region_matches_opencv_inside_the_region():
+    rng = np.random.default_rng(1)
+    arr = rng.integers(0, 256, (24, 24, 3), dtype=np.uint8)
+    region = np.zeros((24, 24), bool)
+    region[4:14, 6:20] = True
+    smooth = cv2.fastNlMeansDenoisingColored(np.ascontiguousarray(arr[..., ::-1]), None, 4.0, 4.0, 7, 21)[..., ::-1]
+    expected = np.where(region[..., None], smooth, arr).astype(np.float32).transpose(2, 0, 1) / 255
+    image = torch.from_numpy(arr.astype(np.float32).transpose(2, 0, 1) / 255)
+    out = retexture_region(image, torch.from_numpy(region), h=4.0, h_color=4.0, template_window=7, search_window=21)
+    np.testing.assert_allclose(out.numpy(), expected, atol=1e-6)
+
+
+def test_texture_check_runs_on_the_target_class(tmp_path):
+    """Flat objects have no texture to remove: a mean-colour model sees (almost) nothing."""
+    data = _class_probe(tmp_path / "probe")
+    c = explainkit.check(linear_handle(W), _policy(data, transform="texture", region="object", target_class="a",
+                                                    repeats=1)).check("t")
+    assert c["n"] == 6 and c["details"]["control"] == "shifted_region"
+    np.testing.assert_allclose(c["details"]["per_image"]["raw"], 0.0, atol=1e-3)
 
 
 def test_recolour_is_a_convex_mix():
