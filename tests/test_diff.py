@@ -162,7 +162,8 @@ def test_bad_inputs_are_one_line_errors(tmp_path, golden, capsys):
 
 
 def test_html_escapes_report_text():
-    doc = {"kind": "check", "sections": [], "checks": [
-        {"id": "<script>x</script>", "status": "fail", "n": 3, "effect": {"value": 1.0, "ci_low": 0.5, "ci_high": 1.5}}]}
+    effect = {"value": 1.0, "ci_low": 0.5, "ci_high": 1.5}
+    doc = {"kind": "check", "sections": [], "checks": [{"id": "<script>x</script>", "status": "fail", "n": 3,
+                                                        "effect": effect}]}
     page = render_diff_html(diff_reports(doc, doc))
     assert "<script>" not in page and "&lt;script&gt;" in page
