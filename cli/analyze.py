@@ -56,8 +56,10 @@ def analyze(ctx: click.Context, model: str, config: str | None, data: str | None
     config_file = ctx.meta.get("explainkit.config_file", {})
     specs = merge_analyzer_specs(opts.pop("analyzers"), config_file)
     layer = opts.pop("layer")
-    probe = load_probe(data, opts)
+    if not data:
+        raise click.UsageError("--data is required (or set 'data' in the config file)")
     handle = load_handle(model, opts)
+    probe = load_probe(data, opts)
     resolved = parameter_sources(ctx, {"model": model, "data": data, "config": config, "layer": layer,
                                        **{k: v for k, v in opts.items() if k != "progress"}})
     resolved["analyzers"] = {"value": [[n, p] for n, p in specs] if specs else "defaults",
@@ -68,7 +70,7 @@ def analyze(ctx: click.Context, model: str, config: str | None, data: str | None
         seed=opts["seed"], progress=opts["progress"], config=resolved, layer=layer,
         asset_budget_bytes=int(opts["asset_budget_mb"] * 1024 * 1024),
         backend=opts["backend"], backend_options=backend_settings(opts, resolved),
-        cache=opts["cache_dir"] or opts["cache"],
+        cache=opts["cache_dir"] or opts["cache"], params=config_file.get("analyzer"),
     )
     if opts["backend"] == "torchrun" and os.environ.get("RANK", "0") != "0":
         return ExitCode.OK  # rank 0 reports

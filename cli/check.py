@@ -11,6 +11,7 @@ from explainkit.gate.annotations import annotation_lines, github_enabled, write_
 from explainkit.gate.policy import load_policy
 from explainkit.gate.runner import check as run_check
 from explainkit.gate.text import format_summary
+from explainkit.textsafe import inert_lines
 
 __all__ = ["COMMANDS"]
 
@@ -31,6 +32,8 @@ __all__ = ["COMMANDS"]
               envvar="EXPLAINKIT_FORMAT", help="What goes to stdout.")
 @click.option("--asset-budget-mb", "asset_budget_mb", type=click.FloatRange(0.1), default=20.0, show_default=True,
               help="Size budget for example images embedded in the report.")
+@click.option("--follow-symlinks", "follow_symlinks", is_flag=True, default=False,
+              help="Read probe files that are symlinks pointing outside their probe folder (refused by default).")
 @click.option("--progress/--no-progress", default=None, help="Progress bars on stderr (default: when a TTY).")
 @click.pass_context
 def check(ctx: click.Context, model: str, policy_path: str, junit: str | None, out: str, **opts) -> int:
@@ -46,7 +49,7 @@ def check(ctx: click.Context, model: str, policy_path: str, junit: str | None, o
     resolved = parameter_sources(ctx, {"model": model, "policy_path": policy_path, "junit": junit, "out": out,
                                        **{k: v for k, v in opts.items() if k != "progress"}})
     result = run_check(handle, policy, out=out, junit=junit, device=opts["device"], batch_size=opts["batch_size"],
-                       progress=opts["progress"], config=resolved,
+                       progress=opts["progress"], config=resolved, follow_symlinks=opts["follow_symlinks"],
                        asset_budget_bytes=int(opts["asset_budget_mb"] * 1024 * 1024))
     doc = result.report.data
     if github_enabled():
@@ -56,7 +59,7 @@ def check(ctx: click.Context, model: str, policy_path: str, junit: str | None, o
     if opts["fmt"] == "json":
         click.echo(json.dumps({k: v for k, v in doc.items() if k != "assets"}, indent=1, allow_nan=False))
     else:
-        click.echo(format_summary(doc, result.paths))
+        click.echo(inert_lines(format_summary(doc, result.paths)))
     return result.exit_code
 
 

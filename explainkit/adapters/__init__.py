@@ -8,6 +8,7 @@ from explainkit.adapters.targets import (
     SoftmaxProbability,
     Target,
     as_target,
+    check_logits,
     select_logits,
 )
 from explainkit.adapters.tokens import SpatialLayout, infer_layout, token_hints
@@ -20,6 +21,7 @@ __all__ = [
     "SpatialLayout",
     "Target",
     "as_target",
+    "check_logits",
     "default_layer",
     "infer_layout",
     "resolve_layer",

@@ -15,7 +15,7 @@ from torch import nn
 from tqdm import tqdm
 
 from explainkit._prefetch import prefetch
-from explainkit.adapters.targets import select_logits
+from explainkit.adapters.targets import check_logits
 from explainkit.analyzers.base import Analyzer, Batch, RunContext
 from explainkit.backends.mapcache import MapCache
 from explainkit.data.probe import ProbeSet
@@ -25,7 +25,8 @@ from explainkit.loading.handle import ModelHandle
 
 _log = logging.getLogger(__name__)
 
-__all__ = ["Outcome", "RunPlan", "guard", "label_map", "make_batch", "map_shard", "merge_states", "shard_indices"]
+__all__ = ["Outcome", "RunPlan", "guard", "label_map", "make_batch", "map_shard", "merge_states", "shard_indices",
+           "validate_output"]
 
 
 @dataclass
@@ -105,21 +106,54 @@ def label_map(handle: ModelHandle, data: ProbeSet) -> tuple[np.ndarray | None, s
 Captures = dict[str, dict[str, tuple[nn.Module, Callable[[torch.Tensor], torch.Tensor]]]]
 
 
-def _forward(handle: ModelHandle, inputs: torch.Tensor, captures: Captures | None
+def _forward(handle: ModelHandle, inputs: torch.Tensor, captures: Captures | None = None
              ) -> tuple[Any, dict[str, dict[str, torch.Tensor]]]:
     """The model output, and the captured layer outputs of the same pass (trimmed to the batch)."""
     flat = {f"{a}\x00{layer}": spec for a, layers in (captures or {}).items() for layer, spec in layers.items()}
-    with torch.no_grad():
-        if not flat:
-            return handle.forward(inputs), {}
-        with capture_layers(handle.module, {k: m for k, (m, _) in flat.items()}, detach=True,
-                            transform={k: f for k, (_, f) in flat.items()}) as cap:
-            output = handle.forward(inputs)
-        captured: dict[str, dict[str, torch.Tensor]] = {}
-        for k in flat:
-            a, layer = k.split("\x00", 1)
-            captured.setdefault(a, {})[layer] = cap[k][: inputs.shape[0]]
-        return output, captured
+    try:
+        with torch.no_grad():
+            if not flat:
+                return handle.forward(inputs), {}
+            with capture_layers(handle.module, {k: m for k, (m, _) in flat.items()}, detach=True,
+                                transform={k: f for k, (_, f) in flat.items()}) as cap:
+                output = handle.forward(inputs)
+    except ExplainkitError:
+        raise
+    except Exception as exc:
+        raise RuntimeAnalysisError(f"the model failed on a batch of {len(inputs)} images: {exc}") from exc
+    captured: dict[str, dict[str, torch.Tensor]] = {}
+    for k in flat:
+        a, layer = k.split("\x00", 1)
+        captured.setdefault(a, {})[layer] = cap[k][: inputs.shape[0]]
+    return output, captured
+
+
+def validate_output(handle: ModelHandle, probe: ProbeSet, device: torch.device) -> None:
+    """Check once, before any analysis, that the model gives (B, K) logits for probe images.
+
+    One forward pass on the first (up to) two images: the output must hold one floating-point
+    tensor of shape (B, K) (or (B,)), selected as :func:`explainkit.adapters.select_logits` says
+    (``--output-key`` for dicts and tuples), with K equal to the number of the model's class names,
+    or at least the probe set's classes when the model has none.
+
+    Raises
+    ------
+    ConfigError
+        The output does not fit (exit code 2).
+    RuntimeAnalysisError
+        The model raised (exit code 3).
+    """
+    indices = np.arange(min(2, len(probe)))
+    inputs = handle.preprocess([probe.load_image(int(i)) for i in indices]).to(device)
+    handle.to(device)
+    with eval_mode(handle.module):
+        output, _ = _forward(handle, inputs)
+    if handle.class_names:
+        check_logits(output, len(indices), len(handle.class_names))
+    elif probe.class_names:
+        check_logits(output, len(indices), len(probe.class_names), "classes of the probe set", at_least=True)
+    else:
+        check_logits(output, len(indices))
 
 
 def make_batch(handle: ModelHandle, probe: ProbeSet, indices: np.ndarray, images: list,
@@ -128,13 +162,8 @@ def make_batch(handle: ModelHandle, probe: ProbeSet, indices: np.ndarray, images
 
     Layers named in ``captures`` are recorded during this same pass (``Batch.captured``).
     """
-    try:
-        output, captured = _forward(handle, inputs, captures)
-    except ExplainkitError:
-        raise
-    except Exception as exc:
-        raise RuntimeAnalysisError(f"the model failed on a batch of {len(images)} images: {exc}") from exc
-    logits = select_logits(output)
+    output, captured = _forward(handle, inputs, captures)
+    logits = check_logits(output, len(images))
     if not torch.isfinite(logits).all():
         bad = [probe.ids[int(indices[i])] for i in torch.nonzero(~torch.isfinite(logits).all(1)).flatten()[:3]]
         raise RuntimeAnalysisError(f"the model produced non-finite outputs (NaN/inf) for {', '.join(bad)}")
@@ -180,7 +209,7 @@ def map_shard(plan: RunPlan, ctx: RunContext, indices: Sequence[int], *, desc: s
     for start in range(0, len(indices), ctx.batch_size):
         chunk = indices[start : start + ctx.batch_size]
         ids = [probe.ids[int(i)] for i in chunk]
-        hits = {a.name: s for a in plan.analyzers if (s := cache.get(a.name, ids)) is not None}
+        hits = {a.name: s for a in plan.analyzers if (s := cache.get(a.name, ids, chunk)) is not None}
         if len(hits) == len(plan.analyzers) and cache.covers(plan.analyzers):
             for a in plan.analyzers:
                 states[a.name] = a.merge(states[a.name], hits[a.name])

@@ -17,7 +17,7 @@ tests and local examples use "test" images.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
@@ -119,6 +119,11 @@ class Prototypes(Analyzer):
         Test images shown with a local explanation.
     max_shown : int
         Prototypes shown with patches in the HTML report (the most present ones).
+    grid : sequence of int, optional
+        (h, w) patch grid of a token latent layer (ViT) when the model does not declare it and the
+        token count is ambiguous (``grid=14|14`` on the command line).
+    prefix_tokens : int, optional
+        Tokens before the patch tokens of that layer (CLS, registers).
     """
 
     name = "prototypes"
@@ -153,6 +158,9 @@ class Prototypes(Analyzer):
                                                             "near-identical"),
         "local_images": Option("int", low=0, help="test images shown with a local explanation"),
         "max_shown": Option("int", low=0, help="prototypes shown with patches in the HTML report"),
+        "grid": Option("int", low=1, many=True, help="(h, w) patch grid of a token latent layer when the token "
+                                                     "count is ambiguous, e.g. grid=14|14"),
+        "prefix_tokens": Option("int", low=0, help="tokens before the patch tokens of that layer"),
     }
 
     def __init__(self, adapter: str = "auto", layer: str | None = None, prototype_tensor: str | None = None,
@@ -162,7 +170,8 @@ class Prototypes(Analyzer):
                  perturbation_params: dict[str, dict[str, float]] | None = None, jpeg: bool = False,
                  readout: str = "fixed", weight: str = "auto", train_fraction: float = 0.5, n_resamples: int = 200,
                  sample_size: int = 256, alpha: float = 0.05, redundancy_tolerance: float = 0.05,
-                 local_images: int = 3, max_shown: int = 8) -> None:
+                 local_images: int = 3, max_shown: int = 8, grid: Sequence[int] | None = None,
+                 prefix_tokens: int | None = None) -> None:
         self.adapter = adapter
         self.layer = layer
         self.prototype_tensor = prototype_tensor
@@ -184,6 +193,8 @@ class Prototypes(Analyzer):
         self.redundancy_tolerance = redundancy_tolerance
         self.local_images = local_images
         self.max_shown = max_shown
+        self.grid = grid
+        self.prefix_tokens = prefix_tokens
 
     # ------------------------------------------------------------------ setup
 
@@ -198,6 +209,8 @@ class Prototypes(Analyzer):
                 raise ConfigError("prototypes: exemplar_cells must be [probe index, row, column] of probe images")
         if self.adapter == "kmeans" and not ctx.data.has_labels:
             raise ConfigError("prototypes: adapter 'kmeans' needs a labelled probe set")
+        if self.grid is not None and len(self.grid) != 2:
+            raise ConfigError(f"prototypes: grid must be two integers h|w, not {self.grid!r}")
         layer = self.layer or ctx.layer
         if layer is not None:
             resolve_layer(ctx.handle.module, layer)
@@ -230,24 +243,27 @@ class Prototypes(Analyzer):
         if kind == "auto":
             kind = "vectors" if find_prototype_tensor(handle.module) is not None else "channels"
         layer = self.layer or ctx.layer
+        tokens = {"grid": None if self.grid is None else tuple(int(v) for v in self.grid),
+                  "prefix_tokens": self.prefix_tokens}
         if kind == "vectors":
             return VectorPrototypes.from_model(handle, tensor=self.prototype_tensor, layer=layer,
-                                               similarity=self.similarity, input_size=size)
+                                               similarity=self.similarity, input_size=size, **tokens)
         layer = layer or default_layer(handle.module, size)
         if kind == "channels":
-            return ChannelPrototypes(layer, self.channels, self.softmax).bind(handle, size)
+            return ChannelPrototypes(layer, self.channels, self.softmax, **tokens).bind(handle, size)
         similarity = "log" if self.similarity == "auto" else self.similarity
         if kind == "exemplars":
             cells = [tuple(int(v) for v in c) for c in self.exemplar_cells or []]
             inputs = handle.preprocess(ctx.load_images([c[0] for c in cells])).to(ctx.device)
             classes = [self._model_label(ctx, c[0]) for c in cells]
             return exemplar_prototypes(handle, inputs, [(k, r, col) for k, (_, r, col) in enumerate(cells)], layer,
-                                       similarity=similarity, classes=classes)
+                                       similarity=similarity, classes=classes, **tokens)
         train = [i for i in range(len(ctx.data)) if self._is_train(ctx, i)][:KMEANS_IMAGES]
         inputs = handle.preprocess(ctx.load_images(train)).to(ctx.device)
         labels = np.array([self._model_label(ctx, i) for i in train])
         return kmeans_prototypes(handle, inputs, labels, layer, per_class=self.per_class, similarity=similarity,
-                                 seed=int(ctx.rng(self.name, "kmeans").integers(2**31)), batch_size=ctx.batch_size)
+                                 seed=int(ctx.rng(self.name, "kmeans").integers(2**31)), batch_size=ctx.batch_size,
+                                 **tokens)
 
     @staticmethod
     def _model_label(ctx: RunContext, i: int) -> int:
