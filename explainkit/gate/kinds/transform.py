@@ -37,7 +37,7 @@ import torch
 from explainkit.backends.plan import label_map
 from explainkit.errors import ConfigError, DataError
 from explainkit.gate.kinds.base import CheckContext, Measurement
-from explainkit.gate.kinds.interventions import EFFECTS, InterventionKind, paired_result, run_paired
+from explainkit.gate.kinds.interventions import EFFECT_OPTION, InterventionKind, paired_result, run_paired
 from explainkit.gate.kinds.masks import images_with_mask, input_masks
 from explainkit.gate.kinds.removal import cover, shifted_mask
 from explainkit.gate.kinds.transforms import (
@@ -84,7 +84,7 @@ class Transform(InterventionKind):
         "donor_concept": Option("str", None, help="background_swap: donors must carry this concept; own-class "
                                                   "control donors must not"),
         "repeats": Option("int", 3, low=1, high=64, help="donors / control regions / control copies per image"),
-        "effect": Option("choice", "logit_shift", tuple(EFFECTS), help="what is compared"),
+        "effect": EFFECT_OPTION,
     }
 
     @classmethod
