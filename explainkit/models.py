@@ -1,18 +1,22 @@
 """Small reference models: the demo classifier and a ProtoPNet-like network for tests and demos.
 
-They are ordinary ``nn.Module`` factories, usable as ``--arch explainkit.models:tiny_cnn(...)``.
+They are ordinary ``nn.Module`` factories, usable as ``--arch explainkit.models:tiny_cnn(...)``. The
+factories of the seed papers' prototype models (:mod:`explainkit.prototypes.models`, e.g.
+``case_based_net``, ``st_protopnet``) are attributes of this module too, imported on first use.
 """
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
 from explainkit.prototypes.similarity import log_similarity, squared_l2_distances
 
-__all__ = ["PrototypeLayer", "TinyCNN", "TinyProtoPNet", "tiny_cnn", "tiny_protopnet"]
+__all__ = ["PrototypeLayer", "TinyCNN", "TinyProtoPNet", "class_specific_head", "tiny_cnn", "tiny_protopnet"]
 
 #: Preprocessing of the synthetic worlds (images already at 64 px, values scaled to [-1, 1]).
 SYNTHETIC_PREPROCESSING = {"input_size": (64, 64), "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)}
@@ -59,6 +63,21 @@ class TinyCNN(nn.Module):
 def tiny_cnn(num_classes: int = 3, widths: Sequence[int] = (16, 32, 64, 64)) -> TinyCNN:
     """Factory for :class:`TinyCNN` (for ``--arch explainkit.models:tiny_cnn``)."""
     return TinyCNN(num_classes=num_classes, widths=tuple(widths))
+
+
+def class_specific_head(num_classes: int, per_class: int) -> tuple[torch.Tensor, nn.Linear]:
+    """ProtoPNet's class-specific prototypes: the (P, K) identity and the last layer (+1 own class, -0.5 others).
+
+    Prototype ``j`` belongs to class ``j // per_class`` (P = K × per_class); the last layer maps
+    P prototype activations to K logits without bias.
+    """
+    num_prototypes = num_classes * per_class
+    identity = torch.zeros(num_prototypes, num_classes)
+    identity[torch.arange(num_prototypes), torch.arange(num_prototypes) // per_class] = 1
+    last = nn.Linear(num_prototypes, num_classes, bias=False)
+    with torch.no_grad():
+        last.weight.copy_(1.5 * identity.t() - 0.5)
+    return identity, last
 
 
 class PrototypeLayer(nn.Module):
@@ -122,12 +141,8 @@ class TinyProtoPNet(nn.Module):
             nn.Conv2d(prototype_dim, prototype_dim, 1), nn.Sigmoid(),
         )
         self.prototype_layer = PrototypeLayer(num_prototypes, prototype_dim)
-        self.last_layer = nn.Linear(num_prototypes, num_classes, bias=False)
-        identity = torch.zeros(num_prototypes, num_classes)
-        identity[torch.arange(num_prototypes), torch.arange(num_prototypes) // prototypes_per_class] = 1
+        identity, self.last_layer = class_specific_head(num_classes, prototypes_per_class)
         self.register_buffer("prototype_class_identity", identity, persistent=False)
-        with torch.no_grad():
-            self.last_layer.weight.copy_(1.5 * identity.t() - 0.5)
         self.explainkit_preprocessing = dict(SYNTHETIC_PREPROCESSING)
 
     def latent(self, x: torch.Tensor) -> torch.Tensor:
@@ -151,3 +166,12 @@ def tiny_protopnet(num_classes: int = 3, prototypes_per_class: int = 4, prototyp
     """Factory for :class:`TinyProtoPNet` (for ``--arch explainkit.models:tiny_protopnet``)."""
     return TinyProtoPNet(num_classes=num_classes, prototypes_per_class=prototypes_per_class,
                          prototype_dim=prototype_dim, widths=tuple(widths))
+
+
+def __getattr__(name: str) -> Any:
+    """The factories of :mod:`explainkit.prototypes.models`, imported on first use (they build on TinyCNN)."""
+    from explainkit.prototypes.models import FACTORIES
+
+    if name in FACTORIES:
+        return getattr(importlib.import_module(FACTORIES[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

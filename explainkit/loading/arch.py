@@ -8,6 +8,9 @@ Specs
     ``timm.create_model(name, pretrained=False, **kwargs)`` (needs the ``timm`` extra).
 ``package.module:factory``
     ``importlib.import_module(package.module).factory(**kwargs)``.
+``explainkit:factory``
+    Short for ``explainkit.models:factory`` (explainkit's own reference models, e.g.
+    ``explainkit:tversky_net(num_classes=3)``).
 
 Keyword arguments follow in parentheses as Python literals, e.g.
 ``torchvision:resnet18(num_classes=10)``.
@@ -47,7 +50,7 @@ class ArchSpec:
     @property
     def is_builtin_family(self) -> bool:
         """True for torchvision, timm and explainkit's own models (safe to take from file metadata)."""
-        return self.source in {"torchvision", "timm", "explainkit.models"}
+        return self.source in {"torchvision", "timm", "explainkit", "explainkit.models"}
 
 
 def parse_arch(spec: str) -> ArchSpec:
@@ -119,7 +122,7 @@ def build_arch(spec: ArchSpec) -> nn.Module:
                 raise ConfigError(f"unknown timm architecture {spec.name!r}")
             return timm.create_model(spec.name, pretrained=False, **spec.kwargs)
         try:
-            module = importlib.import_module(spec.source)
+            module = importlib.import_module("explainkit.models" if spec.source == "explainkit" else spec.source)
         except ImportError as exc:
             raise ConfigError(f"--arch {spec}: cannot import {spec.source!r} ({exc})") from None
         factory = getattr(module, spec.name, None)

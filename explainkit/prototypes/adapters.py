@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import cv2
 import numpy as np
@@ -31,6 +31,9 @@ from explainkit.hooks import capture_layers, eval_mode
 from explainkit.loading.handle import ModelHandle
 from explainkit.prototypes.similarity import NONNEGATIVE, SIMILARITIES, similarity
 
+if TYPE_CHECKING:
+    from explainkit.prototypes.explanation import ModelExplanation
+
 __all__ = [
     "ChannelPrototypes",
     "PrototypeAdapter",
@@ -40,6 +43,7 @@ __all__ = [
     "kmeans_prototypes",
     "patch_box",
     "read_latent",
+    "read_latents",
 ]
 
 #: Parameter/buffer names recognised as prototype tensors (last dotted component).
@@ -71,17 +75,28 @@ def read_latent(model: ModelHandle | nn.Module, x: torch.Tensor, layer: str, *, 
     torch.Tensor
         (B, D, h, w) latent map, detached.
     """
+    return read_latents(model, x, [layer], layout=layout, grid=grid, prefix_tokens=prefix_tokens)[0]
+
+
+def read_latents(model: ModelHandle | nn.Module, x: torch.Tensor, layers: Sequence[str], *, layout: str = "auto",
+                 grid: tuple[int, int] | None = None, prefix_tokens: int | None = None) -> list[torch.Tensor]:
+    """The outputs of several ``layers`` in one pass (stopped once all fired), as (B, D_i, h, w) maps.
+
+    See :func:`read_latent` for the parameters; every layer is read with the same layout.
+    """
     root = _module(model)
-    name, module = resolve_layer(root, layer)
+    resolved = dict(resolve_layer(root, name) for name in layers)
     forward = model.forward if isinstance(model, ModelHandle) else root
-    with torch.no_grad(), capture_layers(root, {name: module}, detach=True, stop_early=True) as cap:
+    with torch.no_grad(), capture_layers(root, resolved, detach=True, stop_early=True) as cap:
         cap.forward(forward, x)
-    out = cap[name]
     hints = token_hints(root)
-    spatial = infer_layout(out, module, input_size=tuple(x.shape[-2:]), layout=layout,
-                           grid=grid or hints.get("grid"),
-                           prefix_tokens=prefix_tokens if prefix_tokens is not None else hints.get("prefix_tokens"))
-    return spatial.apply(out).float()
+    out = []
+    for name, module in resolved.items():
+        spatial = infer_layout(cap[name], module, input_size=tuple(x.shape[-2:]), layout=layout,
+                               grid=grid or hints.get("grid"),
+                               prefix_tokens=prefix_tokens if prefix_tokens is not None else hints.get("prefix_tokens"))
+        out.append(spatial.apply(cap[name]).float())
+    return out
 
 
 def patch_box(similarity_map: np.ndarray, input_size: tuple[int, int], percentile: float = 95.0
@@ -222,11 +237,14 @@ class PrototypeAdapter(ABC):
         """(P, F) flattened prototype vectors (for redundancy checks), or ``None``."""
         return None
 
+    def explanation(self) -> ModelExplanation | None:
+        """The model's own explanation (prototype models of :mod:`explainkit.prototypes.models`), or ``None``."""
+        return None
+
     def describe(self) -> dict[str, Any]:
         """JSON-ready description."""
         return {"kind": self.kind, "layer": self.layer, "num_prototypes": self.num_prototypes,
                 "similarity_unit": self.unit, "nonnegative": self.nonnegative}
-
 
 
 class VectorPrototypes(PrototypeAdapter):

@@ -21,27 +21,22 @@ from typing import Any
 
 import numpy as np
 
-from explainkit.adapters import default_layer
 from explainkit.analyzers.base import Analyzer, Batch, Finding, RunContext, Section
 from explainkit.analyzers.metric import metric
 from explainkit.analyzers.registry import register_analyzer
 from explainkit.errors import ConfigError
-from explainkit.prototypes.adapters import (
-    ChannelPrototypes,
-    PrototypeAdapter,
-    VectorPrototypes,
-    exemplar_prototypes,
-    find_prototype_tensor,
-    kmeans_prototypes,
-)
+from explainkit.prototypes.adapters import PrototypeAdapter
+from explainkit.prototypes.explanation import ExplanationBatch, ExplanationContext
 from explainkit.prototypes.importance import (
     WEIGHTS,
     SplitAccumulator,
     local_importance,
+    perturbed_inputs,
     relative_drop,
     resolve_weight,
 )
 from explainkit.prototypes.perturb import DEFAULT_CHARACTERISTICS, make_perturbations
+from explainkit.prototypes.registry import AdapterRequest, detect_adapter_kind, get_adapter_kind, list_adapter_kinds
 from explainkit.prototypes.similarity import SIMILARITIES
 from explainkit.prototypes.statistics import (
     GlobalScores,
@@ -58,10 +53,7 @@ from explainkit.stats.streaming import poisson_counts
 
 __all__ = ["Prototypes"]
 
-ADAPTERS = ("auto", "vectors", "channels", "exemplars", "kmeans")
 SPLITS = ("train", "test")
-#: Most images used to fit k-means prototypes.
-KMEANS_IMAGES = 256
 #: Most prototypes listed in the HTML table (the JSON has all).
 TABLE_ROWS = 256
 
@@ -73,9 +65,12 @@ class Prototypes(Analyzer):
     Parameters
     ----------
     adapter : str
-        ``"auto"`` (the model's prototype tensor if it has one, else channels), ``"vectors"``,
-        ``"channels"``, ``"exemplars"`` (latent cells given in ``exemplar_cells``) or ``"kmeans"``
-        (``per_class`` k-means centres of each class's latent cells from "train" images).
+        ``"auto"`` (the model's own kind when a registered adapter recognises it, e.g. a prototype
+        model of :mod:`explainkit.prototypes.models`; else its prototype tensor if it has one; else
+        channels), ``"vectors"``, ``"channels"``, ``"exemplars"`` (latent cells given in
+        ``exemplar_cells``), ``"kmeans"`` (``per_class`` k-means centres of each class's latent
+        cells from "train" images) or a model kind (``case_based``, ``st_protopnet``, ``tversky``,
+        ``hopfield``, ``cbc``, ``prob_psenn``; see :mod:`explainkit.prototypes.registry`).
     layer : str, optional
         Latent layer (default: the run's ``--layer``; for prototype networks the layer before the
         prototypes; otherwise the default layer of the architecture).
@@ -119,6 +114,9 @@ class Prototypes(Analyzer):
         Test images shown with a local explanation.
     max_shown : int
         Prototypes shown with patches in the HTML report (the most present ones).
+    model_options : dict, optional
+        Options of the model-specific adapter (e.g. ``{"samples": 8}`` for ``prob_psenn``; each
+        kind lists its keys in its registry entry).
     """
 
     name = "prototypes"
@@ -134,7 +132,7 @@ class Prototypes(Analyzer):
                  perturbation_params: dict[str, dict[str, float]] | None = None, jpeg: bool = False,
                  readout: str = "fixed", weight: str = "auto", train_fraction: float = 0.5, n_resamples: int = 200,
                  sample_size: int = 256, alpha: float = 0.05, redundancy_tolerance: float = 0.05,
-                 local_images: int = 3, max_shown: int = 8) -> None:
+                 local_images: int = 3, max_shown: int = 8, model_options: dict[str, Any] | None = None) -> None:
         self.adapter = adapter
         self.layer = layer
         self.prototype_tensor = prototype_tensor
@@ -156,13 +154,17 @@ class Prototypes(Analyzer):
         self.redundancy_tolerance = redundancy_tolerance
         self.local_images = local_images
         self.max_shown = max_shown
+        self.model_options = model_options
 
     # ------------------------------------------------------------------ setup
 
     def check(self, ctx: RunContext) -> None:
         """Validate parameters, then fit the prototype adapter (k-means, exemplars) on the run's data."""
-        if self.adapter not in ADAPTERS:
-            raise ConfigError(f"prototypes: adapter must be one of {', '.join(ADAPTERS)}, not {self.adapter!r}")
+        if self.adapter != "auto" and self.adapter not in list_adapter_kinds():
+            raise ConfigError(f"prototypes: adapter must be auto or one of {', '.join(list_adapter_kinds())}, "
+                              f"not {self.adapter!r}")
+        if self.model_options is not None and not isinstance(self.model_options, dict):
+            raise ConfigError("prototypes: model_options must be a mapping")
         if self.similarity != "auto" and self.similarity not in SIMILARITIES:
             raise ConfigError(f"prototypes: similarity must be auto or one of {', '.join(SIMILARITIES)}")
         make_perturbations(tuple(self.characteristics), self.perturbation_params, jpeg=self.jpeg)
@@ -183,11 +185,12 @@ class Prototypes(Analyzer):
         self._fit(ctx)
 
     def _fit(self, ctx: RunContext) -> None:
-        """Fit ``adapter_``, ``prototype_ids_``, ``perturbations_`` and ``weight_rule_``.
+        """Fit ``adapter_``, ``explanation_``, ``prototype_ids_``, ``perturbations_`` and ``weight_rule_``.
 
         Deterministic: every worker that checks the run fits the same.
         """
         self.adapter_ = self._build_adapter(ctx)
+        self.explanation_ = self.adapter_.explanation()
         total = self.adapter_.num_prototypes
         ids = list(range(total)) if self.prototypes is None else [int(p) for p in self.prototypes]
         bad = [p for p in ids if not 0 <= p < total]
@@ -197,38 +200,18 @@ class Prototypes(Analyzer):
         self.perturbations_ = make_perturbations(tuple(self.characteristics), self.perturbation_params, jpeg=self.jpeg)
         self.weight_rule_ = resolve_weight(self.weight, self.adapter_)
 
-    def init_state(self, ctx: RunContext) -> dict[str, SplitAccumulator]:
-        """Empty sums for the prototypes asked for."""
-        return {s: SplitAccumulator.empty(len(self.prototype_ids_), len(self.perturbations_), self.n_resamples,
-                                          self.sample_size) for s in SPLITS}
+    def init_state(self, ctx: RunContext) -> dict[str, Any]:
+        """Empty sums for the prototypes asked for (per split) and the model explanation's state."""
+        state: dict[str, Any] = {s: SplitAccumulator.empty(len(self.prototype_ids_), len(self.perturbations_),
+                                                           self.n_resamples, self.sample_size) for s in SPLITS}
+        state["model"] = self.explanation_.init_state() if self.explanation_ is not None else None
+        return state
 
     def _build_adapter(self, ctx: RunContext) -> PrototypeAdapter:
-        handle = ctx.handle
-        size = handle.require_preprocessing().input_size
-        kind = self.adapter
-        if kind == "auto":
-            kind = "vectors" if find_prototype_tensor(handle.module) is not None else "channels"
-        layer = self.layer or ctx.layer
-        if kind == "vectors":
-            return VectorPrototypes.from_model(handle, tensor=self.prototype_tensor, layer=layer,
-                                               similarity=self.similarity, input_size=size)
-        layer = layer or default_layer(handle.module, size)
-        if kind == "channels":
-            return ChannelPrototypes(layer, self.channels, self.softmax).bind(handle, size)
-        similarity = "log" if self.similarity == "auto" else self.similarity
-        if kind == "exemplars":
-            cells = [tuple(int(v) for v in c) for c in self.exemplar_cells or []]
-            if any(len(c) != 3 or not 0 <= c[0] < len(ctx.data) for c in cells):
-                raise ConfigError("prototypes: exemplar_cells must be [probe index, row, column] of probe images")
-            inputs = handle.preprocess(ctx.load_images([c[0] for c in cells])).to(ctx.device)
-            classes = [self._model_label(ctx, c[0]) for c in cells]
-            return exemplar_prototypes(handle, inputs, [(k, r, col) for k, (_, r, col) in enumerate(cells)], layer,
-                                       similarity=similarity, classes=classes)
-        train = [i for i in range(len(ctx.data)) if self._is_train(ctx, i)][:KMEANS_IMAGES]
-        inputs = handle.preprocess(ctx.load_images(train)).to(ctx.device)
-        labels = np.array([self._model_label(ctx, i) for i in train])
-        return kmeans_prototypes(handle, inputs, labels, layer, per_class=self.per_class, similarity=similarity,
-                                 seed=int(ctx.rng(self.name, "kmeans").integers(2**31)), batch_size=ctx.batch_size)
+        kind = self.adapter if self.adapter != "auto" else detect_adapter_kind(ctx.handle.module)
+        request = AdapterRequest(ctx, self.layer or ctx.layer, self.get_params(), lambda i: self._is_train(ctx, i),
+                                 lambda i: self._model_label(ctx, i))
+        return get_adapter_kind(kind).build(request)
 
     @staticmethod
     def _model_label(ctx: RunContext, i: int) -> int:
@@ -244,14 +227,17 @@ class Prototypes(Analyzer):
 
     # ------------------------------------------------------------------ map / merge
 
-    def map(self, ctx: RunContext, batch: Batch) -> dict[str, SplitAccumulator]:
+    def map(self, ctx: RunContext, batch: Batch) -> dict[str, Any]:
         """Local importances of the batch (originals and perturbed copies in one pass), added per split."""
+        inputs = perturbed_inputs(batch.images, self.perturbations_, ctx.handle.preprocess)
         scores = local_importance(self.adapter_, ctx.handle, batch.images, self.perturbations_, ctx.handle.preprocess,
                                   prototypes=self.prototype_ids_, readout=self.readout, device=ctx.device,
-                                  max_batch=ctx.handle.static_batch)
+                                  max_batch=ctx.handle.static_batch, inputs=inputs)
         is_train = np.array([self._is_train(ctx, i) for i in batch.indices], dtype=bool)
-        state = {s: SplitAccumulator.empty(len(self.prototype_ids_), len(self.perturbations_), self.n_resamples,
-                                           self.sample_size) for s in SPLITS}
+        state = self.init_state(ctx)
+        if self.explanation_ is not None:
+            state["model"] = self.explanation_.map(ExplanationBatch(
+                ctx, batch, inputs, scores, self.prototype_ids_, self.perturbations_, self.readout, self.weight_rule_))
         for split, mask in (("train", is_train), ("test", ~is_train)):
             if mask.any():
                 idx = batch.indices[mask]
@@ -260,13 +246,15 @@ class Prototypes(Analyzer):
                 state[split] = state[split].add(scores.subset(mask), idx, self.weight_rule_, counts, priority)
         return state
 
-    def merge(self, a: dict[str, SplitAccumulator], b: dict[str, SplitAccumulator]) -> dict[str, SplitAccumulator]:
-        """Merge split by split."""
-        return {s: a[s].merge(b[s]) for s in SPLITS}
+    def merge(self, a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+        """Merge split by split, and the model explanation's states."""
+        out: dict[str, Any] = {s: a[s].merge(b[s]) for s in SPLITS}
+        out["model"] = self.explanation_.merge(a["model"], b["model"]) if self.explanation_ is not None else None
+        return out
 
     # ------------------------------------------------------------------ finalize
 
-    def finalize(self, ctx: RunContext, state: dict[str, SplitAccumulator]) -> Section:
+    def finalize(self, ctx: RunContext, state: dict[str, Any]) -> Section:
         """Global scores, tests, generalisation, redundancy, verdicts, images."""
         names = [p.name for p in self.perturbations_]
         scores = {s: global_scores(state[s]) for s in SPLITS}
@@ -286,6 +274,10 @@ class Prototypes(Analyzer):
             records[j]["chart"] = _chart([(f"{c} ({split})", records[j][f"global_{split}"][c])
                                           for c in names for split in SPLITS if state[split].n])
         local = self._local_examples(ctx, sample, names, unit, assets)
+        own = None
+        if self.explanation_ is not None:
+            own = self.explanation_.section(
+                ExplanationContext(ctx, records, self.prototype_ids_, names, unit, assets), state["model"])
         top = ranking[0]["characteristic"] if ranking and ranking[0]["value"]["value"] is not None else None
         significant = int(np.sum(tests["q"] < self.alpha)) if tests is not None else 0
         summary = {
@@ -303,7 +295,7 @@ class Prototypes(Analyzer):
                       "global": f"{unit}, {self.weight_rule_}-weighted mean of local importances over a split"},
             "ranking": ranking, "ranking_chart": _chart([(r["characteristic"], r["value"]) for r in ranking]),
             "table_rows": TABLE_ROWS, "prototypes": records, "generalisation": general, "redundancy": redundancy,
-            "local_examples": local, "shown": shown, "notes": self._notes(),
+            "local_examples": local, "shown": shown, "notes": self._notes(), "model_explanation": own,
         }
         return self.section(summary=summary, data=data, findings=self._findings(records, ranking, redundancy),
                             assets=assets)

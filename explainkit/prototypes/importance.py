@@ -46,8 +46,10 @@ __all__ = [
     "LocalScores",
     "SplitAccumulator",
     "local_importance",
+    "perturbed_inputs",
     "relative_drop",
     "resolve_weight",
+    "scores_from_maps",
     "similarity_weight",
 ]
 
@@ -125,6 +127,54 @@ def relative_drop(delta: np.ndarray, similarity: np.ndarray) -> np.ndarray:
         return np.where(s > 0, np.asarray(delta, np.float64) / np.where(s > 0, s, 1.0), np.nan)
 
 
+def _check_readout(readout: str) -> None:
+    if readout not in ("fixed", "max"):
+        raise ConfigError(f"readout must be 'fixed' or 'max', not {readout!r}")
+
+
+def perturbed_inputs(images: Sequence[Image.Image], perturbations: Sequence[Perturbation],
+                     preprocess: Callable[[Sequence[Image.Image]], torch.Tensor]) -> torch.Tensor:
+    """Model inputs of the originals and every perturbed copy: (B·(1 + C), 3, H, W), originals first.
+
+    Perturbations are applied at source resolution, then ``preprocess`` runs; copy ``k`` of
+    characteristic ``c`` is row ``B·(1 + c) + k``.
+    """
+    views = list(images) + [p(im) for p in perturbations for im in images]
+    return preprocess(views)
+
+
+def scores_from_maps(maps: torch.Tensor, n_images: int, readout: str = "fixed") -> LocalScores:
+    """Local importances from the similarity maps of :func:`perturbed_inputs`.
+
+    Parameters
+    ----------
+    maps : torch.Tensor
+        (B·(1 + C), P, h, w) similarity maps, originals first.
+    n_images : int
+        B.
+    readout : str
+        ``"fixed"`` (the original best location) or ``"max"`` (best location of the perturbed map).
+
+    Returns
+    -------
+    LocalScores
+        Similarities, locations and (B, P, C) deltas.
+    """
+    _check_readout(readout)
+    b = n_images
+    c = maps.shape[0] // b - 1
+    grid = (int(maps.shape[2]), int(maps.shape[3]))
+    flat = maps.flatten(2).float()  # (B (1 + C), P, h w)
+    s0, loc = flat[:b].max(dim=2)  # first maximum on ties
+    perturbed = flat[b:].reshape(c, b, flat.shape[1], flat.shape[2])
+    if readout == "fixed":
+        sc = perturbed.gather(3, loc[None, :, :, None].expand(c, -1, -1, 1)).squeeze(3)
+    else:
+        sc = perturbed.amax(dim=3)
+    delta = (s0[None] - sc).permute(1, 2, 0)  # (B, P, C)
+    return LocalScores(s0.cpu().numpy(), loc.cpu().numpy(), delta.cpu().numpy(), grid)
+
+
 def local_importance(
     adapter: PrototypeAdapter,
     model: ModelHandle | nn.Module,
@@ -136,6 +186,7 @@ def local_importance(
     readout: str = "fixed",
     device: torch.device | str = "cpu",
     max_batch: int | None = None,
+    inputs: torch.Tensor | None = None,
 ) -> LocalScores:
     """Local importances of a batch: the originals and all perturbed copies go through the model together.
 
@@ -159,30 +210,20 @@ def local_importance(
         Where the model runs.
     max_batch : int, optional
         At most this many inputs per forward pass (default all B·(1 + C) at once).
+    inputs : torch.Tensor, optional
+        The :func:`perturbed_inputs` of ``images``, when already computed.
 
     Returns
     -------
     LocalScores
         Similarities, locations and (B, P, C) deltas.
     """
-    if readout not in ("fixed", "max"):
-        raise ConfigError(f"readout must be 'fixed' or 'max', not {readout!r}")
-    b, c = len(images), len(perturbations)
-    views = list(images) + [p(im) for p in perturbations for im in images]
-    x = preprocess(views).to(device)
+    _check_readout(readout)
+    x = (inputs if inputs is not None else perturbed_inputs(images, perturbations, preprocess)).to(device)
     step = max_batch or len(x)
     with torch.no_grad():
         maps = torch.cat([adapter.similarity_maps(model, x[i : i + step], prototypes) for i in range(0, len(x), step)])
-    grid = (int(maps.shape[2]), int(maps.shape[3]))
-    flat = maps.flatten(2).float()  # (B (1 + C), P, h w)
-    s0, loc = flat[:b].max(dim=2)  # first maximum on ties
-    perturbed = flat[b:].reshape(c, b, flat.shape[1], flat.shape[2])
-    if readout == "fixed":
-        sc = perturbed.gather(3, loc[None, :, :, None].expand(c, -1, -1, 1)).squeeze(3)
-    else:
-        sc = perturbed.amax(dim=3)
-    delta = (s0[None] - sc).permute(1, 2, 0)  # (B, P, C)
-    return LocalScores(s0.cpu().numpy(), loc.cpu().numpy(), delta.cpu().numpy(), grid)
+    return scores_from_maps(maps, len(images), readout)
 
 
 @dataclass
