@@ -38,7 +38,8 @@ MODELS = {
     "cbc": ("cbc_net", lambda d: recipes.train_cbc(d, epochs=2)),
     "prob_psenn": ("prob_psenn", lambda d: recipes.train_prob_psenn(d, pretrain_epochs=1, epochs=1)),
 }
-LIGHT = {"local_images": 1, "max_shown": 2, "n_resamples": 50, "sample_size": 8}
+LIGHT = {"local_images": 1, "max_shown": 2, "n_resamples": 50, "sample_size": 8,
+         "characteristics": ["hue", "shape", "contrast"]}
 
 
 @pytest.fixture(scope="module")
