@@ -34,9 +34,7 @@ import torch
 import torchvision
 
 import explainkit
-
-GRADIENT_METHODS = ("gradcam", "gradcampp", "xgradcam", "layercam", "hirescam", "gradcam_elementwise",
-                    "eigengradcam", "eigencam")
+from explainkit.cam import GRADIENT_METHODS
 
 
 def speed(repeats: int) -> dict[str, float]:

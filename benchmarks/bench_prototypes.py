@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 import explainkit
-from explainkit.datasets.probe import ProbeSet
+from explainkit.data.probe import ProbeSet
 from explainkit.datasets.synthetic import WorldSpec, write_world
 from explainkit.models import SYNTHETIC_PREPROCESSING, TinyProtoPNet
 from explainkit.prototypes import ChannelPrototypes, VectorPrototypes, local_importance

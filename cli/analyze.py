@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from explainkit.backends import list_backends
 from explainkit.cli.options import (
     config_option,
     loading_options,
@@ -17,7 +18,7 @@ from explainkit.cli.options import (
 )
 from explainkit.cli.render import print_summary
 from explainkit.config import merge_analyzer_specs
-from explainkit.datasets.probe import ProbeSet
+from explainkit.data.probe import ProbeSet
 from explainkit.errors import ExitCode
 from explainkit.loading import load_model
 from explainkit.run import analyze as run_analyze
@@ -57,7 +58,7 @@ _SEVERITY = {"never": set(), "error": {"error"}, "warning": {"error", "warning"}
               help="Exit with 1 when a finding of this severity (or worse) is reported.")
 @click.option("--asset-budget-mb", "asset_budget_mb", type=click.FloatRange(0.1), default=20.0,
               show_default=True, help="Size budget for images embedded in the report.")
-@click.option("--backend", type=click.Choice(["serial", "torchrun", "ray"]), default="serial", show_default=True,
+@click.option("--backend", type=click.Choice(list_backends()), default="serial", show_default=True,
               envvar="EXPLAINKIT_BACKEND", help="Execution backend (torchrun: start with torchrun ... -m explainkit).")
 @click.option("--workers", type=click.IntRange(1), default=2, show_default=True, envvar="EXPLAINKIT_WORKERS",
               help="Ray actors (--backend ray).")

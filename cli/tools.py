@@ -40,10 +40,13 @@ def layers(model: str, fmt: str, **opts) -> int:
 
 @click.command("analyzers")
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
-def analyzers(fmt: str) -> int:
-    """List the registered analyzers with one-line descriptions."""
+@click.option("--params", "params_of", metavar="NAME", help="Print the parameters analyzer NAME declares.")
+def analyzers(fmt: str, params_of: str | None) -> int:
+    """List the registered analyzers with one-line descriptions (or one analyzer's parameters)."""
     from explainkit.analyzers import get_analyzer_class, list_analyzers
 
+    if params_of:
+        return _print_params(get_analyzer_class(params_of), fmt)
     rows = []
     for name in list_analyzers():
         cls = get_analyzer_class(name)
@@ -55,6 +58,22 @@ def analyzers(fmt: str) -> int:
         for r in rows:
             needs = f"  [needs: {', '.join(r['requires'])}]" if r["requires"] else ""
             click.echo(f"{r['name']:<14s} {r['summary']}{needs}")
+    return 0
+
+
+def _print_params(cls: type, fmt: str) -> int:
+    """The declared parameters of an analyzer class: name, allowed values, default, help."""
+    from explainkit.options import describe_options
+
+    rows = describe_options(cls.options)
+    if fmt == "json":
+        click.echo(json.dumps({"analyzer": cls.name, "parameters": rows}, indent=1, default=repr))
+        return 0
+    click.echo(f"{cls.name}: {cls.summary}")
+    width = max((len(r["name"]) for r in rows), default=4)
+    for r in rows:
+        click.echo(f"  {r['name']:<{width}}  {r['help']}")
+        click.echo(f"  {'':<{width}}  {r['type']}; default {json.dumps(r['default'], default=repr)}")
     return 0
 
 
@@ -114,7 +133,7 @@ def world(out: str, **kwargs) -> int:
 @click.option("--seed", type=int, default=0, show_default=True)
 def train(data: str, out: str, epochs: int, seed: int) -> int:
     """Train the tiny demo CNN on a labelled probe folder (CPU, about a minute)."""
-    from explainkit.datasets.probe import ProbeSet
+    from explainkit.data.probe import ProbeSet
     from explainkit.datasets.training import train_classifier
     from explainkit.loading.save import save_model
     from explainkit.models import SYNTHETIC_PREPROCESSING

@@ -12,7 +12,7 @@ import math
 
 import torch
 
-from explainkit.prototypes.training import Augment
+from explainkit.datasets.protopnet import Augment
 
 __all__ = ["YIQ", "nuisance_augmentation"]
 

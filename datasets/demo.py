@@ -46,7 +46,7 @@ def bundled_model_path() -> Path:
 
 def train_demo_model(out: Path, workdir: Path, *, seed: int = 0) -> Path:
     """Regenerate the training world in ``workdir`` and train the demo model into ``out``."""
-    from explainkit.datasets.probe import ProbeSet
+    from explainkit.data.probe import ProbeSet
     from explainkit.datasets.training import train_classifier
     from explainkit.loading.save import save_model
     from explainkit.models import SYNTHETIC_PREPROCESSING

@@ -17,11 +17,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from explainkit.datasets.probe import ProbeSet
+from explainkit.data.probe import ProbeSet
+from explainkit.datasets.protopnet import Augment, Stage, pretrain_stage, run_stage
 from explainkit.datasets.training import TrainResult, load_tensors
 from explainkit.errors import ConfigError
 from explainkit.loading.preprocessing import Preprocessing
-from explainkit.models import SYNTHETIC_PREPROCESSING
+from explainkit.models import (
+    SYNTHETIC_PREPROCESSING,
+    case_based_net,
+    cbc_net,
+    hopfield_net,
+    prob_psenn,
+    st_protopnet,
+    tversky_net,
+)
 from explainkit.prototypes.models.casebased import CaseBasedLoss, CaseBasedNet
 from explainkit.prototypes.models.cbc import CBCNet, margin_loss
 from explainkit.prototypes.models.hopfield import HopfieldNet
@@ -29,7 +38,6 @@ from explainkit.prototypes.models.probpsenn import ProbPSENN, ProbPSENNLoss
 from explainkit.prototypes.models.stprotopnet import BRANCHES, STLoss, STProtoPNet
 from explainkit.prototypes.models.tversky import TverskyNet
 from explainkit.prototypes.similarity import similarity
-from explainkit.prototypes.training import Augment, Stage, pretrain_stage, run_stage
 
 __all__ = ["push_st_prototypes", "train_case_based", "train_cbc", "train_hopfield", "train_prob_psenn",
            "train_st_protopnet", "train_tversky"]
@@ -85,7 +93,7 @@ def train_case_based(data: ProbeSet, *, model: CaseBasedNet | None = None, num_p
     _check_epochs(epochs)
     objective = loss or CaseBasedLoss()
     torch.manual_seed(seed)
-    net = model if model is not None else CaseBasedNet(len(data.class_names or ()) or 2, num_prototypes)
+    net = model if model is not None else case_based_net(len(data.class_names or ()) or 2, num_prototypes)
 
     def stages(m: nn.Module, _: int) -> list[Stage]:
         def step(xb: torch.Tensor, yb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -170,7 +178,7 @@ def train_st_protopnet(data: ProbeSet, *, model: STProtoPNet | None = None, prot
     _check_epochs(pretrain_epochs, epochs, last_layer_epochs)
     objective = loss or STLoss()
     torch.manual_seed(seed)
-    net = model if model is not None else STProtoPNet(len(data.class_names or ()) or 2, prototypes_per_class)
+    net = model if model is not None else st_protopnet(len(data.class_names or ()) or 2, prototypes_per_class)
 
     def stages(m: STProtoPNet, n_classes: int) -> list[Stage | Step]:
         last = [*m.last_layer_trivial.parameters(), *m.last_layer_support.parameters()]
@@ -208,7 +216,7 @@ def train_tversky(data: ProbeSet, *, model: TverskyNet | None = None, epochs: in
     """
     _check_epochs(epochs)
     torch.manual_seed(seed)
-    net = model if model is not None else TverskyNet(len(data.class_names or ()) or 2)
+    net = model if model is not None else tversky_net(len(data.class_names or ()) or 2)
     return _train(data, net, lambda m, _: [_ce_stage("joint", m, epochs, lr)], seed=seed, batch_size=batch_size,
                   flip=flip, augment=augment, preprocessing=preprocessing)
 
@@ -222,7 +230,7 @@ def train_hopfield(data: ProbeSet, *, model: HopfieldNet | None = None, patterns
     """
     _check_epochs(epochs)
     torch.manual_seed(seed)
-    net = model if model is not None else HopfieldNet(len(data.class_names or ()) or 2, patterns_per_class)
+    net = model if model is not None else hopfield_net(len(data.class_names or ()) or 2, patterns_per_class)
     return _train(data, net, lambda m, _: [_ce_stage("joint", m, epochs, lr)], seed=seed, batch_size=batch_size,
                   flip=flip, augment=augment, preprocessing=preprocessing)
 
@@ -237,7 +245,7 @@ def train_cbc(data: ProbeSet, *, model: CBCNet | None = None, head: str = "cbc",
     """
     _check_epochs(epochs)
     torch.manual_seed(seed)
-    net = model if model is not None else CBCNet(len(data.class_names or ()) or 2, num_components, head=head)
+    net = model if model is not None else cbc_net(len(data.class_names or ()) or 2, num_components, head=head)
 
     def stages(m: CBCNet, _: int) -> list[Stage]:
         if m.reasoning is None:
@@ -264,7 +272,7 @@ def train_prob_psenn(data: ProbeSet, *, model: ProbPSENN | None = None, prototyp
     _check_epochs(pretrain_epochs, epochs)
     objective = loss or ProbPSENNLoss()
     torch.manual_seed(seed)
-    net = model if model is not None else ProbPSENN(len(data.class_names or ()) or 2, prototypes_per_class)
+    net = model if model is not None else prob_psenn(len(data.class_names or ()) or 2, prototypes_per_class)
 
     def stages(m: ProbPSENN, n_classes: int) -> list[Stage]:
         def joint(xb: torch.Tensor, yb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -10,7 +10,6 @@ independently, so the only shortcut is the planted artifact. Image ``i`` depends
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -325,14 +324,3 @@ def _describe_concept(name: str, spec: WorldSpec) -> dict:
         if name in spec.factor_values(factor):
             return {"name": name, "definition": f"{factor}: {name}", "artifact": False}
     raise AssertionError(name)  # pragma: no cover
-
-
-def world_from_args(class_factor: str = "shape", artifact: str | None = None,
-                    values: Sequence[str] | None = None, **kwargs: object) -> WorldSpec:
-    """Build a :class:`WorldSpec`, optionally overriding the class factor's values."""
-    spec = WorldSpec(class_factor=class_factor, artifact=artifact, **kwargs)  # type: ignore[arg-type]
-    if values:
-        key = {"shape": "shapes", "colour": "colours", "texture": "textures"}[class_factor]
-        spec = WorldSpec(**{**asdict(spec), key: tuple(values)})
-    spec.validate()
-    return spec

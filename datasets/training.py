@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from explainkit.datasets.probe import ProbeSet
+from explainkit.data.probe import ProbeSet
 from explainkit.errors import DataError
 from explainkit.loading.preprocessing import Preprocessing
 from explainkit.models import SYNTHETIC_PREPROCESSING, TinyCNN
@@ -28,11 +28,6 @@ class TrainResult:
     model: nn.Module
     history: list[dict] = field(default_factory=list)
     seconds: float = 0.0
-
-    @property
-    def final_accuracy(self) -> float:
-        """Training accuracy of the last epoch."""
-        return self.history[-1]["train_accuracy"] if self.history else float("nan")
 
 
 def load_tensors(data: ProbeSet, preprocessing: Preprocessing) -> tuple[torch.Tensor, torch.Tensor]:

@@ -16,8 +16,8 @@ from explainkit.analyzers import (
     list_analyzers,
     register_analyzer,
 )
-from explainkit.analyzers.cam import cam, cams
-from explainkit.datasets.probe import ProbeSet
+from explainkit.cam import cam, cams
+from explainkit.data.probe import ProbeSet
 from explainkit.errors import (
     CapabilityError,
     ConfigError,

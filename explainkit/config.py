@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from explainkit.analyzers.registry import get_analyzer_class
 from explainkit.errors import ConfigError
 
 __all__ = ["ANALYZE_KEYS", "load_config", "parse_analyzer_spec", "parse_value"]
@@ -94,7 +95,11 @@ def parse_value(text: str) -> Any:
 
 
 def parse_analyzer_spec(spec: str) -> tuple[str, dict[str, Any]]:
-    """Parse ``NAME[:key=value,key=value]`` (lists as ``a|b|c``).
+    """Parse ``NAME[:key=value,key=value]`` (lists as ``a|b|c``), each value by its declared type.
+
+    A parameter the analyzer declares is read by :meth:`~explainkit.options.Option.from_text` (so a
+    list parameter given one value is a one-element list); other keys by :func:`parse_value` (the
+    analyzer then rejects them by name).
 
     Parameters
     ----------
@@ -105,6 +110,11 @@ def parse_analyzer_spec(spec: str) -> tuple[str, dict[str, Any]]:
     -------
     tuple
         ``(name, params)``.
+
+    Raises
+    ------
+    ConfigError
+        Malformed text, an unknown analyzer, or a value that is not of the declared type.
     """
     name, _, rest = spec.partition(":")
     name = name.strip()
@@ -115,8 +125,12 @@ def parse_analyzer_spec(spec: str) -> tuple[str, dict[str, Any]]:
         key, eq, value = item.partition("=")
         if not eq or not re.fullmatch(r"[a-z_][a-z0-9_]*", key.strip()):
             raise ConfigError(f"bad analyzer parameter {item!r} in {spec!r}: expected key=value")
-        params[key.strip()] = parse_value(value)
-    return name, params
+        params[key.strip()] = value
+    options = get_analyzer_class(name).options
+    try:
+        return name, {k: options[k].from_text(v, k) if k in options else parse_value(v) for k, v in params.items()}
+    except ConfigError as exc:
+        raise ConfigError(f"{name}: {exc}") from None
 
 
 def merge_analyzer_specs(

@@ -67,8 +67,7 @@ class LayerCapture:
         Layer names in the order their calls completed.
     """
 
-    def __init__(self, root: nn.Module, names: list[str], stop_early: bool) -> None:
-        self.root = root
+    def __init__(self, names: list[str], stop_early: bool) -> None:
         self.names = names
         self.outputs: dict[str, list[torch.Tensor]] = {n: [] for n in names}
         self.order: list[str] = []
@@ -83,13 +82,6 @@ class LayerCapture:
                 f"layer {name!r} ran {len(seen)} times in one forward pass; pick a layer that runs once"
             )
         return seen[0]
-
-    def clear(self) -> None:
-        """Forget recorded outputs (keep the hooks)."""
-        for v in self.outputs.values():
-            v.clear()
-        self.order.clear()
-        self._grad_started = False
 
     def forward(self, fn: Callable[[torch.Tensor], Any], inputs: torch.Tensor) -> Any:
         """Run ``fn(inputs)``; with ``stop_early`` the pass ends once every layer has fired.
@@ -163,7 +155,7 @@ def capture_layers(
     """
     if not layers:
         raise ConfigError("no layer to capture")
-    capture = LayerCapture(root, list(layers), stop_early)
+    capture = LayerCapture(list(layers), stop_early)
     grad_mode = torch.is_grad_enabled()
     handles = []
 

@@ -1,22 +1,34 @@
-"""Small reference models: the demo classifier and a ProtoPNet-like network for tests and demos.
+"""Small reference models: the demo classifier, a ProtoPNet-like network and the seed papers' prototype models.
 
-They are ordinary ``nn.Module`` factories, usable as ``--arch explainkit.models:tiny_cnn(...)``. The
-factories of the seed papers' prototype models (:mod:`explainkit.prototypes.models`, e.g.
-``case_based_net``, ``st_protopnet``) are attributes of this module too, imported on first use.
+They are ordinary ``nn.Module`` factories, usable as ``--arch explainkit:tiny_cnn(...)`` (or
+``explainkit.models:tiny_cnn``). The prototype models' layers and equations are the prototypes
+family's library (:mod:`explainkit.prototypes.models`); the factories here put them on TinyCNN
+blocks for 64 px synthetic worlds: ``case_based_net``, ``st_protopnet``, ``tversky_net``,
+``hopfield_net``, ``cbc_net``, ``prob_psenn``.
 """
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 from torch import nn
 
+from explainkit.prototypes.models.casebased import CaseBasedNet
+from explainkit.prototypes.models.cbc import CBCNet
+from explainkit.prototypes.models.common import class_specific_head
+from explainkit.prototypes.models.hopfield import HopfieldNet
+from explainkit.prototypes.models.probpsenn import ProbPSENN
+from explainkit.prototypes.models.stprotopnet import STProtoPNet
+from explainkit.prototypes.models.tversky import TverskyNet
 from explainkit.prototypes.similarity import log_similarity, squared_l2_distances
 
-__all__ = ["PrototypeLayer", "TinyCNN", "TinyProtoPNet", "class_specific_head", "tiny_cnn", "tiny_protopnet"]
+__all__ = ["PROTOTYPE_MODELS", "PrototypeLayer", "TinyCNN", "TinyProtoPNet", "case_based_net", "cbc_net",
+           "hopfield_net", "prob_psenn", "st_protopnet", "tiny_cnn", "tiny_protopnet", "tversky_net"]
+
+#: The factories of the seed papers' prototype models.
+PROTOTYPE_MODELS = ("case_based_net", "st_protopnet", "tversky_net", "hopfield_net", "cbc_net", "prob_psenn")
+WIDTHS = (16, 32, 64, 64)
 
 #: Preprocessing of the synthetic worlds (images already at 64 px, values scaled to [-1, 1]).
 SYNTHETIC_PREPROCESSING = {"input_size": (64, 64), "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)}
@@ -63,21 +75,6 @@ class TinyCNN(nn.Module):
 def tiny_cnn(num_classes: int = 3, widths: Sequence[int] = (16, 32, 64, 64)) -> TinyCNN:
     """Factory for :class:`TinyCNN` (for ``--arch explainkit.models:tiny_cnn``)."""
     return TinyCNN(num_classes=num_classes, widths=tuple(widths))
-
-
-def class_specific_head(num_classes: int, per_class: int) -> tuple[torch.Tensor, nn.Linear]:
-    """ProtoPNet's class-specific prototypes: the (P, K) identity and the last layer (+1 own class, -0.5 others).
-
-    Prototype ``j`` belongs to class ``j // per_class`` (P = K × per_class); the last layer maps
-    P prototype activations to K logits without bias.
-    """
-    num_prototypes = num_classes * per_class
-    identity = torch.zeros(num_prototypes, num_classes)
-    identity[torch.arange(num_prototypes), torch.arange(num_prototypes) // per_class] = 1
-    last = nn.Linear(num_prototypes, num_classes, bias=False)
-    with torch.no_grad():
-        last.weight.copy_(1.5 * identity.t() - 0.5)
-    return identity, last
 
 
 class PrototypeLayer(nn.Module):
@@ -168,10 +165,66 @@ def tiny_protopnet(num_classes: int = 3, prototypes_per_class: int = 4, prototyp
                          prototype_dim=prototype_dim, widths=tuple(widths))
 
 
-def __getattr__(name: str) -> Any:
-    """The factories of :mod:`explainkit.prototypes.models`, imported on first use (they build on TinyCNN)."""
-    from explainkit.prototypes.models import FACTORIES
 
-    if name in FACTORIES:
-        return getattr(importlib.import_module(FACTORIES[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+def _synthetic(model: nn.Module, input_size: int = 64) -> nn.Module:
+    model.explainkit_preprocessing = dict(SYNTHETIC_PREPROCESSING, input_size=(input_size, input_size))
+    return model
+
+
+def case_based_net(num_classes: int = 3, num_prototypes: int = 15, channels: Sequence[int] = (32, 32, 32, 10),
+                   image_size: int = 64) -> CaseBasedNet:
+    """The case-based prototype autoencoder of Li et al. (2018).
+
+    See :class:`~explainkit.prototypes.models.casebased.CaseBasedNet`.
+    """
+    return _synthetic(CaseBasedNet(num_classes, num_prototypes, tuple(channels), image_size), image_size)
+
+
+def st_protopnet(num_classes: int = 3, prototypes_per_class: int = 4, prototype_dim: int = 32,
+                 widths: Sequence[int] = WIDTHS, similarity: str = "projection") -> STProtoPNet:
+    """ST-ProtoPNet (Wang et al. 2023) on TinyCNN blocks.
+
+    See :class:`~explainkit.prototypes.models.stprotopnet.STProtoPNet`.
+    """
+    return _synthetic(STProtoPNet(TinyCNN(num_classes, widths).features, widths[-1], num_classes,
+                                  prototypes_per_class, prototype_dim, similarity))
+
+
+def tversky_net(num_classes: int = 3, latent_dim: int = 32, num_features: int = 16, intersection: str = "product",
+                difference: str = "ignorematch", widths: Sequence[int] = WIDTHS) -> TverskyNet:
+    """A Tversky projection head (Doumbouya et al. 2025) on TinyCNN blocks.
+
+    See :class:`~explainkit.prototypes.models.tversky.TverskyNet`.
+    """
+    return _synthetic(TverskyNet(TinyCNN(num_classes, widths).features, widths[-1], num_classes, latent_dim,
+                                 num_features, intersection, difference))
+
+
+def hopfield_net(num_classes: int = 3, patterns_per_class: int = 4, latent_dim: int = 32, beta: float | None = None,
+                 widths: Sequence[int] = WIDTHS) -> HopfieldNet:
+    """A Hopfield association prototype layer (Ramsauer et al. 2021) on TinyCNN blocks.
+
+    See :class:`~explainkit.prototypes.models.hopfield.HopfieldNet`.
+    """
+    return _synthetic(HopfieldNet(TinyCNN(num_classes, widths).features, widths[-1], num_classes, patterns_per_class,
+                                  latent_dim, beta))
+
+
+def cbc_net(num_classes: int = 3, num_components: int = 9, latent_dim: int = 32, head: str = "cbc",
+            sigma: float = 1.0, priors: bool = False, widths: Sequence[int] = WIDTHS) -> CBCNet:
+    """RBF detection with a CBC or RBF head (Saralajew et al. 2019, 2025) on TinyCNN blocks.
+
+    See :class:`~explainkit.prototypes.models.cbc.CBCNet`.
+    """
+    return _synthetic(CBCNet(TinyCNN(num_classes, widths).features, widths[-1], num_classes, num_components,
+                             latent_dim, head, sigma, priors))
+
+
+def prob_psenn(num_classes: int = 3, prototypes_per_class: int = 4, prototype_dim: int = 32, eval_samples: int = 16,
+               sample_seed: int = 0, widths: Sequence[int] = WIDTHS) -> ProbPSENN:
+    """Prob-PSENN (Vadillo et al. 2024) on TinyCNN blocks.
+
+    See :class:`~explainkit.prototypes.models.probpsenn.ProbPSENN`.
+    """
+    return _synthetic(ProbPSENN(TinyCNN(num_classes, widths).features, widths[-1], num_classes, prototypes_per_class,
+                                prototype_dim, eval_samples, sample_seed))

@@ -5,35 +5,29 @@ The serial backend is the reference: any other backend must reproduce its JSON.
 
 from __future__ import annotations
 
-import datetime as dt
-import logging
 import random
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
 from explainkit.adapters.layers import resolve_layer
-from explainkit.analyzers.base import Analyzer, Finding, RunContext, Section, require
+from explainkit.analyzers.base import Analyzer, RunContext, require
 from explainkit.analyzers.registry import get_analyzer, get_analyzer_class, list_analyzers
-from explainkit.backends import RunPlan, get_backend, guard
+from explainkit.backends import RunPlan, get_backend, guard, label_map
 from explainkit.cache import ActivationCache
-from explainkit.datasets.probe import ProbeSet
-from explainkit.errors import ConfigError, DataError
+from explainkit.data.probe import ProbeSet
+from explainkit.device import resolve_device
+from explainkit.errors import ConfigError
 from explainkit.loading.handle import ModelHandle
 from explainkit.loading.loaders import wrap
-from explainkit.provenance import versions
-from explainkit.report.assets import AssetStore
-from explainkit.report.report import SCHEMA_VERSION, Report
+from explainkit.report.build import build_report
+from explainkit.report.report import Report
 
 __all__ = ["AnalyzerSpec", "analyze", "build_analyzers", "resolve_device"]
-
-_log = logging.getLogger(__name__)
-_SEVERITY_ORDER = {"error": 0, "warning": 1, "info": 2}
 
 #: An analyzer given by name, ``(name, params)``, ``{"name": ..., **params}`` or an instance.
 AnalyzerSpec = str | tuple[str, Mapping[str, Any]] | Mapping[str, Any] | Analyzer
@@ -72,34 +66,6 @@ def build_analyzers(specs: Iterable[AnalyzerSpec]) -> list[Analyzer]:
     if not out:
         raise ConfigError("no analyzer selected")
     return out
-
-
-def resolve_device(device: str | torch.device) -> torch.device:
-    """Validate a device string (``cpu``, ``cuda``, ``cuda:1``, ``mps``)."""
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise ConfigError(f"bad device {device!r}") from None
-    if dev.type == "cuda" and (not torch.cuda.is_available() or (dev.index or 0) >= torch.cuda.device_count()):
-        raise ConfigError(f"device {device} requested but CUDA is not available here")
-    if dev.type == "mps" and not torch.backends.mps.is_available():
-        raise ConfigError("device mps requested but MPS is not available here")
-    return dev
-
-
-def _label_map(handle: ModelHandle, data: ProbeSet) -> tuple[np.ndarray | None, str | None]:
-    """Map probe-set class indices to model output indices by name."""
-    if data.class_names is None:
-        return None, None
-    if handle.class_names is None:
-        _log.warning("model has no class names; assuming its outputs follow the probe set's sorted class folders")
-        return np.arange(len(data.class_names)), "probe-set class order (model has no class names)"
-    missing = [c for c in data.class_names if c not in handle.class_names]
-    if missing:
-        raise DataError(
-            f"probe classes not among the model's class names: {', '.join(missing[:5])}"
-        )
-    return np.array([handle.class_names.index(c) for c in data.class_names]), "by class name"
 
 
 def _seed_all(seed: int) -> None:
@@ -183,21 +149,26 @@ def analyze(
         analyzers = [n for n in runnable if get_analyzer_class(n).run_by_default]
     instances = build_analyzers(analyzers)
     for a in instances:
+        a.check_params()
+    runner = get_backend(backend, **(backend_options or {}))
+    for a in instances:
         require(a, handle, probe, runnable)
     handle.require_preprocessing()
     if layer is not None:
         layer = resolve_layer(handle.module, layer)[0]
     dev = resolve_device(device)
-    label_map, label_mapping = _label_map(handle, probe)
+    labels_to_outputs, label_mapping = label_map(handle, probe)
     ctx = RunContext(handle=handle, data=probe, device=dev, seed=seed, batch_size=batch_size,
                      out_dir=Path(out) if out else None, config=dict(config or {}), layer=layer,
                      cache=None if cache in (None, False) else ActivationCache(None if cache is True else cache))
     for a in instances:
-        guard(a, "check", a.check, ctx)
+        guard(a, "validate", a.validate, ctx)
+    for a in instances:
+        guard(a, "prepare", a.prepare, ctx)
     _seed_all(seed)
     timings: dict[str, float] = {"setup": time.perf_counter() - t0}
-    plan = RunPlan(handle=handle, probe=probe, analyzers=instances, label_map=label_map, progress=progress)
-    outcome = get_backend(backend, **(backend_options or {})).run(plan, ctx)
+    plan = RunPlan(handle=handle, probe=probe, analyzers=instances, label_map=labels_to_outputs, progress=progress)
+    outcome = runner.run(plan, ctx)
     states = outcome.states
     for key, value in outcome.timings.items():
         timings[key] = timings.get(key, 0.0) + value
@@ -217,77 +188,3 @@ def analyze(
     if out is not None and outcome.is_writer:
         report.save(out)
     return report
-
-
-def build_report(
-    *,
-    kind: str,
-    sections: Sequence[Section],
-    handle: ModelHandle,
-    data: ProbeSet | None,
-    seed: int,
-    device: torch.device | str,
-    batch_size: int,
-    config: Mapping[str, Any],
-    timings: Mapping[str, float],
-    label_mapping: str | None = None,
-    status: str | None = None,
-    extra: Mapping[str, Any] | None = None,
-    asset_budget_bytes: int | None = None,
-) -> Report:
-    """Assemble the JSON report from sections (used by ``analyze`` and ``check``).
-
-    Parameters
-    ----------
-    kind : str
-        ``"analysis"`` or ``"check"``.
-    sections : sequence of Section
-        Analyzer results.
-    handle, data : ModelHandle, ProbeSet or None
-        For provenance.
-    seed, device, batch_size, config, timings, label_mapping
-        Run provenance.
-    status : str, optional
-        Overall status; default ``"findings"`` when any warning/error finding exists, else ``"ok"``.
-    extra : mapping, optional
-        More top-level keys (``checks``, ``exit_code``).
-    asset_budget_bytes : int, optional
-        Size budget of embedded images.
-
-    Returns
-    -------
-    Report
-        The report.
-    """
-    store = AssetStore() if asset_budget_bytes is None else AssetStore(budget_bytes=asset_budget_bytes)
-    findings: list[Finding] = []
-    for s in sections:
-        for key, uri in s.assets.items():
-            store.add(f"{s.analyzer}:{key}", uri)
-        findings.extend(s.findings)
-    findings.sort(key=lambda f: _SEVERITY_ORDER.get(f.severity, 9))
-    if status is None:
-        status = "findings" if any(f.severity in ("warning", "error") for f in findings) else "ok"
-    doc = {
-        "schema_version": SCHEMA_VERSION,
-        "kind": kind,
-        "created_utc": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "status": status,
-        "provenance": {
-            "versions": versions(),
-            "model": handle.describe(),
-            "data": data.describe() if data is not None else None,
-            "seed": seed,
-            "device": str(device),
-            "batch_size": batch_size,
-            "config": dict(config),
-            "timings_s": {k: round(v, 4) for k, v in timings.items()},
-            "label_mapping": label_mapping,
-        },
-        "findings": [f.to_dict() for f in findings],
-        "sections": [s.to_dict() for s in sections],
-        **(extra or {}),
-        "assets": store.assets,
-        "asset_budget": store.summary(),
-    }
-    return Report(doc)

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 
+import jsonschema
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -17,8 +18,10 @@ import explainkit
 from explainkit.analyzers import get_analyzer_class, list_analyzers
 from explainkit.analyzers.base import RunContext
 from explainkit.backends import RunPlan, get_backend, map_shard, merge_states, shard_indices
-from explainkit.datasets.probe import ProbeSet
+from explainkit.data.probe import ProbeSet
 from explainkit.errors import ConfigError
+from explainkit.report import schema_path
+from explainkit.report.jsonify import jsonable
 from explainkit.run import build_analyzers, resolve_device
 
 
@@ -59,7 +62,8 @@ def _plan(setup, names):
     analyzers = build_analyzers(light_specs(names))
     ctx = RunContext(handle=handle, data=probe, device=resolve_device("cpu"), seed=0, batch_size=5)
     for a in analyzers:
-        a.check(ctx)
+        a.validate(ctx)
+        a.prepare(ctx)
     return RunPlan(handle, probe, analyzers, None, progress=False), ctx
 
 
@@ -75,6 +79,14 @@ def mapped(setup):
 
 def test_every_default_analyzer_is_in_the_property_test(setup):
     assert {"performance", "invert", "gradcam", "prototypes"} <= set(setup[2])
+
+
+def test_every_section_validates_against_the_schema(mapped):
+    """Conformance over the registry: each runnable analyzer's section is a valid report section."""
+    schema = json.loads(open(schema_path()).read())
+    section = {**schema["$defs"]["section"], "$defs": schema["$defs"]}
+    for doc in mapped[3].values():
+        jsonschema.validate(jsonable(doc), section)
 
 
 @settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -124,7 +124,7 @@ def _cases(c):
         "bad mean": (a + [demo, "--data", w, "--mean", "1,2"], 2, "bad mean"),
         "unknown analyzer": (a + [demo, "--data", w, "--analyzer", "nope"], 2, "unknown analyzer 'nope'"),
         "bad analyzer parameter": (a + [demo, "--data", w, "--analyzer", "performance:n_resamples=5"], 2,
-                                   "n_resamples must be at least 100"),
+                                   "performance: n_resamples must be >= 100, not 5"),
         "unknown analyzer parameter": (a + [demo, "--data", w, "--analyzer", "performance:foo=1"], 2,
                                        "bad parameter"),
         "cuda without gpu": (a + [demo, "--data", w, "--device", "cuda:7"], 2, "CUDA is not available"),

@@ -116,10 +116,14 @@ def test_captum_explains_torchscript_models(probe, demo_model_path, tmp_path):
 @pytest.mark.parametrize(("params", "message"), [
     ({"n_random": 5}, "n_random must be 0"),
     ({"road_levels": (0.5, 1.0)}, "road_levels"),
-    ({"methods": ["nope"]}, "unknown CAM method"),
+    ({"methods": ["nope"]}, r"methods\[0\] must be one of 'gradcam'"),
     ({"method_params": {"gradcampp": {"bogus": 1}}, "methods": ["gradcampp"]}, "no parameter bogus"),
     ({"target": "other"}, "target must be"),
-    ({"steps": 0}, "steps must be at least 1"),
+    ({"steps": 0}, "gradcam: steps must be >= 1, not 0"),
+    ({"steps": 0, "target": "other"}, "target must be one of 'predicted', 'label', not 'other'; steps must be >= 1"),
+    ({"methods": "gradcam"}, "methods must be a list"),
+    ({"method_params": {"gradcampp": {"variant": "x"}}, "methods": ["gradcampp"]},
+     "method 'gradcampp': variant must be one of 'paper', 'torchcam', not 'x'"),
     ({"layer": "features.9"}, "no layer named"),
 ])
 def test_bad_parameters_fail_before_running(params, message, probe, demo_model_path):

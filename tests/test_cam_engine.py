@@ -7,8 +7,8 @@ import torch
 from torch import nn
 
 import explainkit
-from explainkit.analyzers.cam import GRADIENT_METHODS, cams, compute, get_method, list_methods
-from explainkit.analyzers.cam.engine import CamRun
+from explainkit.cam import GRADIENT_METHODS, cams, compute, get_method, list_methods
+from explainkit.cam.engine import CamRun
 from explainkit.errors import CapabilityError, ConfigError
 from explainkit.hooks import hook_count
 from explainkit.models import TinyCNN

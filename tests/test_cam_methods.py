@@ -14,9 +14,10 @@ import torch
 from torch import nn
 
 import explainkit
-from explainkit.analyzers.cam import compute, get_method, list_methods
-from explainkit.analyzers.cam.methods import first_component
-from explainkit.analyzers.cam.postprocess import combine_layers, minmax
+from explainkit.cam import compute, get_method, list_methods
+from explainkit.cam.methods import first_component
+from explainkit.cam.postprocess import combine_layers, minmax
+from explainkit.hooks import hook_count
 
 K, H, W = 6, 12, 10
 
@@ -117,7 +118,7 @@ def test_smooth_gradcampp_against_a_loop_over_noisy_copies(gap, x):
     c = gap(x).argmax(1)
     a0 = _acts(gap, x)
     # independent: the same noise draws (one shared (C, H, W) field per sample), full autograd
-    from explainkit.analyzers.cam.smooth import _noise
+    from explainkit.cam.smooth import _noise
 
     d = [torch.zeros_like(a0) for _ in range(3)]
     for m in range(n):
@@ -227,10 +228,13 @@ def _raw_input(model, x, method, **params):
 
 @pytest.mark.parametrize("method", list_methods())
 def test_every_method_gives_unit_maps_at_input_resolution(method, gap, x):
+    """Conformance over the registry: (B, H, W) maps in [0, 1], no hook left, declared parameters."""
     maps = explainkit.cam(gap, x, method=method, layer="features")
     assert maps.shape == (3, H, W) and maps.dtype == torch.float32
     assert float(maps.min()) >= 0 and float(maps.max()) <= 1 and torch.isfinite(maps).all()
-    assert get_method(method).title
+    assert hook_count(gap) == 0
+    m = get_method(method)
+    assert m.title and all(o.help for o in m.options.values())
 
 
 def test_postprocessing_matches_opencv_resize():

@@ -9,11 +9,11 @@ import torchvision.transforms.functional as TF
 from torch import nn
 
 import explainkit
-from explainkit.analyzers.cam import baseline, metrics
-from explainkit.analyzers.cam.engine import CamRun
-from explainkit.analyzers.cam.imputation import impute
-from explainkit.analyzers.cam.postprocess import minmax, resize
-from explainkit.analyzers.cam.sanity import parameter_randomization, randomize_
+from explainkit.cam import baseline, metrics
+from explainkit.cam.engine import CamRun
+from explainkit.cam.imputation import impute
+from explainkit.cam.postprocess import minmax, resize
+from explainkit.cam.sanity import parameter_randomization, randomize_
 from explainkit.errors import ConfigError
 
 

@@ -14,8 +14,8 @@ import torch
 pgc = pytest.importorskip("pytorch_grad_cam")
 
 from explainkit.adapters import resolve_layer  # noqa: E402
-from explainkit.analyzers.cam import compute  # noqa: E402
-from explainkit.analyzers.cam.postprocess import combine_layers  # noqa: E402
+from explainkit.cam import compute  # noqa: E402
+from explainkit.cam.postprocess import combine_layers  # noqa: E402
 
 TOL = 1e-5
 GRADIENT = {

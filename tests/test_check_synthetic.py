@@ -16,7 +16,7 @@ import torch
 from PIL import Image, ImageDraw
 
 import explainkit
-from explainkit.datasets.probe import ProbeSet
+from explainkit.data.probe import ProbeSet
 from explainkit.datasets.synthetic import WorldSpec, write_world
 from explainkit.datasets.training import train_classifier
 from explainkit.errors import ExitCode

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from explainkit.datasets.probe import ProbeSet
+from explainkit.data.probe import ProbeSet
 from explainkit.datasets.synthetic import WorldSpec, generate_world, stamp_template, write_world
 from explainkit.errors import ConfigError, DataError
 

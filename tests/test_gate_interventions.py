@@ -15,7 +15,7 @@ from torch import nn
 
 import explainkit
 from explainkit.errors import ConfigError, ExitCode
-from explainkit.gate.interventions import target_scores
+from explainkit.gate.kinds.interventions import target_scores
 
 SIZE = 16
 

@@ -163,7 +163,8 @@ def test_finalize_on_a_worker_that_mapped_nothing(world, demo_model_path):
     ctx = RunContext(handle=handle, data=small, device=resolve_device("cpu"), seed=0, batch_size=16)
     worker, driver = build_analyzers([("invert", {"top_images": 1})]), build_analyzers([("invert", {"top_images": 1})])
     for a in (*worker, *driver):
-        a.check(ctx)
+        a.validate(ctx)
+        a.prepare(ctx)
     states, _ = map_shard(RunPlan(handle, small, worker, None, progress=False), ctx, range(len(small)))
     serial = worker[0].finalize(ctx, states["invert"]).to_dict()
     remote = driver[0].finalize(ctx, states["invert"]).to_dict()

@@ -11,7 +11,7 @@ import torch
 
 import explainkit
 from explainkit.cli.main import main
-from explainkit.datasets.probe import ProbeSet
+from explainkit.data.probe import ProbeSet
 from explainkit.errors import ConfigError
 from explainkit.hooks import hook_count
 from explainkit.models import TinyCNN, TinyProtoPNet
@@ -130,7 +130,7 @@ def test_ordinary_cnns_get_exemplar_kmeans_and_channel_prototypes(small_world, p
 
 @pytest.mark.parametrize(("params", "match"), [
     ({"adapter": "bogus"}, "adapter must be"),
-    ({"characteristics": ["colour"]}, "unknown characteristic"),
+    ({"characteristics": ["colour"]}, r"characteristics\[0\] must be one of 'hue'"),
     ({"train_fraction": 1.0}, "train_fraction"),
     ({"adapter": "exemplars"}, "exemplar_cells"),
     ({"prototypes": [64]}, "bad prototype indices"),

@@ -11,13 +11,13 @@ import torch.nn.functional as F
 
 from explainkit.errors import ConfigError
 from explainkit.loading.arch import build_arch, parse_arch
-from explainkit.prototypes.models import FACTORIES
+from explainkit.models import PROTOTYPE_MODELS, cbc_net, hopfield_net, prob_psenn, st_protopnet, tversky_net
 from explainkit.prototypes.models.casebased import CaseBasedLoss, CaseBasedNet, r1_term, r2_term
-from explainkit.prototypes.models.cbc import CBCNet, CBCReasoning, cbc_probabilities, margin_loss, rbf_detection
-from explainkit.prototypes.models.hopfield import HopfieldAssociation, HopfieldNet, hopfield_retrieval
-from explainkit.prototypes.models.probpsenn import GaussianPrototypes, ProbPSENN, predictive_uncertainty
-from explainkit.prototypes.models.stprotopnet import STLoss, STProtoPNet, boundary_distance, class_pair_similarity
-from explainkit.prototypes.models.tversky import TverskyNet, TverskyProjection, salience, tversky_similarity
+from explainkit.prototypes.models.cbc import CBCReasoning, cbc_probabilities, margin_loss, rbf_detection
+from explainkit.prototypes.models.hopfield import HopfieldAssociation, hopfield_retrieval
+from explainkit.prototypes.models.probpsenn import GaussianPrototypes, predictive_uncertainty
+from explainkit.prototypes.models.stprotopnet import STLoss, boundary_distance, class_pair_similarity
+from explainkit.prototypes.models.tversky import TverskyProjection, salience, tversky_similarity
 
 
 @pytest.fixture
@@ -26,7 +26,7 @@ def x():
     return torch.randn(4, 3, 64, 64)
 
 
-@pytest.mark.parametrize("name", sorted(FACTORIES))
+@pytest.mark.parametrize("name", PROTOTYPE_MODELS)
 def test_factories_build_from_arch_specs_and_return_logits(name, x):
     spec = parse_arch(f"explainkit:{name}(num_classes=4)")
     assert spec.is_builtin_family and parse_arch(f"explainkit.models:{name}").is_builtin_family
@@ -88,7 +88,7 @@ def test_class_pair_similarity_and_the_st_losses_match_loops():
                 assert out[a, b].item() == pytest.approx(ref, rel=1e-5)
 
     torch.manual_seed(4)
-    model = STProtoPNet(num_classes=3, prototypes_per_class=2)
+    model = st_protopnet(num_classes=3, prototypes_per_class=2)
     model.normalize_prototypes()
     xb, yb = torch.rand(5, 3, 64, 64), torch.tensor([0, 1, 2, 0, 1])
     loss = STLoss(cluster=0, separation_trivial=0, separation_support=0, orthogonality=0, l1=0, discrimination=0,
@@ -103,7 +103,7 @@ def test_class_pair_similarity_and_the_st_losses_match_loops():
     # orthogonality: sum over classes of |P_c P_cᵀ - I|_1
     orth = STLoss(cluster=0, separation_trivial=0, separation_support=0, orthogonality=1.0, l1=0, discrimination=0,
                   closeness=0)(model, xb, yb, "trivial")[0] - F.cross_entropy(logits["trivial"], yb)
-    q = model.prototype_vectors_trivial.flatten(1).view(3, 2, -1)
+    q = model.prototype_vectors_trivial.detach().flatten(1).view(3, 2, -1)
     assert orth.item() == pytest.approx(float(sum((q[c] @ q[c].t() - torch.eye(2)).abs().sum() for c in range(3))),
                                         rel=1e-4)
     maps = model.similarity_maps(xb)
@@ -155,7 +155,7 @@ def test_tversky_similarity_is_asymmetric_and_salience_sums_present_features():
 
 def test_tversky_net_logits_are_the_mean_cell_similarity(x):
     torch.manual_seed(5)
-    model = TverskyNet(num_classes=3).eval()
+    model = tversky_net(num_classes=3).eval()
     z = model.add_on(model.features(x))
     cells = z.permute(0, 2, 3, 1).reshape(4, -1, z.shape[1])
     head = model.head
@@ -192,7 +192,7 @@ def test_hopfield_layer_defaults_beta_to_one_over_sqrt_dk_and_projects_both_patt
     q = layer.query(F.layer_norm(state, (8,), layer.norm_state.weight, layer.norm_state.bias))
     k = layer.key(F.layer_norm(layer.stored_patterns, (8,), layer.norm_stored.weight, layer.norm_stored.bias))
     assert torch.allclose(layer(state), torch.softmax(16**-0.5 * q @ k.t(), dim=1), atol=1e-6)
-    model = HopfieldNet(num_classes=3, patterns_per_class=2).eval()
+    model = hopfield_net(num_classes=3, patterns_per_class=2).eval()
     xb = torch.randn(2, 3, 64, 64)
     maps = model.retrieval_maps(model.add_on(model.features(xb)))
     assert torch.allclose(maps.sum(1), torch.ones(2, *maps.shape[2:]), atol=1e-5)
@@ -234,7 +234,7 @@ def test_rbf_detection_margin_loss_and_the_two_heads():
     assert margin_loss(probs, labels).item() == pytest.approx((0.1 + 0.0) / 2)
     torch.manual_seed(8)
     xb = torch.randn(3, 3, 64, 64)
-    cbc, rbf = CBCNet(num_classes=3).eval(), CBCNet(num_classes=3, head="rbf").eval()
+    cbc, rbf = cbc_net(num_classes=3).eval(), cbc_net(num_classes=3, head="rbf").eval()
     assert torch.allclose(cbc(xb).exp(), cbc.class_probabilities(xb) + 1e-6, atol=1e-6)
     assert torch.allclose(rbf(xb), rbf.rbf_head(rbf.detections(xb)), atol=1e-6)
     with pytest.raises(ConfigError):
@@ -267,7 +267,7 @@ def test_gaussian_prototypes_sample_and_penalise_the_spread():
 
 def test_prob_psenn_eval_prediction_is_the_seeded_mc_average(x):
     torch.manual_seed(10)
-    model = ProbPSENN(num_classes=3, eval_samples=5).eval()
+    model = prob_psenn(num_classes=3, eval_samples=5).eval()
     with torch.no_grad():
         a, b = model(x), model(x)
         probs = model.sample_probabilities(x, model.eval_prototypes())

@@ -23,9 +23,9 @@ from PIL import Image
 
 import explainkit
 from explainkit.analyzers.base import RunContext
+from explainkit.data.probe import ProbeSet
 from explainkit.datasets import prototype_models as recipes
 from explainkit.datasets.augment import nuisance_augmentation
-from explainkit.datasets.probe import ProbeSet
 from explainkit.datasets.synthetic import WorldSpec, stamp_template, write_world
 from explainkit.datasets.training import accuracy
 from explainkit.models import SYNTHETIC_PREPROCESSING

@@ -21,11 +21,11 @@ from pathlib import Path
 import pytest
 
 import explainkit
+from explainkit.data.probe import ProbeSet
 from explainkit.datasets.augment import nuisance_augmentation
-from explainkit.datasets.probe import ProbeSet
+from explainkit.datasets.protopnet import train_protopnet
 from explainkit.datasets.synthetic import WorldSpec, write_world
 from explainkit.models import SYNTHETIC_PREPROCESSING
-from explainkit.prototypes.training import train_protopnet
 
 COLOURS5 = ("red", "green", "blue", "yellow", "purple")
 WORLDS = {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import inspect
 
 import numpy as np
@@ -11,10 +12,11 @@ import torch
 import explainkit
 from explainkit.analyzers import Analyzer, get_analyzer, get_analyzer_class, list_analyzers, register_analyzer
 from explainkit.analyzers import registry as reg
-from explainkit.datasets.probe import ProbeSet
+from explainkit.data.probe import ProbeSet
 from explainkit.errors import ConfigError, ExplainkitError
 from explainkit.hooks import hook_count
 from explainkit.models import TinyCNN
+from explainkit.registry import Registry
 
 
 def test_duplicate_names_raise():
@@ -35,25 +37,49 @@ def test_bad_names_and_unknown():
     assert list_analyzers("perf*") == ["performance"]
 
 
-def test_entry_point_plugins_load(monkeypatch):
+def test_entry_point_plugins_load_after_the_builtins(monkeypatch, caplog):
     class Plugin(Analyzer):
         name = "plugin_x"
 
     class EP:
-        name = "plugin_x"
+        def __init__(self, name, target):
+            self.name, self.target = name, target
 
         def load(self):
-            return Plugin
+            if isinstance(self.target, Exception):
+                raise self.target
+            return self.target
 
+    fresh = Registry("analyzer", builtins=reg.BUILTIN_ANALYZERS, group="explainkit.analyzers", check=reg._check,
+                     on_register=reg._added)
+    monkeypatch.setattr(reg, "ANALYZERS", fresh)
     monkeypatch.delenv("EXPLAINKIT_DISABLE_PLUGIN_AUTOLOAD", raising=False)
-    monkeypatch.setattr(reg, "_plugins_loaded", False)
-    monkeypatch.setattr(reg.importlib.metadata, "entry_points", lambda group: [EP()])
-    monkeypatch.setitem(reg._REGISTRY, "_sentinel", Plugin)  # restored by monkeypatch
-    reg._REGISTRY.pop("_sentinel")
-    try:
-        assert "plugin_x" in list_analyzers()
-    finally:
-        reg._REGISTRY.pop("plugin_x", None)
+    eps = [EP("plugin_x", Plugin), EP("broken", ImportError("no such module")), EP("performance", Plugin)]
+    monkeypatch.setattr(importlib.metadata, "entry_points", lambda group: eps if "analyzers" in group else [])
+    assert list_analyzers() == sorted([*reg.BUILTIN_ANALYZERS, "plugin_x"])
+    assert get_analyzer_class("plugin_x") is Plugin
+    assert get_analyzer_class("performance").__module__ == "explainkit.analyzers.performance"  # built-in kept
+    assert "could not load analyzer plugin broken" in caplog.text
+
+
+def test_builtins_load_without_entry_points(monkeypatch):
+    monkeypatch.setenv("EXPLAINKIT_DISABLE_PLUGIN_AUTOLOAD", "1")
+    fresh = Registry("analyzer", builtins=reg.BUILTIN_ANALYZERS, group="explainkit.analyzers", check=reg._check)
+    assert fresh.names() == list(reg.BUILTIN_ANALYZERS)
+    with pytest.raises(ValueError, match="named 'gradcam'"):
+        fresh.register("other", get_analyzer_class("gradcam"))
+
+
+def test_registry_aliases_and_errors():
+    r = Registry("thing", normalize=str.lower)
+    r.register("alpha", 1, aliases=("a",))
+    assert r.get("A") == 1 and r.get("alpha") == 1 and r.names() == ["alpha"] and r.aliases == {"a": "alpha"}
+    with pytest.raises(ValueError, match="already registered"):
+        r.register("alpha", 2)
+    with pytest.raises(ValueError, match="alias"):
+        r.register("beta", 3, aliases=("a",))
+    with pytest.raises(ConfigError, match="unknown thing 'b'; available: alpha"):
+        r.get("b")
 
 
 @pytest.mark.parametrize("name", list_analyzers())

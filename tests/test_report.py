@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 from html.parser import HTMLParser
+from typing import ClassVar
 
 import jsonschema
 import pytest
@@ -12,6 +13,7 @@ import pytest
 import explainkit
 from explainkit.analyzers.base import Analyzer, RecordState, Section
 from explainkit.errors import ConfigError
+from explainkit.options import Option
 from explainkit.report import Report, schema_path
 from explainkit.report.assets import AssetStore
 from explainkit.report.images import thumbnail, to_data_uri
@@ -98,6 +100,7 @@ class _Pictures(Analyzer):
     name = "pictures"
     title = "Pictures"
     summary = "test analyzer"
+    options: ClassVar[dict[str, Option]] = {"n": Option("int", low=1, help="images to emit")}
 
     def __init__(self, n: int = 50) -> None:
         self.n = n

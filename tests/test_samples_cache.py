@@ -55,7 +55,7 @@ import explainkit  # noqa: E402
 from explainkit.analyzers.base import RecordState  # noqa: E402
 from explainkit.backends import plan as plan_module  # noqa: E402
 from explainkit.cache import module_fingerprint  # noqa: E402
-from explainkit.datasets.probe import ProbeSet  # noqa: E402
+from explainkit.data.probe import ProbeSet  # noqa: E402
 from explainkit.invert import analyzer as invert_analyzer  # noqa: E402
 
 

@@ -1,6 +1,10 @@
-"""Analyzers and their registry. Importing this package registers the built-in analyzers."""
+"""The analyzer contract, the analyzer registry and the ``performance`` analyzer.
 
-from explainkit.analyzers import cam, performance
+Method families (``explainkit.cam``, ``explainkit.invert``, ``explainkit.prototypes``, ...) hold their
+own analyzers; the registry finds them through its table of built-ins and the ``explainkit.analyzers``
+entry-point group, so this package never imports them.
+"""
+
 from explainkit.analyzers.base import Analyzer, Batch, Finding, RecordState, RunContext, Section
 from explainkit.analyzers.registry import (
     get_analyzer,
@@ -8,8 +12,6 @@ from explainkit.analyzers.registry import (
     list_analyzers,
     register_analyzer,
 )
-from explainkit.invert import analyzer as invert  # registers "invert"
-from explainkit.prototypes import analyzer as prototypes  # registers "prototypes"
 
 __all__ = [
     "Analyzer",
@@ -18,12 +20,8 @@ __all__ = [
     "RecordState",
     "RunContext",
     "Section",
-    "cam",
     "get_analyzer",
     "get_analyzer_class",
-    "invert",
     "list_analyzers",
-    "performance",
-    "prototypes",
     "register_analyzer",
 ]

@@ -1,12 +1,16 @@
-"""The analyzer contract: parameters in the constructor, map → merge → finalize over batches.
+"""The analyzer contract: declared parameters, validate → prepare, then map → merge → finalize over batches.
 
 An analyzer
 
 * stores its keyword parameters unchanged in ``__init__`` (no validation, no work), so
-  :meth:`Analyzer.get_params` is an exact provenance record;
+  :meth:`Analyzer.get_params` is an exact provenance record, and declares each of them once in
+  ``options`` (type, range or choices, help; the default is the ``__init__`` default);
 * declares ``requires``: handle capabilities (``module_hooks``, ``gradients``, ``dynamic_batch``)
   and data needs (``labels``, ``concepts``, ``masks``);
-* validates parameters against the run in :meth:`Analyzer.check` before anything runs;
+* is checked before the first model pass: :meth:`Analyzer.check_params` (the declared types and
+  ranges, for every analyzer of the run), then :meth:`Analyzer.validate` (rules across parameters
+  and against the model and data; no side effects), then :meth:`Analyzer.prepare` (fits state from
+  the run, e.g. prototype adapters or layer poolers, into attributes ending in ``_``);
 * turns each batch into a partial state with :meth:`Analyzer.map`; states combine with an
   associative, commutative :meth:`Analyzer.merge`; :meth:`Analyzer.finalize` turns the merged
   state into a :class:`Section` (a JSON-ready dict plus image assets and findings).
@@ -18,8 +22,7 @@ batches and merge states reproduces the serial result.
 from __future__ import annotations
 
 import hashlib
-import inspect
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -29,9 +32,11 @@ import torch
 from PIL import Image
 
 from explainkit.cache import ActivationCache
-from explainkit.datasets.probe import ProbeSet
+from explainkit.data.probe import ProbeSet
 from explainkit.errors import CapabilityError
 from explainkit.loading.handle import ModelHandle
+from explainkit.options import Option, bind_options, check_values
+from explainkit.report.section import Finding, Section
 
 __all__ = ["Analyzer", "Batch", "Finding", "RecordState", "RunContext", "Section"]
 
@@ -103,12 +108,6 @@ class RunContext:
         """A NumPy generator derived from the run seed and ``keys`` (stable across runs)."""
         return np.random.default_rng([self.seed, *(_key_int(k) for k in keys)])
 
-    def torch_generator(self, *keys: object) -> torch.Generator:
-        """A CPU torch generator derived from the run seed and ``keys``."""
-        g = torch.Generator()
-        g.manual_seed(int(self.rng(*keys).integers(0, 2**62)))
-        return g
-
     def load_images(self, indices: Sequence[int]) -> list[Image.Image]:
         """Original images by probe-set index."""
         return [self.data.load_image(int(i)) for i in indices]
@@ -118,70 +117,6 @@ def _key_int(key: object) -> int:
     if isinstance(key, int | np.integer):
         return int(key) & (2**63 - 1)
     return int.from_bytes(hashlib.sha256(str(key).encode()).digest()[:8], "little")
-
-
-@dataclass
-class Finding:
-    """Something a reviewer should see first (shown in the report summary).
-
-    Attributes
-    ----------
-    severity : str
-        ``"info"``, ``"warning"`` or ``"error"``.
-    message : str
-        One sentence, with numbers.
-    analyzer : str
-        Who found it.
-    evidence : dict
-        Numbers backing the message.
-    """
-
-    severity: str
-    message: str
-    analyzer: str = ""
-    evidence: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready."""
-        return {"severity": self.severity, "message": self.message, "analyzer": self.analyzer,
-                "evidence": self.evidence}
-
-
-@dataclass
-class Section:
-    """An analyzer's result: a JSON section, image assets and findings.
-
-    Attributes
-    ----------
-    analyzer : str
-        Registry name.
-    title : str
-        Human title.
-    params : dict
-        The analyzer's parameters (``get_params()``).
-    summary : dict
-        Headline numbers (shown in the report summary).
-    data : dict
-        Everything else (JSON-ready; numbers say their units and direction).
-    findings : list of Finding
-        Reviewer-facing conclusions.
-    assets : dict of str to str
-        Asset id → data URI, referenced from ``data`` by id.
-    """
-
-    analyzer: str
-    title: str
-    params: dict[str, Any]
-    summary: dict[str, Any]
-    data: dict[str, Any]
-    findings: list[Finding] = field(default_factory=list)
-    assets: dict[str, str] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready section (assets are stored report-wide, not here)."""
-        return {"analyzer": self.analyzer, "title": self.title, "params": self.params,
-                "summary": self.summary, "data": self.data,
-                "findings": [f.to_dict() for f in self.findings]}
 
 
 @dataclass
@@ -244,7 +179,51 @@ class RecordState:
 
 
 class Analyzer:
-    """Base class of all analyzers (see the module docstring for the contract)."""
+    """Base class of all analyzers (see the module docstring for the contract).
+
+    Declaring parameters
+    --------------------
+    Every ``__init__`` parameter is declared once in the class attribute ``options``, a mapping
+    parameter name → :class:`~explainkit.options.Option` (type, range or choices, help). The default
+    is the ``__init__`` default: leave ``Option.default`` out. A class whose ``__init__`` has an
+    undeclared parameter (or declares one it does not have) raises ``TypeError`` when it is defined.
+
+    ``Option(type, *, choices=(), low=None, high=None, low_open=False, high_open=False, many=0,
+    or_one=False, help="")`` with ``type`` one of ``"int"``, ``"float"`` (finite), ``"bool"``,
+    ``"str"`` (non-empty), ``"choice"`` (one of ``choices``; a callable returning them, such as a
+    registry's ``list_*``, is evaluated when needed), ``"mapping"`` (a table with string keys,
+    e.g. per-method parameters; check its values in :meth:`validate`), ``"file"``, ``"dir"``,
+    ``"class"``, ``"date"``. ``many=True``: a list of such values (``many=2``: a list of lists);
+    ``or_one=True`` also accepts one value instead of a list. A ``None`` default makes ``None``
+    ("not set") an allowed value.
+
+    The runner checks every value before the first model pass (:meth:`check_params`): a bad value
+    gets one message naming the parameter, the value and what is allowed. On the command line,
+    ``--analyzer NAME:k=v,k2=a|b`` reads each value by its declared type (``many`` options stay
+    lists, even with one element), and ``explainkit analyzers --params NAME`` prints the table.
+
+    Examples
+    --------
+    >>> from typing import ClassVar
+    >>> from explainkit.options import Option
+    >>> class Toy(Analyzer):
+    ...     name = "toy"
+    ...     options: ClassVar[dict[str, Option]] = {
+    ...         "threshold": Option("float", low=0, high=1, help="score above which a unit counts"),
+    ...         "layers": Option("str", many=True, or_one=True, help="layers to read (default: the run's)"),
+    ...         "mode": Option("choice", choices=("mean", "max"), help="spatial pooling"),
+    ...     }
+    ...
+    ...     def __init__(self, threshold: float = 0.5, layers: str | list[str] | None = None,
+    ...                  mode: str = "mean") -> None:
+    ...         self.threshold = threshold
+    ...         self.layers = layers
+    ...         self.mode = mode
+    >>> Toy(threshold=2.0, mode="median").check_params()  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    explainkit.errors.ConfigError: toy: threshold must be >= 0 and <= 1, not 2.0; mode must be one of 'mean', ...
+    """
 
     #: Registry name (lowercase snake case).
     name: ClassVar[str] = ""
@@ -256,16 +235,29 @@ class Analyzer:
     requires: ClassVar[frozenset[str]] = frozenset()
     #: Whether ``analyze`` runs it when no analyzer is named (and its requirements are met).
     run_by_default: ClassVar[bool] = False
+    #: The declared parameters (defaults filled from ``__init__`` when the class is defined).
+    options: ClassVar[Mapping[str, Option]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "check" in cls.__dict__:
+            raise TypeError(f"{cls.__qualname__}.check(): the step was split into validate(ctx) (no side effects) "
+                            "and prepare(ctx) (fits state); rename it")
+        cls.options = bind_options(cls.options, cls.__init__, cls.__qualname__)
 
     def get_params(self) -> dict[str, Any]:
         """Constructor parameters and their current values (sklearn convention)."""
-        sig = inspect.signature(type(self).__init__)
-        return {
-            p: _jsonable(getattr(self, p))
-            for p in sig.parameters
-            if p != "self" and sig.parameters[p].kind not in (inspect.Parameter.VAR_POSITIONAL,
-                                                              inspect.Parameter.VAR_KEYWORD)
-        }
+        return {p: _jsonable(getattr(self, p)) for p in self.options}
+
+    def check_params(self) -> None:
+        """Check every parameter against its declaration (no side effects).
+
+        Raises
+        ------
+        ConfigError
+            One message per bad value, naming the parameter, the value and what is allowed.
+        """
+        check_values(self.name or type(self).__name__, self.options, {p: getattr(self, p) for p in self.options})
 
     def missing_requirements(self, handle: ModelHandle, data: ProbeSet | None) -> list[str]:
         """Requirements not met by ``handle`` and ``data`` (empty when the analyzer can run)."""
@@ -280,8 +272,18 @@ class Analyzer:
                 have.add("masks")
         return sorted(self.requires - have)
 
-    def check(self, ctx: RunContext) -> None:
-        """Validate parameters against the run; raise :class:`~explainkit.errors.ConfigError`."""
+    def validate(self, ctx: RunContext) -> None:
+        """Rules across parameters and against the run's model and data, after :meth:`check_params`.
+
+        No side effects (nothing is fitted or cached); raise :class:`~explainkit.errors.ConfigError`
+        or :class:`~explainkit.errors.CapabilityError`. The default checks nothing more.
+        """
+
+    def prepare(self, ctx: RunContext) -> None:
+        """Fit what :meth:`map` needs from the run (attributes ending in ``_``), after every analyzer validated.
+
+        Deterministic: every worker of a distributed run prepares the same. The default fits nothing.
+        """
 
     def init_state(self, ctx: RunContext) -> Any:
         """The empty state."""
@@ -295,7 +297,7 @@ class Analyzer:
         """What :meth:`map` depends on besides the model, data, preprocessing and seed, or ``None``.
 
         An analyzer whose ``map`` returns a :class:`RecordState` of numeric columns may return the
-        parameters (after :meth:`check`) its map output depends on; runs with a cache then reuse
+        parameters (after :meth:`prepare`) its map output depends on; runs with a cache then reuse
         per-batch states, so changing only a later threshold skips the forward passes. ``None``
         (the default) means never cached.
         """

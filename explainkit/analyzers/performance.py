@@ -6,20 +6,81 @@ often the first hint of a spurious cue; every accuracy comes with a 95 % bootstr
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import numpy as np
 
 from explainkit.analyzers.base import Analyzer, Batch, Finding, RecordState, RunContext, Section
 from explainkit.analyzers.metric import metric
-from explainkit.analyzers.registry import register_analyzer
-from explainkit.errors import ConfigError
+from explainkit.options import Option
 from explainkit.stats import bootstrap_ci, bootstrap_diff_ci
 
-__all__ = ["Performance"]
+__all__ = ["Performance", "PerformanceResult", "Slice"]
 
 
-@register_analyzer
+@dataclass(frozen=True)
+class Slice:
+    """Accuracy inside a concept slice against its reference group.
+
+    Attributes
+    ----------
+    name : str
+        ``"<concept>"``, ``"not <concept>"`` or ``"<class> & <concept>"``.
+    cls : str or None
+        The class of a class & concept slice.
+    kind : str
+        ``"present"`` or ``"absent"`` (of the concept).
+    n, correct : int
+        Images in the slice and how many of them the model classifies correctly.
+    n_rest, correct_rest : int
+        The same for the reference group (the complement; for a class & concept slice the same
+        class without the concept).
+    accuracy, accuracy_rest, gap : dict
+        ``metric`` dicts: accuracies and the gap (reference minus slice; positive: the slice is
+        worse) with 95 % percentile-bootstrap CIs (none for slices under ``min_slice_size``).
+    """
+
+    name: str
+    cls: str | None
+    kind: str
+    n: int
+    correct: int
+    n_rest: int
+    correct_rest: int
+    accuracy: dict[str, Any]
+    accuracy_rest: dict[str, Any]
+    gap: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The slice's JSON record."""
+        return {"slice": self.name, "class": self.cls, "kind": self.kind, "n": self.n, "n_rest": self.n_rest,
+                "accuracy": self.accuracy, "accuracy_rest": self.accuracy_rest, "gap": self.gap}
+
+
+@dataclass(frozen=True)
+class PerformanceResult:
+    """What :meth:`Performance.evaluate` computes from the per-image records.
+
+    Attributes
+    ----------
+    accuracy : dict
+        Overall accuracy (``metric`` dict with a bootstrap CI).
+    classes : list of str
+        Class names in output order.
+    confusion : ndarray
+        (K, K) counts, rows true class, columns predicted class.
+    slices : list of Slice
+        Concept and (class, concept) slices with images on both sides.
+    """
+
+    accuracy: dict[str, Any]
+    classes: list[str]
+    confusion: np.ndarray
+    slices: list[Slice]
+
+
 class Performance(Analyzer):
     """Accuracy and slice accuracy with bootstrap confidence intervals.
 
@@ -40,6 +101,13 @@ class Performance(Analyzer):
     summary = "accuracy, per-class precision/recall, confusion matrix, concept-slice gaps with CIs"
     requires = frozenset({"labels"})
     run_by_default = True
+    options: ClassVar[Mapping[str, Option]] = {
+        "n_resamples": Option("int", low=100, help="bootstrap resamples for every CI"),
+        "min_slice_size": Option("int", low=1, help="slices with fewer images get no CI and cannot be the worst"),
+        "gap_warning": Option("float", help="worst-slice gap (accuracy units) whose CI lower bound above it "
+                                            "becomes a finding"),
+        "class_slices": Option("bool", help="also slice by (class, concept) pairs"),
+    }
 
     def __init__(self, n_resamples: int = 2000, min_slice_size: int = 10, gap_warning: float = 0.1,
                  class_slices: bool = True) -> None:
@@ -48,13 +116,6 @@ class Performance(Analyzer):
         self.gap_warning = gap_warning
         self.class_slices = class_slices
 
-    def check(self, ctx: RunContext) -> None:
-        """Validate parameters."""
-        if self.n_resamples < 100:
-            raise ConfigError("performance: n_resamples must be at least 100")
-        if self.min_slice_size < 1:
-            raise ConfigError("performance: min_slice_size must be at least 1")
-
     def map(self, ctx: RunContext, batch: Batch) -> RecordState:
         """Record prediction, label and concept row per image."""
         pred = batch.logits.detach().argmax(1).cpu().numpy()
@@ -62,8 +123,8 @@ class Performance(Analyzer):
         concepts = batch.concepts if batch.concepts is not None else np.zeros((len(batch), 0), bool)
         return RecordState.from_batch(batch.indices, pred=pred, label=labels, concepts=concepts)
 
-    def finalize(self, ctx: RunContext, state: RecordState) -> Section:
-        """Compute all metrics from the per-image records."""
+    def evaluate(self, ctx: RunContext, state: RecordState) -> PerformanceResult:
+        """Accuracy, confusion matrix and slice accuracies from the merged per-image records."""
         pred = state.stacked("pred").astype(np.int64)
         label = state.stacked("label").astype(np.int64)
         concepts = state.stacked("concepts").astype(bool)
@@ -77,8 +138,15 @@ class Performance(Analyzer):
                      n=int(correct.size), unit="fraction", higher_is_better=True)
         confusion = np.zeros((k, k), dtype=np.int64)
         np.add.at(confusion, (label, pred), 1)
+        slices = self._slices(ctx, correct, label, concepts, names, seed)
+        return PerformanceResult(accuracy=acc, classes=names, confusion=confusion, slices=slices)
+
+    def finalize(self, ctx: RunContext, state: RecordState) -> Section:
+        """Compute all metrics from the per-image records."""
+        result = self.evaluate(ctx, state)
+        acc, names, confusion = result.accuracy, result.classes, result.confusion
         per_class = []
-        for c in range(k):
+        for c in range(len(names)):
             tp = confusion[c, c]
             support, predicted = confusion[c].sum(), confusion[:, c].sum()
             per_class.append({
@@ -88,7 +156,7 @@ class Performance(Analyzer):
                 "recall": metric(tp / support if support else None, n=int(support),
                                  unit="fraction", higher_is_better=True),
             })
-        slices = self._slices(ctx, correct, label, concepts, names, seed)
+        slices = [sl.to_dict() for sl in result.slices]
         eligible = [s for s in slices if s["n"] >= self.min_slice_size and s["n_rest"] >= self.min_slice_size]
         worst = min(eligible, key=lambda s: (s["accuracy"]["value"], -s["n"]), default=None)
         findings = []
@@ -116,7 +184,7 @@ class Performance(Analyzer):
         )
 
     def _slices(self, ctx: RunContext, correct: np.ndarray, label: np.ndarray, concepts: np.ndarray,
-                names: list[str], seed: int) -> list[dict[str, Any]]:
+                names: list[str], seed: int) -> list[Slice]:
         out = []
         # (slice name, class, kind, slice mask, reference mask the slice is compared with)
         masks: list[tuple[str, str | None, str, np.ndarray, np.ndarray]] = []
@@ -135,14 +203,15 @@ class Performance(Analyzer):
                 continue
             inside, rest = correct[m], correct[ref]
             small = n < self.min_slice_size
-            out.append({
-                "slice": name, "class": cname, "kind": kind, "n": n, "n_rest": int(rest.size),
-                "accuracy": metric(inside.mean(), None if small else bootstrap_ci(
+            out.append(Slice(
+                name=name, cls=cname, kind=kind, n=n, correct=int(inside.sum()), n_rest=int(rest.size),
+                correct_rest=int(rest.sum()),
+                accuracy=metric(inside.mean(), None if small else bootstrap_ci(
                     inside, n_resamples=self.n_resamples, seed=seed), n=n, unit="fraction",
                     higher_is_better=True),
-                "accuracy_rest": metric(rest.mean(), n=int(rest.size), unit="fraction", higher_is_better=True),
-                "gap": metric(rest.mean() - inside.mean(), None if small else bootstrap_diff_ci(
+                accuracy_rest=metric(rest.mean(), n=int(rest.size), unit="fraction", higher_is_better=True),
+                gap=metric(rest.mean() - inside.mean(), None if small else bootstrap_diff_ci(
                     rest, inside, n_resamples=self.n_resamples, seed=seed), n=n, unit="fraction",
                     higher_is_better=False),
-            })
+            ))
         return out

@@ -1,26 +1,53 @@
 """The analyzer registry: ``register_analyzer``, ``get_analyzer``, ``list_analyzers``.
 
-Built-in analyzers register on import of :mod:`explainkit.analyzers`. Third-party analyzers are
-found through the entry-point group ``explainkit.analyzers`` the first time the registry is read
-(set ``EXPLAINKIT_DISABLE_PLUGIN_AUTOLOAD=1`` to skip them).
+Built-in and third-party analyzers are found the same way, on the first read of the registry: the
+built-ins from the one table :data:`BUILTIN_ANALYZERS` (``name -> "module:Class"``), third-party
+ones from the entry-point group ``explainkit.analyzers`` (``name = "package.module:Class"``; set
+``EXPLAINKIT_DISABLE_PLUGIN_AUTOLOAD=1`` to skip them). :func:`register_analyzer` adds a class
+from the running process. Nothing here imports a method family: the table names them.
 """
 
 from __future__ import annotations
 
-import fnmatch
-import importlib.metadata
-import logging
-import os
+import re
 from collections.abc import Callable
 
 from explainkit.analyzers.base import Analyzer
 from explainkit.errors import ConfigError
+from explainkit.registry import Registry
+from explainkit.report.html import register_section_template
 
-__all__ = ["get_analyzer", "get_analyzer_class", "list_analyzers", "register_analyzer"]
+__all__ = ["ANALYZERS", "BUILTIN_ANALYZERS", "get_analyzer", "get_analyzer_class", "list_analyzers",
+           "register_analyzer"]
 
-_log = logging.getLogger(__name__)
-_REGISTRY: dict[str, type[Analyzer]] = {}
-_plugins_loaded = False
+#: The built-in analyzers, in the order they register.
+BUILTIN_ANALYZERS = {
+    "captum": "explainkit.cam.analyzer:CaptumAttributions",
+    "gradcam": "explainkit.cam.analyzer:GradCam",
+    "invert": "explainkit.invert.analyzer:Invert",
+    "performance": "explainkit.analyzers.performance:Performance",
+    "prototypes": "explainkit.prototypes.analyzer:Prototypes",
+}
+
+
+def _check(name: str, cls: object) -> None:
+    if not re.fullmatch(r"[a-z][a-z0-9_]*", name or ""):
+        raise ValueError(f"analyzer name {name!r} must be lowercase snake case")
+    if not (isinstance(cls, type) and issubclass(cls, Analyzer)):
+        raise TypeError(f"{cls!r} is not an Analyzer subclass")
+    if cls.name != name:
+        raise ValueError(f"analyzer class {cls.__qualname__} is named {cls.name!r}, not {name!r}")
+
+
+def _added(name: str, cls: type[Analyzer]) -> None:
+    source = getattr(cls, "template_source", None)
+    if source:
+        register_section_template(name, source)
+
+
+#: Every analyzer: the built-ins, entry-point plugins and classes registered in this process.
+ANALYZERS: Registry[type[Analyzer]] = Registry("analyzer", builtins=BUILTIN_ANALYZERS, group="explainkit.analyzers",
+                                               check=_check, on_register=_added)
 
 
 def register_analyzer(cls: type[Analyzer] | None = None, *, name: str | None = None) -> Callable | type[Analyzer]:
@@ -31,7 +58,7 @@ def register_analyzer(cls: type[Analyzer] | None = None, *, name: str | None = N
     cls : type, optional
         The analyzer class (when used without parentheses).
     name : str, optional
-        Registry name; defaults to ``cls.name``.
+        Registry name; defaults to ``cls.name`` (which it must equal).
 
     Returns
     -------
@@ -40,48 +67,19 @@ def register_analyzer(cls: type[Analyzer] | None = None, *, name: str | None = N
     """
 
     def add(klass: type[Analyzer]) -> type[Analyzer]:
-        key = name or klass.name
-        if not key or key != key.lower() or not key.replace("_", "").isalnum():
-            raise ValueError(f"analyzer name {key!r} must be lowercase snake case")
-        if not (isinstance(klass, type) and issubclass(klass, Analyzer)):
-            raise TypeError(f"{klass!r} is not an Analyzer subclass")
-        if key in _REGISTRY and _REGISTRY[key] is not klass:
-            raise ValueError(f"an analyzer named {key!r} is already registered ({_REGISTRY[key].__module__})")
-        _REGISTRY[key] = klass
-        return klass
+        return ANALYZERS.register(name or getattr(klass, "name", ""), klass)
 
     return add(cls) if cls is not None else add
 
 
-def _load_plugins() -> None:
-    global _plugins_loaded
-    if _plugins_loaded:
-        return
-    _plugins_loaded = True
-    if os.environ.get("EXPLAINKIT_DISABLE_PLUGIN_AUTOLOAD"):
-        return
-    for ep in importlib.metadata.entry_points(group="explainkit.analyzers"):
-        try:
-            cls = ep.load()
-            if ep.name not in _REGISTRY:
-                register_analyzer(cls, name=ep.name)
-        except Exception as exc:
-            _log.warning("could not load analyzer plugin %s: %s", ep.name, exc)
-
-
 def list_analyzers(pattern: str = "*") -> list[str]:
     """Registered analyzer names matching the fnmatch ``pattern``, sorted."""
-    _load_plugins()
-    return sorted(n for n in _REGISTRY if fnmatch.fnmatch(n, pattern))
+    return sorted(ANALYZERS.names(pattern))
 
 
 def get_analyzer_class(name: str) -> type[Analyzer]:
     """The class registered as ``name``."""
-    _load_plugins()
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise ConfigError(f"unknown analyzer {name!r}; available: {', '.join(sorted(_REGISTRY))}") from None
+    return ANALYZERS.get(name)
 
 
 def get_analyzer(name: str, **params: object) -> Analyzer:

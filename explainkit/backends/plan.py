@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -16,12 +17,14 @@ from explainkit._prefetch import prefetch
 from explainkit.adapters.targets import select_logits
 from explainkit.analyzers.base import Analyzer, Batch, RunContext
 from explainkit.backends.mapcache import MapCache
-from explainkit.datasets.probe import ProbeSet
-from explainkit.errors import ExplainkitError, RuntimeAnalysisError
+from explainkit.data.probe import ProbeSet
+from explainkit.errors import DataError, ExplainkitError, RuntimeAnalysisError
 from explainkit.hooks import eval_mode
 from explainkit.loading.handle import ModelHandle
 
-__all__ = ["Outcome", "RunPlan", "guard", "make_batch", "map_shard", "merge_states", "shard_indices"]
+_log = logging.getLogger(__name__)
+
+__all__ = ["Outcome", "RunPlan", "guard", "label_map", "make_batch", "map_shard", "merge_states", "shard_indices"]
 
 
 @dataclass
@@ -67,6 +70,34 @@ def guard(analyzer: Analyzer, step: str, fn: Callable[..., Any], *args: Any) -> 
     except Exception as exc:
         raise RuntimeAnalysisError(
             f"analyzer {analyzer.name!r} failed in {step}: {type(exc).__name__}: {exc}") from exc
+
+
+def label_map(handle: ModelHandle, data: ProbeSet) -> tuple[np.ndarray | None, str | None]:
+    """Map probe-set class indices to model output indices by name.
+
+    Returns
+    -------
+    label_map : ndarray or None
+        (C,) model output index of each probe class (``None`` for an unlabelled probe set).
+    how : str or None
+        How the classes were matched, for provenance.
+
+    Raises
+    ------
+    DataError
+        A probe class the model does not know.
+    """
+    if data.class_names is None:
+        return None, None
+    if handle.class_names is None:
+        _log.warning("model has no class names; assuming its outputs follow the probe set's sorted class folders")
+        return np.arange(len(data.class_names)), "probe-set class order (model has no class names)"
+    missing = [c for c in data.class_names if c not in handle.class_names]
+    if missing:
+        raise DataError(
+            f"probe classes not among the model's class names: {', '.join(missing[:5])}"
+        )
+    return np.array([handle.class_names.index(c) for c in data.class_names]), "by class name"
 
 
 def make_batch(handle: ModelHandle, probe: ProbeSet, indices: np.ndarray, images: list,

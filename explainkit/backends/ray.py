@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import os
 import pickle
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 import numpy as np
 
 from explainkit.analyzers.base import RunContext
-from explainkit.backends.base import Backend, register_backend
+from explainkit.backends.base import Backend
 from explainkit.backends.plan import Outcome, RunPlan, map_shard, merge_states
 from explainkit.errors import ConfigError
+from explainkit.options import Option
 
 __all__ = ["RayBackend"]
 
@@ -32,14 +34,13 @@ class _MapActor:
         self.plan, self.ctx = pickle.loads(blob)
         self.plan.progress = False
         for a in self.plan.analyzers:
-            a.check(self.ctx)
+            a.prepare(self.ctx)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         states, timings = map_shard(self.plan, self.ctx, batch["index"])
         return {"first": batch["index"][:1], "blob": np.array([pickle.dumps((states, timings))], dtype=object)}
 
 
-@register_backend
 class RayBackend(Backend):
     """Data-parallel over Ray actors.
 
@@ -59,6 +60,13 @@ class RayBackend(Backend):
     """
 
     name = "ray"
+    options: ClassVar[Mapping[str, Option]] = {
+        "workers": Option("int", low=1, help="Ray actors (each loads the model once)"),
+        "gpus_per_worker": Option("float", low=0, help="GPUs per actor (0: CPU)"),
+        "cpus_per_worker": Option("float", low=0, low_open=True, help="CPUs per actor"),
+        "address": Option("str", help="Ray cluster to join ('auto', 'ray://head:10001'); default $RAY_ADDRESS, "
+                                      "else a local Ray"),
+    }
 
     def __init__(self, workers: int = 2, gpus_per_worker: float = 0.0, cpus_per_worker: float = 1.0,
                  address: str | None = None) -> None:
@@ -74,8 +82,6 @@ class RayBackend(Backend):
             import ray.data
         except ImportError:
             raise ConfigError("--backend ray needs Ray: pip install 'explainkit[ray]'") from None
-        if self.workers < 1:
-            raise ConfigError("--workers must be at least 1")
         import torch
 
         started = False

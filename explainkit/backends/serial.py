@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 from explainkit.analyzers.base import RunContext
-from explainkit.backends.base import Backend, register_backend
+from explainkit.backends.base import Backend
 from explainkit.backends.plan import Outcome, RunPlan, map_shard
 
 __all__ = ["SerialBackend"]
 
 
-@register_backend
 class SerialBackend(Backend):
     """Run in this process."""
 

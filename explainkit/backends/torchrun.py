@@ -15,19 +15,21 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Mapping
+from typing import ClassVar
 
 import torch
 import torch.distributed as dist
 
 from explainkit.analyzers.base import RunContext
-from explainkit.backends.base import Backend, register_backend
+from explainkit.backends.base import Backend
 from explainkit.backends.plan import Outcome, RunPlan, map_shard, merge_states, shard_indices
 from explainkit.errors import ConfigError
+from explainkit.options import Option
 
 __all__ = ["TorchrunBackend"]
 
 
-@register_backend
 class TorchrunBackend(Backend):
     """Data-parallel over ``torch.distributed`` ranks (started by ``torchrun``).
 
@@ -38,6 +40,9 @@ class TorchrunBackend(Backend):
     """
 
     name = "torchrun"
+    options: ClassVar[Mapping[str, Option]] = {
+        "timeout_s": Option("float", low=0, low_open=True, help="collective timeout in seconds"),
+    }
 
     def __init__(self, timeout_s: float = 1800.0) -> None:
         self.timeout_s = timeout_s

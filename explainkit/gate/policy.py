@@ -27,7 +27,7 @@ from typing import Any
 from explainkit.config import _line_of
 from explainkit.errors import ConfigError
 from explainkit.gate.kinds import get_check_kind, list_check_kinds
-from explainkit.gate.options import REQUIRED, Option
+from explainkit.options import REQUIRED, Option
 
 __all__ = ["CHECK_OPTIONS", "DEFAULT_OPTIONS", "POLICY_VERSION", "CheckSpec", "GateDefaults", "Policy", "Waiver",
            "load_policy", "parse_policy"]
@@ -58,7 +58,7 @@ DEFAULT_OPTIONS: dict[str, Option] = {
 #: Keys every check accepts (kinds add their own).
 CHECK_OPTIONS: dict[str, Option] = {
     "id": Option("str", REQUIRED, help="stable check id (JUnit test name, waivers)"),
-    "kind": Option("str", REQUIRED, help="insertion | removal | slice_gap | attribution_mass | randomisation"),
+    "kind": Option("choice", REQUIRED, list_check_kinds, help="the check's kind (see the table of kinds)"),
     "data": Option("dir", REQUIRED, help="probe image folder"),
     "severity": Option("choice", None, ("error", "warning"),
                        help="error: gates the run; warning: reported only (default per kind)"),

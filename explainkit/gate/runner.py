@@ -21,9 +21,10 @@ import torch
 from torch import nn
 
 from explainkit._io import atomic_write_text
-from explainkit.analyzers.base import Finding, RunContext, Section
+from explainkit.analyzers.base import RunContext
 from explainkit.analyzers.metric import metric
-from explainkit.datasets.probe import ProbeSet
+from explainkit.data.probe import ProbeSet
+from explainkit.device import resolve_device
 from explainkit.errors import CapabilityError, ConfigError, ExplainkitError
 from explainkit.gate.decision import POWER, decide, finite_or_nan, gate_verdict, minimal_detectable_effect
 from explainkit.gate.junit import to_junit_xml
@@ -33,6 +34,8 @@ from explainkit.hooks import eval_mode
 from explainkit.loading.handle import ModelHandle
 from explainkit.loading.loaders import wrap
 from explainkit.report import Report
+from explainkit.report.build import build_report
+from explainkit.report.section import Finding, Section
 from explainkit.stats import adjust_pvalues
 
 __all__ = ["GateResult", "check"]
@@ -225,8 +228,6 @@ def check(
     >>> result.check("spurious.stamp")["status"]  # doctest: +SKIP
     'fail'
     """
-    from explainkit.run import build_report, resolve_device
-
     t0 = time.perf_counter()
     if batch_size < 1:
         raise ConfigError("batch size must be at least 1")

@@ -18,23 +18,24 @@ JSON section (``data``), for readers such as the CI gate:
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
 from explainkit.adapters.layers import default_layer, resolve_layer
 from explainkit.analyzers.base import Analyzer, Batch, Finding, RecordState, RunContext, Section
 from explainkit.analyzers.metric import metric
-from explainkit.analyzers.registry import register_analyzer
 from explainkit.errors import ConfigError
 from explainkit.hooks import eval_mode
 from explainkit.invert.api import NeuronResult, label_neurons
 from explainkit.invert.concepts import ConceptMatrix
 from explainkit.invert.connection import batch_contributions, class_connection
-from explainkit.invert.extract import LOGITS, Pooler, batch_activations
-from explainkit.invert.search import SearchParams
+from explainkit.invert.extract import LOGITS, POOLINGS, TOKEN_OPTIONS, Pooler, batch_activations
+from explainkit.invert.search import MODES, SearchParams
 from explainkit.invert.significance import stratified_split, validate_decision
+from explainkit.options import Option
 from explainkit.report.images import thumbnail, to_data_uri
 from explainkit.report.jsonify import jsonable
 
@@ -44,7 +45,6 @@ _THUMB_PX = 56
 _HIST_BINS = 20
 
 
-@register_analyzer
 class Invert(Analyzer):
     """INVERT neuron labels with held-out significance and artifact evidence.
 
@@ -84,6 +84,31 @@ class Invert(Analyzer):
     summary = "labels units with concept formulas (INVERT), confirmed on held-out images; flags artifact units"
     requires = frozenset({"module_hooks", "concepts"})
     run_by_default = True
+    options: ClassVar[Mapping[str, Option]] = {
+        "layer": Option("str", many=True, or_one=True,
+                        help="layer(s) to label, or '@logits' (default: the run's --layer, else the model's)"),
+        "pooling": Option("choice", choices=POOLINGS, help="spatial aggregation of conv maps"),
+        "tokens": Option("choice", choices=TOKEN_OPTIONS, help="aggregation of ViT tokens: CLS token or patch mean"),
+        "length": Option("int", low=1, help="longest formula (terms)"),
+        "beam": Option("int", low=1, help="beam width of the formula search"),
+        "min_fraction": Option("float", low=0, high=1, help="smallest share of images a formula may cover"),
+        "max_fraction": Option("float", low=0, high=1, help="largest share of images a formula may cover"),
+        "mode": Option("choice", choices=MODES, help="label high ('positive') or low ('negative') activations"),
+        "limit_search": Option("int", low=1, help="candidates kept per search step (default: all)"),
+        "dedupe": Option("bool", help="drop beam formulas with the same mask as a better one"),
+        "confirm_fraction": Option("float", low=0, high=1, low_open=True, high_open=True,
+                                   help="share of images held out to confirm labels"),
+        "alpha": Option("float", low=0, high=1, low_open=True, high_open=True,
+                        help="Benjamini–Hochberg false discovery rate over a layer's units"),
+        "auroc_floor": Option("float", low=0.5, high=1, help="accept a label only if its held-out CI lies beyond this"),
+        "artifact_concepts": Option("str", many=True,
+                                    help="concepts that are spurious cues (default: those the probe set marks)"),
+        "connection": Option("choice", choices=("gradient", "none"),
+                             help="how artifact units' strength toward the classes is measured"),
+        "top_images": Option("int", low=0, help="top-activating thumbnails per shown unit"),
+        "max_image_neurons": Option("int", low=0, help="units per layer that get thumbnails"),
+        "block_size": Option("int", low=1, help="units searched together"),
+    }
 
     def __init__(self, layer: str | list[str] | None = None, pooling: str = "mean", tokens: str = "cls",
                  length: int = 3, beam: int = 3, min_fraction: float = 0.0, max_fraction: float = 0.5,
@@ -115,34 +140,41 @@ class Invert(Analyzer):
         return SearchParams(self.length, self.beam, self.min_fraction, self.max_fraction, self.mode,
                             self.limit_search, self.dedupe)
 
-    def check(self, ctx: RunContext) -> None:
-        """Validate parameters, resolve layers and artifact concepts, build the poolers."""
+    def _artifacts(self, ctx: RunContext) -> tuple[str, ...]:
+        names = self.artifact_concepts if self.artifact_concepts is not None else ctx.data.artifact_concepts
+        return tuple(names)
+
+    def validate(self, ctx: RunContext) -> None:
+        """Rules across the search and decision parameters; artifact concepts and layers must exist."""
         self._search_params().validate()
         validate_decision(self.alpha, self.auroc_floor, 0.95, self.confirm_fraction)
-        if self.confirm_fraction <= 0:
-            raise ConfigError("invert: confirm_fraction must be in (0, 1): labels are confirmed on held-out images")
-        if self.connection not in ("gradient", "none"):
-            raise ConfigError(f"invert: connection must be 'gradient' or 'none', not {self.connection!r}")
-        for key in ("top_images", "max_image_neurons", "block_size"):
-            value = getattr(self, key)
-            if not isinstance(value, int) or value < (1 if key == "block_size" else 0):
-                raise ConfigError(f"invert: {key} must be a {'positive' if key == 'block_size' else 'non-negative'} "
-                                  f"integer, not {value!r}")
-        names = self.artifact_concepts if self.artifact_concepts is not None else ctx.data.artifact_concepts
-        unknown = [c for c in names if c not in ctx.data.concept_names]
+        unknown = [c for c in self._artifacts(ctx) if c not in ctx.data.concept_names]
         if unknown:
             raise ConfigError(f"invert: artifact concept(s) {', '.join(unknown)} not in the probe set's concepts "
                               f"({', '.join(ctx.data.concept_names)})")
-        self.artifacts_ = tuple(names)
-        input_size = tuple(ctx.handle.preprocessing.input_size) if ctx.handle.preprocessing else None
+        for name in self._layers(ctx, default=False):
+            if name != LOGITS:
+                resolve_layer(ctx.handle.module, name)
+
+    def _layers(self, ctx: RunContext, *, default: bool = True) -> list[str]:
+        """The layers asked for (the parameter, else the run's ``--layer``), else the model's default layer."""
         layers = self.layer if self.layer is not None else ctx.layer
         if layers is None:
+            if not default:
+                return []
+            input_size = tuple(ctx.handle.preprocessing.input_size) if ctx.handle.preprocessing else None
             layers = default_layer(ctx.handle.module, input_size or (224, 224))
         layers = [layers] if isinstance(layers, str) else list(layers)
         if not layers:
             raise ConfigError("invert: no layer given")
+        return layers
+
+    def prepare(self, ctx: RunContext) -> None:
+        """Resolve the artifact concepts and build one activation pooler per layer."""
+        self.artifacts_ = self._artifacts(ctx)
+        input_size = tuple(ctx.handle.preprocessing.input_size) if ctx.handle.preprocessing else None
         self.poolers_: dict[str, Pooler] = {}
-        for name in layers:
+        for name in self._layers(ctx):
             module = None
             if name != LOGITS:
                 name, module = resolve_layer(ctx.handle.module, name)

@@ -13,7 +13,6 @@
 * :mod:`~explainkit.prototypes.importance` — local and streamed global importances.
 * :mod:`~explainkit.prototypes.statistics` — tests, generalisation, redundancy, verdicts.
 * :mod:`~explainkit.prototypes.analyzer` — the ``prototypes`` analyzer.
-* :mod:`~explainkit.prototypes.training` — training a ProtoPNet-like model (tests, demos).
 """
 
 from explainkit.prototypes.adapters import (

@@ -17,14 +17,16 @@ tests and local examples use "test" images.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 import numpy as np
 
+from explainkit.adapters import resolve_layer
 from explainkit.analyzers.base import Analyzer, Batch, Finding, RunContext, Section
 from explainkit.analyzers.metric import metric
-from explainkit.analyzers.registry import register_analyzer
 from explainkit.errors import ConfigError
+from explainkit.options import Option
 from explainkit.prototypes.adapters import PrototypeAdapter
 from explainkit.prototypes.explanation import ExplanationBatch, ExplanationContext
 from explainkit.prototypes.importance import (
@@ -35,7 +37,7 @@ from explainkit.prototypes.importance import (
     relative_drop,
     resolve_weight,
 )
-from explainkit.prototypes.perturb import DEFAULT_CHARACTERISTICS, make_perturbations
+from explainkit.prototypes.perturb import CHARACTERISTICS, DEFAULT_CHARACTERISTICS, make_perturbations
 from explainkit.prototypes.registry import AdapterRequest, detect_adapter_kind, get_adapter_kind, list_adapter_kinds
 from explainkit.prototypes.similarity import SIMILARITIES
 from explainkit.prototypes.statistics import (
@@ -58,7 +60,6 @@ SPLITS = ("train", "test")
 TABLE_ROWS = 256
 
 
-@register_analyzer
 class Prototypes(Analyzer):
     """Prototype-meaning quantification with local/global importances, tests and redundancy.
 
@@ -124,6 +125,37 @@ class Prototypes(Analyzer):
     summary = "which image characteristics each prototype (or channel) relies on (Nauta et al. 2021), with tests"
     requires = frozenset({"module_hooks", "images"})
     run_by_default = True
+    options: ClassVar[Mapping[str, Option]] = {
+        "adapter": Option("choice", choices=lambda: ("auto", *list_adapter_kinds()),
+                          help="how prototypes are read from the model (a registered adapter kind)"),
+        "layer": Option("str", help="latent layer (default: the run's --layer, else found from the model)"),
+        "prototype_tensor": Option("str", help="dotted name of the prototype tensor (default: found automatically)"),
+        "similarity": Option("choice", choices=("auto", *SIMILARITIES), help="distance → similarity of vector, "
+                                                                              "exemplar and k-means prototypes"),
+        "channels": Option("int", low=0, many=True, help="channel prototypes: which channels (default all)"),
+        "softmax": Option("bool", help="channel prototypes: softmax over channels first (PIP-Net)"),
+        "exemplar_cells": Option("int", low=0, many=2, help="exemplar prototypes: [probe index, row, column] cells"),
+        "per_class": Option("int", low=0, help="k-means prototypes per class"),
+        "prototypes": Option("int", low=0, many=True, help="analyse only these prototypes (default all)"),
+        "characteristics": Option("choice", choices=CHARACTERISTICS, many=True, help="perturbed characteristics"),
+        "perturbation_params": Option("mapping", choices=CHARACTERISTICS,
+                                      help="per characteristic, parameter overrides (see explainkit.perturb)"),
+        "jpeg": Option("bool", help="emulate the reference's JPEG re-encoding of perturbed images"),
+        "readout": Option("choice", choices=("fixed", "max"), help="'fixed' (reference) or 'max' (early notebooks)"),
+        "weight": Option("choice", choices=WEIGHTS, help="weight of the global mean"),
+        "train_fraction": Option("float", low=0, high=1, low_open=True, high_open=True,
+                                 help="probability that an image lands in the 'train' split"),
+        "n_resamples": Option("int", low=50, help="Poisson-bootstrap resamples for the CIs of global scores"),
+        "sample_size": Option("int", low=5, help="images per split whose local scores are kept for the tests"),
+        "alpha": Option("float", low=0, high=1, low_open=True, high_open=True,
+                        help="false-discovery rate of the per-prototype tests"),
+        "redundancy_tolerance": Option("float", low=0, help="relative distance at or below which prototypes are "
+                                                            "near-identical"),
+        "local_images": Option("int", low=0, help="test images shown with a local explanation"),
+        "max_shown": Option("int", low=0, help="prototypes shown with patches in the HTML report"),
+        "model_options": Option("mapping", help="options of the model-specific adapter kind (e.g. prob_psenn: "
+                                                "samples, seed)"),
+    }
 
     def __init__(self, adapter: str = "auto", layer: str | None = None, prototype_tensor: str | None = None,
                  similarity: str = "auto", channels: list[int] | None = None, softmax: bool = False,
@@ -158,36 +190,27 @@ class Prototypes(Analyzer):
 
     # ------------------------------------------------------------------ setup
 
-    def check(self, ctx: RunContext) -> None:
-        """Validate parameters, then fit the prototype adapter (k-means, exemplars) on the run's data."""
-        if self.adapter != "auto" and self.adapter not in list_adapter_kinds():
-            raise ConfigError(f"prototypes: adapter must be auto or one of {', '.join(list_adapter_kinds())}, "
-                              f"not {self.adapter!r}")
-        if self.model_options is not None and not isinstance(self.model_options, dict):
-            raise ConfigError("prototypes: model_options must be a mapping")
-        if self.similarity != "auto" and self.similarity not in SIMILARITIES:
-            raise ConfigError(f"prototypes: similarity must be auto or one of {', '.join(SIMILARITIES)}")
+    def validate(self, ctx: RunContext) -> None:
+        """Rules across parameters and against the probe set and the model (nothing is fitted)."""
         make_perturbations(tuple(self.characteristics), self.perturbation_params, jpeg=self.jpeg)
-        if self.readout not in ("fixed", "max"):
-            raise ConfigError("prototypes: readout must be 'fixed' or 'max'")
-        if self.weight not in WEIGHTS:
-            raise ConfigError(f"prototypes: weight must be one of {', '.join(WEIGHTS)}")
-        if not 0 < self.train_fraction < 1:
-            raise ConfigError("prototypes: train_fraction must be strictly between 0 and 1")
-        if self.n_resamples < 50 or self.sample_size < 5 or min(self.local_images, self.max_shown, self.per_class) < 0:
-            raise ConfigError("prototypes: need n_resamples >= 50, sample_size >= 5 and non-negative counts")
-        if not 0 < self.alpha < 1 or self.redundancy_tolerance < 0:
-            raise ConfigError("prototypes: alpha must be in (0, 1) and redundancy_tolerance >= 0")
-        if self.adapter == "exemplars" and not self.exemplar_cells:
-            raise ConfigError("prototypes: adapter 'exemplars' needs exemplar_cells [[probe index, row, column], ...]")
+        if self.adapter == "exemplars":
+            if not self.exemplar_cells:
+                raise ConfigError("prototypes: adapter 'exemplars' needs exemplar_cells "
+                                  "[[probe index, row, column], ...]")
+            if any(len(c) != 3 or not 0 <= c[0] < len(ctx.data) for c in self.exemplar_cells):
+                raise ConfigError("prototypes: exemplar_cells must be [probe index, row, column] of probe images")
         if self.adapter == "kmeans" and not ctx.data.has_labels:
             raise ConfigError("prototypes: adapter 'kmeans' needs a labelled probe set")
-        self._fit(ctx)
+        layer = self.layer or ctx.layer
+        if layer is not None:
+            resolve_layer(ctx.handle.module, layer)
 
-    def _fit(self, ctx: RunContext) -> None:
-        """Fit ``adapter_``, ``explanation_``, ``prototype_ids_``, ``perturbations_`` and ``weight_rule_``.
+    def prepare(self, ctx: RunContext) -> None:
+        """Fit what ``map`` needs: the adapter, the model's explanation part, prototype ids, perturbations.
 
-        Deterministic: every worker that checks the run fits the same.
+        Sets ``adapter_``, ``explanation_``, ``prototype_ids_``, ``perturbations_`` and ``weight_rule_``;
+        k-means and exemplar prototypes are fitted on the run's data. Deterministic: every worker that
+        prepares the run fits the same.
         """
         self.adapter_ = self._build_adapter(ctx)
         self.explanation_ = self.adapter_.explanation()
@@ -274,10 +297,6 @@ class Prototypes(Analyzer):
             records[j]["chart"] = _chart([(f"{c} ({split})", records[j][f"global_{split}"][c])
                                           for c in names for split in SPLITS if state[split].n])
         local = self._local_examples(ctx, sample, names, unit, assets)
-        own = None
-        if self.explanation_ is not None:
-            own = self.explanation_.section(
-                ExplanationContext(ctx, records, self.prototype_ids_, names, unit, assets), state["model"])
         top = ranking[0]["characteristic"] if ranking and ranking[0]["value"]["value"] is not None else None
         significant = int(np.sum(tests["q"] < self.alpha)) if tests is not None else 0
         summary = {
@@ -295,8 +314,11 @@ class Prototypes(Analyzer):
                       "global": f"{unit}, {self.weight_rule_}-weighted mean of local importances over a split"},
             "ranking": ranking, "ranking_chart": _chart([(r["characteristic"], r["value"]) for r in ranking]),
             "table_rows": TABLE_ROWS, "prototypes": records, "generalisation": general, "redundancy": redundancy,
-            "local_examples": local, "shown": shown, "notes": self._notes(), "model_explanation": own,
+            "local_examples": local, "shown": shown, "notes": self._notes(),
         }
+        if self.explanation_ is not None:  # the model's own explanation (prototype models only)
+            data["model_explanation"] = self.explanation_.section(
+                ExplanationContext(ctx, records, self.prototype_ids_, names, unit, assets), state["model"])
         return self.section(summary=summary, data=data, findings=self._findings(records, ranking, redundancy),
                             assets=assets)
 

@@ -20,9 +20,9 @@ from explainkit.prototypes.adapters import (
     find_prototype_tensor,
     kmeans_prototypes,
 )
-from explainkit.prototypes.registry import AdapterKind, AdapterRequest, register_adapter_kind
+from explainkit.prototypes.registry import AdapterKind, AdapterRequest
 
-__all__ = ["KMEANS_IMAGES"]
+__all__ = ["CHANNELS", "EXEMPLARS", "KMEANS", "KMEANS_IMAGES", "VECTORS"]
 
 #: Most images used to fit k-means prototypes.
 KMEANS_IMAGES = 256
@@ -73,13 +73,12 @@ def _kmeans(request: AdapterRequest) -> PrototypeAdapter:
                              seed=int(ctx.rng("prototypes", "kmeans").integers(2**31)), batch_size=ctx.batch_size)
 
 
-register_adapter_kind(AdapterKind(
+VECTORS = AdapterKind(
     "vectors", _vectors, "the model's prototype tensor (ProtoPNet, ProtoTree, TesNet-like layers)",
-    "Chen et al. 2019; Nauta et al. 2021", detect=lambda m: find_prototype_tensor(m) is not None))
-register_adapter_kind(AdapterKind(
+    "Chen et al. 2019; Nauta et al. 2021", detect=lambda m: find_prototype_tensor(m) is not None)
+CHANNELS = AdapterKind(
     "channels", _channels, "every channel of a layer is a prototype (PIP-Net style)", "Nauta et al. 2023",
-    detect=lambda m: True, priority=-100))
-register_adapter_kind(AdapterKind(
-    "exemplars", _exemplars, "latent cells of given probe images (a post-hoc push)", "Chen et al. 2019"))
-register_adapter_kind(AdapterKind(
-    "kmeans", _kmeans, "k-means centres of each class's latent cells", "Gautam et al. 2024 (KMEx)"))
+    detect=lambda m: True, priority=-100)
+EXEMPLARS = AdapterKind("exemplars", _exemplars, "latent cells of given probe images (a post-hoc push)",
+                        "Chen et al. 2019")
+KMEANS = AdapterKind("kmeans", _kmeans, "k-means centres of each class's latent cells", "Gautam et al. 2024 (KMEx)")

@@ -3,14 +3,14 @@
 An adapter kind says how the ``prototypes`` analyzer reads prototypes from a model: a builder that
 makes a bound :class:`~explainkit.prototypes.adapters.PrototypeAdapter` from an
 :class:`AdapterRequest`, and optionally a detector for ``adapter="auto"`` (the detecting kind with
-the highest priority wins). The built-in kinds are registered from one explicit list on first use:
-the generic ones (:mod:`explainkit.prototypes.kinds`: ``vectors``, ``channels``, ``exemplars``,
-``kmeans``) and one per prototype model (:mod:`explainkit.prototypes.model_adapters`).
+the highest priority wins). The built-in kinds are one table (:data:`BUILTIN_KINDS`, imported on
+the first read, like every :class:`~explainkit.registry.Registry`): the generic ones
+(:mod:`explainkit.prototypes.kinds`: ``vectors``, ``channels``, ``exemplars``, ``kmeans``) and one
+per prototype model (:mod:`explainkit.prototypes.model_adapters`).
 """
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,23 +21,24 @@ from explainkit.analyzers.base import RunContext
 from explainkit.errors import ConfigError
 from explainkit.loading.handle import ModelHandle
 from explainkit.prototypes.adapters import PrototypeAdapter
+from explainkit.registry import Registry
 
-__all__ = ["AdapterKind", "AdapterRequest", "detect_adapter_kind", "get_adapter_kind", "list_adapter_kinds",
-           "register_adapter_kind"]
+__all__ = ["ADAPTER_KINDS", "BUILTIN_KINDS", "AdapterKind", "AdapterRequest", "detect_adapter_kind",
+           "get_adapter_kind", "list_adapter_kinds", "register_adapter_kind"]
 
-#: Modules whose import registers the built-in kinds.
-BUILTIN_MODULES = (
-    "explainkit.prototypes.kinds",
-    "explainkit.prototypes.model_adapters.casebased",
-    "explainkit.prototypes.model_adapters.stprotopnet",
-    "explainkit.prototypes.model_adapters.tversky",
-    "explainkit.prototypes.model_adapters.hopfield",
-    "explainkit.prototypes.model_adapters.cbc",
-    "explainkit.prototypes.model_adapters.probpsenn",
-)
-
-_REGISTRY: dict[str, AdapterKind] = {}
-_builtins_loaded = False
+#: The built-in kinds: name → ``"module:attribute"`` of their :class:`AdapterKind`.
+BUILTIN_KINDS = {
+    "vectors": "explainkit.prototypes.kinds:VECTORS",
+    "channels": "explainkit.prototypes.kinds:CHANNELS",
+    "exemplars": "explainkit.prototypes.kinds:EXEMPLARS",
+    "kmeans": "explainkit.prototypes.kinds:KMEANS",
+    "case_based": "explainkit.prototypes.model_adapters.casebased:KIND",
+    "st_protopnet": "explainkit.prototypes.model_adapters.stprotopnet:KIND",
+    "tversky": "explainkit.prototypes.model_adapters.tversky:KIND",
+    "hopfield": "explainkit.prototypes.model_adapters.hopfield:KIND",
+    "cbc": "explainkit.prototypes.model_adapters.cbc:KIND",
+    "prob_psenn": "explainkit.prototypes.model_adapters.probpsenn:KIND",
+}
 
 
 @dataclass(frozen=True)
@@ -112,38 +113,31 @@ class AdapterKind:
     options: Mapping[str, str] = field(default_factory=dict)
 
 
+def _check(name: str, kind: object) -> None:
+    if not isinstance(kind, AdapterKind):
+        raise TypeError(f"{kind!r} is not an AdapterKind")
+    if name != kind.name or name == "auto" or not name.replace("_", "").isalnum() or name != name.lower():
+        raise ValueError(f"adapter kind {kind.name!r} must be registered under its own lowercase snake-case name, "
+                         "not 'auto'")
+
+
+#: The prototype adapter kinds.
+ADAPTER_KINDS: Registry[AdapterKind] = Registry("prototype adapter", builtins=BUILTIN_KINDS, check=_check)
+
+
 def register_adapter_kind(kind: AdapterKind) -> AdapterKind:
-    """Add ``kind`` to the registry (duplicate names raise); returns it."""
-    if not kind.name or not kind.name.replace("_", "").isalnum() or kind.name != kind.name.lower():
-        raise ValueError(f"adapter kind name {kind.name!r} must be lowercase snake case")
-    if kind.name == "auto" or (kind.name in _REGISTRY and _REGISTRY[kind.name] is not kind):
-        raise ValueError(f"an adapter kind named {kind.name!r} is already registered")
-    _REGISTRY[kind.name] = kind
-    return kind
-
-
-def _load_builtins() -> None:
-    global _builtins_loaded
-    if not _builtins_loaded:
-        _builtins_loaded = True
-        for module in BUILTIN_MODULES:
-            importlib.import_module(module)
+    """Add ``kind`` under its name (clashes with a registered kind raise :class:`ValueError`); returns it."""
+    return ADAPTER_KINDS.register(kind.name, kind)
 
 
 def list_adapter_kinds() -> list[str]:
     """Registered kind names, sorted."""
-    _load_builtins()
-    return sorted(_REGISTRY)
+    return sorted(ADAPTER_KINDS.names())
 
 
 def get_adapter_kind(name: str) -> AdapterKind:
-    """The kind registered as ``name``."""
-    _load_builtins()
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise ConfigError(f"unknown prototype adapter {name!r}; choose auto or one of "
-                          f"{', '.join(sorted(_REGISTRY))}") from None
+    """The kind registered as ``name`` (:class:`~explainkit.errors.ConfigError` for an unknown one)."""
+    return ADAPTER_KINDS.get(name)
 
 
 def detect_adapter_kind(module: nn.Module) -> str:
@@ -154,8 +148,7 @@ def detect_adapter_kind(module: nn.Module) -> str:
     ConfigError
         No kind detects the module (cannot happen with the built-in ``channels`` fallback).
     """
-    _load_builtins()
-    for kind in sorted(_REGISTRY.values(), key=lambda k: (-k.priority, k.name)):
+    for _, kind in sorted(ADAPTER_KINDS.items(), key=lambda item: (-item[1].priority, item[0])):
         if kind.detect is not None and kind.detect(module):
             return kind.name
     raise ConfigError(f"no prototype adapter recognises {type(module).__name__}; name one with adapter=")

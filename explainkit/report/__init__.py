@@ -1,10 +1,11 @@
 """Reports: the versioned JSON document, its JSON Schema, and the HTML rendering."""
 
 from explainkit.report.assets import AssetStore
+from explainkit.report.build import build_report
 from explainkit.report.html import render_html
 from explainkit.report.report import SCHEMA_VERSION, Report
 
-__all__ = ["SCHEMA_VERSION", "AssetStore", "Report", "render_html", "schema_path"]
+__all__ = ["SCHEMA_VERSION", "AssetStore", "Report", "build_report", "render_html", "schema_path"]
 
 
 def schema_path() -> str:

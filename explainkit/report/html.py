@@ -8,7 +8,20 @@ from typing import Any
 from jinja2 import Environment, PackageLoader, StrictUndefined, TemplateNotFound, select_autoescape
 from markupsafe import Markup
 
-__all__ = ["render_body", "render_html"]
+__all__ = ["register_section_template", "render_body", "render_html"]
+
+#: Analyzer name → Jinja source of its section (plugins without a template file; see
+#: :func:`register_section_template`).
+_SECTION_SOURCES: dict[str, str] = {}
+
+
+def register_section_template(analyzer: str, source: str) -> None:
+    """Render the sections of ``analyzer`` with the Jinja template ``source``.
+
+    The analyzer registry calls this for classes with a ``template_source`` attribute; built-in
+    analyzers have files under ``templates/sections/``.
+    """
+    _SECTION_SOURCES[analyzer] = source
 
 
 @cache
@@ -25,10 +38,7 @@ def _env() -> Environment:
 
 def _section_template(analyzer: str):
     env = _env()
-    from explainkit.analyzers.registry import _REGISTRY
-
-    cls = _REGISTRY.get(analyzer)
-    source = getattr(cls, "template_source", None)
+    source = _SECTION_SOURCES.get(analyzer)
     if source:
         return env.from_string(source)
     try:

@@ -1,7 +1,11 @@
-"""Check kinds and their registry. Importing this package registers the built-in kinds."""
+"""Check kinds, their registry and the helpers only kinds use (interventions, masks, saliency, artifacts).
 
-from explainkit.gate.kinds import attribution_mass, insertion, randomisation, removal, slice_gap
+The registry (:data:`~explainkit.gate.kinds.base.CHECK_KINDS`) lists the built-in kinds and imports
+a kind's module when the registry is first read.
+"""
+
 from explainkit.gate.kinds.base import (
+    CHECK_KINDS,
     CheckContext,
     CheckKind,
     Measurement,
@@ -12,16 +16,12 @@ from explainkit.gate.kinds.base import (
 )
 
 __all__ = [
+    "CHECK_KINDS",
     "CheckContext",
     "CheckKind",
     "Measurement",
-    "attribution_mass",
     "get_check_kind",
-    "insertion",
     "list_check_kinds",
     "paired_measurement",
-    "randomisation",
     "register_check_kind",
-    "removal",
-    "slice_gap",
 ]

@@ -22,15 +22,15 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from explainkit.analyzers.cam import cam
-from explainkit.analyzers.cam.metrics import pointing_game
-from explainkit.analyzers.cam.render import input_view, overlay_uri, quantize, view_uri
 from explainkit.analyzers.metric import metric
+from explainkit.cam import cam
+from explainkit.cam.metrics import pointing_game
+from explainkit.cam.render import input_view, overlay_uri, quantize, view_uri
 from explainkit.errors import DataError
-from explainkit.gate.kinds.base import CheckContext, Measurement, concept_name, paired_measurement, register_check_kind
-from explainkit.gate.masks import MASK_OPTIONS, images_with_mask, input_masks, require_mask_source
-from explainkit.gate.options import Option
-from explainkit.gate.saliency import SALIENCY_OPTIONS, SaliencyKind
+from explainkit.gate.kinds.base import CheckContext, Measurement, concept_name, paired_measurement
+from explainkit.gate.kinds.masks import MASK_OPTIONS, images_with_mask, input_masks, require_mask_source
+from explainkit.gate.kinds.saliency import SALIENCY_OPTIONS, SaliencyKind
+from explainkit.options import Option
 from explainkit.stats import bootstrap_ci
 
 __all__ = ["AttributionMass"]
@@ -38,7 +38,6 @@ __all__ = ["AttributionMass"]
 _UNIT = "fraction of map mass"
 
 
-@register_check_kind
 class AttributionMass(SaliencyKind):
     """Share of the explanation's mass inside the artifact mask vs the mask's area (evidence; warns)."""
 

@@ -2,7 +2,7 @@
 
 A kind is a class with
 
-* ``options``: its own policy keys (:class:`~explainkit.gate.options.Option`), validated by the
+* ``options``: its own policy keys (:class:`~explainkit.options.Option`), validated by the
   policy parser, and :meth:`CheckKind.validate_options` for rules across keys;
 * :meth:`CheckKind.prepare`: checks against the data before anything runs (raise
   :class:`~explainkit.errors.ConfigError` / :class:`~explainkit.errors.DataError`: exit code 2);
@@ -25,41 +25,50 @@ import numpy as np
 
 from explainkit.analyzers.base import RunContext
 from explainkit.errors import CapabilityError, ConfigError
-from explainkit.gate.options import Option
+from explainkit.options import UNSET, Option
+from explainkit.registry import Registry
 from explainkit.stats import bootstrap_ci, wilcoxon_signed_rank
 
 if TYPE_CHECKING:
     from explainkit.gate.policy import CheckSpec, GateDefaults
 
-__all__ = ["CheckContext", "CheckKind", "Measurement", "concept_name", "get_check_kind", "list_check_kinds",
-           "paired_measurement", "register_check_kind"]
+__all__ = ["CHECK_KINDS", "CheckContext", "CheckKind", "Measurement", "concept_name", "get_check_kind",
+           "list_check_kinds", "paired_measurement", "register_check_kind"]
 
 _log = logging.getLogger(__name__)
-_KINDS: dict[str, type[CheckKind]] = {}
 
 #: Asymptotic relative efficiency of the Wilcoxon signed-rank test against the t-test (normal data).
 WILCOXON_ARE = 3.0 / math.pi
 
 
+def _check(name: str, cls: object) -> None:
+    if not (isinstance(cls, type) and issubclass(cls, CheckKind)) or not name or cls.name != name:
+        raise ValueError(f"check kind {name!r} must be a CheckKind subclass with that name")
+
+
+#: Every check kind: the built-ins (in this order), then kinds registered in this process.
+CHECK_KINDS: Registry[type[CheckKind]] = Registry("check kind", check=_check, builtins={
+    "attribution_mass": "explainkit.gate.kinds.attribution_mass:AttributionMass",
+    "insertion": "explainkit.gate.kinds.insertion:Insertion",
+    "randomisation": "explainkit.gate.kinds.randomisation:Randomisation",
+    "removal": "explainkit.gate.kinds.removal:Removal",
+    "slice_gap": "explainkit.gate.kinds.slice_gap:SliceGap",
+})
+
+
 def register_check_kind(cls: type[CheckKind]) -> type[CheckKind]:
     """Class decorator adding a check kind; duplicate names raise."""
-    if not cls.name or cls.name in _KINDS:
-        raise ValueError(f"check kind {cls.name!r} is unnamed or already registered")
-    _KINDS[cls.name] = cls
-    return cls
+    return CHECK_KINDS.register(cls.name, cls)
 
 
 def list_check_kinds() -> list[str]:
     """Registered kind names, in registration order."""
-    return list(_KINDS)
+    return CHECK_KINDS.names()
 
 
 def get_check_kind(name: str) -> type[CheckKind]:
     """The class of kind ``name``."""
-    try:
-        return _KINDS[name]
-    except KeyError:
-        raise ConfigError(f"unknown check kind {name!r}; available: {', '.join(_KINDS)}") from None
+    return CHECK_KINDS.get(name)
 
 
 @dataclass
@@ -256,6 +265,13 @@ class CheckKind:
     requires: ClassVar[frozenset[str]] = frozenset()
     #: The kind's own policy keys.
     options: ClassVar[Mapping[str, Option]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        unset = [k for k, o in cls.options.items() if o.default is UNSET]
+        if unset:
+            raise TypeError(f"check kind {cls.__qualname__}: option(s) {', '.join(unset)} need a default (policy keys "
+                            "have no signature to take it from)")
 
     def __init__(self, spec: CheckSpec, defaults: GateDefaults) -> None:
         self.spec = spec

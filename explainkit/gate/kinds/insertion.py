@@ -22,10 +22,17 @@ import numpy as np
 import torch
 
 from explainkit.errors import DataError
-from explainkit.gate.artifact import CONTROLS, PLACEMENTS, ArtifactTemplate, composite, control_colours, placements
-from explainkit.gate.interventions import DEFAULT_TAU, EFFECTS, paired_result, run_paired
-from explainkit.gate.kinds.base import CheckContext, CheckKind, Measurement, concept_name, register_check_kind
-from explainkit.gate.options import REQUIRED, Option
+from explainkit.gate.kinds.artifact import (
+    CONTROLS,
+    PLACEMENTS,
+    ArtifactTemplate,
+    composite,
+    control_colours,
+    placements,
+)
+from explainkit.gate.kinds.base import CheckContext, CheckKind, Measurement, concept_name
+from explainkit.gate.kinds.interventions import DEFAULT_TAU, EFFECTS, paired_result, run_paired
+from explainkit.options import REQUIRED, Option
 
 __all__ = ["SHUFFLED_PIXELS_NOTE", "Insertion", "without_artifact"]
 
@@ -52,7 +59,6 @@ def without_artifact(cc: CheckContext, concept: str | None) -> tuple[np.ndarray,
     return np.flatnonzero(keep), int((~keep).sum())
 
 
-@register_check_kind
 class Insertion(CheckKind):
     """Counterfactual artifact insertion with a control patch (the gate's primary test)."""
 

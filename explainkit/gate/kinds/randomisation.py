@@ -1,7 +1,7 @@
 """``randomisation``: a sanity check of the saliency method (do its maps depend on the model's weights?).
 
 Model-parameter randomisation (Adebayo et al., NeurIPS 2018) with the Grad-CAM engine's helper
-:func:`explainkit.analyzers.cam.sanity.parameter_randomization`: on a copy of the model, the
+:func:`explainkit.cam.sanity.parameter_randomization`: on a copy of the model, the
 layers above the target layer (the "head") and then every layer are re-initialised (cascading,
 top-down), the maps of the same images and classes are recomputed, and each image's map is
 compared with its original by Spearman rank correlation on the map's native grid. The effect is
@@ -22,13 +22,13 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from explainkit.analyzers.cam.render import input_view, overlay_uri, quantize, view_uri
-from explainkit.analyzers.cam.sanity import parameter_randomization
 from explainkit.analyzers.metric import metric
+from explainkit.cam.render import input_view, overlay_uri, quantize, view_uri
+from explainkit.cam.sanity import parameter_randomization
 from explainkit.errors import ConfigError
-from explainkit.gate.kinds.base import CheckContext, Measurement, paired_measurement, register_check_kind
-from explainkit.gate.options import Option
-from explainkit.gate.saliency import SALIENCY_OPTIONS, SaliencyKind
+from explainkit.gate.kinds.base import CheckContext, Measurement, paired_measurement
+from explainkit.gate.kinds.saliency import SALIENCY_OPTIONS, SaliencyKind
+from explainkit.options import Option
 from explainkit.stats import bootstrap_ci
 
 __all__ = ["STAGES", "Randomisation"]
@@ -40,7 +40,6 @@ _UNIT = "Spearman rho"
 _HELPER_RESAMPLES = 100
 
 
-@register_check_kind
 class Randomisation(SaliencyKind):
     """Model-parameter randomisation test of the explanation method (evidence; warns by default)."""
 

@@ -19,10 +19,10 @@ import numpy as np
 import torch
 
 from explainkit.errors import ConfigError, DataError
-from explainkit.gate.interventions import DEFAULT_TAU, EFFECTS, paired_result, run_paired
-from explainkit.gate.kinds.base import CheckContext, CheckKind, Measurement, concept_name, register_check_kind
-from explainkit.gate.masks import MASK_OPTIONS, images_with_mask, input_masks, require_mask_source
-from explainkit.gate.options import Option
+from explainkit.gate.kinds.base import CheckContext, CheckKind, Measurement, concept_name
+from explainkit.gate.kinds.interventions import DEFAULT_TAU, EFFECTS, paired_result, run_paired
+from explainkit.gate.kinds.masks import MASK_OPTIONS, images_with_mask, input_masks, require_mask_source
+from explainkit.options import Option
 
 __all__ = ["FILLS", "Removal", "cover", "shifted_mask"]
 
@@ -106,7 +106,6 @@ def shifted_mask(mask: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
     return best
 
 
-@register_check_kind
 class Removal(CheckKind):
     """Remove the artifact from images that carry it (evidence; warns by default)."""
 

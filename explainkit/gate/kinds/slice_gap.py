@@ -3,13 +3,16 @@
 The slice is named in the policy exactly as the performance analyzer names it (``stamp``,
 ``not stamp``, ``square & stamp``: the squares with the stamp, compared with the squares without
 it), or chosen as the largest gap among the slices of a ``concept``; a chosen slice's p-value is
-Bonferroni-corrected for the number of candidates it was chosen from. The gap (reference accuracy
-minus slice accuracy; positive: the slice is worse) and its 95 % bootstrap CI are the analyzer's;
-the one-sided p-value is Fisher's exact test on the two groups' correct / wrong counts.
+Bonferroni-corrected for the number of candidates it was chosen from. The sample is mapped through
+the ``performance`` analyzer on the serial backend and evaluated with
+:meth:`~explainkit.analyzers.performance.Performance.evaluate`: the gap (reference accuracy minus
+slice accuracy; positive: the slice is worse) and its 95 % bootstrap CI are the analyzer's; the
+one-sided p-value is Fisher's exact test on the two groups' correct / wrong counts.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping
 from typing import Any, ClassVar
@@ -18,9 +21,10 @@ import numpy as np
 from scipy import stats
 
 from explainkit.analyzers.performance import Performance
+from explainkit.backends import RunPlan, get_backend, label_map
 from explainkit.errors import ConfigError, DataError
-from explainkit.gate.kinds.base import CheckContext, CheckKind, Measurement, register_check_kind
-from explainkit.gate.options import Option
+from explainkit.gate.kinds.base import CheckContext, CheckKind, Measurement
+from explainkit.options import Option
 
 __all__ = ["SliceGap", "slice_names"]
 
@@ -30,7 +34,6 @@ def slice_names(class_names: tuple[str, ...] | None, concept: str) -> list[str]:
     return [concept, f"not {concept}", *(f"{c} & {concept}" for c in class_names or ())]
 
 
-@register_check_kind
 class SliceGap(CheckKind):
     """Accuracy gap between a concept slice and its reference group (evidence; warns by default)."""
 
@@ -70,27 +73,25 @@ class SliceGap(CheckKind):
 
     def measure(self, cc: CheckContext) -> Measurement:
         """Run the performance analyzer on the sample and test the slice's gap."""
-        from explainkit.run import analyze
-
-        indices = np.sort(cc.sample(np.arange(len(cc.run.data))))
+        data = cc.run.data.subset(np.sort(cc.sample(np.arange(len(cc.run.data)))))
         analyzer = Performance(n_resamples=self.defaults.n_resamples, min_slice_size=self.defaults.min_images)
-        report = analyze(cc.run.handle, cc.run.data.subset(indices), [analyzer], device=cc.run.device,
-                         batch_size=cc.run.batch_size, seed=self.spec.seed, progress=cc.progress)
-        section = report.section("performance")
-        found = {s["slice"]: s for s in section["data"]["slices"] if s["slice"] in self.candidates}
+        analyzer.check_params()
+        ctx = dataclasses.replace(cc.run, data=data)
+        labels, _ = label_map(ctx.handle, data)
+        plan = RunPlan(handle=ctx.handle, probe=data, analyzers=[analyzer], label_map=labels, progress=cc.progress)
+        result = analyzer.evaluate(ctx, get_backend("serial").run(plan, ctx).states[analyzer.name])
+        found = {s.name: s for s in result.slices if s.name in self.candidates}
         if not found:
             raise DataError(f"check {self.spec.id!r}: none of the slices {', '.join(self.candidates)} has images "
                             "in the sample")
-        chosen = max(found.values(), key=lambda s: (s["gap"]["value"], s["n"])) if self.spec.options["concept"] \
+        chosen = max(found.values(), key=lambda s: (s.gap["value"], s.n)) if self.spec.options["concept"] \
             else found[self.candidates[0]]
-        n, n_ref = chosen["n"], chosen["n_rest"]
-        k = round(chosen["accuracy"]["value"] * n)
-        k_ref = round(chosen["accuracy_rest"]["value"] * n_ref)
+        n, n_ref, k, k_ref = chosen.n, chosen.n_rest, chosen.correct, chosen.correct_rest
         p = float(stats.fisher_exact([[k_ref, n_ref - k_ref], [k, n - k]], alternative="greater").pvalue)
         p = min(1.0, p * len(found))
         pooled = (k + k_ref) / (n + n_ref)
         se = math.sqrt(pooled * (1 - pooled) * (1 / n + 1 / n_ref))
-        gap = chosen["gap"]
+        gap = chosen.gap
         ci = (gap["ci_low"], gap["ci_high"]) if gap["ci_low"] is not None else (float("nan"), float("nan"))
         m = Measurement(
             effect=float(gap["value"]), ci=ci, p=p, n=int(min(n, n_ref)), n_planned=int(min(n, n_ref)), se=se,
@@ -99,12 +100,12 @@ class SliceGap(CheckKind):
                           + (f", Bonferroni over {len(found)} candidate slices" if len(found) > 1 else ""),
                   "table": [[k_ref, n_ref - k_ref], [k, n - k]]},
         )
-        m.metrics.update({"slice_accuracy": chosen["accuracy"], "reference_accuracy": chosen["accuracy_rest"],
-                          "overall_accuracy": section["data"]["accuracy"]})
-        m.details.update({"slice": chosen["slice"], "n_slice": n, "n_reference": n_ref,
+        m.metrics.update({"slice_accuracy": chosen.accuracy, "reference_accuracy": chosen.accuracy_rest,
+                          "overall_accuracy": result.accuracy})
+        m.details.update({"slice": chosen.name, "n_slice": n, "n_reference": n_ref,
                           "chosen_from": sorted(found) if len(found) > 1 else None,
                           "performance_params": analyzer.get_params(),
-                          "slices": [found[s] for s in sorted(found)]})
+                          "slices": [found[s].to_dict() for s in sorted(found)]})
         m.notes.append("n is the smaller of the two groups; CI and gap from the performance analyzer "
                        "(95% percentile bootstrap over images)")
         if len(found) > 1:

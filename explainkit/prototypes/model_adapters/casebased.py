@@ -27,9 +27,9 @@ from explainkit.prototypes.explanation import ExplanationBatch, ExplanationConte
 from explainkit.prototypes.importance import _better
 from explainkit.prototypes.model_adapters._common import has_tensors
 from explainkit.prototypes.models.casebased import squared_distances
-from explainkit.prototypes.registry import AdapterKind, AdapterRequest, register_adapter_kind
+from explainkit.prototypes.registry import AdapterKind, AdapterRequest
 
-__all__ = ["CaseBasedExplanation", "CaseBasedPrototypes", "is_case_based"]
+__all__ = ["KIND", "CaseBasedExplanation", "CaseBasedPrototypes", "is_case_based"]
 
 REFERENCE = ("Li, Liu, Chen and Rudin (2018), Deep Learning for Case-Based Reasoning through Prototypes: "
              "A Neural Network that Explains Its Predictions, AAAI")
@@ -164,6 +164,7 @@ def _build(request: AdapterRequest) -> CaseBasedPrototypes:
                                "linear" if sim == "auto" else sim)
 
 
-register_adapter_kind(AdapterKind(
+#: The adapter kind (registered in :data:`~explainkit.prototypes.registry.BUILTIN_KINDS`).
+KIND = AdapterKind(
     "case_based", _build, "autoencoder with whole-code prototypes: decoded prototypes, class weights, R1/R2",
-    REFERENCE, detect=is_case_based, priority=10))
+    REFERENCE, detect=is_case_based, priority=10)

@@ -24,9 +24,9 @@ from explainkit.prototypes.adapters import PrototypeAdapter, _latent_layer_befor
 from explainkit.prototypes.explanation import ExplanationBatch, ExplanationContext, ModelExplanation
 from explainkit.prototypes.model_adapters._common import has_tensors
 from explainkit.prototypes.models.cbc import rbf_detection
-from explainkit.prototypes.registry import AdapterKind, AdapterRequest, register_adapter_kind
+from explainkit.prototypes.registry import AdapterKind, AdapterRequest
 
-__all__ = ["CBCExplanation", "CBCPrototypes", "is_cbc"]
+__all__ = ["KIND", "CBCExplanation", "CBCPrototypes", "is_cbc"]
 
 REFERENCE = ("Saralajew, Holdijk, Rees, Asan and Villmann (2019), Classification-by-Components: Probabilistic "
              "Modeling of Reasoning over a Set of Components, NeurIPS; Saralajew, Rana, Villmann and Shaker (2025), "
@@ -174,6 +174,7 @@ def _build(request: AdapterRequest) -> CBCPrototypes:
     return CBCPrototypes(request.handle, request.input_size, request.layer)
 
 
-register_adapter_kind(AdapterKind(
+#: The adapter kind (registered in :data:`~explainkit.prototypes.registry.BUILTIN_KINDS`).
+KIND = AdapterKind(
     "cbc", _build, "RBF components; positive / negative / indefinite reasoning per class (CBC) or RBF weights",
-    REFERENCE, detect=is_cbc, priority=10))
+    REFERENCE, detect=is_cbc, priority=10)

@@ -24,9 +24,9 @@ from explainkit.loading.handle import ModelHandle
 from explainkit.prototypes.adapters import PrototypeAdapter, _latent_layer_before
 from explainkit.prototypes.explanation import ExplanationBatch, ExplanationContext, ModelExplanation
 from explainkit.prototypes.model_adapters._common import contains, find_module, has_tensors, identity_classes
-from explainkit.prototypes.registry import AdapterKind, AdapterRequest, register_adapter_kind
+from explainkit.prototypes.registry import AdapterKind, AdapterRequest
 
-__all__ = ["HopfieldExplanation", "HopfieldPrototypes", "is_hopfield_layer"]
+__all__ = ["KIND", "HopfieldExplanation", "HopfieldPrototypes", "is_hopfield_layer"]
 
 REFERENCE = "Ramsauer et al. (2021), Hopfield Networks is All You Need, ICLR"
 #: Largest retrieval weight above which a cell counts as retrieving a single pattern.
@@ -186,6 +186,7 @@ def _build(request: AdapterRequest) -> HopfieldPrototypes:
     return HopfieldPrototypes(request.handle, request.input_size, request.layer)
 
 
-register_adapter_kind(AdapterKind(
+#: The adapter kind (registered in :data:`~explainkit.prototypes.registry.BUILTIN_KINDS`).
+KIND = AdapterKind(
     "hopfield", _build, "stored patterns of a Hopfield layer; retrieval weights as similarities; β", REFERENCE,
-    detect=contains(is_hopfield_layer), priority=10))
+    detect=contains(is_hopfield_layer), priority=10)

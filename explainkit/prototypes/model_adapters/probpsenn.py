@@ -40,11 +40,11 @@ from explainkit.prototypes.explanation import (
 from explainkit.prototypes.importance import SplitAccumulator, scores_from_maps
 from explainkit.prototypes.model_adapters._common import contains, find_module, has_tensors, identity_classes
 from explainkit.prototypes.models.probpsenn import predictive_uncertainty
-from explainkit.prototypes.registry import AdapterKind, AdapterRequest, register_adapter_kind
+from explainkit.prototypes.registry import AdapterKind, AdapterRequest
 from explainkit.prototypes.similarity import similarity
 from explainkit.prototypes.statistics import global_scores, verdict
 
-__all__ = ["ProbPSENNExplanation", "ProbPSENNPrototypes", "is_gaussian_prototypes"]
+__all__ = ["KIND", "ProbPSENNExplanation", "ProbPSENNPrototypes", "is_gaussian_prototypes"]
 
 REFERENCE = ("Vadillo, Santana, Lozano and Kwiatkowska (2024), Uncertainty-Aware Explanations Through "
              "Probabilistic Self-Explainable Neural Networks")
@@ -265,7 +265,8 @@ def _build(request: AdapterRequest) -> ProbPSENNPrototypes:
                                int(options.get("seed", 0)))
 
 
-register_adapter_kind(AdapterKind(
+#: The adapter kind (registered in :data:`~explainkit.prototypes.registry.BUILTIN_KINDS`).
+KIND = AdapterKind(
     "prob_psenn", _build, "Gaussian prototypes: explanatory uncertainty over prototype samples", REFERENCE,
     detect=contains(is_gaussian_prototypes), priority=10,
-    options={"samples": "prototype draws (default 8)", "seed": "seed of the draws (default 0)"}))
+    options={"samples": "prototype draws (default 8)", "seed": "seed of the draws (default 0)"})

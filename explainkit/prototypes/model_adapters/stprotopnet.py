@@ -24,11 +24,11 @@ from explainkit.prototypes.adapters import PrototypeAdapter, read_latents
 from explainkit.prototypes.explanation import ExplanationContext, ModelExplanation
 from explainkit.prototypes.model_adapters._common import has_tensors, identity_classes
 from explainkit.prototypes.models.stprotopnet import BRANCHES, boundary_distance
-from explainkit.prototypes.registry import AdapterKind, AdapterRequest, register_adapter_kind
+from explainkit.prototypes.registry import AdapterKind, AdapterRequest
 from explainkit.prototypes.similarity import NONNEGATIVE, similarity
 from explainkit.stats import delong_ci, mann_whitney
 
-__all__ = ["STPrototypes", "SupportTrivialExplanation", "is_st_protopnet"]
+__all__ = ["KIND", "STPrototypes", "SupportTrivialExplanation", "is_st_protopnet"]
 
 REFERENCE = ("Wang, Liu, Chen, Liu, Tian, McCarthy, Frazer and Carneiro (2023), Learning Support and Trivial "
              "Prototypes for Interpretable Image Classification, ICCV")
@@ -176,6 +176,7 @@ def _build(request: AdapterRequest) -> STPrototypes:
     return STPrototypes(request.handle, request.input_size, None if sim == "auto" else sim)
 
 
-register_adapter_kind(AdapterKind(
+#: The adapter kind (registered in :data:`~explainkit.prototypes.registry.BUILTIN_KINDS`).
+KIND = AdapterKind(
     "st_protopnet", _build, "support and trivial prototype sets, each prototype's distance to the boundary",
-    REFERENCE, detect=is_st_protopnet, priority=10))
+    REFERENCE, detect=is_st_protopnet, priority=10)

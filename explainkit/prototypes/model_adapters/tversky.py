@@ -25,10 +25,10 @@ from explainkit.prototypes.explanation import ExplanationBatch, ExplanationConte
 from explainkit.prototypes.importance import _better
 from explainkit.prototypes.model_adapters._common import contains, find_module, has_tensors
 from explainkit.prototypes.models.tversky import feature_sets, salience, tversky_similarity
-from explainkit.prototypes.registry import AdapterKind, AdapterRequest, register_adapter_kind
+from explainkit.prototypes.registry import AdapterKind, AdapterRequest
 from explainkit.prototypes.visuals import with_box
 
-__all__ = ["TverskyExplanation", "TverskyPrototypes", "is_tversky_layer"]
+__all__ = ["KIND", "TverskyExplanation", "TverskyPrototypes", "is_tversky_layer"]
 
 REFERENCE = ("Doumbouya, Jurafsky and Manning (2025), Tversky Neural Networks: Psychologically Plausible Deep "
              "Learning with Differentiable Tversky Similarity")
@@ -216,6 +216,7 @@ def _build(request: AdapterRequest) -> TverskyPrototypes:
     return TverskyPrototypes(request.handle, request.input_size, request.layer, request.ctx.class_names)
 
 
-register_adapter_kind(AdapterKind(
+#: The adapter kind (registered in :data:`~explainkit.prototypes.registry.BUILTIN_KINDS`).
+KIND = AdapterKind(
     "tversky", _build, "Tversky projection layer: prototype and feature sets, θ, α, β", REFERENCE,
-    detect=contains(is_tversky_layer), priority=10))
+    detect=contains(is_tversky_layer), priority=10)

@@ -1,8 +1,8 @@
 """Small reference implementations of the seed papers' prototype models (tests, docs, demos).
 
-Each module holds one model's layers, its equations as functions on tensors, and a factory that
-``--arch explainkit.models:NAME(...)`` builds (the factories are re-exported by
-:mod:`explainkit.models`):
+Each module holds one model's layers, its equations as functions on tensors and the network class
+(over any backbone). :mod:`explainkit.models` has factories that put them on TinyCNN blocks (usable
+as ``--arch explainkit:NAME(...)``):
 
 ======================  ===========================================================  =================
 factory                 model (paper)                                                module
@@ -18,17 +18,3 @@ factory                 model (paper)                                           
 The adapters that read them for the prototypes analyzer are in
 :mod:`explainkit.prototypes.model_adapters`; training recipes are in ``explainkit.datasets``.
 """
-
-from __future__ import annotations
-
-#: Factory name → defining module (imported lazily by :mod:`explainkit.models`).
-FACTORIES = {
-    "case_based_net": "explainkit.prototypes.models.casebased",
-    "st_protopnet": "explainkit.prototypes.models.stprotopnet",
-    "tversky_net": "explainkit.prototypes.models.tversky",
-    "hopfield_net": "explainkit.prototypes.models.hopfield",
-    "cbc_net": "explainkit.prototypes.models.cbc",
-    "prob_psenn": "explainkit.prototypes.models.probpsenn",
-}
-
-__all__ = ["FACTORIES"]

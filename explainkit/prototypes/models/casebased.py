@@ -31,9 +31,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from explainkit.errors import ConfigError
-from explainkit.models import SYNTHETIC_PREPROCESSING
 
-__all__ = ["CaseBasedLoss", "CaseBasedNet", "case_based_net", "r1_term", "r2_term", "squared_distances"]
+__all__ = ["CaseBasedLoss", "CaseBasedNet", "r1_term", "r2_term", "squared_distances"]
 
 
 def squared_distances(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -64,6 +63,8 @@ class CaseBasedNet(nn.Module):
         Maps of the four encoder convolutions (the last one is the code depth D).
     image_size : int
         Side of the (square) input; must be divisible by 16.
+    mean, std : sequence of float
+        The input normalisation, so that the decoder reconstructs the [0, 1] image.
 
     Notes
     -----
@@ -73,7 +74,8 @@ class CaseBasedNet(nn.Module):
     """
 
     def __init__(self, num_classes: int = 3, num_prototypes: int = 15, channels: Sequence[int] = (32, 32, 32, 10),
-                 image_size: int = 64) -> None:
+                 image_size: int = 64, mean: Sequence[float] = (0.5, 0.5, 0.5),
+                 std: Sequence[float] = (0.5, 0.5, 0.5)) -> None:
         super().__init__()
         if image_size % 16 or len(channels) != 4:
             raise ConfigError("case_based_net needs an image size divisible by 16 and four encoder widths")
@@ -91,10 +93,8 @@ class CaseBasedNet(nn.Module):
         self.prototypes = nn.Parameter(torch.rand(num_prototypes, channels[-1], side, side))
         self.last_layer = nn.Linear(num_prototypes, num_classes, bias=False)
         nn.init.uniform_(self.last_layer.weight, 0.0, 1.0)
-        prep = dict(SYNTHETIC_PREPROCESSING, input_size=(image_size, image_size))
-        self.register_buffer("pixel_mean", torch.tensor(prep["mean"]).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("pixel_std", torch.tensor(prep["std"]).view(1, 3, 1, 1), persistent=False)
-        self.explainkit_preprocessing = prep
+        self.register_buffer("pixel_mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
 
     @property
     def class_weights(self) -> torch.Tensor:
@@ -148,8 +148,3 @@ class CaseBasedLoss:
                  + self.r2 * terms["r2"])
         return total, logits, {k: float(v.detach()) for k, v in terms.items()}
 
-
-def case_based_net(num_classes: int = 3, num_prototypes: int = 15, channels: Sequence[int] = (32, 32, 32, 10),
-                   image_size: int = 64) -> CaseBasedNet:
-    """Factory for :class:`CaseBasedNet` (``--arch explainkit.models:case_based_net``)."""
-    return CaseBasedNet(num_classes, num_prototypes, tuple(channels), image_size)

@@ -24,17 +24,14 @@ and ends in either head: ``"cbc"`` (the reasoning above; the logits are ``log p_
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from explainkit.errors import ConfigError
-from explainkit.models import SYNTHETIC_PREPROCESSING, TinyCNN
 from explainkit.prototypes.similarity import squared_l2_distances
 
-__all__ = ["CBCNet", "CBCReasoning", "cbc_net", "cbc_probabilities", "margin_loss", "rbf_detection"]
+__all__ = ["CBCNet", "CBCReasoning", "cbc_probabilities", "margin_loss", "rbf_detection"]
 
 #: Logits of the CBC head are log(p + LOG_EPS).
 LOG_EPS = 1e-6
@@ -125,10 +122,15 @@ class CBCReasoning(nn.Module):
 
 
 class CBCNet(nn.Module):
-    """TinyCNN features, a sigmoid 1×1 add-on, RBF component detection and a CBC or RBF head.
+    """A backbone, a sigmoid 1×1 add-on, RBF component detection and a CBC or RBF head.
 
     Parameters
     ----------
+    features : torch.nn.Module
+        The backbone: (B, 3, H, W) inputs → (B, C, h, w) maps (the reference networks use a
+        pretrained CNN; :mod:`explainkit.models` builds these with TinyCNN blocks).
+    feature_channels : int
+        C.
     num_classes : int
         C.
     num_components : int
@@ -141,8 +143,6 @@ class CBCNet(nn.Module):
         Initial RBF width (learned, kept positive through its logarithm).
     priors : bool
         CBC head: learn component priors.
-    widths : sequence of int
-        TinyCNN block widths.
 
     Notes
     -----
@@ -151,20 +151,19 @@ class CBCNet(nn.Module):
     (``nn.Linear``, RBF head). ``forward`` returns (B, C) logits.
     """
 
-    def __init__(self, num_classes: int = 3, num_components: int = 9, latent_dim: int = 32, head: str = "cbc",
-                 sigma: float = 1.0, priors: bool = False, widths: Sequence[int] = (16, 32, 64, 64)) -> None:
+    def __init__(self, features: nn.Module, feature_channels: int, num_classes: int = 3, num_components: int = 9,
+                 latent_dim: int = 32, head: str = "cbc", sigma: float = 1.0, priors: bool = False) -> None:
         super().__init__()
         if head not in ("cbc", "rbf"):
             raise ConfigError("cbc_net head must be 'cbc' or 'rbf'")
         self.head = head
-        self.features = TinyCNN(num_classes, widths).features
-        self.add_on = nn.Sequential(nn.Conv2d(widths[-1], latent_dim, 1), nn.ReLU(),
+        self.features = features
+        self.add_on = nn.Sequential(nn.Conv2d(feature_channels, latent_dim, 1), nn.ReLU(),
                                     nn.Conv2d(latent_dim, latent_dim, 1), nn.Sigmoid())
         self.components = nn.Parameter(torch.rand(num_components, latent_dim))
         self.log_sigma = nn.Parameter(torch.tensor(float(sigma)).log())
         self.reasoning = CBCReasoning(num_components, num_classes, priors) if head == "cbc" else None
         self.rbf_head = nn.Linear(num_components, num_classes) if head == "rbf" else None
-        self.explainkit_preprocessing = dict(SYNTHETIC_PREPROCESSING)
 
     @property
     def sigma(self) -> torch.Tensor:
@@ -192,8 +191,3 @@ class CBCNet(nn.Module):
             return torch.log(self.reasoning(d) + LOG_EPS)
         return self.rbf_head(d)
 
-
-def cbc_net(num_classes: int = 3, num_components: int = 9, latent_dim: int = 32, head: str = "cbc",
-            sigma: float = 1.0, priors: bool = False, widths: Sequence[int] = (16, 32, 64, 64)) -> CBCNet:
-    """Factory for :class:`CBCNet` (``--arch explainkit.models:cbc_net``)."""
-    return CBCNet(num_classes, num_components, latent_dim, head, sigma, priors, tuple(widths))

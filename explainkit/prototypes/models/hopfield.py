@@ -19,14 +19,12 @@ cells and a last layer (+1 own class, -0.5 others) gives the logits.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 from torch import nn
 
-from explainkit.models import SYNTHETIC_PREPROCESSING, TinyCNN, class_specific_head
+from explainkit.prototypes.models.common import class_specific_head
 
-__all__ = ["HopfieldAssociation", "HopfieldNet", "hopfield_net", "hopfield_retrieval"]
+__all__ = ["HopfieldAssociation", "HopfieldNet", "hopfield_retrieval"]
 
 
 def hopfield_retrieval(state: torch.Tensor, stored: torch.Tensor, beta: float | torch.Tensor) -> torch.Tensor:
@@ -82,10 +80,15 @@ class HopfieldAssociation(nn.Module):
 
 
 class HopfieldNet(nn.Module):
-    """TinyCNN features, a 1×1 add-on and a Hopfield association layer as the prototype layer.
+    """A backbone, a 1×1 add-on and a Hopfield association layer as the prototype layer.
 
     Parameters
     ----------
+    features : torch.nn.Module
+        The backbone: (B, 3, H, W) inputs → (B, C, h, w) maps (the reference networks use a
+        pretrained CNN; :mod:`explainkit.models` builds these with TinyCNN blocks).
+    feature_channels : int
+        C.
     num_classes : int
         K.
     patterns_per_class : int
@@ -94,8 +97,6 @@ class HopfieldNet(nn.Module):
         d.
     beta : float, optional
         Inverse temperature (default 1/√d).
-    widths : sequence of int
-        TinyCNN block widths.
 
     Notes
     -----
@@ -104,17 +105,16 @@ class HopfieldNet(nn.Module):
     ``forward`` returns (B, K) logits.
     """
 
-    def __init__(self, num_classes: int = 3, patterns_per_class: int = 4, latent_dim: int = 32,
-                 beta: float | None = None, widths: Sequence[int] = (16, 32, 64, 64)) -> None:
+    def __init__(self, features: nn.Module, feature_channels: int, num_classes: int = 3, patterns_per_class: int = 4,
+                 latent_dim: int = 32, beta: float | None = None) -> None:
         super().__init__()
         num_patterns = num_classes * patterns_per_class
-        self.features = TinyCNN(num_classes, widths).features
-        self.add_on = nn.Sequential(nn.Conv2d(widths[-1], latent_dim, 1), nn.ReLU(),
+        self.features = features
+        self.add_on = nn.Sequential(nn.Conv2d(feature_channels, latent_dim, 1), nn.ReLU(),
                                     nn.Conv2d(latent_dim, latent_dim, 1))
         self.association = HopfieldAssociation(latent_dim, num_patterns, beta=beta)
         identity, self.last_layer = class_specific_head(num_classes, patterns_per_class)
         self.register_buffer("prototype_class_identity", identity, persistent=False)
-        self.explainkit_preprocessing = dict(SYNTHETIC_PREPROCESSING)
 
     def retrieval_maps(self, z: torch.Tensor) -> torch.Tensor:
         """(B, d, h, w) latent map → (B, P, h, w) retrieval weights of every cell."""
@@ -127,8 +127,3 @@ class HopfieldNet(nn.Module):
         maps = self.retrieval_maps(self.add_on(self.features(x)))
         return self.last_layer(maps.flatten(2).amax(2))
 
-
-def hopfield_net(num_classes: int = 3, patterns_per_class: int = 4, latent_dim: int = 32, beta: float | None = None,
-                 widths: Sequence[int] = (16, 32, 64, 64)) -> HopfieldNet:
-    """Factory for :class:`HopfieldNet` (``--arch explainkit.models:hopfield_net``)."""
-    return HopfieldNet(num_classes, patterns_per_class, latent_dim, beta, tuple(widths))

@@ -27,17 +27,16 @@ deterministic: the MC average over ``eval_samples`` samples drawn from a generat
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from explainkit.models import SYNTHETIC_PREPROCESSING, TinyCNN, class_specific_head
+from explainkit.prototypes.models.common import class_specific_head
 from explainkit.prototypes.similarity import log_similarity, squared_l2_distances
 
-__all__ = ["GaussianPrototypes", "ProbPSENN", "ProbPSENNLoss", "predictive_uncertainty", "prob_psenn"]
+__all__ = ["GaussianPrototypes", "ProbPSENN", "ProbPSENNLoss", "predictive_uncertainty"]
 
 
 def _entropy(p: torch.Tensor) -> torch.Tensor:
@@ -99,10 +98,15 @@ class GaussianPrototypes(nn.Module):
 
 
 class ProbPSENN(nn.Module):
-    """A ProtoPNet-style network with Gaussian prototypes and MC predictions.
+    """A ProtoPNet-style network over a backbone, with Gaussian prototypes and MC predictions.
 
     Parameters
     ----------
+    features : torch.nn.Module
+        The backbone: (B, 3, H, W) inputs → (B, C, h, w) maps (the reference networks use a
+        pretrained CNN; :mod:`explainkit.models` builds these with TinyCNN blocks).
+    feature_channels : int
+        C.
     num_classes : int
         K.
     prototypes_per_class : int
@@ -113,8 +117,6 @@ class ProbPSENN(nn.Module):
         S of the deterministic eval-mode prediction.
     sample_seed : int
         Seed of the eval-mode samples.
-    widths : sequence of int
-        TinyCNN block widths.
 
     Notes
     -----
@@ -126,19 +128,18 @@ class ProbPSENN(nn.Module):
 
     prototype_activation_function = "log"
 
-    def __init__(self, num_classes: int = 3, prototypes_per_class: int = 4, prototype_dim: int = 32,
-                 eval_samples: int = 16, sample_seed: int = 0, widths: Sequence[int] = (16, 32, 64, 64)) -> None:
+    def __init__(self, features: nn.Module, feature_channels: int, num_classes: int = 3, prototypes_per_class: int = 4,
+                 prototype_dim: int = 32, eval_samples: int = 16, sample_seed: int = 0) -> None:
         super().__init__()
         num_prototypes = num_classes * prototypes_per_class
-        self.features = TinyCNN(num_classes, widths).features
-        self.add_on = nn.Sequential(nn.Conv2d(widths[-1], prototype_dim, 1), nn.ReLU(),
+        self.features = features
+        self.add_on = nn.Sequential(nn.Conv2d(feature_channels, prototype_dim, 1), nn.ReLU(),
                                     nn.Conv2d(prototype_dim, prototype_dim, 1), nn.Sigmoid())
         self.prototype_layer = GaussianPrototypes(num_prototypes, prototype_dim)
         identity, self.last_layer = class_specific_head(num_classes, prototypes_per_class)
         self.register_buffer("prototype_class_identity", identity, persistent=False)
         self.eval_samples = eval_samples
         self.sample_seed = sample_seed
-        self.explainkit_preprocessing = dict(SYNTHETIC_PREPROCESSING)
 
     def latent(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) inputs → (B, D, h, w) latent map."""
@@ -192,8 +193,3 @@ class ProbPSENNLoss:
                 + self.kl_weight * model.prototype_layer.variance_kl(self.prior_sigma))
         return loss, log_mean
 
-
-def prob_psenn(num_classes: int = 3, prototypes_per_class: int = 4, prototype_dim: int = 32, eval_samples: int = 16,
-               sample_seed: int = 0, widths: Sequence[int] = (16, 32, 64, 64)) -> ProbPSENN:
-    """Factory for :class:`ProbPSENN` (``--arch explainkit.models:prob_psenn``)."""
-    return ProbPSENN(num_classes, prototypes_per_class, prototype_dim, eval_samples, sample_seed, tuple(widths))

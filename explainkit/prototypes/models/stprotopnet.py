@@ -36,10 +36,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from explainkit.errors import ConfigError
-from explainkit.models import SYNTHETIC_PREPROCESSING, TinyCNN, class_specific_head
+from explainkit.prototypes.models.common import class_specific_head
 from explainkit.prototypes.similarity import similarity
 
-__all__ = ["BRANCHES", "STLoss", "STProtoPNet", "boundary_distance", "class_pair_similarity", "st_protopnet"]
+__all__ = ["BRANCHES", "STLoss", "STProtoPNet", "boundary_distance", "class_pair_similarity"]
 
 #: The two prototype sets, in the order the adapter concatenates them.
 BRANCHES = ("support", "trivial")
@@ -88,18 +88,21 @@ def boundary_distance(prototypes: torch.Tensor, classes: Sequence[int]) -> torch
 
 
 class STProtoPNet(nn.Module):
-    """A small ST-ProtoPNet for 64 px images (TinyCNN backbone, the reference's layer names).
+    """ST-ProtoPNet over a backbone, with the reference's layer names.
 
     Parameters
     ----------
+    features : torch.nn.Module
+        The backbone: (B, 3, H, W) inputs → (B, C, h, w) maps (the reference networks use a
+        pretrained CNN; :mod:`explainkit.models` builds these with TinyCNN blocks).
+    feature_channels : int
+        C.
     num_classes : int
         K.
     prototypes_per_class : int
         Prototypes per class in each set (P = K × prototypes_per_class per set).
     prototype_dim : int
         D, the latent depth of both branches.
-    widths : sequence of int
-        TinyCNN block widths.
     similarity : str
         ``"projection"`` (reference, cropped images) or ``"cosine"`` (reference, full images).
 
@@ -111,18 +114,18 @@ class STProtoPNet(nn.Module):
     ``prototype_class_identity`` ((P, K) buffer). ``forward`` returns the summed (B, K) logits.
     """
 
-    def __init__(self, num_classes: int = 3, prototypes_per_class: int = 4, prototype_dim: int = 32,
-                 widths: Sequence[int] = (16, 32, 64, 64), similarity: str = "projection") -> None:
+    def __init__(self, features: nn.Module, feature_channels: int, num_classes: int = 3,
+                 prototypes_per_class: int = 4, prototype_dim: int = 32, similarity: str = "projection") -> None:
         super().__init__()
         if similarity not in ("projection", "cosine"):
             raise ConfigError("st_protopnet similarity must be 'projection' or 'cosine'")
         num_prototypes = num_classes * prototypes_per_class
         self.prototype_activation_function = similarity
         self.num_classes = num_classes
-        self.features = TinyCNN(num_classes, widths).features
+        self.features = features
 
         def add_on() -> nn.Sequential:
-            return nn.Sequential(nn.Conv2d(widths[-1], prototype_dim, 1), nn.Tanh(),
+            return nn.Sequential(nn.Conv2d(feature_channels, prototype_dim, 1), nn.Tanh(),
                                  nn.Conv2d(prototype_dim, prototype_dim, 1), nn.Tanh())
 
         self.add_on_layers_trivial = add_on()
@@ -132,7 +135,6 @@ class STProtoPNet(nn.Module):
         identity, self.last_layer_trivial = class_specific_head(num_classes, prototypes_per_class)
         self.last_layer_support = class_specific_head(num_classes, prototypes_per_class)[1]
         self.register_buffer("prototype_class_identity", identity, persistent=False)
-        self.explainkit_preprocessing = dict(SYNTHETIC_PREPROCESSING)
 
     def branch(self, name: str) -> tuple[nn.Module, nn.Parameter, nn.Linear]:
         """Add-on layers, prototypes and last layer of branch ``name`` (``support`` or ``trivial``)."""
@@ -210,8 +212,3 @@ class STLoss:
                 + self.orthogonality * orth + pair + self.l1 * l1)
         return loss, logits["support"] + logits["trivial"]
 
-
-def st_protopnet(num_classes: int = 3, prototypes_per_class: int = 4, prototype_dim: int = 32,
-                 widths: Sequence[int] = (16, 32, 64, 64), similarity: str = "projection") -> STProtoPNet:
-    """Factory for :class:`STProtoPNet` (``--arch explainkit.models:st_protopnet``)."""
-    return STProtoPNet(num_classes, prototypes_per_class, prototype_dim, tuple(widths), similarity)

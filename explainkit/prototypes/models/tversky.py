@@ -24,13 +24,10 @@ the model's own evidence (the similarity maps the adapter reads).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 from torch import nn
 
 from explainkit.errors import ConfigError
-from explainkit.models import SYNTHETIC_PREPROCESSING, TinyCNN
 
 __all__ = [
     "DIFFERENCES",
@@ -39,7 +36,6 @@ __all__ = [
     "TverskyProjection",
     "feature_sets",
     "salience",
-    "tversky_net",
     "tversky_similarity",
 ]
 
@@ -155,10 +151,15 @@ class TverskyProjection(nn.Module):
 
 
 class TverskyNet(nn.Module):
-    """TinyCNN features, a 1×1 add-on, and a Tversky projection head (one prototype per class).
+    """A backbone, a 1×1 add-on, and a Tversky projection head (one prototype per class).
 
     Parameters
     ----------
+    features : torch.nn.Module
+        The backbone: (B, 3, H, W) inputs → (B, C, h, w) maps (the reference networks use a
+        pretrained CNN; :mod:`explainkit.models` builds these with TinyCNN blocks).
+    feature_channels : int
+        C.
     num_classes : int
         K (= P, prototype ``k`` stands for class ``k``).
     latent_dim : int
@@ -167,8 +168,6 @@ class TverskyNet(nn.Module):
         F, size of the feature bank.
     intersection, difference : str
         Reductions of the Tversky similarity.
-    widths : sequence of int
-        TinyCNN block widths.
 
     Notes
     -----
@@ -177,15 +176,13 @@ class TverskyNet(nn.Module):
     each cell's similarity to each prototype.
     """
 
-    def __init__(self, num_classes: int = 3, latent_dim: int = 32, num_features: int = 16,
-                 intersection: str = "product", difference: str = "ignorematch",
-                 widths: Sequence[int] = (16, 32, 64, 64)) -> None:
+    def __init__(self, features: nn.Module, feature_channels: int, num_classes: int = 3, latent_dim: int = 32,
+                 num_features: int = 16, intersection: str = "product", difference: str = "ignorematch") -> None:
         super().__init__()
-        self.features = TinyCNN(num_classes, widths).features
-        self.add_on = nn.Sequential(nn.Conv2d(widths[-1], latent_dim, 1), nn.ReLU(),
+        self.features = features
+        self.add_on = nn.Sequential(nn.Conv2d(feature_channels, latent_dim, 1), nn.ReLU(),
                                     nn.Conv2d(latent_dim, latent_dim, 1))
         self.head = TverskyProjection(latent_dim, num_classes, num_features, intersection, difference)
-        self.explainkit_preprocessing = dict(SYNTHETIC_PREPROCESSING)
 
     def similarity_maps(self, z: torch.Tensor) -> torch.Tensor:
         """(B, D, h, w) latent map → (B, P, h, w) per-cell Tversky similarities."""
@@ -197,8 +194,3 @@ class TverskyNet(nn.Module):
         """(B, 3, H, W) inputs → (B, K) logits."""
         return self.similarity_maps(self.add_on(self.features(x))).mean(dim=(2, 3))
 
-
-def tversky_net(num_classes: int = 3, latent_dim: int = 32, num_features: int = 16, intersection: str = "product",
-                difference: str = "ignorematch", widths: Sequence[int] = (16, 32, 64, 64)) -> TverskyNet:
-    """Factory for :class:`TverskyNet` (``--arch explainkit.models:tversky_net``)."""
-    return TverskyNet(num_classes, latent_dim, num_features, intersection, difference, tuple(widths))

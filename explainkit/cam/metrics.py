@@ -26,8 +26,8 @@ import numpy as np
 import torch
 import torchvision.transforms.functional as TF
 
-from explainkit.analyzers.cam.engine import CamRun, chunks
-from explainkit.analyzers.cam.imputation import impute
+from explainkit.cam.engine import CamRun, chunks
+from explainkit.cam.imputation import impute
 from explainkit.errors import ConfigError
 
 __all__ = ["average_drop", "deletion_insertion", "pointing_game", "road"]

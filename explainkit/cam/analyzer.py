@@ -25,14 +25,14 @@ import torch
 
 from explainkit.adapters import default_layer, resolve_layers
 from explainkit.analyzers.base import Analyzer, Batch, Finding, RecordState, RunContext, Section
-from explainkit.analyzers.cam import baseline, metrics, render
-from explainkit.analyzers.cam.api import CamResult, compute, plan_methods
-from explainkit.analyzers.cam.engine import CamRun
-from explainkit.analyzers.cam.methods import get_method
-from explainkit.analyzers.cam.sanity import parameter_randomization
 from explainkit.analyzers.metric import metric
-from explainkit.analyzers.registry import register_analyzer
+from explainkit.cam import baseline, metrics, render
+from explainkit.cam.api import CamResult, compute, plan_methods
+from explainkit.cam.engine import CamRun
+from explainkit.cam.methods import METHODS, get_method, method_choices
+from explainkit.cam.sanity import parameter_randomization
 from explainkit.errors import CapabilityError, ConfigError
+from explainkit.options import Option
 from explainkit.samples import write_samples
 from explainkit.stats import adjust_pvalues, bootstrap_ci, wilson_interval
 
@@ -65,7 +65,8 @@ class _AttributionAnalyzer(Analyzer):
     Parameters
     ----------
     methods : sequence of str, optional
-        Methods to run (default: the class's :attr:`default_methods`).
+        Methods to run (default: the registered methods marked ``default`` of the analyzer's
+        :attr:`method_kinds`).
     layer : str or sequence of str, optional
         Target layer(s) of CAM methods (default: the run's ``--layer``, else the model's default).
     target : {"predicted", "label"}
@@ -105,7 +106,32 @@ class _AttributionAnalyzer(Analyzer):
         go into the report. Nothing is written when the run has no output folder.
     """
 
-    default_methods: ClassVar[tuple[str, ...]] = ()
+    #: The CAM-method kinds whose ``default`` methods run when none are named.
+    method_kinds: ClassVar[tuple[str, ...]] = ()
+    options: ClassVar[Mapping[str, Option]] = {
+        "methods": Option("choice", choices=method_choices, many=True,
+                          help="methods to run (default: the analyzer's default methods)"),
+        "layer": Option("str", many=True, or_one=True,
+                        help="target layer(s) of CAM methods (default: the run's --layer, else the model's)"),
+        "target": Option("choice", choices=("predicted", "label"), help="class explained per image"),
+        "method_params": Option("mapping", help="method name → its parameters, e.g. {scorecam = {variant = ...}}"),
+        "metric_images": Option("int", low=0, help="images for deletion/insertion, Average Drop, random-map test"),
+        "road_images": Option("int", low=0, help="images for ROAD (a prefix of the metric images)"),
+        "steps": Option("int", low=1, help="deletion / insertion steps"),
+        "road_levels": Option("float", low=0, high=1, low_open=True, high_open=True, many=True,
+                              help="fractions removed by ROAD"),
+        "n_random": Option("int", low=0, help="random maps per image for the random-map test (0: off, else >= 10)"),
+        "sanity": Option("bool", help="run the parameter-randomisation sanity check"),
+        "sanity_images": Option("int", low=0, help="images for the sanity check"),
+        "sanity_steps": Option("int", low=1, help="cascade groups of the sanity check"),
+        "sanity_threshold": Option("float", low=-1, high=1, help="Spearman correlation regarded as unchanged"),
+        "n_examples": Option("int", low=0, help="example images shown in the report"),
+        "pointing_tolerance": Option("float", low=0, help="pointing-game radius in input pixels "
+                                                          "(default: 15 px at 224 px, scaled)"),
+        "batch_size": Option("int", low=1, help="rows per extra forward pass (default: the run's batch size)"),
+        "n_resamples": Option("int", low=100, help="bootstrap resamples for every CI"),
+        "save_maps": Option("bool", help="write every image's maps to <out>/samples/<name>/"),
+    }
 
     def __init__(self, methods: Sequence[str] | None = None, layer: str | Sequence[str] | None = None,
                  target: str = "predicted", method_params: Mapping[str, Mapping[str, Any]] | None = None,
@@ -134,16 +160,23 @@ class _AttributionAnalyzer(Analyzer):
         self.save_maps = save_maps
 
     # -- parameters -------------------------------------------------------------------------
+    @classmethod
+    def default_methods(cls) -> list[str]:
+        """The registered methods marked ``default`` whose kind is one of :attr:`method_kinds`."""
+        return [name for name, m in METHODS.items() if m.default and m.kind in cls.method_kinds]
+
+    def _plan(self) -> list[tuple[Any, dict[str, Any]]]:
+        return plan_methods(list(self.methods or self.default_methods()), self.method_params)
+
     def _methods(self) -> list[str]:
-        return [m.name for m, _ in plan_methods(list(self.methods or self.default_methods), self.method_params)]
+        return [m.name for m, _ in self._plan()]
 
     def _layer(self, ctx: RunContext) -> str | Sequence[str] | None:
         """Target layer(s): own parameter, else the run's, else the model's default (cached).
 
         ``None`` when only input-level methods run.
         """
-        plan = plan_methods(list(self.methods or self.default_methods), self.method_params)
-        if not any(m.uses_layers for m, _ in plan):
+        if not any(m.uses_layers for m, _ in self._plan()):
             return None
         layer = self.layer if self.layer is not None else ctx.layer
         if layer is not None:
@@ -158,27 +191,18 @@ class _AttributionAnalyzer(Analyzer):
     def _batch_size(self, ctx: RunContext) -> int:
         return int(self.batch_size or ctx.batch_size)
 
-    def check(self, ctx: RunContext) -> None:
-        """Validate methods, parameters and capabilities before anything runs."""
-        plan = plan_methods(list(self.methods or self.default_methods), self.method_params)
+    def validate(self, ctx: RunContext) -> None:
+        """Methods and their parameters, the rules across parameters, capabilities, labels and layers."""
+        plan = self._plan()
         if any(m.uses_layers for m, _ in plan) and not ctx.handle.module_hooks:
             raise CapabilityError(f"{self.name}: CAM methods need module hooks, which this model does not allow; "
                                   "use input-level methods (the captum analyzer)")
-        if self.target not in ("predicted", "label"):
-            raise ConfigError(f"{self.name}: target must be 'predicted' or 'label', not {self.target!r}")
         if self.target == "label" and not ctx.data.has_labels:
             raise ConfigError(f"{self.name}: target='label' needs a labelled probe set")
-        ints = {"metric_images": 0, "road_images": 0, "steps": 1, "sanity_images": 0, "sanity_steps": 1,
-                "n_examples": 0, "n_resamples": 100}
-        for key, low in ints.items():
-            if int(getattr(self, key)) < low:
-                raise ConfigError(f"{self.name}: {key} must be at least {low}")
         if self.n_random != 0 and self.n_random < 10:
-            raise ConfigError(f"{self.name}: n_random must be 0 (off) or at least 10")
-        if not self.road_levels or any(not 0 < float(p) < 1 for p in self.road_levels):
-            raise ConfigError(f"{self.name}: road_levels must be fractions strictly between 0 and 1")
-        if self.batch_size is not None and int(self.batch_size) < 1:
-            raise ConfigError(f"{self.name}: batch_size must be at least 1")
+            raise ConfigError(f"{self.name}: n_random must be 0 (off) or at least 10, not {self.n_random!r}")
+        if not self.road_levels:
+            raise ConfigError(f"{self.name}: road_levels must list at least one fraction")
         layer = self.layer if self.layer is not None else ctx.layer
         if layer is not None and any(m.uses_layers for m, _ in plan):
             resolve_layers(ctx.handle.module, [layer] if isinstance(layer, str) else list(layer))
@@ -488,7 +512,6 @@ _NOTES = (
 )
 
 
-@register_analyzer
 class GradCam(_AttributionAnalyzer):
     """Class-activation maps (Grad-CAM family) with faithfulness metrics and sanity checks."""
 
@@ -498,10 +521,9 @@ class GradCam(_AttributionAnalyzer):
                "Grad-CAM++ on request) with deletion/insertion, ROAD, pointing game, random-map test, sanity check")
     requires = frozenset({"module_hooks", "gradients"})
     run_by_default = True
-    default_methods = ("gradcam", "gradcampp", "xgradcam", "layercam", "hirescam", "eigencam")
+    method_kinds = ("gradient", "activation", "noise", "perturbation")
 
 
-@register_analyzer
 class CaptumAttributions(_AttributionAnalyzer):
     """Input-level attributions from captum (also for TorchScript models), with the same metrics."""
 
@@ -511,4 +533,4 @@ class CaptumAttributions(_AttributionAnalyzer):
                "module hooks, with the gradcam analyzer's metrics")
     requires = frozenset({"gradients"})
     run_by_default = True
-    default_methods = ("saliency", "integrated_gradients")
+    method_kinds = ("input",)

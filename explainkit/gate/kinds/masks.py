@@ -8,10 +8,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from explainkit.analyzers.cam.render import mask_to_input
+from explainkit.cam.render import mask_to_input
 from explainkit.errors import ConfigError
 from explainkit.gate.kinds.base import CheckContext
-from explainkit.gate.options import Option
+from explainkit.options import Option
 
 __all__ = ["MASK_OPTIONS", "images_with_mask", "input_masks", "require_mask_source"]
 

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from explainkit.datasets.probe import ProbeSet
+from explainkit.data.probe import ProbeSet
 from explainkit.datasets.training import TrainResult, load_tensors
 from explainkit.errors import ConfigError, DataError
 from explainkit.loading.preprocessing import Preprocessing

@@ -10,9 +10,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from explainkit.analyzers.cam.engine import CamRun, LayerData, chunks
-from explainkit.analyzers.cam.methods import register_method
-from explainkit.errors import ConfigError
+from explainkit.cam.engine import CamRun, LayerData, chunks
+from explainkit.cam.methods import register_method
+from explainkit.options import Option
 
 __all__ = ["ablationcam", "scorecam"]
 
@@ -28,7 +28,15 @@ def _masks(acts: torch.Tensor, size: tuple[int, int], align_corners: bool, eps: 
     return masks.view_as(up)
 
 
-@register_method("scorecam", "Score-CAM (Wang et al., CVPR-W 2020)", "perturbation", peer="ScoreCAM")
+@register_method("scorecam", "Score-CAM (Wang et al., CVPR-W 2020)", "perturbation", peer="ScoreCAM",
+                 aliases=("score-cam",), options={
+                     "variant": Option("choice", choices=("paper", "channel_softmax"),
+                                       help="the authors' weights, or pytorch-grad-cam's softmax over channels"),
+                     "score": Option("choice", choices=("probability", "target"),
+                                     help="paper variant: softmax probability or the target score"),
+                     "baseline": Option("choice", choices=("zeros",),
+                                        help="paper variant: subtract the score of an all-zero input"),
+                 })
 def scorecam(layer: LayerData, run: CamRun, *, variant: str = "paper", score: str = "probability",
              baseline: str | None = None) -> torch.Tensor:
     """Score-CAM: weight each channel by the score of the input masked with that channel.
@@ -49,12 +57,6 @@ def scorecam(layer: LayerData, run: CamRun, *, variant: str = "paper", score: st
     The map is ``sum_k w_k A^k``. Cost: ``B * K`` extra forward passes in chunks of
     ``run.batch_size``.
     """
-    if variant not in ("paper", "channel_softmax"):
-        raise ConfigError(f"scorecam variant must be 'paper' or 'channel_softmax', not {variant!r}")
-    if score not in ("probability", "target"):
-        raise ConfigError(f"scorecam score must be 'probability' or 'target', not {score!r}")
-    if baseline not in (None, "zeros"):
-        raise ConfigError(f"scorecam baseline must be None or 'zeros', not {baseline!r}")
     acts = layer.activation
     b, k = acts.shape[:2]
     x = run.inputs
@@ -95,7 +97,9 @@ def _sequential_sum(terms: torch.Tensor) -> torch.Tensor:
     return out
 
 
-@register_method("ablationcam", "Ablation-CAM (Desai & Ramaswamy, WACV 2020)", "perturbation", peer="AblationCAM")
+@register_method("ablationcam", "Ablation-CAM (Desai & Ramaswamy, WACV 2020)", "perturbation", peer="AblationCAM",
+                 aliases=("ablation-cam",),
+                 options={"ablation_value": Option("float", help="value an ablated channel is set to")})
 def ablationcam(layer: LayerData, run: CamRun, *, ablation_value: float = 0.0) -> torch.Tensor:
     """Ablation-CAM: ``w_k = (y - y_k) / y``, ``y_k`` the score with channel ``k`` set to a value.
 

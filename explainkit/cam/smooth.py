@@ -28,9 +28,9 @@ from __future__ import annotations
 
 import torch
 
-from explainkit.analyzers.cam.engine import CamRun, LayerData, chunks
-from explainkit.analyzers.cam.methods import register_method
-from explainkit.errors import ConfigError
+from explainkit.cam.engine import CamRun, LayerData, chunks
+from explainkit.cam.methods import register_method
+from explainkit.options import Option
 
 __all__ = ["noisy_moments", "smoothgradcampp"]
 
@@ -60,10 +60,6 @@ def noisy_moments(run: CamRun, n_samples: int, noise_level: float, sigma: float 
     dict of str to tuple of torch.Tensor
         Layer name → four (B, K, h, w) tensors.
     """
-    if n_samples < 1:
-        raise ConfigError("smoothgradcampp: n_samples must be at least 1")
-    if (sigma is not None and sigma < 0) or noise_level < 0:
-        raise ConfigError("smoothgradcampp: the noise level must be non-negative")
     key = ("noisy_moments", n_samples, noise_level, sigma)
     if key in run.cache:
         return run.cache[key]
@@ -89,7 +85,18 @@ def noisy_moments(run: CamRun, n_samples: int, noise_level: float, sigma: float 
     return out
 
 
-@register_method("smoothgradcampp", "Smooth Grad-CAM++ (Omeiza et al., 2019)", "noise")
+@register_method("smoothgradcampp", "Smooth Grad-CAM++ (Omeiza et al., 2019)", "noise",
+                 aliases=("smoothgradcam++", "smooth-grad-cam++"), options={
+                     "n_samples": Option("int", low=1, help="noisy copies per image"),
+                     "noise_level": Option("float", low=0, help="noise sd as a fraction of each image's value range"),
+                     "sigma": Option("float", low=0, help="absolute noise sd in model-input units (overrides "
+                                                          "noise_level)"),
+                     "numerator": Option("choice", choices=("grad2", "grad1"),
+                                         help="numerator of alpha: mean squared gradients or mean gradients"),
+                     "activations": Option("choice", choices=("clean", "noisy"),
+                                           help="activations for S_k and the weighted sum"),
+                     "eps": Option("float", low=0, help="added to alpha's denominator"),
+                 })
 def smoothgradcampp(layer: LayerData, run: CamRun, *, n_samples: int = 16, noise_level: float = 0.15,
                     sigma: float | None = None, numerator: str = "grad2", activations: str = "clean",
                     eps: float = 1e-6) -> torch.Tensor:
@@ -110,10 +117,6 @@ def smoothgradcampp(layer: LayerData, run: CamRun, *, n_samples: int = 16, noise
     eps : float
         Added to alpha's denominator (as Grad-CAM++).
     """
-    if numerator not in ("grad2", "grad1"):
-        raise ConfigError(f"smoothgradcampp numerator must be 'grad2' or 'grad1', not {numerator!r}")
-    if activations not in ("clean", "noisy"):
-        raise ConfigError(f"smoothgradcampp activations must be 'clean' or 'noisy', not {activations!r}")
     d1, d2, d3, noisy_act = noisy_moments(run, int(n_samples), float(noise_level), sigma)[layer.name]
     a = layer.activation if activations == "clean" else noisy_act
     s = a.sum(dim=(2, 3), keepdim=True)

@@ -1,6 +1,6 @@
 """What the saliency-based kinds (``attribution_mass``, ``randomisation``) share: method, layer, classes.
 
-Maps come from the Grad-CAM engine (:func:`explainkit.cam`, :mod:`explainkit.analyzers.cam`); the
+Maps come from the Grad-CAM engine (:func:`explainkit.cam`, :mod:`explainkit.cam`); the
 gate adds no explanation method of its own.
 """
 
@@ -11,10 +11,10 @@ from typing import Any, ClassVar
 
 import torch
 
-from explainkit.analyzers.cam.methods import get_method
-from explainkit.gate.interventions import forward_logits
+from explainkit.cam.methods import get_method
 from explainkit.gate.kinds.base import CheckContext, CheckKind
-from explainkit.gate.options import Option
+from explainkit.gate.kinds.interventions import forward_logits
+from explainkit.options import Option
 
 __all__ = ["SALIENCY_OPTIONS", "SaliencyKind"]
 

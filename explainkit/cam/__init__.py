@@ -21,17 +21,14 @@ render, analyzer
     Report images; the ``gradcam`` and ``captum`` analyzers.
 """
 
-from explainkit.analyzers.cam import captum_bridge, perturbation, smooth  # noqa: F401  (register methods)
-from explainkit.analyzers.cam.analyzer import CaptumAttributions, GradCam
-from explainkit.analyzers.cam.api import GRADIENT_METHODS, CamResult, cam, cams, compute
-from explainkit.analyzers.cam.methods import CamMethod, get_method, list_methods, register_method
+from explainkit.cam import captum_bridge, perturbation, smooth  # noqa: F401  (register methods)
+from explainkit.cam.api import GRADIENT_METHODS, CamResult, cam, cams, compute
+from explainkit.cam.methods import CamMethod, get_method, list_methods, register_method
 
 __all__ = [
     "GRADIENT_METHODS",
     "CamMethod",
     "CamResult",
-    "CaptumAttributions",
-    "GradCam",
     "cam",
     "cams",
     "compute",

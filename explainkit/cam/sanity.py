@@ -30,10 +30,10 @@ from scipy import stats
 from torch import nn
 
 from explainkit.adapters import resolve_layers
-from explainkit.analyzers.cam.api import compute
-from explainkit.analyzers.cam.engine import as_handle
-from explainkit.analyzers.cam.postprocess import to_grid
 from explainkit.analyzers.metric import metric
+from explainkit.cam.api import compute
+from explainkit.cam.engine import as_handle
+from explainkit.cam.postprocess import to_grid
 from explainkit.hooks import capture_layers, eval_mode
 from explainkit.loading.handle import ModelHandle
 from explainkit.stats import bootstrap_ci

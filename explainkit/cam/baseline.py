@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from explainkit.analyzers.cam.postprocess import minmax, resize
 from explainkit.analyzers.metric import metric
+from explainkit.cam.postprocess import minmax, resize
 from explainkit.stats import bootstrap_ci, wilcoxon_signed_rank
 
 __all__ = ["better_than_random", "random_maps"]

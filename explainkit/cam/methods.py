@@ -3,7 +3,7 @@
 Notation: activations ``A`` and gradients ``g = dy/dA`` of shape (B, K, h, w) for channel ``k``
 and position ``(i, j)``; ``y`` is the target score (by default the logit of the explained class);
 ``S_k = sum_ij A^k_ij``. Each method returns the *raw* map (B, h, w) — signed and un-normalised —
-that :mod:`explainkit.analyzers.cam.postprocess` turns into a heatmap.
+that :mod:`explainkit.cam.postprocess` turns into a heatmap.
 
 Kinds
 -----
@@ -12,36 +12,33 @@ Kinds
 ``activation``
     Needs ``A`` only (same forward).
 ``noise``
-    Needs gradients on noisy copies (:mod:`explainkit.analyzers.cam.smooth`).
+    Needs gradients on noisy copies (:mod:`explainkit.cam.smooth`).
 ``perturbation``
     Extra forward passes on masked inputs or edited activations
-    (:mod:`explainkit.analyzers.cam.perturbation`).
+    (:mod:`explainkit.cam.perturbation`).
 ``input``
     Input-level attributions from captum, no hooks needed
-    (:mod:`explainkit.analyzers.cam.captum_bridge`).
+    (:mod:`explainkit.cam.captum_bridge`).
 """
 
 from __future__ import annotations
 
-import inspect
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from explainkit.analyzers.cam.engine import CamRun, LayerData
+from explainkit.cam.engine import CamRun, LayerData
 from explainkit.errors import ConfigError
+from explainkit.options import Option, bind_options, check_values
+from explainkit.registry import Registry
 
-__all__ = ["KINDS", "CamMethod", "get_method", "list_methods", "register_method"]
+__all__ = ["KINDS", "METHODS", "CamMethod", "get_method", "list_methods", "method_choices", "register_method"]
 
 KINDS = ("gradient", "activation", "noise", "perturbation", "input")
-_METHODS: dict[str, CamMethod] = {}
-_ALIASES = {"grad-cam": "gradcam", "gradcam++": "gradcampp", "grad-cam++": "gradcampp",
-            "xgrad-cam": "xgradcam", "layer-cam": "layercam", "hires-cam": "hirescam",
-            "score-cam": "scorecam", "ablation-cam": "ablationcam", "eigen-cam": "eigencam",
-            "eigengrad-cam": "eigengradcam", "smoothgradcam++": "smoothgradcampp",
-            "smooth-grad-cam++": "smoothgradcampp", "ig": "integrated_gradients"}
+#: Kinds whose methods need only the clean forward pass and (for ``gradient``) one backward pass.
+ONE_PASS_KINDS = ("gradient", "activation")
 
 
 @dataclass(frozen=True)
@@ -61,6 +58,11 @@ class CamMethod:
         ``compute(run, **params) -> (B, C, H, W)`` attributions for ``input`` methods.
     peer : str or None
         The pytorch-grad-cam 1.5.7 class it matches numerically with default parameters.
+    options : dict of str to Option
+        The declared keyword parameters (defaults from ``compute``'s signature).
+    default : bool
+        Whether the analyzer of its kind (``gradcam`` for layer methods, ``captum`` for input
+        methods) runs it when no methods are named.
     """
 
     name: str
@@ -68,12 +70,13 @@ class CamMethod:
     kind: str
     compute: Callable[..., torch.Tensor]
     peer: str | None = None
+    options: dict[str, Option] = field(default_factory=dict)
+    default: bool = False
 
     @property
     def defaults(self) -> dict[str, Any]:
         """Keyword parameters and their defaults."""
-        sig = inspect.signature(self.compute)
-        return {k: p.default for k, p in sig.parameters.items() if p.kind is inspect.Parameter.KEYWORD_ONLY}
+        return {k: o.default for k, o in self.options.items()}
 
     @property
     def uses_gradients(self) -> bool:
@@ -85,23 +88,42 @@ class CamMethod:
         """Whether the method reads layer activations (needs module hooks)."""
         return self.kind != "input"
 
-    def check_params(self, params: dict[str, Any]) -> None:
-        """Raise :class:`ConfigError` for parameters the method does not take."""
-        unknown = sorted(set(params) - set(self.defaults))
+    def check_params(self, params: Mapping[str, Any]) -> None:
+        """Raise :class:`ConfigError` for parameters the method does not take or values it does not allow."""
+        unknown = sorted(set(params) - set(self.options))
         if unknown:
-            allowed = ", ".join(sorted(self.defaults)) or "none"
+            allowed = ", ".join(sorted(self.options)) or "none"
             raise ConfigError(f"method {self.name!r} has no parameter {', '.join(unknown)} (takes: {allowed})")
+        check_values(f"method {self.name!r}", self.options, params)
 
 
-def register_method(name: str, title: str, kind: str, peer: str | None = None) -> Callable:
-    """Decorator registering ``compute`` as method ``name`` (duplicate names raise)."""
+#: Every CAM method, in registration order (the modules of :mod:`explainkit.cam` register theirs).
+METHODS: Registry[CamMethod] = Registry("CAM method", normalize=lambda n: str(n).strip().lower())
+
+
+def register_method(name: str, title: str, kind: str, peer: str | None = None, *,
+                    options: Mapping[str, Option] | None = None, aliases: Sequence[str] = (),
+                    default: bool = False) -> Callable:
+    """Decorator registering ``compute`` as method ``name`` (duplicate names raise).
+
+    Parameters
+    ----------
+    name, title, kind, peer
+        See :class:`CamMethod`.
+    options : mapping of str to Option, optional
+        The declaration of every keyword-only parameter of the function (its default is the
+        function's).
+    aliases : sequence of str
+        Other spellings accepted by :func:`get_method` (lower case), e.g. ``"grad-cam++"``.
+    default : bool
+        Run by its analyzer when no methods are named.
+    """
     if kind not in KINDS:
         raise ValueError(f"unknown method kind {kind!r}")
 
     def add(fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
-        if name in _METHODS:
-            raise ValueError(f"a CAM method named {name!r} is already registered")
-        _METHODS[name] = CamMethod(name, title, kind, fn, peer)
+        declared = bind_options(options or {}, fn, f"CAM method {name!r}", keyword_only=True)
+        METHODS.register(name, CamMethod(name, title, kind, fn, peer, declared, default), aliases=aliases)
         return fn
 
     return add
@@ -109,16 +131,19 @@ def register_method(name: str, title: str, kind: str, peer: str | None = None) -
 
 def get_method(name: str) -> CamMethod:
     """The method registered as ``name`` (common spellings like ``grad-cam++`` accepted)."""
-    key = str(name).strip().lower()
-    key = _ALIASES.get(key, key)
-    if key not in _METHODS:
-        raise ConfigError(f"unknown CAM method {name!r}; available: {', '.join(list_methods())}")
-    return _METHODS[key]
+    return METHODS.get(name)
 
 
-def list_methods(kind: str | None = None) -> list[str]:
-    """Registered method names (optionally of one kind), in registration order."""
-    return [n for n, m in _METHODS.items() if kind is None or m.kind == kind]
+def list_methods(kind: str | Sequence[str] | None = None, *, default: bool | None = None) -> list[str]:
+    """Registered method names in registration order, optionally of one kind (or several) or only defaults."""
+    kinds = (kind,) if isinstance(kind, str) else kind
+    return [n for n, m in METHODS.items()
+            if (kinds is None or m.kind in kinds) and (default is None or m.default == default)]
+
+
+def method_choices() -> list[str]:
+    """Every name :func:`get_method` accepts: the registered names, then their aliases."""
+    return [*METHODS.names(), *METHODS.aliases]
 
 
 def _weighted_sum(weights: torch.Tensor, acts: torch.Tensor) -> torch.Tensor:
@@ -132,13 +157,19 @@ def _grad(layer: LayerData) -> torch.Tensor:
     return layer.gradient
 
 
-@register_method("gradcam", "Grad-CAM (Selvaraju et al., ICCV 2017)", "gradient", peer="GradCAM")
+@register_method("gradcam", "Grad-CAM (Selvaraju et al., ICCV 2017)", "gradient", peer="GradCAM",
+                 aliases=("grad-cam",), default=True)
 def gradcam(layer: LayerData, run: CamRun) -> torch.Tensor:
     """Grad-CAM: ``w_k = mean_ij g^k_ij``; map ``sum_k w_k A^k``."""
     return _weighted_sum(_grad(layer).mean(dim=(2, 3)), layer.activation)
 
 
-@register_method("gradcampp", "Grad-CAM++ (Chattopadhay et al., WACV 2018)", "gradient", peer="GradCAMPlusPlus")
+@register_method("gradcampp", "Grad-CAM++ (Chattopadhay et al., WACV 2018)", "gradient", peer="GradCAMPlusPlus",
+                 aliases=("gradcam++", "grad-cam++"), default=True, options={
+                     "eps": Option("float", low=0, help="added to the denominator of alpha"),
+                     "variant": Option("choice", choices=("paper", "torchcam"),
+                                       help="'torchcam': torchcam 0.5.0's undivided alpha (for comparisons)"),
+                 })
 def gradcampp(layer: LayerData, run: CamRun, *, eps: float = 1e-6, variant: str = "paper") -> torch.Tensor:
     """Grad-CAM++ with the closed-form coefficients of eq. 19 of the paper.
 
@@ -160,16 +191,16 @@ def gradcampp(layer: LayerData, run: CamRun, *, eps: float = 1e-6, variant: str 
     g2 = g * g
     if variant == "torchcam":
         alpha = g2
-    elif variant == "paper":
+    else:
         s = a.sum(dim=(2, 3), keepdim=True)
         alpha = g2 / (2 * g2 + s * (g2 * g) + eps)
         alpha = torch.where(g != 0, alpha, torch.zeros_like(alpha))
-    else:
-        raise ConfigError(f"gradcampp variant must be 'paper' or 'torchcam', not {variant!r}")
     return _weighted_sum((alpha * torch.relu(g)).sum(dim=(2, 3)), a)
 
 
-@register_method("xgradcam", "XGrad-CAM (Fu et al., BMVC 2020)", "gradient", peer="XGradCAM")
+@register_method("xgradcam", "XGrad-CAM (Fu et al., BMVC 2020)", "gradient", peer="XGradCAM",
+                 aliases=("xgrad-cam",), default=True,
+                 options={"eps": Option("float", low=0, help="added to the channel sums")})
 def xgradcam(layer: LayerData, run: CamRun, *, eps: float = 1e-7) -> torch.Tensor:
     """XGrad-CAM: ``w_k = sum_ij g^k_ij A^k_ij / (S_k + eps)``; map ``sum_k w_k A^k``."""
     a = layer.activation
@@ -177,13 +208,15 @@ def xgradcam(layer: LayerData, run: CamRun, *, eps: float = 1e-7) -> torch.Tenso
     return _weighted_sum(w, a)
 
 
-@register_method("layercam", "LayerCAM (Jiang et al., IEEE TIP 2021)", "gradient", peer="LayerCAM")
+@register_method("layercam", "LayerCAM (Jiang et al., IEEE TIP 2021)", "gradient", peer="LayerCAM",
+                 aliases=("layer-cam",), default=True)
 def layercam(layer: LayerData, run: CamRun) -> torch.Tensor:
     """LayerCAM: ``sum_k ReLU(g^k_ij) A^k_ij`` (element-wise positive-gradient weights)."""
     return (torch.relu(_grad(layer)) * layer.activation).sum(dim=1)
 
 
-@register_method("hirescam", "HiResCAM (Draelos & Carin, 2020)", "gradient", peer="HiResCAM")
+@register_method("hirescam", "HiResCAM (Draelos & Carin, 2020)", "gradient", peer="HiResCAM",
+                 aliases=("hires-cam",), default=True)
 def hirescam(layer: LayerData, run: CamRun) -> torch.Tensor:
     """HiResCAM: ``sum_k g^k_ij A^k_ij`` (element-wise, signed; ReLU comes after the sum)."""
     return (_grad(layer) * layer.activation).sum(dim=1)
@@ -194,6 +227,11 @@ def hirescam(layer: LayerData, run: CamRun) -> torch.Tensor:
 def gradcam_elementwise(layer: LayerData, run: CamRun) -> torch.Tensor:
     """Element-wise Grad-CAM: ``sum_k ReLU(g^k_ij A^k_ij)`` (ReLU before the channel sum)."""
     return torch.relu(_grad(layer) * layer.activation).sum(dim=1)
+
+
+#: The sign rules of :func:`first_component`.
+SIGNS = ("channel_sum", "max_abs", "none")
+SIGN_OPTION = Option("choice", choices=SIGNS, help="how the arbitrary sign of the principal axis is fixed")
 
 
 def first_component(features: torch.Tensor, sign: str = "channel_sum") -> torch.Tensor:
@@ -245,17 +283,19 @@ def first_component(features: torch.Tensor, sign: str = "channel_sum") -> torch.
         flip = proj.min(dim=1).values.abs() > proj.max(dim=1).values.abs()
         proj = torch.where(flip[:, None], -proj, proj)
     elif sign != "none":
-        raise ConfigError(f"sign must be channel_sum, max_abs or none, not {sign!r}")
+        raise ConfigError(f"sign must be one of {', '.join(SIGNS)}, not {sign!r}")
     return proj.view(b, h, w).to(dtype)
 
 
-@register_method("eigencam", "EigenCAM (Muhammad & Yeasin, 2020)", "activation", peer="EigenCAM")
+@register_method("eigencam", "EigenCAM (Muhammad & Yeasin, 2020)", "activation", peer="EigenCAM",
+                 aliases=("eigen-cam",), default=True, options={"sign": SIGN_OPTION})
 def eigencam(layer: LayerData, run: CamRun, *, sign: str = "channel_sum") -> torch.Tensor:
     """EigenCAM: first principal component of ``A`` (class-agnostic); see :func:`first_component`."""
     return first_component(layer.activation, sign)
 
 
-@register_method("eigengradcam", "EigenGradCAM (pytorch-grad-cam)", "gradient", peer="EigenGradCAM")
+@register_method("eigengradcam", "EigenGradCAM (pytorch-grad-cam)", "gradient", peer="EigenGradCAM",
+                 aliases=("eigengrad-cam",), options={"sign": SIGN_OPTION})
 def eigengradcam(layer: LayerData, run: CamRun, *, sign: str = "channel_sum") -> torch.Tensor:
     """EigenGradCAM: first principal component of ``g * A``; see :func:`first_component`."""
     return first_component(_grad(layer) * layer.activation, sign)

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from explainkit.datasets.tables import (
+from explainkit.data.tables import (
     BadRow,
     read_concepts_csv,
     read_descriptions,

@@ -16,10 +16,11 @@ from typing import Any
 import torch
 
 from explainkit.adapters import SoftmaxProbability, select_logits
-from explainkit.analyzers.cam.engine import CamRun
-from explainkit.analyzers.cam.methods import register_method
+from explainkit.cam.engine import CamRun
+from explainkit.cam.methods import register_method
 from explainkit.errors import ConfigError
 from explainkit.hooks import eval_mode
+from explainkit.options import Option
 
 __all__ = ["gradient_shap", "integrated_gradients", "occlusion", "saliency", "smoothgrad"]
 
@@ -40,12 +41,14 @@ def _forward(run: CamRun) -> tuple[Callable[[torch.Tensor], torch.Tensor], Any]:
     return fn, bound.classes.tolist()
 
 
+#: ``reduce``: how attributions are summed over input channels.
+REDUCE = Option("choice", choices=("abs", "sum"), help="sum of absolute attributions over channels, or the signed sum")
+_SAMPLES = Option("int", low=1, help="noisy samples per image")
+
+
 def _reduce(attr: torch.Tensor, reduce: str) -> torch.Tensor:
-    if reduce == "abs":
-        return attr.detach().abs().sum(dim=1).float()
-    if reduce == "sum":
-        return attr.detach().sum(dim=1).float()
-    raise ConfigError(f"reduce must be 'abs' or 'sum', not {reduce!r}")
+    attr = attr.detach()
+    return (attr.abs() if reduce == "abs" else attr).sum(dim=1).float()
 
 
 def _attribute(run: CamRun, make: Callable[[Callable], Any], reduce: str, *, needs_grad: bool = True,
@@ -60,7 +63,8 @@ def _attribute(run: CamRun, make: Callable[[Callable], Any], reduce: str, *, nee
     return _reduce(attr, reduce)
 
 
-@register_method("saliency", "Saliency (Simonyan et al., 2014; captum)", "input")
+@register_method("saliency", "Saliency (Simonyan et al., 2014; captum)", "input", default=True,
+                 options={"reduce": REDUCE})
 def saliency(run: CamRun, *, reduce: str = "abs") -> torch.Tensor:
     """Input gradient ``dy/dx``."""
     from captum.attr import Saliency
@@ -68,7 +72,9 @@ def saliency(run: CamRun, *, reduce: str = "abs") -> torch.Tensor:
     return _attribute(run, Saliency, reduce, abs=False)
 
 
-@register_method("integrated_gradients", "Integrated Gradients (Sundararajan et al., 2017; captum)", "input")
+@register_method("integrated_gradients", "Integrated Gradients (Sundararajan et al., 2017; captum)", "input",
+                 aliases=("ig",), default=True,
+                 options={"n_steps": Option("int", low=1, help="Gauss–Legendre points"), "reduce": REDUCE})
 def integrated_gradients(run: CamRun, *, n_steps: int = 16, reduce: str = "abs") -> torch.Tensor:
     """Integrated Gradients from an all-zero baseline (Gauss–Legendre, ``n_steps`` points)."""
     from captum.attr import IntegratedGradients
@@ -77,7 +83,9 @@ def integrated_gradients(run: CamRun, *, n_steps: int = 16, reduce: str = "abs")
                       internal_batch_size=max(run.batch_size, run.inputs.shape[0]))
 
 
-@register_method("smoothgrad", "SmoothGrad (Smilkov et al., 2017; captum NoiseTunnel)", "input")
+@register_method("smoothgrad", "SmoothGrad (Smilkov et al., 2017; captum NoiseTunnel)", "input", options={
+    "n_samples": _SAMPLES, "noise_level": Option("float", low=0, help="noise sd as a fraction of the batch's range"),
+    "reduce": REDUCE})
 def smoothgrad(run: CamRun, *, n_samples: int = 16, noise_level: float = 0.15, reduce: str = "abs") -> torch.Tensor:
     """Mean input gradient over noisy copies, sd ``noise_level * (max(x) - min(x))`` of the batch."""
     from captum.attr import NoiseTunnel, Saliency
@@ -88,7 +96,9 @@ def smoothgrad(run: CamRun, *, n_samples: int = 16, noise_level: float = 0.15, r
                       stdevs=float(noise_level) * span, abs=False)
 
 
-@register_method("occlusion", "Occlusion (Zeiler & Fergus, 2014; captum)", "input")
+@register_method("occlusion", "Occlusion (Zeiler & Fergus, 2014; captum)", "input", options={
+    "window": Option("int", low=1, help="side of the occluded square in pixels (default 1/8 of the side)"),
+    "stride": Option("int", low=1, help="step between windows (default: the window)"), "reduce": REDUCE})
 def occlusion(run: CamRun, *, window: int | None = None, stride: int | None = None,
               reduce: str = "abs") -> torch.Tensor:
     """Score change when a ``window`` square (default 1/8 of the side) is set to 0; gradient-free.
@@ -106,7 +116,9 @@ def occlusion(run: CamRun, *, window: int | None = None, stride: int | None = No
                       needs_grad=False)
 
 
-@register_method("gradient_shap", "GradientSHAP (Lundberg & Lee, 2017; captum)", "input")
+@register_method("gradient_shap", "GradientSHAP (Lundberg & Lee, 2017; captum)", "input", options={
+    "n_samples": _SAMPLES, "n_baselines": Option("int", low=1, help="baselines: a zero image and Gaussian noise"),
+    "reduce": REDUCE})
 def gradient_shap(run: CamRun, *, n_samples: int = 16, n_baselines: int = 4, reduce: str = "abs") -> torch.Tensor:
     """Expected gradients × (input − baseline) over a zero image and Gaussian-noise baselines."""
     from captum.attr import GradientShap

@@ -15,17 +15,17 @@ import torch
 from torch import nn
 
 from explainkit.adapters import SpatialLayout
-from explainkit.analyzers.cam.engine import CamRun
-from explainkit.analyzers.cam.methods import CamMethod, get_method
-from explainkit.analyzers.cam.postprocess import combine_layers
+from explainkit.cam.engine import CamRun
+from explainkit.cam.methods import ONE_PASS_KINDS, CamMethod, get_method, list_methods
+from explainkit.cam.postprocess import combine_layers
 from explainkit.errors import ConfigError
 from explainkit.loading.handle import ModelHandle
 
 __all__ = ["GRADIENT_METHODS", "INPUT_LAYER", "CamResult", "cam", "cams", "compute", "plan_methods"]
 
-#: The methods :func:`cams` computes by default: everything one forward + one backward gives.
-GRADIENT_METHODS = ("gradcam", "gradcampp", "xgradcam", "layercam", "hirescam", "gradcam_elementwise",
-                    "eigengradcam", "eigencam")
+#: The methods :func:`cams` computes by default: every built-in method one forward + one backward pass gives
+#: (the registered ``gradient`` methods, then the ``activation`` ones).
+GRADIENT_METHODS = tuple(m for kind in ONE_PASS_KINDS for m in list_methods(kind))
 #: Pseudo layer name under which input-level (captum) methods store their raw map.
 INPUT_LAYER = "input"
 
@@ -127,7 +127,7 @@ def compute(
     inputs : torch.Tensor
         (B, C, H, W) preprocessed inputs.
     methods : sequence of str
-        Method names (see :func:`explainkit.analyzers.cam.list_methods`).
+        Method names (see :func:`explainkit.cam.list_methods`).
     layer : str, sequence of str or None
         Target layer(s) by dotted name; ``None``: :func:`explainkit.adapters.default_layer`.
         Several layers: per-layer maps are normalised, then averaged (as pytorch-grad-cam).
