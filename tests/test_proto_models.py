@@ -207,11 +207,12 @@ def test_cbc_class_probability_matches_the_papers_formula():
     reasoning = CBCReasoning(num_components=4, num_classes=3, priors=True)
     with torch.no_grad():
         reasoning.prior_logits.copy_(torch.tensor([0.5, -1.0, 0.0, 2.0]))
-    r = reasoning.probabilities()
+    d = torch.rand(5, 4)
+    with torch.no_grad():
+        r = reasoning.probabilities()
+        out = reasoning(d)
     total = r["positive"] + r["negative"] + r["indefinite"]
     assert torch.allclose(total, torch.ones_like(total)) and float(r["prior"].sum()) == pytest.approx(1.0)
-    d = torch.rand(5, 4)
-    out = reasoning(d)
     for n in range(5):
         for c in range(3):
             num = sum(float(r["prior"][k] * (r["positive"][k, c] * d[n, k] + r["negative"][k, c] * (1 - d[n, k])))
