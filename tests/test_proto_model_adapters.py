@@ -209,9 +209,12 @@ def test_bad_adapter_requests_fail_with_one_line(world):
         with pytest.raises(ConfigError, match=text):
             _build(kind, handle, probe)
     gaussian = explainkit.wrap(prob_psenn().eval(), **SYNTHETIC_PREPROCESSING)
-    with pytest.raises(ConfigError, match="unknown model_options"):
+    with pytest.raises(ConfigError, match=r"no model_options \['draws'\]; known: samples, seed"):
         _build("prob_psenn", gaussian, probe, model_options={"draws": 3})
-    with pytest.raises(ConfigError, match="at least 2"):
-        _build("prob_psenn", gaussian, probe, model_options={"samples": 1})
+    for value, text in ((1, ">= 2"), (2.5, "an integer"), ("8", "an integer"), (True, "an integer")):
+        with pytest.raises(ConfigError, match=f"samples must be {text}"):
+            _build("prob_psenn", gaussian, probe, model_options={"samples": value})
+    with pytest.raises(ConfigError, match="'channels' has no model_options"):  # checked before the first pass
+        explainkit.analyze(handle, world[1], [("prototypes", {"model_options": {"samples": 4}})])
     with pytest.raises(ConfigError, match="adapter"):
         explainkit.analyze(handle, world[1], [("prototypes", {"adapter": "tversky_net"})])

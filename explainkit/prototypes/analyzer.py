@@ -38,7 +38,13 @@ from explainkit.prototypes.importance import (
     resolve_weight,
 )
 from explainkit.prototypes.perturb import CHARACTERISTICS, DEFAULT_CHARACTERISTICS, make_perturbations
-from explainkit.prototypes.registry import AdapterRequest, detect_adapter_kind, get_adapter_kind, list_adapter_kinds
+from explainkit.prototypes.registry import (
+    AdapterKind,
+    AdapterRequest,
+    detect_adapter_kind,
+    get_adapter_kind,
+    list_adapter_kinds,
+)
 from explainkit.prototypes.similarity import SIMILARITIES
 from explainkit.prototypes.statistics import (
     GlobalScores,
@@ -204,6 +210,7 @@ class Prototypes(Analyzer):
         layer = self.layer or ctx.layer
         if layer is not None:
             resolve_layer(ctx.handle.module, layer)
+        self._kind(ctx).resolve_options(self.model_options)
 
     def prepare(self, ctx: RunContext) -> None:
         """Fit what ``map`` needs: the adapter, the model's explanation part, prototype ids, perturbations.
@@ -230,11 +237,14 @@ class Prototypes(Analyzer):
         state["model"] = self.explanation_.init_state() if self.explanation_ is not None else None
         return state
 
+    def _kind(self, ctx: RunContext) -> AdapterKind:
+        """The adapter kind asked for, or the one ``auto`` detects on the model."""
+        return get_adapter_kind(self.adapter if self.adapter != "auto" else detect_adapter_kind(ctx.handle.module))
+
     def _build_adapter(self, ctx: RunContext) -> PrototypeAdapter:
-        kind = self.adapter if self.adapter != "auto" else detect_adapter_kind(ctx.handle.module)
         request = AdapterRequest(ctx, self.layer or ctx.layer, self.get_params(), lambda i: self._is_train(ctx, i),
                                  lambda i: self._model_label(ctx, i))
-        return get_adapter_kind(kind).build(request)
+        return self._kind(ctx).build(request)
 
     @staticmethod
     def _model_label(ctx: RunContext, i: int) -> int:

@@ -20,6 +20,7 @@ from torch import nn
 from explainkit.analyzers.base import RunContext
 from explainkit.errors import ConfigError
 from explainkit.loading.handle import ModelHandle
+from explainkit.options import Option, check_values
 from explainkit.prototypes.adapters import PrototypeAdapter
 from explainkit.registry import Registry
 
@@ -78,7 +79,7 @@ class AdapterRequest:
 
     @property
     def model_options(self) -> dict[str, Any]:
-        """The analyzer's ``model_options`` (options of the model-specific adapters)."""
+        """The analyzer's ``model_options`` as given (builders read them with :meth:`AdapterKind.resolve_options`)."""
         return dict(self.options.get("model_options") or {})
 
 
@@ -100,8 +101,9 @@ class AdapterKind:
         Module → whether ``adapter="auto"`` should pick this kind.
     priority : int
         Order of detection (higher first).
-    options : mapping of str to str
-        ``model_options`` keys the kind understands, with help.
+    options : mapping of str to Option
+        The ``model_options`` keys the kind understands, each declared with its type, range,
+        default and help (like a gate kind's policy keys).
     """
 
     name: str
@@ -110,7 +112,24 @@ class AdapterKind:
     reference: str = ""
     detect: Callable[[nn.Module], bool] | None = None
     priority: int = 0
-    options: Mapping[str, str] = field(default_factory=dict)
+    options: Mapping[str, Option] = field(default_factory=dict)
+
+    def resolve_options(self, values: Mapping[str, Any] | None) -> dict[str, Any]:
+        """The kind's ``model_options``: ``values`` checked against the declarations, defaults filled in.
+
+        Raises
+        ------
+        ConfigError
+            An unknown key, or a value of the wrong type or out of range (one message for all).
+        """
+        values = dict(values or {})
+        unknown = sorted(set(values) - set(self.options))
+        if unknown:
+            known = ", ".join(self.options) or "none"
+            raise ConfigError(f"prototypes: adapter kind {self.name!r} has no model_options {unknown}; known: {known}")
+        check_values(f"prototypes: model_options of {self.name!r}", self.options, values)
+        return {k: self.options[k].parse(values[k], k) if k in values else opt.default
+                for k, opt in self.options.items()}
 
 
 def _check(name: str, kind: object) -> None:

@@ -29,6 +29,7 @@ from torch import nn
 from explainkit.analyzers.metric import metric
 from explainkit.errors import ConfigError
 from explainkit.loading.handle import ModelHandle
+from explainkit.options import Option
 from explainkit.prototypes.adapters import VectorPrototypes, _latent_layer_before
 from explainkit.prototypes.explanation import (
     ExplanationBatch,
@@ -50,6 +51,8 @@ REFERENCE = ("Vadillo, Santana, Lozano and Kwiatkowska (2024), Uncertainty-Aware
              "Probabilistic Self-Explainable Neural Networks")
 #: Images listed as the ones the model is most uncertain about.
 UNCERTAIN_IMAGES = 5
+#: Most prototype draws (the similarity maps of every draw are held for a batch at a time).
+MAX_SAMPLES = 256
 
 
 def is_gaussian_prototypes(module: nn.Module) -> bool:
@@ -257,16 +260,13 @@ class ProbPSENNExplanation(ModelExplanation):
 
 
 def _build(request: AdapterRequest) -> ProbPSENNPrototypes:
-    options = request.model_options
-    unknown = set(options) - {"samples", "seed"}
-    if unknown:
-        raise ConfigError(f"prob_psenn: unknown model_options {sorted(unknown)}; known: samples, seed")
-    return ProbPSENNPrototypes(request.handle, request.input_size, request.layer, int(options.get("samples", 8)),
-                               int(options.get("seed", 0)))
+    options = KIND.resolve_options(request.model_options)
+    return ProbPSENNPrototypes(request.handle, request.input_size, request.layer, options["samples"], options["seed"])
 
 
 #: The adapter kind (registered in :data:`~explainkit.prototypes.registry.BUILTIN_KINDS`).
 KIND = AdapterKind(
     "prob_psenn", _build, "Gaussian prototypes: explanatory uncertainty over prototype samples", REFERENCE,
     detect=contains(is_gaussian_prototypes), priority=10,
-    options={"samples": "prototype draws (default 8)", "seed": "seed of the draws (default 0)"})
+    options={"samples": Option("int", 8, low=2, high=MAX_SAMPLES, help="prototype draws"),
+             "seed": Option("int", 0, low=0, high=2**32 - 1, help="seed of the draws")})
