@@ -102,37 +102,46 @@ def _peak_on_stamp(adapter, handle, probe, prototypes):
 
 
 @pytest.mark.parametrize("kind", ["st_protopnet", "tversky", "hopfield", "cbc", "prob_psenn"])
-def test_prototypes_peak_on_the_planted_stamp(kind, planted):
+def test_prototypes_peak_on_the_planted_stamp(kind, planted, record_property):
     handle, _, probe = planted(kind, "stamp")
-    assert accuracy(handle.module, probe) >= 0.95
+    acc = accuracy(handle.module, probe)
+    record_property("accuracy", acc)
+    assert acc >= 0.95
     adapter = _adapter(kind, handle, probe)
     own = [p for p in range(adapter.num_prototypes) if adapter.prototype_class(p) in (0, None)]
     if kind == "st_protopnet":  # per set: the support set (first half) must find the stamp
         own = [p for p in own if p < adapter.per_set]
-    assert _peak_on_stamp(adapter, handle, probe, own) >= 0.8
+    share = _peak_on_stamp(adapter, handle, probe, own)
+    record_property("peak_on_stamp", share)
+    assert share >= 0.8
 
 
 @pytest.mark.parametrize(("kind", "world"), [("case_based", "colour_dark"), ("st_protopnet", "colour"),
                                              ("tversky", "texture"), ("hopfield", "shape"), ("cbc", "shape"),
                                              ("prob_psenn", "texture")])
-def test_the_analysis_recovers_the_planted_characteristic(kind, world, planted):
+def test_the_analysis_recovers_the_planted_characteristic(kind, world, planted, record_property):
     handle, root, probe = planted(kind, world)
-    assert accuracy(handle.module, probe) >= 0.9
+    acc = accuracy(handle.module, probe)
+    record_property("accuracy", acc)
+    assert acc >= 0.9
     report = explainkit.analyze(handle, root, [("prototypes", {"local_images": 0, "max_shown": 1})], seed=0,
                                 batch_size=40)
     data = report.section("prototypes")["data"]
     assert data["adapter"]["kind"] == kind and data["model_explanation"]["kind"] == kind
     ranking = data["ranking"]
     order = [(r["characteristic"], r["value"]["value"]) for r in ranking]
+    record_property("ranking", [(r["characteristic"], r["value"]["value"], r["value"]["ci_low"],
+                                 r["value"]["ci_high"]) for r in ranking])
     assert ranking[0]["characteristic"] in EXPECTED[world], order
     # the CI is over prototypes: either it excludes 0, or most prototypes with a clear verdict name the
     # planted characteristic first (the case-based model's 15 whole-image prototypes differ a lot)
     clear = [r["verdict"] for r in data["prototypes"] if r["verdict"] != "no clear characteristic"]
-    planted = [v for v in clear if v.removeprefix("mostly ").startswith(EXPECTED[world])]
-    assert ranking[0]["value"]["ci_low"] > 0 or len(planted) > len(clear) / 2, (order, clear)
+    named = [v for v in clear if v.removeprefix("mostly ").startswith(EXPECTED[world])]
+    record_property("clear_verdicts", f"{len(named)}/{len(clear)}")
+    assert ranking[0]["value"]["ci_low"] > 0 or len(named) > len(clear) / 2, (order, clear)
 
 
-def test_case_based_decoded_prototypes_look_like_real_inputs(planted):
+def test_case_based_decoded_prototypes_look_like_real_inputs(planted, record_property):
     """R_1 at work: each decoded prototype is closer (pixel MSE) to the probe image whose code is closest to it
     than to most probe images."""
     handle, _, probe = planted("case_based", "colour_dark")
@@ -144,16 +153,20 @@ def test_case_based_decoded_prototypes_look_like_real_inputs(planted):
     mse = ((decoded[:, None] - unit[None]) ** 2).flatten(2).mean(2)  # (P, N)
     own = mse[torch.arange(len(closest)), closest]
     rank = (mse < own[:, None]).double().mean(1)  # share of probe images closer than the closest-code one
-    assert float((rank <= 0.25).double().mean()) >= 0.8, rank.tolist()
+    share = float((rank <= 0.25).double().mean())
+    record_property("decoded_close_share", share)
+    assert share >= 0.8, rank.tolist()
 
 
-def test_st_support_prototypes_lie_closer_to_the_boundary(planted):
+def test_st_support_prototypes_lie_closer_to_the_boundary(planted, record_property):
     """Without the final push (our short schedule pushes once, with no joint training after it, and the push
     moves support prototypes onto latent cells far from the boundary), the closeness loss puts them nearer."""
     handle, root, _ = planted("st_protopnet", "stamp")
     report = explainkit.analyze(handle, root, [("prototypes", {"local_images": 0, "max_shown": 0,
                                                                "characteristics": ["hue"]})], seed=0)
     e = report.section("prototypes")["data"]["model_explanation"]
+    record_property("median_distance", {k: e["sets"][k]["median_distance"] for k in ("support", "trivial")})
+    record_property("support_closer", e["support_closer"])
     assert e["sets"]["support"]["median_distance"]["value"] < e["sets"]["trivial"]["median_distance"]["value"]
     assert e["support_closer"]["p"] < 0.05
 
@@ -166,7 +179,7 @@ def _blend_stamp(image: Image.Image, opacity: float) -> Image.Image:
     return out
 
 
-def test_prob_psenn_is_most_uncertain_on_half_visible_stamps(planted, tmp_path):
+def test_prob_psenn_is_most_uncertain_on_half_visible_stamps(planted, tmp_path, record_property):
     handle, _, probe = planted("prob_psenn", "stamp")
     root = tmp_path / "ambiguous"
     for i in range(len(probe)):
@@ -179,10 +192,11 @@ def test_prob_psenn_is_most_uncertain_on_half_visible_stamps(planted, tmp_path):
                                                                "characteristics": ["hue"]})], seed=0)
     e = report.section("prototypes")["data"]["model_explanation"]
     top = [u["image"] for u in e["uncertain_inputs"]]
+    record_property("uncertain_inputs", [(u["image"], u["epistemic"]) for u in e["uncertain_inputs"]])
     assert sum(t.startswith("plain/") for t in top) >= 4, e["uncertain_inputs"]
 
 
-def test_prob_psenn_explanatory_uncertainty_grows_with_the_prototype_spread(planted):
+def test_prob_psenn_explanatory_uncertainty_grows_with_the_prototype_spread(planted, record_property):
     handle, root, _ = planted("prob_psenn", "stamp")
     wide = copy.deepcopy(handle.module)
     with torch.no_grad():
@@ -195,6 +209,8 @@ def test_prob_psenn_explanatory_uncertainty_grows_with_the_prototype_spread(plan
         runs.append({k: np.mean([r[k]["value"] for r in rows]) for k in ("map_variation", "location_agreement",
                                                                          "verdict_agreement")})
     narrow, broad = runs
+    record_property("narrow", narrow)
+    record_property("broad", broad)
     assert broad["map_variation"] > 2 * narrow["map_variation"]
     assert broad["location_agreement"] < narrow["location_agreement"]
     assert broad["verdict_agreement"] <= narrow["verdict_agreement"]
