@@ -10,6 +10,16 @@ Quick start
 import logging
 
 from explainkit._version import __version__
+from explainkit.adapters import (
+    BinaryTarget,
+    BoxScoreTarget,
+    ClassLogit,
+    MultiLabelTarget,
+    ReSTScore,
+    SegmentationTarget,
+    SoftmaxProbability,
+    Target,
+)
 from explainkit.analyzers import (
     Analyzer,
     get_analyzer,
@@ -39,17 +49,25 @@ logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 __all__ = [
     "Analyzer",
+    "BinaryTarget",
+    "BoxScoreTarget",
     "CapabilityError",
+    "ClassLogit",
     "ConfigError",
     "DataError",
     "ExitCode",
     "ExplainkitError",
     "ModelHandle",
     "ModelRefusedError",
+    "MultiLabelTarget",
     "Preprocessing",
     "ProbeSet",
+    "ReSTScore",
     "Report",
     "RuntimeAnalysisError",
+    "SegmentationTarget",
+    "SoftmaxProbability",
+    "Target",
     "__version__",
     "analyze",
     "cam",

@@ -1,10 +1,12 @@
 """Small reference models: the demo classifier, a ProtoPNet-like network and the seed papers' prototype models.
 
-They are ordinary ``nn.Module`` factories, usable as ``--arch explainkit:tiny_cnn(...)`` (or
-``explainkit.models:tiny_cnn``). The prototype models' layers and equations are the prototypes
-family's library (:mod:`explainkit.prototypes.models`); the factories here put them on TinyCNN
-blocks for 64 px synthetic worlds: ``case_based_net``, ``st_protopnet``, ``tversky_net``,
-``hopfield_net``, ``cbc_net``, ``prob_psenn``.
+Their factories are the ``explainkit:`` architectures (``--arch explainkit:tiny_cnn(num_classes=3)``,
+see :data:`explainkit.loading.arch.EXPLAINKIT_ARCHITECTURES`), which a model file's metadata, a config
+file or the environment may also name.
+The prototype models' layers and equations are the prototypes family's library
+(:mod:`explainkit.prototypes.models`); the factories here put them on TinyCNN blocks for 64 px
+synthetic worlds: ``case_based_net``, ``st_protopnet``, ``tversky_net``, ``hopfield_net``,
+``cbc_net``, ``prob_psenn``.
 """
 
 from __future__ import annotations
@@ -73,7 +75,7 @@ class TinyCNN(nn.Module):
 
 
 def tiny_cnn(num_classes: int = 3, widths: Sequence[int] = (16, 32, 64, 64)) -> TinyCNN:
-    """Factory for :class:`TinyCNN` (for ``--arch explainkit.models:tiny_cnn``)."""
+    """Factory for :class:`TinyCNN` (``--arch explainkit:tiny_cnn``)."""
     return TinyCNN(num_classes=num_classes, widths=tuple(widths))
 
 
@@ -160,7 +162,7 @@ class TinyProtoPNet(nn.Module):
 
 def tiny_protopnet(num_classes: int = 3, prototypes_per_class: int = 4, prototype_dim: int = 32,
                    widths: Sequence[int] = (16, 32, 64, 64)) -> TinyProtoPNet:
-    """Factory for :class:`TinyProtoPNet` (for ``--arch explainkit.models:tiny_protopnet``)."""
+    """Factory for :class:`TinyProtoPNet` (``--arch explainkit:tiny_protopnet``)."""
     return TinyProtoPNet(num_classes=num_classes, prototypes_per_class=prototypes_per_class,
                          prototype_dim=prototype_dim, widths=tuple(widths))
 

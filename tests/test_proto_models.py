@@ -29,7 +29,7 @@ def x():
 @pytest.mark.parametrize("name", PROTOTYPE_MODELS)
 def test_factories_build_from_arch_specs_and_return_logits(name, x):
     spec = parse_arch(f"explainkit:{name}(num_classes=4)")
-    assert spec.is_builtin_family and parse_arch(f"explainkit.models:{name}").is_builtin_family
+    assert parse_arch(f"explainkit.models:{name}").name == spec.name == name
     torch.manual_seed(0)
     model = build_arch(spec).eval()
     with torch.no_grad():

@@ -14,7 +14,7 @@ import torch
 from tqdm import tqdm
 
 from explainkit._prefetch import prefetch
-from explainkit.adapters.targets import select_logits
+from explainkit.adapters.targets import check_logits
 from explainkit.analyzers.base import Analyzer, Batch, RunContext
 from explainkit.backends.mapcache import MapCache
 from explainkit.data.probe import ProbeSet
@@ -24,7 +24,8 @@ from explainkit.loading.handle import ModelHandle
 
 _log = logging.getLogger(__name__)
 
-__all__ = ["Outcome", "RunPlan", "guard", "label_map", "make_batch", "map_shard", "merge_states", "shard_indices"]
+__all__ = ["Outcome", "RunPlan", "guard", "label_map", "make_batch", "map_shard", "merge_states", "shard_indices",
+           "validate_output"]
 
 
 @dataclass
@@ -100,17 +101,49 @@ def label_map(handle: ModelHandle, data: ProbeSet) -> tuple[np.ndarray | None, s
     return np.array([handle.class_names.index(c) for c in data.class_names]), "by class name"
 
 
-def make_batch(handle: ModelHandle, probe: ProbeSet, indices: np.ndarray, images: list,
-               inputs: torch.Tensor, label_map: np.ndarray | None) -> Batch:
-    """Run the plain forward pass for a batch and package what analyzers see."""
+def _forward(handle: ModelHandle, inputs: torch.Tensor) -> Any:
     try:
         with torch.no_grad():
-            output = handle.forward(inputs)
+            return handle.forward(inputs)
     except ExplainkitError:
         raise
     except Exception as exc:
-        raise RuntimeAnalysisError(f"the model failed on a batch of {len(images)} images: {exc}") from exc
-    logits = select_logits(output)
+        raise RuntimeAnalysisError(f"the model failed on a batch of {len(inputs)} images: {exc}") from exc
+
+
+def validate_output(handle: ModelHandle, probe: ProbeSet, device: torch.device) -> None:
+    """Check once, before any analysis, that the model gives (B, K) logits for probe images.
+
+    One forward pass on the first (up to) two images: the output must hold one floating-point
+    tensor of shape (B, K) (or (B,)), selected as :func:`explainkit.adapters.select_logits` says
+    (``--output-key`` for dicts and tuples), with K equal to the number of the model's class names,
+    or at least the probe set's classes when the model has none.
+
+    Raises
+    ------
+    ConfigError
+        The output does not fit (exit code 2).
+    RuntimeAnalysisError
+        The model raised (exit code 3).
+    """
+    indices = np.arange(min(2, len(probe)))
+    inputs = handle.preprocess([probe.load_image(int(i)) for i in indices]).to(device)
+    handle.to(device)
+    with eval_mode(handle.module):
+        output = _forward(handle, inputs)
+    if handle.class_names:
+        check_logits(output, len(indices), len(handle.class_names))
+    elif probe.class_names:
+        check_logits(output, len(indices), len(probe.class_names), "classes of the probe set", at_least=True)
+    else:
+        check_logits(output, len(indices))
+
+
+def make_batch(handle: ModelHandle, probe: ProbeSet, indices: np.ndarray, images: list,
+               inputs: torch.Tensor, label_map: np.ndarray | None) -> Batch:
+    """Run the plain forward pass for a batch and package what analyzers see."""
+    output = _forward(handle, inputs)
+    logits = check_logits(output, len(images))
     if not torch.isfinite(logits).all():
         bad = [probe.ids[int(indices[i])] for i in torch.nonzero(~torch.isfinite(logits).all(1)).flatten()[:3]]
         raise RuntimeAnalysisError(f"the model produced non-finite outputs (NaN/inf) for {', '.join(bad)}")
@@ -156,7 +189,7 @@ def map_shard(plan: RunPlan, ctx: RunContext, indices: Sequence[int], *, desc: s
     for start in range(0, len(indices), ctx.batch_size):
         chunk = indices[start : start + ctx.batch_size]
         ids = [probe.ids[int(i)] for i in chunk]
-        hits = {a.name: s for a in plan.analyzers if (s := cache.get(a.name, ids)) is not None}
+        hits = {a.name: s for a in plan.analyzers if (s := cache.get(a.name, ids, chunk)) is not None}
         if len(hits) == len(plan.analyzers) and cache.covers(plan.analyzers):
             for a in plan.analyzers:
                 states[a.name] = a.merge(states[a.name], hits[a.name])

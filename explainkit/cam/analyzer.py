@@ -23,7 +23,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from explainkit.adapters import default_layer, resolve_layers
+from explainkit.adapters import SpatialLayout, default_layer, resolve_layers
 from explainkit.analyzers.base import Analyzer, Batch, Finding, RecordState, RunContext, Section
 from explainkit.analyzers.metric import metric
 from explainkit.cam import baseline, metrics, render
@@ -104,6 +104,14 @@ class _AttributionAnalyzer(Analyzer):
         Write every image's maps (uint8, input resolution) to ``<out>/samples/<name>/*.npz`` shards
         keyed by sample id (read them with :func:`explainkit.samples.read_samples`); only summaries
         go into the report. Nothing is written when the run has no output folder.
+    grid : sequence of int, optional
+        (h, w) patch grid of a token layer (ViT) when the model does not declare it and the token
+        count is ambiguous (``grid=14|14`` on the command line).
+    prefix_tokens : int, optional
+        Tokens before the patch tokens (CLS, registers) of that layer; default 0 with ``grid``.
+    layout : str
+        How 4-D layer outputs are read: ``"auto"`` (decided from evidence, stopping when it is
+        ambiguous, see :func:`explainkit.adapters.infer_layout`), ``"nchw"`` or ``"nhwc"``.
     """
 
     #: The CAM-method kinds whose ``default`` methods run when none are named.
@@ -131,6 +139,11 @@ class _AttributionAnalyzer(Analyzer):
         "batch_size": Option("int", low=1, help="rows per extra forward pass (default: the run's batch size)"),
         "n_resamples": Option("int", low=100, help="bootstrap resamples for every CI"),
         "save_maps": Option("bool", help="write every image's maps to <out>/samples/<name>/"),
+        "grid": Option("int", low=1, many=True, help="(h, w) patch grid of a token layer when the token count is "
+                                                     "ambiguous, e.g. grid=14|14"),
+        "prefix_tokens": Option("int", low=0, help="tokens before the patch tokens of that layer (with grid)"),
+        "layout": Option("choice", choices=("auto", "nchw", "nhwc"),
+                         help="channels first or last for 4-D layer outputs (auto: from evidence, never guessed)"),
     }
 
     def __init__(self, methods: Sequence[str] | None = None, layer: str | Sequence[str] | None = None,
@@ -139,7 +152,8 @@ class _AttributionAnalyzer(Analyzer):
                  road_levels: Sequence[float] = (0.2, 0.5, 0.8), n_random: int = 10, sanity: bool = True,
                  sanity_images: int = 6, sanity_steps: int = 3, sanity_threshold: float = 0.5,
                  n_examples: int = 6, pointing_tolerance: float | None = None, batch_size: int | None = None,
-                 n_resamples: int = 1000, save_maps: bool = True) -> None:
+                 n_resamples: int = 1000, save_maps: bool = True, grid: Sequence[int] | None = None,
+                 prefix_tokens: int | None = None, layout: str = "auto") -> None:
         self.methods = methods
         self.layer = layer
         self.target = target
@@ -158,6 +172,9 @@ class _AttributionAnalyzer(Analyzer):
         self.batch_size = batch_size
         self.n_resamples = n_resamples
         self.save_maps = save_maps
+        self.grid = grid
+        self.prefix_tokens = prefix_tokens
+        self.layout = layout
 
     # -- parameters -------------------------------------------------------------------------
     @classmethod
@@ -191,21 +208,38 @@ class _AttributionAnalyzer(Analyzer):
     def _batch_size(self, ctx: RunContext) -> int:
         return int(self.batch_size or ctx.batch_size)
 
+    def _spatial_layout(self) -> str | SpatialLayout:
+        """``layout``, or the token layout given by ``grid`` / ``prefix_tokens``."""
+        if self.grid is None:
+            return self.layout
+        h, w = (int(v) for v in self.grid)
+        return SpatialLayout("tokens", int(self.prefix_tokens or 0), (h, w))
+
     def validate(self, ctx: RunContext) -> None:
         """Methods and their parameters, the rules across parameters, capabilities, labels and layers."""
         plan = self._plan()
-        if any(m.uses_layers for m, _ in plan) and not ctx.handle.module_hooks:
-            raise CapabilityError(f"{self.name}: CAM methods need module hooks, which this model does not allow; "
-                                  "use input-level methods (the captum analyzer)")
+        if any(m.hooks for m, _ in plan) and not ctx.handle.module_hooks:
+            raise CapabilityError(f"{self.name}: {', '.join(m.name for m, _ in plan if m.hooks)} need module hooks, "
+                                  "which this model does not allow; use captum's input-level methods")
         if self.target == "label" and not ctx.data.has_labels:
             raise ConfigError(f"{self.name}: target='label' needs a labelled probe set")
         if self.n_random != 0 and self.n_random < 10:
             raise ConfigError(f"{self.name}: n_random must be 0 (off) or at least 10, not {self.n_random!r}")
         if not self.road_levels:
             raise ConfigError(f"{self.name}: road_levels must list at least one fraction")
+        if self.grid is not None and len(self.grid) != 2:
+            raise ConfigError(f"{self.name}: grid must be two integers h|w, not {self.grid!r}")
+        if self.prefix_tokens is not None and self.grid is None:
+            raise ConfigError(f"{self.name}: prefix_tokens goes with grid=h|w")
+        if self.grid is not None and self.layout != "auto":
+            raise ConfigError(f"{self.name}: grid=h|w is a token layout; it cannot go with layout={self.layout}")
         layer = self.layer if self.layer is not None else ctx.layer
         if layer is not None and any(m.uses_layers for m, _ in plan):
             resolve_layers(ctx.handle.module, [layer] if isinstance(layer, str) else list(layer))
+
+    def prepare(self, ctx: RunContext) -> None:
+        """Find the target layer now: a model without a spatial layer fails here, before any batch."""
+        self._layer(ctx)
 
     # -- deterministic image choices ----------------------------------------------------------
     def _selection(self, ctx: RunContext) -> _Selection:
@@ -248,7 +282,7 @@ class _AttributionAnalyzer(Analyzer):
         probs = torch.softmax(logits, 1).cpu().gather(1, classes[:, None])[:, 0]
         res = compute(ctx.handle, batch.inputs, methods=self._methods(), layer=self._layer(ctx),
                       targets=classes.tolist(), params=self.method_params, batch_size=self._batch_size(ctx),
-                      seed=ctx.seed)
+                      seed=ctx.seed, layout=self._spatial_layout())
         if self.save_maps:
             write_samples(ctx.out_dir, self.name, batch.ids,
                           **{m: render.quantize(maps.cpu().numpy()) for m, maps in res.maps.items()})
@@ -438,7 +472,7 @@ class _AttributionAnalyzer(Analyzer):
             ctx.handle, inputs, methods=self._methods(), classes=[recs[pos[i]]["cls"] for i in chosen],
             layer=self._layer(ctx), params=self.method_params, steps=int(self.sanity_steps),
             threshold=float(self.sanity_threshold), batch_size=self._batch_size(ctx), seed=ctx.seed,
-            n_resamples=int(self.n_resamples))
+            n_resamples=int(self.n_resamples), layout=self._spatial_layout())
 
     def _examples(self, ctx: RunContext, recs: list[dict[str, Any]], indices: list[int], methods: list[str]
                   ) -> tuple[list[dict[str, Any]], dict[str, str]]:
@@ -521,7 +555,7 @@ class GradCam(_AttributionAnalyzer):
                "Grad-CAM++ on request) with deletion/insertion, ROAD, pointing game, random-map test, sanity check")
     requires = frozenset({"module_hooks", "gradients"})
     run_by_default = True
-    method_kinds = ("gradient", "activation", "noise", "perturbation")
+    method_kinds = ("gradient", "activation", "noise", "perturbation", "backward")
 
 
 class CaptumAttributions(_AttributionAnalyzer):

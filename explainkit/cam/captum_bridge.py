@@ -4,8 +4,9 @@ Saliency, Integrated Gradients, SmoothGrad (``NoiseTunnel`` over Saliency), Occl
 GradientSHAP attribute the target to input pixels, so they also explain TorchScript models
 (``handle.module_hooks`` False). Each returns a (B, H, W) map reduced over input channels:
 ``reduce="abs"`` (default) sums absolute attributions, ``reduce="sum"`` keeps the signed sum (the
-post-processing ReLU then keeps positive evidence). The class explained is the one bound on the
-clean pass; captum's own random draws run under a forked RNG seeded with ``run.seed``.
+post-processing ReLU then keeps positive evidence). What is attributed is the target bound on the
+clean pass (any target, per-image data included); captum's own random draws run under a forked RNG
+seeded with ``run.seed``.
 """
 
 from __future__ import annotations
@@ -15,30 +16,25 @@ from typing import Any
 
 import torch
 
-from explainkit.adapters import SoftmaxProbability, select_logits
 from explainkit.cam.engine import CamRun
 from explainkit.cam.methods import register_method
 from explainkit.errors import ConfigError
 from explainkit.hooks import eval_mode
 from explainkit.options import Option
 
-__all__ = ["gradient_shap", "integrated_gradients", "occlusion", "saliency", "smoothgrad"]
+__all__ = ["REDUCE", "gradient_shap", "integrated_gradients", "occlusion", "reduce_channels", "saliency", "smoothgrad"]
 
 
-def _forward(run: CamRun) -> tuple[Callable[[torch.Tensor], torch.Tensor], Any]:
-    """Captum ``forward_func`` and ``target``: class scores with class indices, or the target itself."""
+def _forward(run: CamRun) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """Captum ``forward_func(x, rows)``: the bound target's (n,) scores, row ``j`` from image ``rows[j]``.
+
+    The image index travels as an additional forward argument, which captum expands exactly as it
+    expands the inputs (repeated for Integrated Gradients' steps, interleaved for NoiseTunnel and
+    GradientSHAP samples), so per-image targets stay with their image.
+    """
     assert run.bound is not None, "record() first"
     bound = run.bound
-    if bound.classes is None:
-        return (lambda x: bound.target(run.handle.forward(x))), None
-    key = bound.target.output_key
-    probs = isinstance(bound.target, SoftmaxProbability)
-
-    def fn(x: torch.Tensor) -> torch.Tensor:
-        logits = select_logits(run.handle.forward(x), key)
-        return torch.softmax(logits, dim=1) if probs else logits
-
-    return fn, bound.classes.tolist()
+    return lambda x, rows: bound(run.handle.forward(x), rows.cpu())
 
 
 #: ``reduce``: how attributions are summed over input channels.
@@ -46,7 +42,8 @@ REDUCE = Option("choice", choices=("abs", "sum"), help="sum of absolute attribut
 _SAMPLES = Option("int", low=1, help="noisy samples per image")
 
 
-def _reduce(attr: torch.Tensor, reduce: str) -> torch.Tensor:
+def reduce_channels(attr: torch.Tensor, reduce: str) -> torch.Tensor:
+    """(B, C, H, W) attributions → (B, H, W): the sum of absolute values (``"abs"``) or the signed sum."""
     attr = attr.detach()
     return (attr.abs() if reduce == "abs" else attr).sum(dim=1).float()
 
@@ -55,12 +52,11 @@ def _attribute(run: CamRun, make: Callable[[Callable], Any], reduce: str, *, nee
                **kwargs: Any) -> torch.Tensor:
     if needs_grad and not run.handle.gradients:
         raise ConfigError("this attribution needs gradients, which the model does not support; use occlusion")
-    fn, target = _forward(run)
     with eval_mode(run.handle.module), torch.random.fork_rng(devices=[]):
         torch.manual_seed(run.seed)
         inputs = run.inputs.clone().requires_grad_(needs_grad)
-        attr = make(fn).attribute(inputs, target=target, **kwargs)
-    return _reduce(attr, reduce)
+        attr = make(_forward(run)).attribute(inputs, additional_forward_args=(run.rows.to(inputs.device),), **kwargs)
+    return reduce_channels(attr, reduce)
 
 
 @register_method("saliency", "Saliency (Simonyan et al., 2014; captum)", "input", default=True,

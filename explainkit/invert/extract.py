@@ -22,8 +22,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from explainkit.adapters.layout import infer_layout
 from explainkit.adapters.targets import select_logits
-from explainkit.adapters.tokens import SpatialLayout, infer_layout, token_hints
+from explainkit.adapters.tokens import SpatialLayout, token_hints
 from explainkit.errors import ConfigError
 from explainkit.hooks import capture_layers, eval_mode
 from explainkit.loading.handle import ModelHandle
@@ -80,7 +81,8 @@ class Pooler:
         if t.dim() == 2:
             self.kind = "logits" if self.layer == LOGITS else "units"
         elif t.dim() == 4:
-            self.kind, self.layout = "spatial", infer_layout(t, self.module)
+            self.kind, self.layout = "spatial", infer_layout(t, self.module, input_size=self.input_size,
+                                                             name=repr(self.layer))
         elif t.dim() == 3:
             self.kind = "tokens"
             try:
@@ -161,6 +163,8 @@ def batch_activations(handle: ModelHandle, inputs: torch.Tensor, poolers: Mappin
         Layer name → (B, D) float32.
     """
     hooked = {name: p for name, p in poolers.items() if name != LOGITS}
+    for p in hooked.values():  # the layout is decided with the actual input size as evidence
+        p.input_size = p.input_size or tuple(int(s) for s in inputs.shape[-2:])
     out: dict[str, np.ndarray] = {}
     need_logits = LOGITS in poolers and logits is None
     with torch.no_grad():

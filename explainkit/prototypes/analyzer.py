@@ -17,7 +17,7 @@ tests and local examples use "test" images.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
@@ -121,6 +121,11 @@ class Prototypes(Analyzer):
         Test images shown with a local explanation.
     max_shown : int
         Prototypes shown with patches in the HTML report (the most present ones).
+    grid : sequence of int, optional
+        (h, w) patch grid of a token latent layer (ViT) when the model does not declare it and the
+        token count is ambiguous (``grid=14|14`` on the command line).
+    prefix_tokens : int, optional
+        Tokens before the patch tokens of that layer (CLS, registers).
     model_options : dict, optional
         Options of the model-specific adapter (e.g. ``{"samples": 8}`` for ``prob_psenn``; each
         kind lists its keys in its registry entry).
@@ -159,6 +164,9 @@ class Prototypes(Analyzer):
                                                             "near-identical"),
         "local_images": Option("int", low=0, help="test images shown with a local explanation"),
         "max_shown": Option("int", low=0, help="prototypes shown with patches in the HTML report"),
+        "grid": Option("int", low=1, many=True, help="(h, w) patch grid of a token latent layer when the token "
+                                                     "count is ambiguous, e.g. grid=14|14"),
+        "prefix_tokens": Option("int", low=0, help="tokens before the patch tokens of that layer"),
         "model_options": Option("mapping", help="options of the model-specific adapter kind (e.g. prob_psenn: "
                                                 "samples, seed)"),
     }
@@ -170,7 +178,8 @@ class Prototypes(Analyzer):
                  perturbation_params: dict[str, dict[str, float]] | None = None, jpeg: bool = False,
                  readout: str = "fixed", weight: str = "auto", train_fraction: float = 0.5, n_resamples: int = 200,
                  sample_size: int = 256, alpha: float = 0.05, redundancy_tolerance: float = 0.05,
-                 local_images: int = 3, max_shown: int = 8, model_options: dict[str, Any] | None = None) -> None:
+                 local_images: int = 3, max_shown: int = 8, grid: Sequence[int] | None = None,
+                 prefix_tokens: int | None = None, model_options: dict[str, Any] | None = None) -> None:
         self.adapter = adapter
         self.layer = layer
         self.prototype_tensor = prototype_tensor
@@ -192,6 +201,8 @@ class Prototypes(Analyzer):
         self.redundancy_tolerance = redundancy_tolerance
         self.local_images = local_images
         self.max_shown = max_shown
+        self.grid = grid
+        self.prefix_tokens = prefix_tokens
         self.model_options = model_options
 
     # ------------------------------------------------------------------ setup
@@ -207,6 +218,8 @@ class Prototypes(Analyzer):
                 raise ConfigError("prototypes: exemplar_cells must be [probe index, row, column] of probe images")
         if self.adapter == "kmeans" and not ctx.data.has_labels:
             raise ConfigError("prototypes: adapter 'kmeans' needs a labelled probe set")
+        if self.grid is not None and len(self.grid) != 2:
+            raise ConfigError(f"prototypes: grid must be two integers h|w, not {self.grid!r}")
         layer = self.layer or ctx.layer
         if layer is not None:
             resolve_layer(ctx.handle.module, layer)

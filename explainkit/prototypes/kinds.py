@@ -32,6 +32,13 @@ def _layer(request: AdapterRequest) -> str:
     return request.layer or default_layer(request.handle.module, request.input_size)
 
 
+def _tokens(request: AdapterRequest) -> dict:
+    """The token-grid options of a ViT latent layer (``grid``, ``prefix_tokens``)."""
+    grid = request.options.get("grid")
+    return {"grid": None if grid is None else tuple(int(v) for v in grid),
+            "prefix_tokens": request.options.get("prefix_tokens")}
+
+
 def _similarity(request: AdapterRequest) -> str:
     value = request.options.get("similarity", "auto")
     return "log" if value == "auto" else value
@@ -40,12 +47,13 @@ def _similarity(request: AdapterRequest) -> str:
 def _vectors(request: AdapterRequest) -> PrototypeAdapter:
     return VectorPrototypes.from_model(request.handle, tensor=request.options.get("prototype_tensor"),
                                        layer=request.layer, similarity=request.options.get("similarity", "auto"),
-                                       input_size=request.input_size)
+                                       input_size=request.input_size, **_tokens(request))
 
 
 def _channels(request: AdapterRequest) -> PrototypeAdapter:
     return ChannelPrototypes(_layer(request), request.options.get("channels"),
-                             bool(request.options.get("softmax", False))).bind(request.handle, request.input_size)
+                             bool(request.options.get("softmax", False)), **_tokens(request)
+                             ).bind(request.handle, request.input_size)
 
 
 def _exemplars(request: AdapterRequest) -> PrototypeAdapter:
@@ -58,7 +66,7 @@ def _exemplars(request: AdapterRequest) -> PrototypeAdapter:
     inputs = ctx.handle.preprocess(ctx.load_images([c[0] for c in cells])).to(ctx.device)
     classes = [request.model_label(c[0]) for c in cells]
     return exemplar_prototypes(ctx.handle, inputs, [(k, r, col) for k, (_, r, col) in enumerate(cells)],
-                               _layer(request), similarity=_similarity(request), classes=classes)
+                               _layer(request), similarity=_similarity(request), classes=classes, **_tokens(request))
 
 
 def _kmeans(request: AdapterRequest) -> PrototypeAdapter:
@@ -70,7 +78,8 @@ def _kmeans(request: AdapterRequest) -> PrototypeAdapter:
     labels = np.array([request.model_label(i) for i in train])
     return kmeans_prototypes(ctx.handle, inputs, labels, _layer(request),
                              per_class=int(request.options.get("per_class", 3)), similarity=_similarity(request),
-                             seed=int(ctx.rng("prototypes", "kmeans").integers(2**31)), batch_size=ctx.batch_size)
+                             seed=int(ctx.rng("prototypes", "kmeans").integers(2**31)), batch_size=ctx.batch_size,
+                             **_tokens(request))
 
 
 VECTORS = AdapterKind(

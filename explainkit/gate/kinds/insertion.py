@@ -31,7 +31,7 @@ from explainkit.gate.kinds.artifact import (
     placements,
 )
 from explainkit.gate.kinds.base import CheckContext, CheckKind, Measurement, concept_name
-from explainkit.gate.kinds.interventions import DEFAULT_TAU, EFFECTS, paired_result, run_paired
+from explainkit.gate.kinds.interventions import DEFAULT_TAU, EFFECT_OPTION, paired_result, run_paired
 from explainkit.options import REQUIRED, Option
 
 __all__ = ["SHUFFLED_PIXELS_NOTE", "Insertion", "without_artifact"]
@@ -67,11 +67,12 @@ class Insertion(CheckKind):
     default_severity = "error"
     needs_target = True
     options: ClassVar[Mapping[str, Option]] = {
-        "artifact": Option("file", REQUIRED, help="RGBA template; alpha = where it is pasted"),
+        "artifact": Option("file", REQUIRED, help="RGBA template; alpha = where it is pasted (partial alpha blends)"),
         "placement": Option("choice", "random", PLACEMENTS, help="where the artifact goes"),
         "repeats": Option("int", 3, low=1, high=64, help="placements per image (averaged within the image)"),
-        "control": Option("choice", "mean_patch", CONTROLS, help="the control patch"),
-        "effect": Option("choice", "logit_shift", tuple(EFFECTS), help="what is compared"),
+        "control": Option("choice", "mean_patch", CONTROLS,
+                          help="the control: the same shape at the same places (see Controls)"),
+        "effect": EFFECT_OPTION,
         "concept": Option("str", None, help="concept marking images that already carry the artifact (left out); "
                                             "default: the template's file name without extension"),
     }
