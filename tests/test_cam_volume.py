@@ -80,7 +80,7 @@ def test_gradcam_closed_form_and_trilinear_resize():
     for axis, size in zip((1, 2, 3), (5, 9, 7)):
         src = heat.shape[axis]
         coords = np.clip((np.arange(size) + 0.5) * src / size - 0.5, 0, src - 1)
-        heat = np.apply_along_axis(lambda v: np.interp(coords, np.arange(src), v), axis, heat)
+        heat = np.apply_along_axis(lambda v, c=coords, n=src: np.interp(c, np.arange(n), v), axis, heat)
     heat = minmax(torch.from_numpy(heat)).numpy()
     assert np.abs(res.maps["gradcam"].numpy() - heat).max() < 1e-5
     assert resize(torch.ones(1, 2, 2, 2), (4, 4, 4)).shape == (1, 4, 4, 4)

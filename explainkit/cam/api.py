@@ -26,7 +26,10 @@ from explainkit.errors import ConfigError
 from explainkit.hooks import eval_mode
 from explainkit.loading.handle import ModelHandle
 
-__all__ = ["AUGMENTATIONS", "GRADIENT_METHODS", "INPUT_LAYER", "VOLUME_KINDS", "CamResult", "cam", "cams", "compute", "plan_methods"]
+__all__ = [
+    "AUGMENTATIONS", "GRADIENT_METHODS", "INPUT_LAYER", "VOLUME_KINDS", "CamResult", "cam", "cams", "compute",
+    "plan_methods",
+]
 
 #: The methods :func:`cams` computes by default: every built-in method one forward + one backward pass gives
 #: (the registered ``gradient`` methods, then the ``activation`` ones).

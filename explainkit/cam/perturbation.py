@@ -77,7 +77,8 @@ def scorecam(layer: LayerData, run: CamRun, *, variant: str = "paper", score: st
         if paper:
             flat = maps.flatten(1)
             constant = (flat.max(dim=1).values == flat.min(dim=1).values)
-            masks = torch.where(constant.view(-1, *[1] * (masks.dim() - 1)), torch.zeros_like(masks), torch.nan_to_num(masks))
+            flat_const = constant.view(-1, *[1] * (masks.dim() - 1))
+            masks = torch.where(flat_const, torch.zeros_like(masks), torch.nan_to_num(masks))
         s = run.scores(x[rows.to(x.device)] * masks[:, None], rows, probability=probability)
         if paper:
             s = torch.where(constant.cpu(), torch.zeros_like(s), s)
