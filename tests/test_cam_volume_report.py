@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import os
 
+import jsonschema
 import numpy as np
 import pytest
 import torch
@@ -25,6 +27,7 @@ from explainkit.data import volumes as vd
 from explainkit.data.volumes import VolumeSet, read_volume, read_volume_mask
 from explainkit.datasets.volumes import VolumeWorldSpec, generate_volume_world, lesion_detector, write_volume_world
 from explainkit.errors import DataError
+from explainkit.report import schema_path
 
 SPEC = VolumeWorldSpec(n=12)
 
@@ -132,6 +135,9 @@ def test_volume_report_has_slice_views_and_names_failing_methods(world, tmp_path
     views = section["data"]["examples"][0]["views"]
     assert [(v["method"], v["plane"]) for v in views] == [
         (m, p) for m in ("gradcam", "eigencam") for p in ("axial", "coronal", "sagittal")]
+    doc = json.loads((tmp_path / "out" / "report.json").read_text())
+    jsonschema.validate(doc, json.loads(open(schema_path()).read()))
+    assert doc["provenance"]["data"]["n_volumes"] == SPEC.n
     html = (tmp_path / "out" / "report.html").read_text()
     assert html.count('alt="gradcam axial slice of vol_0001.npy"') == 1 and "does not localise" in html
     uri = report.to_dict()["assets"][f"cam_volumes:{views[0]['asset']}"]
