@@ -271,7 +271,8 @@ def generate_world(spec: WorldSpec) -> World:
 def write_world(spec: WorldSpec, root: str | Path) -> Path:
     """Generate a world and write it as a probe folder.
 
-    Layout: ``<class>/img_NNNNN.png``, ``concepts.csv``, ``descriptions.json`` (artifact flagged),
+    Layout: ``<class>/img_NNNNN.png``, ``concepts.csv``, ``descriptions.json`` (artifact flagged; each
+    concept's ``factor`` and the mask ``region`` it covers: ``object``, or ``~object`` for backgrounds),
     ``masks/object/...``, ``masks/<artifact>/...``, ``artifacts/<artifact>.png`` (RGBA template) and
     ``world.json`` (the spec and each image's factors).
 
@@ -318,9 +319,11 @@ def write_world(spec: WorldSpec, root: str | Path) -> Path:
 
 
 def _describe_concept(name: str, spec: WorldSpec) -> dict:
+    """A concept's description: its factor, and the mask region it covers (for Network Dissection)."""
     if name == spec.artifact:
-        return {"name": name, "definition": "a planted stamp (spurious cue)", "artifact": True}
+        return {"name": name, "definition": "a planted stamp (spurious cue)", "artifact": True, "factor": name}
     for factor in ("shape", "colour", "texture", "background"):
         if name in spec.factor_values(factor):
-            return {"name": name, "definition": f"{factor}: {name}", "artifact": False}
+            return {"name": name, "definition": f"{factor}: {name}", "artifact": False, "factor": factor,
+                    "region": "~object" if factor == "background" else "object"}
     raise AssertionError(name)  # pragma: no cover

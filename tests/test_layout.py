@@ -25,7 +25,8 @@ LAYERS: list[set[str]] = [
     {"loading", "data"},
     {"adapters", "report"},
     {"analyzers"},
-    {"cam", "invert", "prototypes"},
+    {"cam", "dissect", "information", "invert", "prototypes", "tcav"},
+    {"reliability"},  # composite family: compares the labels of the invert and dissect families
     {"backends", "models", "config"},
     {"gate"},
     {"run"},
@@ -34,7 +35,7 @@ LAYERS: list[set[str]] = [
     {"cli"},
     {"__main__"},
 ]
-FAMILIES = LAYERS[5]
+FAMILIES = LAYERS[5] | LAYERS[6]
 LEVEL = {unit: i for i, layer in enumerate(LAYERS) for unit in layer}
 _SOURCES = {"explainkit": ROOT / "explainkit", "cli": ROOT / "cli", "datasets": ROOT / "datasets"}
 

@@ -311,7 +311,7 @@ class _AttributionAnalyzer(Analyzer):
             masks = []
             for i in batch.indices:
                 raw = ctx.data.mask(int(i), mask_name)
-                masks.append(None if raw is None else render.mask_to_input(raw, prep))
+                masks.append(None if raw is None else prep.resize_mask(raw))
             for m, maps in res.maps.items():
                 out[m][mask_name] = metrics.pointing_game(maps, masks, tolerance=self.pointing_tolerance)
         return out
