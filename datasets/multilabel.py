@@ -72,7 +72,7 @@ def generate_multilabel_world(spec: MultiLabelWorldSpec) -> tuple[np.ndarray, np
     """
     spec.check()
     s, cell = spec.size, spec.size // _GRID
-    side = max(2, int(round(cell * 0.75)))
+    side = max(2, round(cell * 0.75))
     images = np.empty((spec.n, 3, s, s), np.float32)
     labels = np.zeros((spec.n, len(LABELS)), np.int64)
     masks: dict[str, list] = {name: [None] * spec.n for name in LABELS}
