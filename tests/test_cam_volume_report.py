@@ -26,7 +26,7 @@ from explainkit.cam.volumes import explain_volumes
 from explainkit.data import volumes as vd
 from explainkit.data.volumes import VolumeSet, read_volume, read_volume_mask
 from explainkit.datasets.volumes import VolumeWorldSpec, generate_volume_world, lesion_detector, write_volume_world
-from explainkit.errors import DataError
+from explainkit.errors import ConfigError, DataError
 from explainkit.report import schema_path
 
 SPEC = VolumeWorldSpec(n=12)
@@ -143,3 +143,23 @@ def test_volume_report_has_slice_views_and_names_failing_methods(world, tmp_path
     uri = report.to_dict()["assets"][f"cam_volumes:{views[0]['asset']}"]
     img = Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1])))
     assert img.size == (128, 128)
+
+
+def test_volume_report_splits_per_volume_targets_and_refuses_bad_ones(world, tmp_path):
+    data = VolumeSet.from_folder(world)
+    per_volume = [1] * len(data)
+    one = explain_volumes(lesion_detector(SPEC), data, methods=["gradcam"], layer="1", targets=per_volume,
+                          examples=0, batch_size=5, n_resamples=100)
+    same = explain_volumes(lesion_detector(SPEC), data, methods=["gradcam"], layer="1", targets=1,
+                           examples=0, batch_size=12, n_resamples=100)
+    assert one.section("cam_volumes")["data"]["localisation"] == same.section("cam_volumes")["data"]["localisation"]
+    with pytest.raises(ConfigError, match="3 targets for 12 volumes"):
+        explain_volumes(lesion_detector(SPEC), data, methods=["gradcam"], layer="1", targets=[1, 1, 1])
+    with pytest.raises(ConfigError, match="do not run on volumes"):
+        explain_volumes(lesion_detector(SPEC), data, methods=["saliency"])
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    np.save(mixed / "a.npy", np.zeros((4, 4, 4), np.float32))
+    np.save(mixed / "b.npy", np.zeros((4, 4, 6), np.float32))
+    with pytest.raises(DataError, match="different shapes"):
+        explain_volumes(lesion_detector(SPEC), mixed, methods=["gradcam"], layer="1", batch_size=1)

@@ -26,7 +26,7 @@ from explainkit.cam.localisation import localisation_table
 from explainkit.cam.methods import get_method, list_methods
 from explainkit.cam.render import slice_views
 from explainkit.data.volumes import VolumeSet
-from explainkit.errors import ConfigError
+from explainkit.errors import ConfigError, DataError
 from explainkit.loading.handle import ModelHandle
 from explainkit.report.build import build_report
 from explainkit.report.report import Report
@@ -65,7 +65,8 @@ def explain_volumes(
     methods : sequence of str
         Volume methods (gradient, activation and perturbation kinds).
     layer, targets
-        As :func:`explainkit.cam.compute` (``None``: the last spatial layer; the predicted class).
+        As :func:`explainkit.cam.compute` (``None``: the last spatial layer; the predicted class); a
+        sequence of one target per volume (in id order) is split across the batches.
     examples : int
         Volumes shown as slice views (the first ones in id order, preferring volumes with masks).
     tolerance : float, optional
@@ -101,10 +102,16 @@ def explain_volumes(
     maps: dict[str, list[torch.Tensor]] = {n: [] for n in names}
     classes: list[torch.Tensor] = []
     layers: list[str] = []
+    shape: tuple[int, ...] | None = None
     for lo in range(0, len(data), batch_size):
         idx = list(range(lo, min(len(data), lo + batch_size)))
-        res = compute(handle, torch.from_numpy(data.stack(idx)), methods=names, layer=layer,
-                      targets=_rows(targets, idx), batch_size=batch_size, seed=seed)
+        batch = data.stack(idx)
+        if shape is not None and batch.shape[1:] != shape:
+            raise DataError(f"volumes of different shapes: {data.ids[idx[0]]} is {batch.shape[1:]}, "
+                            f"{data.ids[0]} is {shape}")
+        shape = batch.shape[1:]
+        res = compute(handle, torch.from_numpy(batch), methods=names, layer=layer,
+                      targets=_rows(targets, idx, len(data)), batch_size=batch_size, seed=seed)
         layers = res.layers
         for n in names:
             maps[n].append(res.maps[n].cpu())
@@ -125,11 +132,16 @@ def explain_volumes(
     return report
 
 
-def _rows(targets: Any, idx: list[int]) -> Any:
-    """The targets of one chunk: per-volume lists and tensors are sliced, anything else passes through."""
-    if isinstance(targets, list | tuple | np.ndarray | torch.Tensor) and len(targets) > 1:
+def _rows(targets: Any, idx: list[int], total: int) -> Any:
+    """The targets of one chunk: one-per-volume sequences are sliced, anything else passes through."""
+    if not isinstance(targets, list | tuple | np.ndarray | torch.Tensor) or (
+            isinstance(targets, np.ndarray | torch.Tensor) and targets.ndim == 0):
+        return targets
+    if len(targets) == total:
         return [targets[i] for i in idx]
-    return targets
+    if len(targets) == 1:
+        return targets
+    raise ConfigError(f"got {len(targets)} targets for {total} volumes; give one, or one per volume")
 
 
 def _section(data: VolumeSet, maps: dict[str, torch.Tensor], masks: dict[str, list[np.ndarray | None]],
