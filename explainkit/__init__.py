@@ -43,7 +43,7 @@ from explainkit.loading import ModelHandle, Preprocessing, load_model, wrap
 from explainkit.loading.save import save_model
 from explainkit.prototypes.perturb import perturb
 from explainkit.report import Report
-from explainkit.run import analyze
+from explainkit.run import analyze, discover
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 
@@ -73,6 +73,7 @@ __all__ = [
     "cam",
     "cams",
     "check",
+    "discover",
     "get_analyzer",
     "label_neurons",
     "list_analyzers",

@@ -56,7 +56,7 @@ def test_a_new_plugin_appears_when_regenerated(tmp_path, monkeypatch):
     assert docs.stale_blocks(tmp_path) == {}
     text = (tmp_path / "docs" / "check.md").read_text()
     assert ("| `opacity` | a finite number >= 0 and <= 1 | `0.5` | opacity of the \\| pasted &lt;mark> |" in text)
-    assert "'slice_gap', 'watermark_probe'" in text  # the kind key's choices come from the registry
+    assert "'transform', 'watermark_probe'" in text  # the kind key's choices come from the registry
 
 
 def test_markers_must_match_the_blocks(tmp_path, capsys):

@@ -22,7 +22,7 @@ batches and merge states reproduces the serial result.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -30,6 +30,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 from PIL import Image
+from torch import nn
 
 from explainkit.cache import ActivationCache
 from explainkit.data.probe import ProbeSet
@@ -66,6 +67,10 @@ class Batch:
         The model output for ``inputs`` (no gradients), as the model returns it.
     logits : torch.Tensor
         (B, K) logits selected from ``output``.
+    captured : dict of str to dict of str to torch.Tensor
+        Analyzer name → layer → the layer's output during that same forward pass, detached and
+        passed through the transform the analyzer gave in :meth:`Analyzer.captures` (empty for
+        analyzers that capture nothing).
     """
 
     indices: np.ndarray
@@ -76,6 +81,7 @@ class Batch:
     concepts: np.ndarray | None
     output: Any
     logits: torch.Tensor
+    captured: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -284,6 +290,19 @@ class Analyzer:
 
         Deterministic: every worker of a distributed run prepares the same. The default fits nothing.
         """
+
+    def captures(self, ctx: RunContext) -> dict[str, tuple[nn.Module, Callable[[torch.Tensor], torch.Tensor]]]:
+        """Layers whose outputs this analyzer reads from the runner's own forward pass (after :meth:`prepare`).
+
+        Returns
+        -------
+        dict
+            Layer name → ``(module, transform)``; the transform reduces the detached output before
+            it is kept (e.g. spatial pooling to (B, D)). The results arrive in
+            ``batch.captured[self.name][layer]``, so the analyzer needs no forward pass of its own.
+            Default: nothing.
+        """
+        return {}
 
     def init_state(self, ctx: RunContext) -> Any:
         """The empty state."""

@@ -24,6 +24,7 @@ __all__ = ["ANALYZERS", "BUILTIN_ANALYZERS", "get_analyzer", "get_analyzer_class
 BUILTIN_ANALYZERS = {
     "captum": "explainkit.cam.analyzer:CaptumAttributions",
     "dissect": "explainkit.dissect.analyzer:NetworkDissection",
+    "discovery": "explainkit.discovery.analyzer:Discovery",
     "gradcam": "explainkit.cam.analyzer:GradCam",
     "information": "explainkit.information.analyzer:FactorAnalysis",
     "invert": "explainkit.invert.analyzer:Invert",

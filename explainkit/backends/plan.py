@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 from tqdm import tqdm
 
 from explainkit._prefetch import prefetch
@@ -19,7 +20,7 @@ from explainkit.analyzers.base import Analyzer, Batch, RunContext
 from explainkit.backends.mapcache import MapCache
 from explainkit.data.probe import ProbeSet
 from explainkit.errors import DataError, ExplainkitError, RuntimeAnalysisError
-from explainkit.hooks import eval_mode
+from explainkit.hooks import capture_layers, eval_mode
 from explainkit.loading.handle import ModelHandle
 
 _log = logging.getLogger(__name__)
@@ -101,14 +102,30 @@ def label_map(handle: ModelHandle, data: ProbeSet) -> tuple[np.ndarray | None, s
     return np.array([handle.class_names.index(c) for c in data.class_names]), "by class name"
 
 
-def _forward(handle: ModelHandle, inputs: torch.Tensor) -> Any:
+#: Analyzer name → layer → ``(module, transform)`` (see :meth:`Analyzer.captures`).
+Captures = dict[str, dict[str, tuple[nn.Module, Callable[[torch.Tensor], torch.Tensor]]]]
+
+
+def _forward(handle: ModelHandle, inputs: torch.Tensor, captures: Captures | None = None
+             ) -> tuple[Any, dict[str, dict[str, torch.Tensor]]]:
+    """The model output, and the captured layer outputs of the same pass (trimmed to the batch)."""
+    flat = {f"{a}\x00{layer}": spec for a, layers in (captures or {}).items() for layer, spec in layers.items()}
     try:
         with torch.no_grad():
-            return handle.forward(inputs)
+            if not flat:
+                return handle.forward(inputs), {}
+            with capture_layers(handle.module, {k: m for k, (m, _) in flat.items()}, detach=True,
+                                transform={k: f for k, (_, f) in flat.items()}) as cap:
+                output = handle.forward(inputs)
     except ExplainkitError:
         raise
     except Exception as exc:
         raise RuntimeAnalysisError(f"the model failed on a batch of {len(inputs)} images: {exc}") from exc
+    captured: dict[str, dict[str, torch.Tensor]] = {}
+    for k in flat:
+        a, layer = k.split("\x00", 1)
+        captured.setdefault(a, {})[layer] = cap[k][: inputs.shape[0]]
+    return output, captured
 
 
 def validate_output(handle: ModelHandle, probe: ProbeSet, device: torch.device) -> None:
@@ -130,7 +147,7 @@ def validate_output(handle: ModelHandle, probe: ProbeSet, device: torch.device) 
     inputs = handle.preprocess([probe.load_image(int(i)) for i in indices]).to(device)
     handle.to(device)
     with eval_mode(handle.module):
-        output = _forward(handle, inputs)
+        output, _ = _forward(handle, inputs)
     if handle.class_names:
         check_logits(output, len(indices), len(handle.class_names))
     elif probe.class_names:
@@ -140,9 +157,12 @@ def validate_output(handle: ModelHandle, probe: ProbeSet, device: torch.device) 
 
 
 def make_batch(handle: ModelHandle, probe: ProbeSet, indices: np.ndarray, images: list,
-               inputs: torch.Tensor, label_map: np.ndarray | None) -> Batch:
-    """Run the plain forward pass for a batch and package what analyzers see."""
-    output = _forward(handle, inputs)
+               inputs: torch.Tensor, label_map: np.ndarray | None, captures: Captures | None = None) -> Batch:
+    """Run the plain forward pass for a batch and package what analyzers see.
+
+    Layers named in ``captures`` are recorded during this same pass (``Batch.captured``).
+    """
+    output, captured = _forward(handle, inputs, captures)
     logits = check_logits(output, len(images))
     if not torch.isfinite(logits).all():
         bad = [probe.ids[int(indices[i])] for i in torch.nonzero(~torch.isfinite(logits).all(1)).flatten()[:3]]
@@ -154,7 +174,7 @@ def make_batch(handle: ModelHandle, probe: ProbeSet, indices: np.ndarray, images
         indices=indices, ids=[probe.ids[int(i)] for i in indices], inputs=inputs, images=images,
         labels=torch.as_tensor(labels, dtype=torch.long),
         concepts=None if probe.concepts is None else probe.concepts[indices],
-        output=output, logits=logits,
+        output=output, logits=logits, captured=captured,
     )
 
 
@@ -196,6 +216,7 @@ def map_shard(plan: RunPlan, ctx: RunContext, indices: Sequence[int], *, desc: s
         else:
             todo.append((chunk, ids, hits))
     prep = handle.require_preprocessing()
+    captures = {a.name: c for a in plan.analyzers if (c := a.captures(ctx))}
     loaded = prefetch((chunk, ids, hits, images, prep(images)) for chunk, ids, hits in todo
                       for _, images in probe.iter_batches(ctx.batch_size, chunk))
     handle.to(ctx.device)
@@ -204,7 +225,7 @@ def map_shard(plan: RunPlan, ctx: RunContext, indices: Sequence[int], *, desc: s
                 loaded, total=len(todo), file=sys.stderr, desc=desc, unit="batch", leave=False,
                 disable=None if plan.progress is None else not plan.progress):
             t = time.perf_counter()
-            batch = make_batch(handle, probe, chunk, images, inputs.to(ctx.device), plan.label_map)
+            batch = make_batch(handle, probe, chunk, images, inputs.to(ctx.device), plan.label_map, captures)
             timings["forward"] += time.perf_counter() - t
             for a in plan.analyzers:
                 t = time.perf_counter()

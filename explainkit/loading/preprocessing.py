@@ -120,6 +120,12 @@ class Preprocessing:
         std = torch.tensor(self.std, dtype=unit.dtype, device=unit.device).view(1, 3, 1, 1)
         return (unit - mean) / std
 
+    def denormalize(self, x: torch.Tensor) -> torch.Tensor:
+        """Inverse of :meth:`normalize`: (B, 3, H, W) model input back to [0, 1] RGB."""
+        mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+        return x * std + mean
+
     def __call__(self, images: Sequence[Image.Image]) -> torch.Tensor:
         """Resize, scale and normalise: (B, 3, H, W) float32 model input."""
         return self.normalize(self.to_unit_tensor(images))
