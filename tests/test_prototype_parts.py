@@ -1,0 +1,103 @@
+"""EvalProtoPNet part consistency / stability: hand-computed cases and planted part-aligned models."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from explainkit.datasets.synthetic import PARTS, WorldSpec, generate_world, part_masks, write_world
+from explainkit.prototypes.adapters import ChannelPrototypes
+from explainkit.prototypes.parts import evaluate_parts, part_hits, part_keypoints, part_scores, region_boxes
+
+
+def test_part_masks_split_the_object_into_named_quadrants(tmp_path):
+    obj = np.zeros((8, 8), bool)
+    obj[2:6, 1:7] = True  # bbox centre (4, 4)
+    masks = part_masks(obj)
+    assert masks.shape == (4, 8, 8)
+    assert np.array_equal(masks.sum(axis=0), obj) and masks.sum() == obj.sum()
+    assert masks[PARTS.index("upper_left")][2:4, 1:4].all() and masks[PARTS.index("upper_left")].sum() == 6
+    assert masks[PARTS.index("lower_right")][4:6, 4:7].all()
+    root = write_world(WorldSpec(n_images=6, size=32, parts=True), tmp_path / "w")
+    assert sorted(p.name for p in (root / "masks").iterdir()) == sorted(["object", *PARTS])
+    assert len(list((root / "masks" / "upper_left").rglob("*.png"))) == 6
+
+
+def test_keypoints_boxes_and_hits_by_hand():
+    masks = np.zeros((1, 2, 10, 10), bool)
+    masks[0, 0, 0:2, 0:2] = True  # centroid (0.5, 0.5)
+    kp, vis = part_keypoints(masks)
+    assert np.allclose(kp[0, 0], [0.5, 0.5]) and vis.tolist() == [[True, False]]
+    maps = np.zeros((1, 1, 10, 10), np.float32)
+    maps[0, 0, 7, 3] = 1.0  # identity "upsampling" (same size): peak at (7, 3)
+    box = region_boxes(maps, (10, 10), half_size=2)
+    assert box[0, 0].tolist() == [5, 9, 1, 5]
+    keypoints = np.array([[[6.0, 2.0], [4.9, 3.0], [8.9, 4.9]]])
+    hits = part_hits(box, keypoints, np.array([[True, True, False]]))
+    assert hits[0, 0].tolist() == [True, False, False]  # third part is inside but not visible
+
+
+def test_part_scores_hand_computed():
+    # 5 images, 2 prototypes of classes 0 and 1, 2 parts; images 0-2 are class 0, 3-4 class 1.
+    hits = np.zeros((5, 2, 2), bool)
+    hits[[0, 1, 2], 0, 0] = True            # prototype 0: part 0 on 3/3 own images -> consistent
+    hits[3, 1, 0] = hits[4, 1, 1] = True    # prototype 1: each part 1/2 -> not consistent
+    visible = np.ones((5, 2), bool)
+    own = np.array([[1, 0], [1, 0], [1, 0], [0, 1], [0, 1]], bool)
+    noisy = hits.copy()
+    noisy[0, 0, 0] = False                  # prototype 0 changes on 1 of 3 images
+    s = part_scores(hits, visible, own, noisy, n_resamples=200)
+    assert np.allclose(s.frequency, [[1, 0], [0.5, 0.5]])
+    assert s.consistent.tolist() == [True, False] and s.consistency == 0.5
+    assert np.allclose(s.prototype_stability, [2 / 3, 1.0]) and np.isclose(s.stability, 5 / 6)
+    assert s.consistency_ci[0] < 0.5 < s.consistency_ci[1]
+    assert s.stability_ci[0] <= 5 / 6 <= s.stability_ci[1]
+    visible[0, 0] = False                   # an invisible part leaves the denominator
+    assert np.isclose(part_scores(hits & visible[:, None, :], visible, own).frequency[0, 0], 1.0)
+
+
+class _PartDetector(nn.Module):
+    """Input = part masks (N, K, H, W); channel k is a smooth detector of part k (so it fires on it)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.blur = nn.AvgPool2d(9, stride=1, padding=4, count_include_pad=False)
+        self.pool = nn.AvgPool2d(4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pool(self.blur(x))
+
+
+@pytest.fixture(scope="module")
+def world_parts():
+    world = generate_world(WorldSpec(n_images=60, size=64, seed=3))
+    return torch.from_numpy(world.part_masks.astype(np.float32)), world.labels, world.part_masks
+
+
+def _scores(x, labels, masks, **kw):
+    model = _PartDetector().eval()
+    adapter = ChannelPrototypes("pool", channels=range(4))  # 4-channel input: bind() dry-runs RGB
+    return evaluate_parts(adapter, model, x, labels, masks, n_resamples=200, **kw)
+
+
+def test_part_aligned_channels_score_one(world_parts):
+    x, labels, masks = world_parts
+    s = _scores(x, labels, masks)
+    assert s.consistent.all() and s.consistency == 1.0
+    assert s.best_part.tolist() == [0, 1, 2, 3]
+    assert s.stability > 0.9 and s.consistency_ci[1] == 1.0
+    report = s.to_json(PARTS)
+    assert report["prototypes"][2]["part"] == "lower_left" and report["consistency"]["n"] == 4
+
+
+def test_shuffled_prototypes_score_near_chance(world_parts):
+    x, labels, masks = world_parts
+    g = torch.Generator().manual_seed(0)
+    perm = torch.stack([torch.randperm(4, generator=g) for _ in range(x.shape[0])])
+    shuffled = torch.gather(x, 1, perm[:, :, None, None].expand_as(x))  # each image: channels fire on random parts
+    s = _scores(shuffled, labels, masks, sigma=0.0)
+    assert s.consistency == 0.0 and np.isnan(s.stability)
+    # chance level: the best part's frequency is what random part assignment gives, far below 0.8
+    assert s.frequency.max() < 0.7
