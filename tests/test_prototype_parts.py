@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from explainkit.datasets.synthetic import PARTS, WorldSpec, generate_world, part_masks, write_world
+from explainkit.loading.loaders import wrap
 from explainkit.prototypes.adapters import ChannelPrototypes
 from explainkit.prototypes.parts import evaluate_parts, part_hits, part_keypoints, part_scores, region_boxes
 
@@ -101,3 +102,50 @@ def test_shuffled_prototypes_score_near_chance(world_parts):
     assert s.consistency == 0.0 and np.isnan(s.stability)
     # chance level: the best part's frequency is what random part assignment gives, far below 0.8
     assert s.frequency.max() < 0.7
+
+
+@pytest.fixture(scope="module")
+def parts_run(tmp_path_factory):
+    """The prototypes analyzer with part scores on a 24-image world written with part masks (light settings)."""
+    import explainkit
+    from explainkit.models import TinyCNN
+
+    root = write_world(WorldSpec(n_images=24, size=64, parts=True, seed=5), tmp_path_factory.mktemp("pw") / "w")
+    torch.manual_seed(0)
+    model = TinyCNN(num_classes=3).eval()
+    params = {"parts": list(PARTS), "part_noise": 0.0, "characteristics": ["hue"], "calibration": "none",
+              "controls": False, "n_resamples": 50, "local_images": 0, "max_shown": 0}
+    out = tmp_path_factory.mktemp("parts_out")
+    report = explainkit.analyze(model, root, [("prototypes", params)], out=out, seed=0)
+    return report, out, root, model
+
+
+def test_analyzer_part_scores_match_the_library(parts_run, validated_section):
+    from explainkit.data.probe import ProbeSet
+
+    _, out, root, model = parts_run
+    section = validated_section(out, "prototypes")
+    parts = section["data"]["parts"]
+    assert section["summary"]["part_consistency"] == parts["consistency"]
+    assert parts["stability"]["value"] is None  # part_noise=0 skips stability
+    probe = ProbeSet.from_folder(root)
+    handle = wrap(model)
+    x = handle.preprocess([probe.load_image(i) for i in range(len(probe))])
+    masks = np.stack([[probe.mask(i, p) for p in PARTS] for i in range(len(probe))])
+    adapter = ChannelPrototypes(section["data"]["adapter"]["layer"]).bind(handle, (64, 64))
+    direct = evaluate_parts(adapter, handle, x, probe.labels, masks, sigma=0.0)
+    assert parts["consistency"]["value"] == pytest.approx(direct.consistency)
+    assert [r["part"] for r in parts["prototypes"]] == [PARTS[k] for k in direct.best_part]
+    assert [r["frequency"] for r in parts["prototypes"]] == pytest.approx(
+        direct.frequency[np.arange(len(direct.best_part)), direct.best_part], abs=1e-6)
+    html = (out / "report.html").read_text()
+    assert "Part consistency and stability" in html and "ek-protos-parts" in html
+
+
+def test_analyzer_refuses_unknown_part_masks(parts_run):
+    import explainkit
+    from explainkit.errors import ConfigError
+
+    _, _, root, model = parts_run
+    with pytest.raises(ConfigError, match="no mask folder"):
+        explainkit.analyze(model, root, [("prototypes", {"parts": ["wing"]})], seed=0)

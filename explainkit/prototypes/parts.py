@@ -28,10 +28,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from explainkit.analyzers.metric import metric
 from explainkit.prototypes.adapters import PrototypeAdapter
 from explainkit.stats import bootstrap_distribution, wilson_interval
 
-__all__ = ["PartScores", "evaluate_parts", "part_hits", "part_keypoints", "part_scores", "region_boxes"]
+__all__ = ["PartRows", "PartScores", "clipped_noise", "evaluate_parts", "part_hits", "part_keypoints", "part_scores",
+           "prototype_part_hits", "region_boxes"]
 
 #: The reference's region half-size (px) and input side (px).
 REFERENCE_HALF_SIZE, REFERENCE_INPUT = 36, 224
@@ -103,6 +105,46 @@ def part_hits(boxes: np.ndarray, keypoints: np.ndarray, visible: np.ndarray) -> 
 
 
 @dataclass
+class PartRows:
+    """Per-image part hits accumulated over batches (mergeable).
+
+    Attributes
+    ----------
+    indices, labels : ndarray
+        (N,) probe indices and model class indices (-1: unknown).
+    visible : ndarray
+        (N, K) visible parts.
+    hits, noisy : ndarray
+        (N, P, K) part hits on clean inputs and on noisy inputs (``noisy`` is ``None`` without noise).
+    """
+
+    indices: np.ndarray
+    labels: np.ndarray
+    visible: np.ndarray
+    hits: np.ndarray
+    noisy: np.ndarray | None
+
+    @classmethod
+    def empty(cls, n_parts: int, n_prototypes: int) -> PartRows:
+        """No rows."""
+        return cls(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, n_parts), bool),
+                   np.zeros((0, n_prototypes, n_parts), bool), None)
+
+    def merge(self, other: PartRows) -> PartRows:
+        """Rows of both, in probe order."""
+        if not len(other.indices):
+            return self
+        if not len(self.indices):
+            return other
+        order = np.argsort(np.concatenate([self.indices, other.indices]), kind="stable")
+        noisy = None if self.noisy is None or other.noisy is None else np.concatenate([self.noisy, other.noisy])[order]
+        return PartRows(np.concatenate([self.indices, other.indices])[order],
+                        np.concatenate([self.labels, other.labels])[order],
+                        np.concatenate([self.visible, other.visible])[order],
+                        np.concatenate([self.hits, other.hits])[order], noisy)
+
+
+@dataclass
 class PartScores:
     """EvalProtoPNet scores of one model (fractions in [0, 1], higher = more interpretable).
 
@@ -135,19 +177,19 @@ class PartScores:
     n_images: np.ndarray
     params: dict = field(default_factory=dict)
 
-    def to_json(self, parts: Sequence[str]) -> dict:
-        """JSON-ready summary; ``parts`` names the K parts."""
+    def to_json(self, parts: Sequence[str], ids: Sequence[int] | None = None) -> dict:
+        """JSON-ready summary; ``parts`` names the K parts, ``ids`` the P prototypes (default 0..P-1)."""
         def num(v: float) -> float | None:
             return None if not np.isfinite(v) else round(float(v), 6)
         return {
-            "consistency": {"value": num(self.consistency), "ci": [num(c) for c in self.consistency_ci],
-                            "n": int(self.consistent.size), "unit": "fraction of prototypes",
-                            "interval": "Wilson 95% over prototypes", "direction": "higher is better"},
-            "stability": {"value": num(self.stability), "ci": [num(c) for c in self.stability_ci],
-                          "n": int(self.n_images.max(initial=0)), "unit": "mean fraction of images",
-                          "interval": "percentile bootstrap 95% over images", "direction": "higher is better"},
+            "consistency": metric(self.consistency, self.consistency_ci, n=int(self.consistent.size),
+                                  unit="fraction of prototypes", higher_is_better=True,
+                                  interval="Wilson 95% over prototypes"),
+            "stability": metric(self.stability, self.stability_ci, n=int(self.n_images.max(initial=0)),
+                                unit="mean fraction of own-class images", higher_is_better=True,
+                                interval="percentile bootstrap 95% over images"),
             "params": self.params,
-            "prototypes": [{"prototype": p, "part": parts[int(self.best_part[p])],
+            "prototypes": [{"prototype": int(ids[p]) if ids is not None else p, "part": parts[int(self.best_part[p])],
                             "frequency": num(self.frequency[p, self.best_part[p]]),
                             "consistent": bool(self.consistent[p]), "stability": num(self.prototype_stability[p]),
                             "n_images": int(self.n_images[p])} for p in range(self.consistent.size)],
@@ -208,6 +250,24 @@ def part_scores(hits: np.ndarray, visible: np.ndarray, own: np.ndarray, noisy_hi
                       consistent, stable, n_images, {"threshold": threshold})
 
 
+def clipped_noise(shape: Sequence[int], sigma: float, clip: float, generator: torch.Generator) -> torch.Tensor:
+    """The reference's input noise: ``N(0, sigma²)`` clipped to ``[-clip, clip]``, of ``shape`` (CPU)."""
+    return (torch.randn(tuple(shape), generator=generator) * sigma).clamp(-clip, clip)
+
+
+def prototype_part_hits(adapter: PrototypeAdapter, model: nn.Module, x: torch.Tensor, keypoints: np.ndarray,
+                        visible: np.ndarray, *, prototypes: Sequence[int] | None = None,
+                        half_size: float | None = None) -> np.ndarray:
+    """(B, P, K) part hits of one batch: maps → regions (:func:`region_boxes`) → :func:`part_hits`.
+
+    ``x`` is (B, 3, H, W) model inputs; ``keypoints`` (B, K, 2) and ``visible`` (B, K) come from
+    :func:`part_keypoints` at the input size; ``prototypes`` selects prototypes (default all).
+    """
+    with torch.no_grad():
+        maps = adapter.similarity_maps(model, x, prototypes).float().cpu().numpy()
+    return part_hits(region_boxes(maps, tuple(x.shape[-2:]), half_size), keypoints, visible)
+
+
 def evaluate_parts(adapter: PrototypeAdapter, model: nn.Module, x: torch.Tensor, labels: Sequence[int],
                    part_masks: np.ndarray, *, half_size: float | None = None, threshold: float = 0.8,
                    sigma: float = 0.2, clip: float = 0.25, batch_size: int = 64, n_resamples: int = 2000,
@@ -243,7 +303,6 @@ def evaluate_parts(adapter: PrototypeAdapter, model: nn.Module, x: torch.Tensor,
     """
     labels = np.asarray(labels, np.int64)
     keypoints, visible = part_keypoints(part_masks)
-    size = tuple(x.shape[-2:])
     gen = torch.Generator().manual_seed(seed)
 
     def hits(noise: bool) -> np.ndarray:
@@ -251,11 +310,9 @@ def evaluate_parts(adapter: PrototypeAdapter, model: nn.Module, x: torch.Tensor,
         for start in range(0, x.shape[0], batch_size):
             xb = x[start : start + batch_size]
             if noise:
-                xb = xb + (torch.randn(xb.shape, generator=gen) * sigma).clamp(-clip, clip).to(xb)
-            with torch.no_grad():
-                maps = adapter.similarity_maps(model, xb).float().cpu().numpy()
-            out.append(part_hits(region_boxes(maps, size, half_size), keypoints[start : start + batch_size],
-                                 visible[start : start + batch_size]))
+                xb = xb + clipped_noise(xb.shape, sigma, clip, gen).to(xb)
+            out.append(prototype_part_hits(adapter, model, xb, keypoints[start : start + batch_size],
+                                           visible[start : start + batch_size], half_size=half_size))
         return np.concatenate(out)
 
     clean = hits(False)
