@@ -149,3 +149,17 @@ def test_analyzer_refuses_unknown_part_masks(parts_run):
     _, _, root, model = parts_run
     with pytest.raises(ConfigError, match="no mask folder"):
         explainkit.analyze(model, root, [("prototypes", {"parts": ["wing"]})], seed=0)
+
+
+def test_analyzer_stability_is_seeded_per_image(parts_run):
+    """With noise on, the part block does not depend on the batch size (per-image seeded noise)."""
+    import explainkit
+
+    _, _, root, model = parts_run
+    params = {"parts": list(PARTS), "characteristics": ["hue"], "calibration": "none", "controls": False,
+              "n_resamples": 50, "local_images": 0, "max_shown": 0}
+    a, b = (explainkit.analyze(model, root, [("prototypes", params)], seed=1, batch_size=bs).section("prototypes")
+            for bs in (7, 24))
+    assert a["data"]["parts"] == b["data"]["parts"]
+    st = a["data"]["parts"]["stability"]
+    assert 0 <= st["ci_low"] <= st["value"] <= st["ci_high"] <= 1 and st["n"] == 24  # channels: every image
