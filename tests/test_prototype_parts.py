@@ -55,6 +55,9 @@ def test_part_scores_hand_computed():
     assert np.allclose(s.prototype_stability, [2 / 3, 1.0]) and np.isclose(s.stability, 5 / 6)
     assert s.consistency_ci[0] < 0.5 < s.consistency_ci[1]
     assert s.stability_ci[0] <= 5 / 6 <= s.stability_ci[1]
+    none = part_scores(np.concatenate([hits, hits[:, :1]], axis=1), visible,
+                       np.concatenate([own, np.zeros((5, 1), bool)], axis=1))  # a prototype with no own image
+    assert none.consistency == 0.5 and none.to_json(["a", "b"])["consistency"]["n"] == 2
     visible[0, 0] = False                   # an invisible part leaves the denominator
     assert np.isclose(part_scores(hits & visible[:, None, :], visible, own).frequency[0, 0], 1.0)
 

@@ -151,7 +151,7 @@ class PartScores:
     Attributes
     ----------
     consistency, consistency_ci : float, tuple of float
-        Share of consistent prototypes; 95 % Wilson interval over prototypes.
+        Share of consistent prototypes among those with an own-class image; 95 % Wilson interval over them.
     stability, stability_ci : float, tuple of float
         Mean prototype stability; 95 % percentile bootstrap interval over images (``nan`` without noise).
     frequency : ndarray
@@ -182,7 +182,7 @@ class PartScores:
         def num(v: float) -> float | None:
             return None if not np.isfinite(v) else round(float(v), 6)
         return {
-            "consistency": metric(self.consistency, self.consistency_ci, n=int(self.consistent.size),
+            "consistency": metric(self.consistency, self.consistency_ci, n=int((self.n_images > 0).sum()),
                                   unit="fraction of prototypes", higher_is_better=True,
                                   interval="Wilson 95% over prototypes"),
             "stability": metric(self.stability, self.stability_ci, n=int(self.n_images.max(initial=0)),
@@ -245,8 +245,9 @@ def part_scores(hits: np.ndarray, visible: np.ndarray, own: np.ndarray, noisy_hi
         reps = reps[np.isfinite(reps)]
         if reps.size:
             ci = tuple(float(q) for q in np.quantile(reps, [0.025, 0.975]))
-    return PartScores(float(consistent.mean()) if n_proto else float("nan"),
-                      wilson_interval(int(consistent.sum()), n_proto), stability, ci, frequency, best,
+    rated = n_images > 0  # prototypes without an own-class image (e.g. unlabelled data) are left out
+    return PartScores(float(consistent[rated].mean()) if rated.any() else float("nan"),
+                      wilson_interval(int(consistent[rated].sum()), int(rated.sum())), stability, ci, frequency, best,
                       consistent, stable, n_images, {"threshold": threshold})
 
 
