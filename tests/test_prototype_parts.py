@@ -42,9 +42,11 @@ def test_keypoints_boxes_and_hits_by_hand():
     maps[0, 0, 7, 3] = 1.0  # identity "upsampling" (same size): peak at (7, 3)
     box = region_boxes(maps, (10, 10), half_size=2)
     assert box[0, 0].tolist() == [5, 9, 1, 5]
-    keypoints = np.array([[[6.0, 2.0], [4.9, 3.0], [8.9, 4.9]]])
-    hits = part_hits(box, keypoints, np.array([[True, True, False]]))
-    assert hits[0, 0].tolist() == [True, False, False]  # third part is inside but not visible
+    assert region_boxes(maps, (10, 10), half_size=3.5)[0, 0].tolist() == [3.5, 10, 0, 6.5]  # clipped, not rounded
+    keypoints = np.array([[[6.0, 2.0], [4.9, 3.0], [8.9, 4.9], [9.0, 5.0], [9.0, 5.1]]])
+    hits = part_hits(box, keypoints, np.array([[True, True, False, True, True]]))
+    # closed box [5, 9] × [1, 5] (the reference's in_bbox); the third part is inside but not visible
+    assert hits[0, 0].tolist() == [True, False, False, True, False]
 
 
 def test_part_scores_hand_computed():

@@ -79,20 +79,21 @@ def region_boxes(maps: np.ndarray, input_size: tuple[int, int], half_size: float
     Returns
     -------
     ndarray
-        (N, P, 4) ``(y0, y1, x0, x1)`` half-open boxes clipped to the image.
+        (N, P, 4) float ``(y0, y1, x0, x1)`` closed boxes (both ends included, as the reference's
+        ``in_bbox``), ``[argmax − half_size, argmax + half_size]`` clipped to ``[0, H]`` and ``[0, W]``.
     """
     height, width = (int(s) for s in input_size)
     if half_size is None:
         half_size = REFERENCE_HALF_SIZE * min(height, width) / REFERENCE_INPUT
     maps = np.asarray(maps, np.float32)
     n, p = maps.shape[:2]
-    boxes = np.empty((n, p, 4), np.int64)
+    boxes = np.empty((n, p, 4), np.float64)
     for i in range(n):
         for j in range(p):
             up = cv2.resize(maps[i, j], (width, height), interpolation=cv2.INTER_CUBIC)
             cy, cx = divmod(int(np.argmax(up)), width)
-            boxes[i, j] = (max(0, round(cy - half_size)), min(height, round(cy + half_size)),
-                           max(0, round(cx - half_size)), min(width, round(cx + half_size)))
+            boxes[i, j] = (max(0, cy - half_size), min(height, cy + half_size),
+                           max(0, cx - half_size), min(width, cx + half_size))
     return boxes
 
 
@@ -100,7 +101,7 @@ def part_hits(boxes: np.ndarray, keypoints: np.ndarray, visible: np.ndarray) -> 
     """(N, P, K) True where visible part ``k``'s keypoint lies in prototype ``p``'s region on image ``n``."""
     y, x = keypoints[:, None, :, 0], keypoints[:, None, :, 1]
     b = boxes[:, :, None, :]
-    inside = (y >= b[..., 0]) & (y < b[..., 1]) & (x >= b[..., 2]) & (x < b[..., 3])
+    inside = (y >= b[..., 0]) & (y <= b[..., 1]) & (x >= b[..., 2]) & (x <= b[..., 3])
     return inside & visible[:, None, :]
 
 
