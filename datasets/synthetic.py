@@ -22,7 +22,7 @@ from PIL import Image, ImageDraw
 from explainkit._io import atomic_write_text
 from explainkit.errors import ConfigError
 
-__all__ = ["World", "WorldSpec", "generate_world", "stamp_template", "write_world"]
+__all__ = ["PARTS", "World", "WorldSpec", "generate_world", "part_masks", "stamp_template", "write_world"]
 
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (215, 45, 45), "green": (45, 170, 60), "blue": (50, 80, 215),
@@ -38,6 +38,8 @@ BACKGROUNDS: dict[str, tuple[int, int, int]] = {
 ARTIFACT_KINDS = ("stamp", "background", "cast")
 #: Colour the background artifact mixes into the background (half and half: a teal tint).
 TINT_COLOUR = (20, 170, 170)
+#: Named object parts: the object mask cut at its bounding box's centre (``parts=True`` writes their masks).
+PARTS = ("upper_left", "upper_right", "lower_left", "lower_right")
 #: Colour the cast artifact mixes into the whole image, and its weight (a warm orange cast).
 CAST_COLOUR, CAST_WEIGHT = (255, 150, 30), 0.3
 
@@ -72,6 +74,8 @@ class WorldSpec:
     artifact_column : bool
         Write the artifact's concept column, masks and template (``False``: the probe folder does
         not name the cue; ``world.json`` still records it).
+    parts : bool
+        Write each object part's mask (:data:`PARTS`) as ``masks/<part>/...`` like the other masks.
     seed : int
         Seed; image ``i`` is drawn from ``default_rng([seed, i])``.
     """
@@ -90,6 +94,7 @@ class WorldSpec:
     artifact_other_rate: float = 0.05
     artifact_kind: str = "stamp"
     artifact_column: bool = True
+    parts: bool = False
     seed: int = 0
 
     def factor_values(self, factor: str) -> tuple[str, ...]:
@@ -131,6 +136,8 @@ class WorldSpec:
         if self.artifact is not None and self.artifact in (*self.shapes, *self.colours, *self.textures,
                                                            *self.backgrounds):
             raise ConfigError(f"artifact name {self.artifact!r} is already a factor value")
+        if self.parts and self.artifact in PARTS:
+            raise ConfigError(f"artifact name {self.artifact!r} is already a part name")
 
 
 @dataclass
@@ -144,6 +151,11 @@ class World:
     object_masks: list[np.ndarray]
     artifact_masks: list[np.ndarray | None]
     factors: list[dict] = field(default_factory=list)
+
+    @property
+    def part_masks(self) -> np.ndarray:
+        """(N, K, H, W) boolean masks of the object parts :data:`PARTS` (see :func:`part_masks`)."""
+        return np.stack([part_masks(m) for m in self.object_masks])
 
     @property
     def ids(self) -> list[str]:
@@ -196,6 +208,30 @@ def _shape_alpha(shape: str, size: int, cx: float, cy: float, r: float) -> np.nd
         draw.rectangle([x - t, y - rr, x + t, y + rr], fill=255)
     small = canvas.resize((size, size), Image.BOX)
     return np.asarray(small, dtype=np.float32) / 255.0
+
+
+def part_masks(object_mask: np.ndarray) -> np.ndarray:
+    """An object's parts: its mask cut into quadrants at the centre of its bounding box.
+
+    Parameters
+    ----------
+    object_mask : ndarray
+        (H, W) boolean object mask.
+
+    Returns
+    -------
+    ndarray
+        (K, H, W) boolean masks, one per name of :data:`PARTS` (all empty for an empty object).
+    """
+    rows, cols = np.flatnonzero(object_mask.any(axis=1)), np.flatnonzero(object_mask.any(axis=0))
+    out = np.zeros((len(PARTS), *object_mask.shape), bool)
+    if rows.size == 0:
+        return out
+    cy, cx = (rows[0] + rows[-1] + 1) / 2, (cols[0] + cols[-1] + 1) / 2
+    yy, xx = np.mgrid[0 : object_mask.shape[0], 0 : object_mask.shape[1]] + 0.5
+    for k, (upper, left) in enumerate(((True, True), (True, False), (False, True), (False, False))):
+        out[k] = object_mask & ((yy < cy) == upper) & ((xx < cx) == left)
+    return out
 
 
 def _texture(kind: str, size: int, rng: np.random.Generator, amplitude: float) -> np.ndarray:
@@ -326,6 +362,7 @@ def write_world(spec: WorldSpec, root: str | Path) -> Path:
         (root / name).mkdir(parents=True, exist_ok=True)
     named = bool(spec.artifact and spec.artifact_column)
     mask_dirs = ["object"] + ([spec.artifact] if named and spec.artifact_kind != "cast" else [])
+    mask_dirs += list(PARTS) if spec.parts else []
     for m in mask_dirs:
         for name in spec.class_names:
             (root / "masks" / m / name).mkdir(parents=True, exist_ok=True)
@@ -334,6 +371,8 @@ def write_world(spec: WorldSpec, root: str | Path) -> Path:
         Image.fromarray(obj.astype(np.uint8) * 255).save(root / "masks" / "object" / sid)
         if art is not None and named:
             Image.fromarray(art.astype(np.uint8) * 255).save(root / "masks" / spec.artifact / sid)
+        for part, mask in zip(PARTS, part_masks(obj) if spec.parts else ()):
+            Image.fromarray(mask.astype(np.uint8) * 255).save(root / "masks" / part / sid)
     header = ["path", *spec.concept_names]
     lines = [",".join(header)]
     lines += [",".join([sid, *("1" if v else "0" for v in row)]) for sid, row in zip(world.ids, world.concepts)]

@@ -26,9 +26,11 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping, Sequence
+from functools import partial
 from typing import Any, ClassVar
 
 import numpy as np
+import torch
 from scipy import stats
 
 from explainkit.adapters import resolve_layer
@@ -56,6 +58,7 @@ from explainkit.prototypes.importance import (
     resolve_weight,
     score_views,
 )
+from explainkit.prototypes.parts import PartRows, clipped_noise, part_keypoints, part_scores, prototype_part_hits
 from explainkit.prototypes.perturb import CHARACTERISTICS, DEFAULT_CHARACTERISTICS, make_perturbations
 from explainkit.prototypes.registry import (
     AdapterKind,
@@ -220,6 +223,15 @@ class Prototypes(Analyzer):
         "controls": Option("bool", help="subtract matched controls (contrast: saturation at the same factor)"),
         "target": Option("choice", choices=TARGETS, help="class whose decision is followed: 'auto' (label, else "
                                                          "predicted) or 'predicted'"),
+        "parts": Option("str", many=True, or_one=True, help="EvalProtoPNet part consistency/stability: the probe "
+                        "set's part mask folders (default: off)"),
+        "part_threshold": Option("float", low=0, high=1, help="part scores: best-part frequency at or above which a "
+                                 "prototype is consistent (reference 0.8)"),
+        "part_noise": Option("float", low=0, help="part scores: stability noise σ in model-input units (reference 0.2 "
+                             "in ImageNet-normalised space; 0 skips stability)"),
+        "part_clip": Option("float", low=0, help="part scores: noise clipped to ±this (reference 0.25)"),
+        "part_half_size": Option("float", low=0, low_open=True, help="part scores: region half-side in input pixels "
+                                 "(default: 36/224 of the input side, the reference's 36 px at 224 px)"),
         "model_options": Option("mapping", help="options of the model-specific adapter kind (e.g. prob_psenn: "
                                                 "samples, seed)"),
     }
@@ -234,6 +246,8 @@ class Prototypes(Analyzer):
                  local_images: int = 3, max_shown: int = 8, grid: Sequence[int] | None = None,
                  prefix_tokens: int | None = None, calibration: str = "reinit", null_models: int = 3,
                  null_init: str = "permute", controls: bool = True, target: str = "auto",
+                 parts: list[str] | None = None, part_threshold: float = 0.8, part_noise: float = 0.2,
+                 part_clip: float = 0.25, part_half_size: float | None = None,
                  model_options: dict[str, Any] | None = None) -> None:
         self.adapter = adapter
         self.layer = layer
@@ -263,6 +277,11 @@ class Prototypes(Analyzer):
         self.null_init = null_init
         self.controls = controls
         self.target = target
+        self.parts = parts
+        self.part_threshold = part_threshold
+        self.part_noise = part_noise
+        self.part_clip = part_clip
+        self.part_half_size = part_half_size
         self.model_options = model_options
 
     # ------------------------------------------------------------------ setup
@@ -284,6 +303,10 @@ class Prototypes(Analyzer):
         if layer is not None:
             resolve_layer(ctx.handle.module, layer)
         self._kind(ctx).resolve_options(self.model_options)
+        missing = sorted(set(self.parts or ()) - set(ctx.data.mask_names()))
+        if missing:
+            raise ConfigError(f"prototypes: parts {missing} have no mask folder (the probe set has "
+                              f"{ctx.data.mask_names() or 'none'})")
 
     def prepare(self, ctx: RunContext) -> None:
         """Fit what ``map`` needs: the adapter, the model's explanation part, prototype ids, perturbations.
@@ -330,6 +353,7 @@ class Prototypes(Analyzer):
             "null": [SplitAccumulator.empty(a.num_prototypes, v, 0, 0) for _, a, _ in self.nulls_],
             "decision": DecisionRows.empty(v, len(self.nulls_)),
             "model": self.explanation_.init_state() if self.explanation_ is not None else None,
+            "parts": PartRows.empty(len(self.parts or ()), len(self.prototype_ids_)),
         }
 
     def _kind(self, ctx: RunContext) -> AdapterKind:
@@ -388,7 +412,32 @@ class Prototypes(Analyzer):
             null_dlogp[:, j] = ns.decision.delta_log_prob
         state["decision"] = DecisionRows(np.asarray(batch.indices, np.int64), decision.target,
                                          decision.delta_log_prob, decision.delta_logit, null_dlogp)
+        if self.parts:
+            state["parts"] = self._part_rows(ctx, batch)
         return state
+
+    def _part_rows(self, ctx: RunContext, batch: Batch) -> PartRows:
+        """Part hits of the batch's images, clean and under the seeded per-image noise (EvalProtoPNet)."""
+        prep = ctx.handle.require_preprocessing()
+        size = tuple(batch.inputs.shape[-2:])
+        masks = np.zeros((len(batch), len(self.parts or ()), *size), bool)
+        for j, i in enumerate(batch.indices):
+            for k, name in enumerate(self.parts or ()):
+                raw = ctx.data.mask(int(i), name)
+                if raw is not None:
+                    masks[j, k] = prep.resize_mask(raw)
+        keypoints, visible = part_keypoints(masks)
+        hits = partial(prototype_part_hits, self.adapter_, ctx.handle, keypoints=keypoints, visible=visible,
+                       prototypes=self.prototype_ids_, half_size=self.part_half_size)
+        clean = hits(batch.inputs)
+        noisy = None
+        if self.part_noise > 0:
+            seeds = [int(ctx.rng(self.name, "part_noise", int(i)).integers(2**31)) for i in batch.indices]
+            noise = torch.stack([clipped_noise(batch.inputs.shape[1:], self.part_noise, self.part_clip,
+                                               torch.Generator().manual_seed(seed)) for seed in seeds])
+            noisy = hits(batch.inputs + noise.to(batch.inputs))
+        labels = np.array([self._model_label(ctx, int(i)) if ctx.data.has_labels else -1 for i in batch.indices])
+        return PartRows(np.asarray(batch.indices, np.int64), labels, visible, clean, noisy)
 
     def _targets(self, ctx: RunContext, indices: np.ndarray) -> np.ndarray | None:
         """Target class per image in the model's output order (-1: the predicted class)."""
@@ -401,7 +450,8 @@ class Prototypes(Analyzer):
         return {**{s: a[s].merge(b[s]) for s in SPLITS},
                 "null": [x.merge(y) for x, y in zip(a["null"], b["null"])],
                 "decision": a["decision"].merge(b["decision"]),
-                "model": self.explanation_.merge(a["model"], b["model"]) if self.explanation_ is not None else None}
+                "model": self.explanation_.merge(a["model"], b["model"]) if self.explanation_ is not None else None,
+                "parts": a["parts"].merge(b["parts"])}
 
     # ------------------------------------------------------------------ finalize
 
@@ -463,11 +513,27 @@ class Prototypes(Analyzer):
             "table_rows": TABLE_ROWS, "prototypes": records, "generalisation": general, "redundancy": redundancy,
             "local_examples": local, "shown": shown, "notes": self._notes(),
         }
+        if self.parts:
+            data["parts"] = self._part_data(ctx, state["parts"])
+            summary["part_consistency"] = data["parts"]["consistency"]
         if self.explanation_ is not None:  # the model's own explanation (prototype models only)
             data["model_explanation"] = self.explanation_.section(
                 ExplanationContext(ctx, records, self.prototype_ids_, names, unit, assets), state["model"])
         return self.section(summary=summary, data=data, findings=self._findings(records, relies, responds, redundancy),
                             assets=assets)
+
+    def _part_data(self, ctx: RunContext, rows: PartRows) -> dict[str, Any]:
+        """EvalProtoPNet scores over the run's images (own-class images of class prototypes, all for shared ones)."""
+        classes = [self.adapter_.prototype_class(p) for p in self.prototype_ids_]
+        own = np.stack([np.ones_like(rows.labels, bool) if c is None else rows.labels == c for c in classes], axis=1)
+        scores = part_scores(rows.hits, rows.visible, own, rows.noisy, threshold=self.part_threshold,
+                             n_resamples=max(self.n_resamples, 1000),
+                             seed=int(ctx.rng(self.name, "parts").integers(2**31)))
+        out = scores.to_json(list(self.parts or ()), self.prototype_ids_)
+        out["params"] = {"threshold": self.part_threshold, "half_size": self.part_half_size, "noise": self.part_noise,
+                         "clip": self.part_clip, "keypoint": "part-mask centroid at the input size",
+                         "reference": "Huang et al. 2023 (EvalProtoPNet)"}
+        return out
 
     def _calibration_data(self, proto: dict[str, Any], names: list[str]) -> dict[str, Any]:
         profiles = proto["profiles"]
