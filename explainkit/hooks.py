@@ -16,7 +16,7 @@ from torch import nn
 
 from explainkit.errors import ConfigError
 
-__all__ = ["LayerCapture", "capture_layers", "eval_mode", "hook_count"]
+__all__ = ["LayerCapture", "capture_layers", "eval_mode", "frozen_parameters", "hook_count"]
 
 
 def hook_count(module: nn.Module) -> int:
@@ -50,6 +50,34 @@ def eval_mode(module: nn.Module) -> Iterator[nn.Module]:
     finally:
         for m, flag in flags:
             m.training = flag
+
+
+@contextmanager
+def frozen_parameters(module: nn.Module) -> Iterator[nn.Module]:
+    """Turn off ``requires_grad`` of every parameter of ``module`` and restore the flags afterwards.
+
+    Input and activation gradients do not need parameter gradients; with the parameters frozen,
+    autograd neither computes nor saves what only they would need, so a backward pass to the input
+    costs less time and memory. No ``.grad`` is written either way.
+
+    Parameters
+    ----------
+    module : torch.nn.Module
+        The model.
+
+    Yields
+    ------
+    torch.nn.Module
+        The same module.
+    """
+    flags = [(p, p.requires_grad) for p in module.parameters()]
+    for p, _ in flags:
+        p.requires_grad_(False)
+    try:
+        yield module
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
 
 
 class _StopForward(Exception):
@@ -119,6 +147,7 @@ def capture_layers(
     stop_early: bool = False,
     tensors_only: bool = True,
     edit: Callable[[str, torch.Tensor], torch.Tensor] | None = None,
+    clone_outputs: bool = False,
 ) -> Iterator[LayerCapture]:
     """Record the outputs of ``layers`` during forward passes of ``root``.
 
@@ -147,6 +176,10 @@ def capture_layers(
     edit : callable, optional
         ``edit(name, output) -> tensor``: replaces the layer's output for the rest of the pass
         (interventions such as ablating channels); the edited tensor is what gets recorded.
+    clone_outputs : bool
+        Pass a clone of each recorded output on to the rest of the model, so that in-place
+        operations downstream cannot change the recorded tensor (gradients with respect to the
+        recorded tensor still flow through the clone).
 
     Yields
     ------
@@ -175,6 +208,8 @@ def capture_layers(
                 value = output.detach().requires_grad_(True)
                 capture._grad_started = True
                 torch.set_grad_enabled(True)
+                replaced = value.clone()
+            if clone_outputs and replaced is None:
                 replaced = value.clone()
             if detach:
                 value = value.detach()

@@ -5,22 +5,27 @@ The serial backend is the reference: any other backend must reproduce its JSON.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
 from explainkit.adapters.layers import resolve_layer
-from explainkit.analyzers.base import Analyzer, RunContext, require
+from explainkit.analyzers.base import Analyzer, Round, RoundRequest, RunContext, TimeBudget, require
 from explainkit.analyzers.registry import get_analyzer, get_analyzer_class, list_analyzers
-from explainkit.backends import RunPlan, get_backend, guard, label_map
+from explainkit.backends import Backend, Outcome, RunPlan, get_backend, guard, label_map
+from explainkit.backends.passes import merge_requests, rows_per_pass
+from explainkit.backends.progress import DEFAULT_INTERVAL_S
 from explainkit.cache import ActivationCache
+from explainkit.config import parse_duration
 from explainkit.data.probe import ProbeSet
-from explainkit.device import resolve_device
+from explainkit.device import AUTOCAST_DTYPES, resolve_device
 from explainkit.errors import ConfigError
 from explainkit.loading.handle import ModelHandle
 from explainkit.loading.loaders import wrap
@@ -31,6 +36,10 @@ __all__ = ["AnalyzerSpec", "analyze", "build_analyzers", "resolve_device"]
 
 #: An analyzer given by name, ``(name, params)``, ``{"name": ..., **params}`` or an instance.
 AnalyzerSpec = str | tuple[str, Mapping[str, Any]] | Mapping[str, Any] | Analyzer
+#: Most follow-up rounds a run makes (a safety net; sample stages double, so few are ever needed).
+MAX_ROUNDS = 12
+#: Share of a time budget kept for finalize (reports, sanity checks) when rounds are planned.
+FINALIZE_RESERVE = 0.15
 
 
 def build_analyzers(specs: Iterable[AnalyzerSpec]) -> list[Analyzer]:
@@ -89,6 +98,9 @@ def analyze(
     backend: str = "serial",
     backend_options: Mapping[str, Any] | None = None,
     cache: bool | str | Path | None = None,
+    time_budget: float | str | None = None,
+    progress_interval: float = DEFAULT_INTERVAL_S,
+    autocast: str | None = None,
 ) -> Report:
     """Run analyzers over a probe set and return the report.
 
@@ -112,7 +124,9 @@ def analyze(
     layer : str, optional
         Default target layer for layer-based analyzers that were not given one.
     progress : bool or None
-        Progress bar on stderr; ``None`` shows it only when stderr is a terminal.
+        Progress on stderr: ``None`` a bar on a terminal and one line per phase at most every
+        ``progress_interval`` seconds otherwise (CI logs); ``True`` a bar even when not a terminal;
+        ``False`` nothing.
     config : mapping, optional
         The resolved configuration to record in the report.
     asset_budget_bytes : int, optional
@@ -126,6 +140,14 @@ def analyze(
         Reuse per-batch states of analyzers that allow it (INVERT's pooled activations) across runs:
         ``True`` uses :func:`explainkit.cache.default_cache_dir`, a path names the folder (shared by
         every worker), ``None``/``False`` (default) caches nothing.
+    time_budget : float or str, optional
+        Wall-clock budget of the whole run in seconds, or text such as ``"10m"``: analyzers size
+        their samples (metric stages, sanity checks, prototype images) to fit and report what they
+        cut. ``None``: sample sizes follow the precision rules only (deterministic).
+    progress_interval : float
+        Least seconds between two progress lines when stderr is not a terminal.
+    autocast : {"bfloat16", "float16"}, optional
+        Run model passes under CUDA autocast (statistics stay float32); ignored on the CPU.
 
     Returns
     -------
@@ -140,8 +162,13 @@ def analyze(
         When the model or an analyzer fails while running (exit code 3).
     """
     t0 = time.perf_counter()
+    budget = None if time_budget is None else TimeBudget(parse_duration(time_budget))
     if batch_size < 1:
         raise ConfigError("batch size must be at least 1")
+    if autocast is not None and autocast not in AUTOCAST_DTYPES:
+        raise ConfigError(f"autocast must be one of {', '.join(AUTOCAST_DTYPES)}, not {autocast!r}")
+    if not progress_interval >= 0:
+        raise ConfigError("progress interval must be >= 0 seconds")
     handle = wrap(handle) if not isinstance(handle, ModelHandle) else handle
     probe = data if isinstance(data, ProbeSet) else ProbeSet.from_folder(data)
     runnable = [n for n in list_analyzers() if not get_analyzer_class(n)().missing_requirements(handle, probe)]
@@ -158,25 +185,31 @@ def analyze(
         layer = resolve_layer(handle.module, layer)[0]
     dev = resolve_device(device)
     labels_to_outputs, label_mapping = label_map(handle, probe)
+    shape = (3, *handle.require_preprocessing().input_size)
     ctx = RunContext(handle=handle, data=probe, device=dev, seed=seed, batch_size=batch_size,
                      out_dir=Path(out) if out else None, config=dict(config or {}), layer=layer,
-                     cache=None if cache in (None, False) else ActivationCache(None if cache is True else cache))
+                     cache=None if cache in (None, False) else ActivationCache(None if cache is True else cache),
+                     budget=budget, autocast=autocast,
+                     pass_rows=rows_per_pass(batch_size, shape, dev, gradients=False))
     for a in instances:
         guard(a, "validate", a.validate, ctx)
     for a in instances:
         guard(a, "prepare", a.prepare, ctx)
     _seed_all(seed)
     timings: dict[str, float] = {"setup": time.perf_counter() - t0}
-    plan = RunPlan(handle=handle, probe=probe, analyzers=instances, label_map=labels_to_outputs, progress=progress)
+    requests = {a.name: guard(a, "pass_request", a.pass_request, ctx) for a in instances}
+    plan = RunPlan(handle=handle, probe=probe, analyzers=instances, label_map=labels_to_outputs, progress=progress,
+                   passes=merge_requests(list(requests.values())),
+                   pass_rows=rows_per_pass(batch_size, shape, dev, gradients=True),
+                   progress_interval=progress_interval)
     outcome = runner.run(plan, ctx)
-    states = outcome.states
-    for key, value in outcome.timings.items():
-        timings[key] = timings.get(key, 0.0) + value
+    _add_timings(timings, outcome, "")
+    states = _rounds(runner, plan, ctx, outcome, requests, timings)
     sections = []
     for a in instances:
         t = time.perf_counter()
         sections.append(guard(a, "finalize", a.finalize, ctx, states[a.name]))
-        timings[a.name] = timings.get(a.name, 0.0) + time.perf_counter() - t
+        timings[f"{a.name}:finalize"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t0
     report = build_report(
         kind="analysis", sections=sections, handle=handle, data=probe, seed=seed, device=dev,
@@ -188,3 +221,38 @@ def analyze(
     if out is not None and outcome.is_writer:
         report.save(out)
     return report
+
+
+def _add_timings(timings: dict[str, float], outcome: Outcome, suffix: str) -> None:
+    for key, value in outcome.timings.items():
+        name = f"{key}{suffix}"
+        timings[name] = timings.get(name, 0.0) + value
+
+
+def _rounds(runner: Backend, plan: RunPlan, ctx: RunContext, outcome: Outcome,
+            requests: Mapping[str, Any], timings: dict[str, float]) -> dict[str, Any]:
+    """Follow-up rounds until no analyzer asks for more (:meth:`Analyzer.next_round`); the merged states."""
+    states = dict(outcome.states)
+    planners = [a for a in plan.analyzers if type(a).next_round is not Analyzer.next_round]
+    for number in range(1, MAX_ROUNDS + 1):
+        allowance = None
+        if ctx.budget is not None and planners:
+            left = ctx.budget.remaining() - FINALIZE_RESERVE * ctx.budget.seconds
+            allowance = max(0.0, left) / len(planners)
+        wanted: dict[str, RoundRequest] = {}
+        for a in planners:
+            req = guard(a, "next_round", a.next_round, ctx, states[a.name], number, allowance)
+            if req is not None and req.indices:
+                wanted[a.name] = req
+        if not wanted:
+            break
+        members = [a for a in plan.analyzers if a.name in wanted]
+        indices = np.array(sorted({int(i) for r in wanted.values() for i in r.indices}), dtype=np.int64)
+        sub = dataclasses.replace(
+            plan, analyzers=members, indices=indices, phase=f"round {number} ({', '.join(wanted)})",
+            passes=merge_requests([requests.get(a.name) for a in members]))
+        more = runner.run(sub, dataclasses.replace(ctx, round=Round(number, wanted)))
+        _add_timings(timings, more, ":rounds")
+        for a in members:
+            states[a.name] = guard(a, "merge", a.merge, states[a.name], more.states[a.name])
+    return states

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -11,12 +11,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from explainkit._prefetch import prefetch
 from explainkit.adapters.targets import select_logits
-from explainkit.analyzers.base import Analyzer, Batch, RunContext
+from explainkit.analyzers.base import Analyzer, Batch, PassRequest, RunContext
 from explainkit.backends.mapcache import MapCache
+from explainkit.backends.passes import run_passes
+from explainkit.backends.progress import DEFAULT_INTERVAL_S, Progress
 from explainkit.data.probe import ProbeSet
 from explainkit.errors import DataError, ExplainkitError, RuntimeAnalysisError
 from explainkit.hooks import eval_mode
@@ -29,13 +30,29 @@ __all__ = ["Outcome", "RunPlan", "guard", "label_map", "make_batch", "map_shard"
 
 @dataclass
 class RunPlan:
-    """The checked, ready-to-run description of an analysis (picklable for remote workers)."""
+    """The checked, ready-to-run description of an analysis (picklable for remote workers).
+
+    ``passes`` are the merged shared-pass requests per target (:func:`~explainkit.backends.passes.
+    merge_requests`), run in chunks of ``pass_rows`` rows; ``indices`` restricts a follow-up round
+    to some samples (``None``: every sample); ``phase`` names the pass in progress lines.
+    """
 
     handle: ModelHandle
     probe: ProbeSet
     analyzers: list[Analyzer]
     label_map: np.ndarray | None
     progress: bool | None = None
+    passes: dict[str, PassRequest] = field(default_factory=dict)
+    pass_rows: int | None = None
+    indices: np.ndarray | None = None
+    phase: str = "analyze"
+    progress_interval: float = DEFAULT_INTERVAL_S
+
+    def sample_indices(self) -> np.ndarray:
+        """The samples this plan maps, in order."""
+        if self.indices is None:
+            return np.arange(len(self.probe), dtype=np.int64)
+        return np.asarray(self.indices, dtype=np.int64)
 
 
 @dataclass
@@ -101,11 +118,16 @@ def label_map(handle: ModelHandle, data: ProbeSet) -> tuple[np.ndarray | None, s
 
 
 def make_batch(handle: ModelHandle, probe: ProbeSet, indices: np.ndarray, images: list,
-               inputs: torch.Tensor, label_map: np.ndarray | None) -> Batch:
-    """Run the plain forward pass for a batch and package what analyzers see."""
+               inputs: torch.Tensor, label_map: np.ndarray | None,
+               passes: dict[str, PassRequest] | None = None, *, rows: int | None = None,
+               amp: str | None = None) -> Batch:
+    """Run the batch's shared pass (the plain forward pass when nothing else is requested) and package it."""
+    labels = probe.labels[indices]
+    if label_map is not None:
+        labels = np.where(labels >= 0, label_map[np.clip(labels, 0, None)], -1)
+    label_t = torch.as_tensor(labels, dtype=torch.long)
     try:
-        with torch.no_grad():
-            output = handle.forward(inputs)
+        output, results = run_passes(handle, inputs, passes or {}, label_t, rows=rows, amp=amp)
     except ExplainkitError:
         raise
     except Exception as exc:
@@ -114,18 +136,14 @@ def make_batch(handle: ModelHandle, probe: ProbeSet, indices: np.ndarray, images
     if not torch.isfinite(logits).all():
         bad = [probe.ids[int(indices[i])] for i in torch.nonzero(~torch.isfinite(logits).all(1)).flatten()[:3]]
         raise RuntimeAnalysisError(f"the model produced non-finite outputs (NaN/inf) for {', '.join(bad)}")
-    labels = probe.labels[indices]
-    if label_map is not None:
-        labels = np.where(labels >= 0, label_map[np.clip(labels, 0, None)], -1)
     return Batch(
         indices=indices, ids=[probe.ids[int(i)] for i in indices], inputs=inputs, images=images,
-        labels=torch.as_tensor(labels, dtype=torch.long),
-        concepts=None if probe.concepts is None else probe.concepts[indices],
-        output=output, logits=logits,
+        labels=label_t, concepts=None if probe.concepts is None else probe.concepts[indices],
+        output=output, logits=logits, passes=results,
     )
 
 
-def map_shard(plan: RunPlan, ctx: RunContext, indices: Sequence[int], *, desc: str = "analyze"
+def map_shard(plan: RunPlan, ctx: RunContext, indices: Sequence[int], *, desc: str | None = None
               ) -> tuple[dict[str, Any], dict[str, float]]:
     """Map the samples at ``indices`` through every analyzer and merge per analyzer.
 
@@ -137,8 +155,8 @@ def map_shard(plan: RunPlan, ctx: RunContext, indices: Sequence[int], *, desc: s
         The context of this worker (its device).
     indices : sequence of int
         The shard, in order.
-    desc : str
-        Progress-bar label.
+    desc : str, optional
+        Progress label (default: the plan's phase).
 
     Returns
     -------
@@ -151,7 +169,7 @@ def map_shard(plan: RunPlan, ctx: RunContext, indices: Sequence[int], *, desc: s
     timings = {"forward": 0.0, **{a.name: 0.0 for a in plan.analyzers}}
     states = {a.name: a.init_state(ctx) for a in plan.analyzers}
     indices = np.asarray(indices, dtype=np.int64)
-    cache = MapCache(plan, ctx)
+    cache = MapCache(plan, ctx if ctx.round is None else dataclasses.replace(ctx, cache=None))  # rounds: never
     todo = []
     for start in range(0, len(indices), ctx.batch_size):
         chunk = indices[start : start + ctx.batch_size]
@@ -163,15 +181,25 @@ def map_shard(plan: RunPlan, ctx: RunContext, indices: Sequence[int], *, desc: s
         else:
             todo.append((chunk, ids, hits))
     prep = handle.require_preprocessing()
-    loaded = prefetch((chunk, ids, hits, images, prep(images)) for chunk, ids, hits in todo
+    cuda = ctx.device.type == "cuda"
+
+    def staged(images: list) -> torch.Tensor:
+        x = prep(images)
+        return x.pin_memory() if cuda else x
+
+    loaded = prefetch((chunk, ids, hits, images, staged(images)) for chunk, ids, hits in todo
                       for _, images in probe.iter_batches(ctx.batch_size, chunk))
     handle.to(ctx.device)
+    if cuda:
+        handle.module.to(memory_format=torch.channels_last)
+    progress = Progress(desc or plan.phase, sum(len(c) for c, _, _ in todo), enabled=plan.progress,
+                        interval=plan.progress_interval)
     with eval_mode(handle.module):
-        for chunk, ids, hits, images, inputs in tqdm(
-                loaded, total=len(todo), file=sys.stderr, desc=desc, unit="batch", leave=False,
-                disable=None if plan.progress is None else not plan.progress):
+        for chunk, ids, hits, images, inputs in loaded:
             t = time.perf_counter()
-            batch = make_batch(handle, probe, chunk, images, inputs.to(ctx.device), plan.label_map)
+            x = inputs.to(ctx.device, non_blocking=True)
+            batch = make_batch(handle, probe, chunk, images, x.contiguous(memory_format=torch.channels_last) if cuda
+                               else x, plan.label_map, plan.passes, rows=plan.pass_rows, amp=ctx.autocast)
             timings["forward"] += time.perf_counter() - t
             for a in plan.analyzers:
                 t = time.perf_counter()
@@ -181,6 +209,8 @@ def map_shard(plan: RunPlan, ctx: RunContext, indices: Sequence[int], *, desc: s
                     cache.put(a.name, ids, part)
                 states[a.name] = a.merge(states[a.name], part)
                 timings[a.name] += time.perf_counter() - t
+            progress.update(len(chunk))
+    progress.close()
     return states, timings
 
 

@@ -21,7 +21,7 @@ from explainkit.cam.postprocess import combine_layers
 from explainkit.errors import ConfigError
 from explainkit.loading.handle import ModelHandle
 
-__all__ = ["GRADIENT_METHODS", "INPUT_LAYER", "CamResult", "cam", "cams", "compute", "plan_methods"]
+__all__ = ["GRADIENT_METHODS", "INPUT_LAYER", "CamResult", "cam", "cams", "compute", "explain", "plan_methods"]
 
 #: The methods :func:`cams` computes by default: every built-in method one forward + one backward pass gives
 #: (the registered ``gradient`` methods, then the ``activation`` ones).
@@ -163,13 +163,34 @@ def compute(
     run = CamRun.create(model, inputs, layer=layer, targets=targets, needs_layers=needs_layers,
                         batch_size=batch_size, seed=seed, layout=layout)
     run.record(gradients=any(m.uses_gradients for m, _ in plan))
+    return explain(run, plan, inputs.device)
+
+
+def explain(run: CamRun, plan: Sequence[tuple[CamMethod, dict[str, Any]]], device: torch.device | None = None
+            ) -> CamResult:
+    """Every planned method on a recorded run (:meth:`CamRun.record` or :meth:`CamRun.adopt`).
+
+    Parameters
+    ----------
+    run : CamRun
+        The run with its clean pass.
+    plan : sequence of (CamMethod, dict)
+        Methods and parameters (:func:`plan_methods`).
+    device : torch.device, optional
+        Where the results go (default: the inputs' device).
+
+    Returns
+    -------
+    CamResult
+        Maps, raw maps, layers, layouts, explained classes and scores.
+    """
+    device = device or run.inputs.device
     raw: dict[str, dict[str, torch.Tensor]] = {}
     for method, p in plan:
         if method.uses_layers:
             raw[method.name] = {name: method.compute(run.layers[name], run, **p) for name in run.layer_names}
         else:
             raw[method.name] = {INPUT_LAYER: method.compute(run, **p)}
-    device = inputs.device
     maps = {name: combine_layers(list(per_layer.values()), run.size).to(device) for name, per_layer in raw.items()}
     bound = run.bound
     assert bound is not None and run.scores0 is not None

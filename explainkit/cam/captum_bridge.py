@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from explainkit.adapters import SoftmaxProbability, select_logits
+from explainkit.adapters import ClassLogit, SoftmaxProbability, select_logits
 from explainkit.cam.engine import CamRun
 from explainkit.cam.methods import register_method
 from explainkit.errors import ConfigError
@@ -66,14 +66,16 @@ def _attribute(run: CamRun, make: Callable[[Callable], Any], reduce: str, *, nee
 @register_method("saliency", "Saliency (Simonyan et al., 2014; captum)", "input", default=True,
                  options={"reduce": REDUCE})
 def saliency(run: CamRun, *, reduce: str = "abs") -> torch.Tensor:
-    """Input gradient ``dy/dx``."""
+    """Input gradient ``dy/dx`` (taken from the run when a shared pass already computed it)."""
+    if run.input_gradient is not None and isinstance(run.target, ClassLogit) and run.target.output_key is None:
+        return _reduce(run.input_gradient, reduce)
     from captum.attr import Saliency
 
     return _attribute(run, Saliency, reduce, abs=False)
 
 
 @register_method("integrated_gradients", "Integrated Gradients (Sundararajan et al., 2017; captum)", "input",
-                 aliases=("ig",), default=True,
+                 aliases=("ig",),
                  options={"n_steps": Option("int", low=1, help="Gauss–Legendre points"), "reduce": REDUCE})
 def integrated_gradients(run: CamRun, *, n_steps: int = 16, reduce: str = "abs") -> torch.Tensor:
     """Integrated Gradients from an all-zero baseline (Gauss–Legendre, ``n_steps`` points)."""

@@ -29,6 +29,7 @@ from explainkit.adapters import (
     select_logits,
     token_hints,
 )
+from explainkit.device import autocast
 from explainkit.errors import CapabilityError, ConfigError
 from explainkit.hooks import capture_layers, eval_mode
 from explainkit.loading.handle import ModelHandle
@@ -152,6 +153,11 @@ class CamRun:
         (B,) clean target scores.
     cache : dict
         Per-call cache shared by methods (e.g. noisy-gradient moments).
+    input_gradient : torch.Tensor or None
+        (B, C, H, W) gradient of the summed target scores with respect to the inputs, when a shared
+        pass recorded it (:meth:`adopt`); input-gradient methods then reuse it.
+    amp : str or None
+        Autocast dtype of :meth:`scores` passes on CUDA (:data:`explainkit.device.AUTOCAST_DTYPES`).
     """
 
     handle: ModelHandle
@@ -166,6 +172,8 @@ class CamRun:
     scores0: torch.Tensor | None = None
     output: Any = None
     cache: dict[Any, Any] = field(default_factory=dict)
+    input_gradient: torch.Tensor | None = None
+    amp: str | None = None
 
     @classmethod
     def create(
@@ -268,7 +276,7 @@ class CamRun:
         bound = BoundTarget(self.bound.target, None if classes is None else classes[idx.to(classes.device)])
         return CamRun(handle=self.handle, inputs=self.inputs[idx.to(self.inputs.device)], target=self.target,
                       layer_names=[], batch_size=self.batch_size, seed=self.seed, layout=self.layout,
-                      bound=bound)
+                      bound=bound, amp=self.amp)
 
     @property
     def size(self) -> tuple[int, int]:
@@ -285,6 +293,31 @@ class CamRun:
         if gradients and not self.handle.gradients:
             raise CapabilityError("gradient-based methods need a model that supports gradients")
         self.output, self.scores0, self.layers = self.capture(self.inputs, self.rows, gradients=gradients)
+
+    def adopt(self, output: Any, classes: torch.Tensor, outputs: dict[str, torch.Tensor],
+              gradients: dict[str, torch.Tensor], input_gradient: torch.Tensor | None = None) -> None:
+        """Take the clean pass from a shared pass that already ran (instead of :meth:`record`).
+
+        Parameters
+        ----------
+        output : Any
+            The model output of :attr:`inputs`.
+        classes : torch.Tensor
+            (B,) the class whose logit was differentiated (the run's target must be those classes).
+        outputs : dict of str to torch.Tensor
+            Raw output of every target layer.
+        gradients : dict of str to torch.Tensor
+            d(sum of the target logits)/d(output) per layer (missing: not computed).
+        input_gradient : torch.Tensor, optional
+            (B, C, H, W) d(sum of the target logits)/d(input).
+        """
+        self.output = output
+        self.bound = BoundTarget(self.target, classes.detach())
+        self.scores0 = self.bound(output, self.rows).detach()
+        modules = dict(resolve_layers(self.handle.module, self.layer_names)) if self.layer_names else {}
+        self.layers = {name: self._layer_data(name, modules[name], outputs[name], gradients.get(name))
+                       for name in self.layer_names}
+        self.input_gradient = input_gradient
 
     def capture(
         self, inputs: torch.Tensor, rows: torch.Tensor, *, gradients: bool
@@ -364,6 +397,7 @@ class CamRun:
         *,
         probability: bool = False,
         edit: Edit | None = None,
+        cpu: bool = True,
     ) -> torch.Tensor:
         """(n,) bound-target scores of one chunk of perturbed copies, under no_grad.
 
@@ -377,15 +411,17 @@ class CamRun:
             Softmax probability of the bound class instead of the target score.
         edit : callable, optional
             Intervention on the (single) target layer's output (``capture_layers(edit=...)``).
+        cpu : bool
+            Return the scores on the CPU (``False``: on the model's device, without a host sync).
 
         Returns
         -------
         torch.Tensor
-            (n,) float scores on the CPU.
+            (n,) float32 scores.
         """
         assert self.bound is not None, "record() first"
         module = self.handle.module
-        with eval_mode(module), torch.no_grad():
+        with eval_mode(module), torch.no_grad(), autocast(inputs.device, self.amp):
             if edit is None:
                 output = self.handle.forward(inputs)
             else:
@@ -393,7 +429,8 @@ class CamRun:
                 with capture_layers(module, modules, detach=True, edit=edit):
                     output = self.handle.forward(inputs)
             fn = self.bound.probability if probability else self.bound
-            return fn(output, rows).float().cpu()
+            out = fn(output, rows).float()
+            return out.cpu() if cpu else out
 
 
 def _detach(output: Any) -> Any:

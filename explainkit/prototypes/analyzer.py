@@ -8,6 +8,13 @@ ProtoTree, TesNet-like) are read through their prototype tensor; ordinary CNNs a
 channel-as-prototype or exemplar (latent-cell / k-means) prototypes, see
 :mod:`explainkit.prototypes.adapters`.
 
+Images: every image costs the original and each perturbed copy through the model, so the analyzer
+measures a sequential sample (:mod:`explainkit.stats.sequential`): images enter in a seeded hash
+order of their ids, ``min_images`` in the main pass, then doubling in follow-up rounds until the 95 %
+CI half-width of each characteristic's mean local importance (averaged over prototypes, per image)
+is at most ``precision`` times the largest such mean, or ``images`` are measured, or the time budget
+is spent. ``data.sampling`` reports n and why.
+
 Train vs test: the reference computes global explanations on the model's training and test sets.
 From one probe set the analyzer draws a seeded split: image ``i`` is in "train" with probability
 ``train_fraction``, decided by a generator derived from ``(seed, i)`` alone, so the split does not
@@ -17,13 +24,14 @@ tests and local examples use "test" images.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import numpy as np
 
 from explainkit.adapters import default_layer, resolve_layer
-from explainkit.analyzers.base import Analyzer, Batch, Finding, RunContext, Section
+from explainkit.analyzers.base import Analyzer, Batch, Finding, RoundRequest, RunContext, Section
 from explainkit.analyzers.metric import metric
 from explainkit.errors import ConfigError
 from explainkit.options import Option
@@ -55,6 +63,7 @@ from explainkit.prototypes.statistics import (
 from explainkit.prototypes.visuals import PATCH_SIDE, VIEW_SIDE, prototype_box, views, with_box
 from explainkit.report.images import thumbnail, to_data_uri
 from explainkit.stats import bootstrap_ci
+from explainkit.stats.sequential import Moments, SampleLog, SampleSchedule, priority_order
 from explainkit.stats.streaming import poisson_counts
 
 __all__ = ["Prototypes"]
@@ -119,6 +128,13 @@ class Prototypes(Analyzer):
         Test images shown with a local explanation.
     max_shown : int
         Prototypes shown with patches in the HTML report (the most present ones).
+    images : int
+        Most images measured (0: every image).
+    min_images : int
+        First stage of the image sample (always measured).
+    precision : float
+        Target 95 % CI half-width of every characteristic's mean local importance, as a fraction of
+        the largest mean (0: grow to ``images``).
     """
 
     name = "prototypes"
@@ -153,6 +169,10 @@ class Prototypes(Analyzer):
                                                             "near-identical"),
         "local_images": Option("int", low=0, help="test images shown with a local explanation"),
         "max_shown": Option("int", low=0, help="prototypes shown with patches in the HTML report"),
+        "images": Option("int", low=0, help="most images measured (0: every image)"),
+        "min_images": Option("int", low=2, help="first stage of the image sample"),
+        "precision": Option("float", low=0, help="target CI half-width of each characteristic's mean local "
+                                                 "importance, as a fraction of the largest mean (0: grow to images)"),
     }
 
     def __init__(self, adapter: str = "auto", layer: str | None = None, prototype_tensor: str | None = None,
@@ -162,7 +182,8 @@ class Prototypes(Analyzer):
                  perturbation_params: dict[str, dict[str, float]] | None = None, jpeg: bool = False,
                  readout: str = "fixed", weight: str = "auto", train_fraction: float = 0.5, n_resamples: int = 200,
                  sample_size: int = 256, alpha: float = 0.05, redundancy_tolerance: float = 0.05,
-                 local_images: int = 3, max_shown: int = 8) -> None:
+                 local_images: int = 3, max_shown: int = 8, images: int = 256, min_images: int = 64,
+                 precision: float = 0.1) -> None:
         self.adapter = adapter
         self.layer = layer
         self.prototype_tensor = prototype_tensor
@@ -184,6 +205,9 @@ class Prototypes(Analyzer):
         self.redundancy_tolerance = redundancy_tolerance
         self.local_images = local_images
         self.max_shown = max_shown
+        self.images = images
+        self.min_images = min_images
+        self.precision = precision
 
     # ------------------------------------------------------------------ setup
 
@@ -203,7 +227,7 @@ class Prototypes(Analyzer):
             resolve_layer(ctx.handle.module, layer)
 
     def prepare(self, ctx: RunContext) -> None:
-        """Fit what ``map`` needs: ``adapter_``, ``prototype_ids_``, ``perturbations_`` and ``weight_rule_``.
+        """Fit what ``map`` needs: ``adapter_``, ``prototype_ids_``, ``perturbations_``, ``weight_rule_``, ``order_``.
 
         k-means and exemplar prototypes are fitted on the run's data. Deterministic: every worker that
         prepares the run fits the same.
@@ -217,11 +241,21 @@ class Prototypes(Analyzer):
         self.prototype_ids_ = ids
         self.perturbations_ = make_perturbations(tuple(self.characteristics), self.perturbation_params, jpeg=self.jpeg)
         self.weight_rule_ = resolve_weight(self.weight, self.adapter_)
+        order = priority_order(ctx.data.ids, ctx.seed, self.name)
+        self.position_ = np.empty(len(order), dtype=np.int64)
+        self.position_[order] = np.arange(len(order))
+        self.order_ = order
 
-    def init_state(self, ctx: RunContext) -> dict[str, SplitAccumulator]:
-        """Empty sums for the prototypes asked for."""
-        return {s: SplitAccumulator.empty(len(self.prototype_ids_), len(self.perturbations_), self.n_resamples,
-                                          self.sample_size) for s in SPLITS}
+    def _schedule(self, n_all: int) -> SampleSchedule:
+        return SampleSchedule(int(self.min_images), int(self.images) or n_all, float(self.precision) or None,
+                              "each characteristic's mean local importance (mean over prototypes, per image), "
+                              "relative to the largest mean")
+
+    def init_state(self, ctx: RunContext) -> dict[str, Any]:
+        """Empty sums for the prototypes asked for, the sample's moments, cost and log."""
+        return {**{s: SplitAccumulator.empty(len(self.prototype_ids_), len(self.perturbations_), self.n_resamples,
+                                             self.sample_size) for s in SPLITS},
+                "moments": Moments(), "cost": (0.0, 0), "log": None}
 
     def _build_adapter(self, ctx: RunContext) -> PrototypeAdapter:
         handle = ctx.handle
@@ -263,14 +297,26 @@ class Prototypes(Analyzer):
 
     # ------------------------------------------------------------------ map / merge
 
-    def map(self, ctx: RunContext, batch: Batch) -> dict[str, SplitAccumulator]:
-        """Local importances of the batch (originals and perturbed copies in one pass), added per split."""
+    def map(self, ctx: RunContext, batch: Batch) -> dict[str, Any]:
+        """Local importances of the batch's sample images (originals and perturbed copies in one pass), per split."""
+        request = ctx.round_request(self.name)
+        lo, hi = request.payload if request is not None else (0, self._schedule(len(ctx.data)).first(len(ctx.data)))
+        pos = self.position_[batch.indices]
+        rows = [j for j, p in enumerate(pos) if lo <= p < hi]
+        if not rows:
+            return self.init_state(ctx)
+        t = time.perf_counter()
+        state = self._measure(ctx, batch.select(rows) if len(rows) < len(batch) else batch)
+        state["cost"] = (time.perf_counter() - t, len(rows))
+        return state
+
+    def _measure(self, ctx: RunContext, batch: Batch) -> dict[str, Any]:
         scores = local_importance(self.adapter_, ctx.handle, batch.images, self.perturbations_, ctx.handle.preprocess,
                                   prototypes=self.prototype_ids_, readout=self.readout, device=ctx.device,
-                                  max_batch=ctx.handle.static_batch)
+                                  max_batch=min(ctx.handle.static_batch or ctx.rows, ctx.rows))
         is_train = np.array([self._is_train(ctx, i) for i in batch.indices], dtype=bool)
-        state = {s: SplitAccumulator.empty(len(self.prototype_ids_), len(self.perturbations_), self.n_resamples,
-                                           self.sample_size) for s in SPLITS}
+        state = self.init_state(ctx)
+        state["moments"] = Moments.of(scores.delta.mean(axis=1))
         for split, mask in (("train", is_train), ("test", ~is_train)):
             if mask.any():
                 idx = batch.indices[mask]
@@ -279,13 +325,34 @@ class Prototypes(Analyzer):
                 state[split] = state[split].add(scores.subset(mask), idx, self.weight_rule_, counts, priority)
         return state
 
-    def merge(self, a: dict[str, SplitAccumulator], b: dict[str, SplitAccumulator]) -> dict[str, SplitAccumulator]:
-        """Merge split by split."""
-        return {s: a[s].merge(b[s]) for s in SPLITS}
+    def merge(self, a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+        """Merge split by split; moments and costs add; the sampling log is the planner's."""
+        return {**{s: a[s].merge(b[s]) for s in SPLITS}, "moments": a["moments"].merge(b["moments"]),
+                "cost": (a["cost"][0] + b["cost"][0], a["cost"][1] + b["cost"][1]), "log": a["log"] or b["log"]}
+
+    def _widths(self, moments: Moments) -> list[float]:
+        """CI half-widths of the characteristics' means relative to the largest |mean|."""
+        if moments.n < 2:
+            return [np.inf]
+        scale = float(np.max(np.abs(moments.mean())))
+        return (moments.half_width() / scale).tolist() if scale > 0 else [np.inf]
+
+    def next_round(self, ctx: RunContext, state: dict[str, Any], number: int, allowance_s: float | None
+                   ) -> RoundRequest | None:
+        """The next stage of the image sample while the characteristics' means are not precise enough."""
+        n_all = len(ctx.data)
+        n = state["train"].n + state["test"].n
+        state["log"] = state["log"] or SampleLog()
+        seconds, done = state["cost"]
+        size = self._schedule(n_all).advance(state["log"], n, self._widths(state["moments"]), n_all,
+                                             cost_per_image=seconds / done if done else None, allowance_s=allowance_s)
+        if size is None:
+            return None
+        return RoundRequest(tuple(sorted(int(i) for i in self.order_[n:size])), (n, size))
 
     # ------------------------------------------------------------------ finalize
 
-    def finalize(self, ctx: RunContext, state: dict[str, SplitAccumulator]) -> Section:
+    def finalize(self, ctx: RunContext, state: dict[str, Any]) -> Section:
         """Global scores, tests, generalisation, redundancy, verdicts, images."""
         names = [p.name for p in self.perturbations_]
         scores = {s: global_scores(state[s]) for s in SPLITS}
@@ -317,6 +384,8 @@ class Prototypes(Analyzer):
             "perturbations": [p.describe() for p in self.perturbations_],
             "readout": self.readout, "weight": self.weight_rule_, "primary_split": primary,
             "splits": {s: {"n_images": state[s].n, "local_sample": len(state[s].sample)} for s in SPLITS},
+            "sampling": self._schedule(len(ctx.data)).report(state["log"], state["train"].n + state["test"].n,
+                                                             self._widths(state["moments"]), len(ctx.data)),
             "units": {"local": f"{unit} (original − perturbed, at the original best location)",
                       "relative": "fraction of the original similarity (relative drop)",
                       "global": f"{unit}, {self.weight_rule_}-weighted mean of local importances over a split"},
