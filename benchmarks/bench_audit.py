@@ -18,7 +18,11 @@ For each probe-set size N, in one run:
    analyzers sampled (n and why).
 
 The machine this was written on is shared (2 cores, several jobs): absolute times are noisy, so
-compare the ratio, which is measured in the same run under the same load.
+compare the ratios, measured in the same run; the ratio of **CPU times** (the forward pass's
+``time.process_time``, the child's ``ru_utime + ru_stime``) does not depend on how much of the
+machine other jobs take, the wall-time ratio does. With two or more sizes, the fixed cost (samples
+capped in size, sanity check, fitting) and the cost per image are fitted by least squares and the
+ratio at the issue's 1,000 images is extrapolated.
 
 Usage::
 
@@ -39,6 +43,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 import torchvision
 
@@ -66,18 +71,19 @@ def build_probe(path: Path, n: int) -> ProbeSet:
     return ProbeSet.from_folder(path)
 
 
-def time_forward(model_path: Path, probe: ProbeSet, batch_size: int) -> float:
-    """Seconds of the plain forward pass over the probe set (decoding and preprocessing untimed)."""
+def time_forward(model_path: Path, probe: ProbeSet, batch_size: int) -> tuple[float, float]:
+    """Wall and CPU seconds of the plain forward pass over the probe set (decoding and preprocessing untimed)."""
     handle = explainkit.load_model(model_path)
     prep = handle.require_preprocessing()
-    total = 0.0
+    wall = cpu = 0.0
     with torch.no_grad():
         for _, images in probe.iter_batches(batch_size):
             x = prep(images)
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             handle.forward(x)
-            total += time.perf_counter() - t
-    return total
+            wall += time.perf_counter() - t
+            cpu += time.process_time() - c
+    return wall, cpu
 
 
 def run_analyze(model_path: Path, probe_dir: Path, out: Path, batch_size: int, extra: list[str],
@@ -92,7 +98,8 @@ def run_analyze(model_path: Path, probe_dir: Path, out: Path, batch_size: int, e
         _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - t
     proc.returncode = os.waitstatus_to_exitcode(status)
-    return {"wall_s": wall, "exit_code": proc.returncode, "peak_rss_mb": usage.ru_maxrss / 1024,
+    return {"wall_s": wall, "cpu_s": usage.ru_utime + usage.ru_stime, "exit_code": proc.returncode,
+            "peak_rss_mb": usage.ru_maxrss / 1024,
             "stderr": err_path, "command": " ".join(cmd[1:])}
 
 
@@ -114,12 +121,13 @@ def one_size(n: int, workdir: Path, batch_size: int, threads: int, extra: list[s
     model_path = root / "resnet50.safetensors"
     if not model_path.exists():
         build_model(model_path, list(probe.class_names or ()))
-    forward = time_forward(model_path, probe, batch_size)
+    forward, forward_cpu = time_forward(model_path, probe, batch_size)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
     out = root / "out"
     res = run_analyze(model_path, root / "probe", out, batch_size, extra, env)
-    result = {"n": n, "forward_s": forward, **{k: v for k, v in res.items() if k != "stderr"},
-              "ratio": res["wall_s"] / forward, "stderr": str(res["stderr"])}
+    result = {"n": n, "forward_s": forward, "forward_cpu_s": forward_cpu,
+              **{k: v for k, v in res.items() if k != "stderr"}, "ratio": res["wall_s"] / forward,
+              "cpu_ratio": res["cpu_s"] / forward_cpu, "stderr": str(res["stderr"])}
     report_json = out / "report.json"
     if report_json.exists():
         doc = json.loads(report_json.read_text())
@@ -139,6 +147,8 @@ def _print(r: dict) -> None:
     print(f"\n=== N = {r['n']} images (224 px, ResNet-50, batch {r.get('batch_size', '')}) ===")
     print(f"plain forward            {r['forward_s']:9.1f} s")
     print(f"analyze (wall, exit {r['exit_code']})  {r['wall_s']:9.1f} s   ratio {r['ratio']:.1f}x forward")
+    print(f"CPU time: forward {r['forward_cpu_s']:.1f} s, analyze {r['cpu_s']:.1f} s   ratio {r['cpu_ratio']:.1f}x "
+          "(robust to other jobs on the machine)")
     for key, value in (r.get("timings_s") or {}).items():
         print(f"  {key:26s}{value:9.1f} s   ({value / r['forward_s']:.1f}x)")
     print(f"peak RSS                 {r['peak_rss_mb']:9.0f} MB")
@@ -168,8 +178,21 @@ def main() -> None:
             r["batch_size"] = args.batch_size
             _print(r)
             results.append(r)
+    if len(results) > 1:
+        _extrapolate(results)
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
+
+
+def _extrapolate(results: list[dict], target: int = 1000) -> None:
+    """Least-squares ``cpu = fixed + n * per_image`` for analyze and forward; the CPU ratio at ``target`` images."""
+    n = np.array([r["n"] for r in results], dtype=float)
+    design = np.stack([np.ones_like(n), n], 1)
+    (a0, a1), (f0, f1) = (np.linalg.lstsq(design, np.array([r[k] for r in results]), rcond=None)[0]
+                          for k in ("cpu_s", "forward_cpu_s"))
+    print(f"\nanalyze CPU = {a0:.0f} s + {a1:.2f} s/image; forward CPU = {f0:.1f} s + {f1:.3f} s/image; "
+          f"extrapolated CPU ratio at {target} images: {(a0 + a1 * target) / (f0 + f1 * target):.1f}x")
+    print("peak RSS by n: " + ", ".join(f"{r['n']}: {r['peak_rss_mb']:.0f} MB" for r in results))
 
 
 if __name__ == "__main__":

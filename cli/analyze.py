@@ -70,7 +70,17 @@ _SEVERITY = {"never": set(), "error": {"error"}, "warning": {"error", "warning"}
               help="Reuse cached per-batch activations (INVERT) across runs; folder: --cache-dir.")
 @click.option("--cache-dir", "cache_dir", type=click.Path(file_okay=False), envvar="EXPLAINKIT_CACHE_DIR",
               help="Cache folder (implies --cache; default ~/.cache/explainkit). Share it between workers.")
-@click.option("--progress/--no-progress", default=None, help="Progress bar on stderr (default: when a TTY).")
+@click.option("--time-budget", "time_budget", envvar="EXPLAINKIT_TIME_BUDGET", metavar="DURATION",
+              help="Wall-clock budget of the run (e.g. 10m, 1h30m, 90s): analyzers size their samples to fit "
+                   "and say in the report what they cut. Default: no budget (sample sizes by precision only).")
+@click.option("--autocast", type=click.Choice(["bfloat16", "float16"]), envvar="EXPLAINKIT_AUTOCAST",
+              help="Model passes under CUDA autocast (statistics stay float32); ignored on the CPU.")
+@click.option("--progress/--no-progress", default=None,
+              help="Progress on stderr (default: a bar on a terminal, one line per phase every "
+                   "--progress-interval seconds otherwise).")
+@click.option("--progress-interval", "progress_interval", type=click.FloatRange(0), default=30.0,
+              show_default=True, envvar="EXPLAINKIT_PROGRESS_INTERVAL",
+              help="Seconds between progress lines when stderr is not a terminal.")
 @click.pass_context
 def analyze(ctx: click.Context, model: str, config: str | None, data: str | None, **opts) -> int:
     """Run analyzers on MODEL over a probe set; write report.json and report.html."""
@@ -87,7 +97,7 @@ def analyze(ctx: click.Context, model: str, config: str | None, data: str | None
     probe = ProbeSet.from_folder(data, concepts=opts["concepts"], descriptions=opts["descriptions"],
                                  skip_bad=opts["skip_bad"])
     resolved = parameter_sources(ctx, {"model": model, "data": data, "config": config, "layer": layer,
-                                       **{k: v for k, v in opts.items() if k != "progress"}})
+                                       **{k: v for k, v in opts.items() if k not in ("progress", "progress_interval")}})
     if opts["backend"] == "torchrun":
         resolved.pop("workers"), resolved.pop("gpus_per_worker"), resolved.pop("ray_address")
     resolved["analyzers"] = {"value": [[n, p] for n, p in specs] if specs else "defaults",
@@ -100,7 +110,8 @@ def analyze(ctx: click.Context, model: str, config: str | None, data: str | None
         seed=opts["seed"], progress=opts["progress"], config=resolved, layer=layer,
         asset_budget_bytes=int(opts["asset_budget_mb"] * 1024 * 1024),
         backend=opts["backend"], backend_options=backend_options,
-        cache=opts["cache_dir"] or opts["cache"],
+        cache=opts["cache_dir"] or opts["cache"], time_budget=opts["time_budget"],
+        progress_interval=opts["progress_interval"], autocast=opts["autocast"],
     )
     if opts["backend"] == "torchrun" and os.environ.get("RANK", "0") != "0":
         return ExitCode.OK  # rank 0 reports

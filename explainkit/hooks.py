@@ -168,7 +168,8 @@ def capture_layers(
         fire replaces its output by a fresh leaf that requires grad and switches gradients on for
         the rest of the pass. The graph then starts at the layer, so backward stops there and the
         layers below cost no more than an inference pass. The leaf is cloned before being passed
-        on, so in-place operations downstream do not touch the captured values.
+        on, and so is every later captured output, so in-place operations downstream do not touch
+        the captured values.
     stop_early : bool
         With :meth:`LayerCapture.forward`, end the pass as soon as every layer has fired.
     tensors_only : bool
@@ -179,7 +180,8 @@ def capture_layers(
     clone_outputs : bool
         Pass a clone of each recorded output on to the rest of the model, so that in-place
         operations downstream cannot change the recorded tensor (gradients with respect to the
-        recorded tensor still flow through the clone).
+        recorded tensor still flow through the clone). Always on with ``grad_from_layers``, so every
+        recorded layer holds its output as the layer returned it (an in-place ReLU after it included).
 
     Yields
     ------
@@ -209,7 +211,7 @@ def capture_layers(
                 capture._grad_started = True
                 torch.set_grad_enabled(True)
                 replaced = value.clone()
-            if clone_outputs and replaced is None:
+            if (clone_outputs or grad_from_layers) and replaced is None:
                 replaced = value.clone()
             if detach:
                 value = value.detach()

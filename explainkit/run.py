@@ -21,7 +21,7 @@ from explainkit.analyzers.base import Analyzer, Round, RoundRequest, RunContext,
 from explainkit.analyzers.registry import get_analyzer, get_analyzer_class, list_analyzers
 from explainkit.backends import Backend, Outcome, RunPlan, get_backend, guard, label_map
 from explainkit.backends.passes import merge_requests, rows_per_pass
-from explainkit.backends.progress import DEFAULT_INTERVAL_S
+from explainkit.backends.progress import DEFAULT_INTERVAL_S, Progress
 from explainkit.cache import ActivationCache
 from explainkit.config import parse_duration
 from explainkit.data.probe import ProbeSet
@@ -190,7 +190,8 @@ def analyze(
                      out_dir=Path(out) if out else None, config=dict(config or {}), layer=layer,
                      cache=None if cache in (None, False) else ActivationCache(None if cache is True else cache),
                      budget=budget, autocast=autocast,
-                     pass_rows=rows_per_pass(batch_size, shape, dev, gradients=False))
+                     pass_rows=rows_per_pass(batch_size, shape, dev, gradients=False),
+                     grad_rows=rows_per_pass(batch_size, shape, dev, gradients=True))
     for a in instances:
         guard(a, "validate", a.validate, ctx)
     for a in instances:
@@ -200,7 +201,7 @@ def analyze(
     requests = {a.name: guard(a, "pass_request", a.pass_request, ctx) for a in instances}
     plan = RunPlan(handle=handle, probe=probe, analyzers=instances, label_map=labels_to_outputs, progress=progress,
                    passes=merge_requests(list(requests.values())),
-                   pass_rows=rows_per_pass(batch_size, shape, dev, gradients=True),
+                   pass_rows=ctx.gradient_rows,
                    progress_interval=progress_interval)
     outcome = runner.run(plan, ctx)
     _add_timings(timings, outcome, "")
@@ -208,14 +209,18 @@ def analyze(
     sections = []
     for a in instances:
         t = time.perf_counter()
+        step = Progress(f"finalize {a.name}", 0, enabled=progress if outcome.is_writer else False,
+                        interval=progress_interval)
         sections.append(guard(a, "finalize", a.finalize, ctx, states[a.name]))
+        step.close()
         timings[f"{a.name}:finalize"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t0
     report = build_report(
         kind="analysis", sections=sections, handle=handle, data=probe, seed=seed, device=dev,
         batch_size=batch_size, timings=timings,
-        config={**dict(config or {}), "backend": outcome.describe,
-                "cache": None if ctx.cache is None else str(ctx.cache.root)},
+        config={"autocast": autocast, **dict(config or {}), "backend": outcome.describe,
+                "cache": None if ctx.cache is None else str(ctx.cache.root),
+                "time_budget_s": None if budget is None else budget.seconds},
         label_mapping=label_mapping, asset_budget_bytes=asset_budget_bytes,
     )
     if out is not None and outcome.is_writer:

@@ -142,3 +142,16 @@ def test_atomic_save_leaves_old_file_on_failure(report, tmp_path, monkeypatch):
         rep.save(tmp_path)
     assert (tmp_path / "report.json").read_text() == before
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_embedded_json_copy_is_bounded():
+    """The HTML page embeds the report's JSON whole when small, else without the sections' data."""
+    from explainkit.report.html import embedded_data
+
+    small = {"provenance": {"seed": 1}, "assets": {"a": "data:..."}, "findings": [],
+             "sections": [{"analyzer": "x", "summary": {"n": 1}, "data": {"per_image": list(range(10))}}]}
+    assert embedded_data(small) == {k: v for k, v in small.items() if k != "assets"}
+    big = {**small, "sections": [{**small["sections"][0], "data": {"per_image": list(range(100_000))}}]}
+    got = embedded_data(big, limit=100_000)
+    assert got["sections"] == [{"analyzer": "x", "summary": {"n": 1}}] and "report.json" in got["data_omitted"]
+    assert "assets" not in got and got["provenance"] == {"seed": 1}

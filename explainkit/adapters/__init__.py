@@ -8,6 +8,7 @@ from explainkit.adapters.targets import (
     SoftmaxProbability,
     Target,
     as_target,
+    map_output,
     select_logits,
 )
 from explainkit.adapters.tokens import SpatialLayout, infer_layout, token_hints
@@ -22,6 +23,7 @@ __all__ = [
     "as_target",
     "default_layer",
     "infer_layout",
+    "map_output",
     "resolve_layer",
     "resolve_layers",
     "select_logits",

@@ -20,10 +20,25 @@ __all__ = [
     "SoftmaxProbability",
     "Target",
     "as_target",
+    "map_output",
     "select_logits",
 ]
 
 _DICT_KEYS = ("logits", "out", "output", "scores")
+
+
+def map_output(fn: Callable[[torch.Tensor], torch.Tensor], output: Any) -> Any:
+    """``fn`` applied to every tensor of a model output (tensors, tuples, lists and dicts of them).
+
+    Other values are returned unchanged; containers keep their type and keys.
+    """
+    if isinstance(output, torch.Tensor):
+        return fn(output)
+    if isinstance(output, tuple | list):
+        return type(output)(map_output(fn, o) for o in output)
+    if isinstance(output, dict):
+        return {k: map_output(fn, v) for k, v in output.items()}
+    return output
 
 
 def select_logits(output: Any, key: str | int | None = None) -> torch.Tensor:

@@ -46,6 +46,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from explainkit.adapters.targets import map_output
 from explainkit.cache import ActivationCache
 from explainkit.data.probe import ProbeSet
 from explainkit.errors import CapabilityError
@@ -225,13 +226,7 @@ class Batch:
 
 def _rows_of(output: Any, idx: torch.Tensor) -> Any:
     """Rows ``idx`` of a model output (tensors with a batch axis, tuples, lists and dicts of them)."""
-    if isinstance(output, torch.Tensor):
-        return output[idx.to(output.device)] if output.dim() else output
-    if isinstance(output, tuple | list):
-        return type(output)(_rows_of(o, idx) for o in output)
-    if isinstance(output, dict):
-        return {k: _rows_of(v, idx) for k, v in output.items()}
-    return output
+    return map_output(lambda t: t[idx.to(t.device)] if t.dim() else t, output)
 
 
 @dataclass
@@ -244,7 +239,7 @@ class RunContext:
     round maps (:meth:`Analyzer.next_round`); ``autocast`` names a lower-precision dtype for model
     passes on CUDA (``"bfloat16"``, ``"float16"``; statistics stay float32); ``pass_rows`` is how
     many rows an extra forward pass (without gradients) should hold at most (bounded memory on the
-    CPU; the batch size elsewhere).
+    CPU; the batch size elsewhere), ``grad_rows`` the same for a pass that backpropagates to the input.
     """
 
     handle: ModelHandle
@@ -260,11 +255,17 @@ class RunContext:
     round: Round | None = None
     autocast: str | None = None
     pass_rows: int | None = None
+    grad_rows: int | None = None
 
     @property
     def rows(self) -> int:
         """Rows per extra forward pass without gradients (``pass_rows``, else the batch size)."""
         return int(self.pass_rows or self.batch_size)
+
+    @property
+    def gradient_rows(self) -> int:
+        """Rows per extra pass with a whole autograd graph (``grad_rows``, else the batch size)."""
+        return int(self.grad_rows or self.batch_size)
 
     def round_request(self, name: str) -> RoundRequest | None:
         """Analyzer ``name``'s request in the current round (``None`` in the main pass)."""

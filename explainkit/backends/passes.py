@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from explainkit.adapters.layers import resolve_layers
-from explainkit.adapters.targets import select_logits
+from explainkit.adapters.targets import map_output, select_logits
 from explainkit.analyzers.base import PASS_TARGETS, PassRequest, PassResult
 from explainkit.device import autocast
 from explainkit.errors import ConfigError
@@ -119,7 +119,7 @@ def _one(handle: ModelHandle, x: torch.Tensor, req: PassRequest, labels: torch.T
     input_grad = grads.pop(0).float() if req.input_gradient else None
     result = PassResult(classes, {name: o.detach().float() for name, o in zip(req.layers, outs)},
                         {name: g.detach().float() for name, g in zip(grads_at, grads)}, input_grad)
-    return _detach(output), result
+    return map_output(torch.Tensor.detach, output), result
 
 
 def run_passes(handle: ModelHandle, inputs: torch.Tensor, requests: Mapping[str, PassRequest],
@@ -152,6 +152,8 @@ def run_passes(handle: ModelHandle, inputs: torch.Tensor, requests: Mapping[str,
     b = inputs.shape[0]
     step = rows or b
     module = handle.module
+    if labels is not None:
+        labels = labels.to(inputs.device, non_blocking=True)  # once per batch, not per chunk
     if not requests:
         with torch.no_grad(), autocast(inputs.device, amp):
             return _cat([handle.forward(inputs[s]) for s in _chunks(b, step)]), {}
@@ -194,12 +196,3 @@ def _cat(outputs: list[Any]) -> Any:
         return {k: _cat([o[k] for o in outputs]) for k in first}
     return first
 
-
-def _detach(output: Any) -> Any:
-    if isinstance(output, torch.Tensor):
-        return output.detach()
-    if isinstance(output, tuple | list):
-        return type(output)(_detach(o) for o in output)
-    if isinstance(output, dict):
-        return {k: _detach(v) for k, v in output.items()}
-    return output

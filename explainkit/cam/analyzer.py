@@ -369,7 +369,14 @@ class _AttributionAnalyzer(Analyzer):
         return list(resolve_layers(ctx.handle.module, [layer] if isinstance(layer, str) else list(layer)))
 
     def _rows(self, ctx: RunContext) -> int:
-        return int(self.batch_size or ctx.rows)
+        """Rows per extra pass (the ``batch_size`` parameter, else the run's bounded rows).
+
+        Input-level methods backpropagate through the whole model, so theirs are the run's gradient
+        rows; other passes stop at the layer or need no gradients.
+        """
+        if self.batch_size:
+            return int(self.batch_size)
+        return ctx.gradient_rows if any(m.kind == "input" for m, _ in self._plan()) else ctx.rows
 
     def _schedules(self) -> dict[str, SampleSchedule]:
         target = float(self.precision) or None

@@ -25,6 +25,7 @@ from explainkit.adapters import (
     as_target,
     default_layer,
     infer_layout,
+    map_output,
     resolve_layers,
     select_logits,
     token_hints,
@@ -367,7 +368,7 @@ class CamRun:
                     grads = torch.autograd.grad(scores.sum(), outs, allow_unused=True)
         layers = {name: self._layer_data(name, modules[name], out, g)
                   for name, out, g in zip(self.layer_names, outs, grads)}
-        return _detach(output), scores.detach(), layers
+        return map_output(torch.Tensor.detach, output), scores.detach(), layers
 
     def _bind(self, output: Any) -> None:
         if self.bound is None:
@@ -432,12 +433,3 @@ class CamRun:
             out = fn(output, rows).float()
             return out.cpu() if cpu else out
 
-
-def _detach(output: Any) -> Any:
-    if isinstance(output, torch.Tensor):
-        return output.detach()
-    if isinstance(output, tuple | list):
-        return type(output)(_detach(o) for o in output)
-    if isinstance(output, dict):
-        return {k: _detach(v) for k, v in output.items()}
-    return output

@@ -126,16 +126,16 @@ def faithfulness(run: CamRun, maps: torch.Tensor, *, steps: int = 16, average_dr
     # levels of every map (M * B * inner each), then the map-multiplied images of Average Drop.
     sizes = [b, b, b, n_maps * b * inner, n_maps * b * inner, len(ad_maps) * b]
     starts = np.cumsum([0, *sizes])
-    ad_on_dev = ad_maps.to(dev)
+    ad_stack = maps[ad_maps.to(maps.device)].to(dev, x.dtype)  # (M_ad, B, H, W)
 
-    def build(idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def build(start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Inputs and source images of jobs ``[start, stop)`` (index arithmetic on the device: no host sync)."""
         parts, rows = [], []
         for kind in range(6):
-            lo, hi = int(starts[kind]), int(starts[kind + 1])
-            sel = idx[(idx >= lo) & (idx < hi)] - lo
-            if not sel.numel():
+            lo, hi = max(start, int(starts[kind])), min(stop, int(starts[kind + 1]))
+            if lo >= hi:
                 continue
-            sel = sel.to(dev)
+            sel = torch.arange(lo - int(starts[kind]), hi - int(starts[kind]), device=dev)
             if kind < 3:
                 img = sel
                 parts.append(x[img] if kind == 0 else blurred[img] if kind == 1 else torch.zeros_like(x[img]))
@@ -145,16 +145,14 @@ def faithfulness(run: CamRun, maps: torch.Tensor, *, steps: int = 16, average_dr
                 mask = (ranks[m, img] < counts[lev][:, None]).view(-1, 1, h, w).to(x.dtype)
                 parts.append(x[img] * (1 - mask) if kind == 3 else blurred[img] * (1 - mask) + x[img] * mask)
             else:
-                m, img = ad_on_dev[sel // b], sel % b
-                parts.append(x[img] * maps[m.to(maps.device), img.to(maps.device)].to(dev, x.dtype)[:, None])
+                img = sel % b
+                parts.append(x[img] * ad_stack[sel // b, img][:, None])
             rows.append(img)
         return torch.cat(parts), torch.cat(rows)
 
     total = int(starts[-1])
-    probs = []
-    for idx in chunks(total, run.batch_size):
-        inputs, rows = build(idx)
-        probs.append(run.scores(inputs, rows, probability=True, cpu=False))
+    step = max(1, int(run.batch_size))
+    probs = [run.scores(*build(a, min(total, a + step)), probability=True, cpu=False) for a in range(0, total, step)]
     p = torch.cat(probs).double().cpu()
     clean, blur, zero = (p[int(starts[k]):int(starts[k + 1])] for k in range(3))
     dele = torch.empty(n_maps, b, steps + 1, dtype=torch.float64)
