@@ -3,7 +3,8 @@
 The reduced demo is the bundled demo model on a 48-image probe world like the demo's, every default
 analyzer (light settings, one thread) and the demo policy (every gate kind, fewer images). Run-dependent
 fields are removed before the comparison (creation time, versions, timings, elapsed seconds) and
-temporary paths are written relative to the demo folder; image assets are compared by their decoded
+temporary paths are written relative to the demo folder (and the checkout's paths relative to
+its root); image assets are compared by their decoded
 pixels. Numbers must agree to ``rtol=1e-6`` (plus ``atol=1e-9``), everything else exactly.
 
 A branch that changes the report *on purpose* regenerates the golden file with one command, and
@@ -59,13 +60,17 @@ def _asset_digest(uri: str) -> str:
         return f"{im.mode} {im.size[0]}x{im.size[1]} {hashlib.sha256(im.tobytes()).hexdigest()[:16]}"
 
 
+#: The checkout's own root (bundled assets are named by absolute path in provenance).
+_REPO = str(Path(__file__).resolve().parents[1])
+
+
 def _normalise(value: Any, root: str) -> Any:
     if isinstance(value, dict):
         return {k: _normalise(v, root) for k, v in value.items() if k not in _VOLATILE}
     if isinstance(value, list):
         return [_normalise(v, root) for v in value]
     if isinstance(value, str):
-        return value.replace(root, "<demo>") if root in value else value
+        return value.replace(root, "<demo>").replace(_REPO, "<repo>")
     return value
 
 
