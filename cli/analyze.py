@@ -11,16 +11,15 @@ import click
 from explainkit.backends import list_backends
 from explainkit.cli.options import (
     config_option,
+    load_handle,
     loading_options,
     parameter_sources,
     preprocessing_options,
-    split_allow_classes,
 )
 from explainkit.cli.render import print_summary
 from explainkit.config import merge_analyzer_specs
 from explainkit.data.probe import ProbeSet
 from explainkit.errors import ExitCode
-from explainkit.loading import load_model
 from explainkit.run import analyze as run_analyze
 
 __all__ = ["COMMANDS"]
@@ -51,6 +50,8 @@ _SEVERITY = {"never": set(), "error": {"error"}, "warning": {"error", "warning"}
 @click.option("--seed", envvar="EXPLAINKIT_SEED", type=int, default=0, show_default=True)
 @click.option("--skip-bad", "skip_bad", is_flag=True, default=False,
               help="Drop bad data rows (counted in the report) instead of failing.")
+@click.option("--follow-symlinks", "follow_symlinks", is_flag=True, default=False,
+              help="Read probe files that are symlinks pointing outside the probe folder (refused by default).")
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True,
               envvar="EXPLAINKIT_FORMAT", help="What goes to stdout.")
 @click.option("--fail-on", "fail_on", type=click.Choice(["never", "error", "warning"]), default="never",
@@ -89,13 +90,9 @@ def analyze(ctx: click.Context, model: str, config: str | None, data: str | None
     config_file = ctx.meta.get("explainkit.config_file", {})
     specs = merge_analyzer_specs(opts.pop("analyzers"), config_file)
     layer = opts.pop("layer")
-    handle = load_model(
-        model, arch=opts["arch"], trust=opts["trust"], allow_classes=split_allow_classes(opts["allow_classes"]),
-        class_names=opts["class_names"], input_size=opts["input_size"], mean=opts["mean"], std=opts["std"],
-        resize=opts["resize"],
-    )
+    handle = load_handle(model, opts)
     probe = ProbeSet.from_folder(data, concepts=opts["concepts"], descriptions=opts["descriptions"],
-                                 skip_bad=opts["skip_bad"])
+                                 skip_bad=opts["skip_bad"], follow_symlinks=opts["follow_symlinks"])
     resolved = parameter_sources(ctx, {"model": model, "data": data, "config": config, "layer": layer,
                                        **{k: v for k, v in opts.items() if k not in ("progress", "progress_interval")}})
     if opts["backend"] == "torchrun":
@@ -110,8 +107,8 @@ def analyze(ctx: click.Context, model: str, config: str | None, data: str | None
         seed=opts["seed"], progress=opts["progress"], config=resolved, layer=layer,
         asset_budget_bytes=int(opts["asset_budget_mb"] * 1024 * 1024),
         backend=opts["backend"], backend_options=backend_options,
-        cache=opts["cache_dir"] or opts["cache"], time_budget=opts["time_budget"],
-        progress_interval=opts["progress_interval"], autocast=opts["autocast"],
+        cache=opts["cache_dir"] or opts["cache"], params=config_file.get("analyzer"),
+        time_budget=opts["time_budget"], progress_interval=opts["progress_interval"], autocast=opts["autocast"],
     )
     if opts["backend"] == "torchrun" and os.environ.get("RANK", "0") != "0":
         return ExitCode.OK  # rank 0 reports

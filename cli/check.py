@@ -6,12 +6,12 @@ import json
 
 import click
 
-from explainkit.cli.options import loading_options, parameter_sources, preprocessing_options, split_allow_classes
+from explainkit.cli.options import load_handle, loading_options, parameter_sources, preprocessing_options
 from explainkit.gate.annotations import annotation_lines, github_enabled, write_step_summary
 from explainkit.gate.policy import load_policy
 from explainkit.gate.runner import check as run_check
 from explainkit.gate.text import format_summary
-from explainkit.loading import load_model
+from explainkit.textsafe import inert_lines
 
 __all__ = ["COMMANDS"]
 
@@ -32,6 +32,8 @@ __all__ = ["COMMANDS"]
               envvar="EXPLAINKIT_FORMAT", help="What goes to stdout.")
 @click.option("--asset-budget-mb", "asset_budget_mb", type=click.FloatRange(0.1), default=20.0, show_default=True,
               help="Size budget for example images embedded in the report.")
+@click.option("--follow-symlinks", "follow_symlinks", is_flag=True, default=False,
+              help="Read probe files that are symlinks pointing outside their probe folder (refused by default).")
 @click.option("--progress/--no-progress", default=None, help="Progress bars on stderr (default: when a TTY).")
 @click.pass_context
 def check(ctx: click.Context, model: str, policy_path: str, junit: str | None, out: str, **opts) -> int:
@@ -43,15 +45,11 @@ def check(ctx: click.Context, model: str, policy_path: str, junit: str | None, o
     ::error / ::warning annotations and the full table is appended to $GITHUB_STEP_SUMMARY.
     """
     policy = load_policy(policy_path)
-    handle = load_model(
-        model, arch=opts["arch"], trust=opts["trust"], allow_classes=split_allow_classes(opts["allow_classes"]),
-        class_names=opts["class_names"], input_size=opts["input_size"], mean=opts["mean"], std=opts["std"],
-        resize=opts["resize"],
-    )
+    handle = load_handle(model, opts)
     resolved = parameter_sources(ctx, {"model": model, "policy_path": policy_path, "junit": junit, "out": out,
                                        **{k: v for k, v in opts.items() if k != "progress"}})
     result = run_check(handle, policy, out=out, junit=junit, device=opts["device"], batch_size=opts["batch_size"],
-                       progress=opts["progress"], config=resolved,
+                       progress=opts["progress"], config=resolved, follow_symlinks=opts["follow_symlinks"],
                        asset_budget_bytes=int(opts["asset_budget_mb"] * 1024 * 1024))
     doc = result.report.data
     if github_enabled():
@@ -61,7 +59,7 @@ def check(ctx: click.Context, model: str, policy_path: str, junit: str | None, o
     if opts["fmt"] == "json":
         click.echo(json.dumps({k: v for k, v in doc.items() if k != "assets"}, indent=1, allow_nan=False))
     else:
-        click.echo(format_summary(doc, result.paths))
+        click.echo(inert_lines(format_summary(doc, result.paths)))
     return result.exit_code
 
 

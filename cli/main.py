@@ -1,20 +1,26 @@
 """The ``explainkit`` command: a thin click front end over the Python API.
 
 Exit codes are a public contract (see :class:`explainkit.errors.ExitCode`): 0 ok, 1 findings,
-2 usage/configuration error, 3 runtime error (including Ctrl-C), 4 model refused. Errors print one
-line on stderr; ``--debug`` adds the traceback. Data goes to stdout, logs and progress to stderr.
+2 usage/configuration error, 3 runtime error (including Ctrl-C and SIGTERM), 4 model refused. Errors
+print one line on stderr; ``--debug`` adds the traceback. Data goes to stdout, logs and progress to
+stderr. Every error and log line is made inert (:func:`explainkit.textsafe.escape`): it may quote
+file names, class names or config values that an attacker chose.
 """
 
 from __future__ import annotations
 
 import logging
+import signal
 import sys
+import threading
 import traceback
 
 import click
+from click.core import ParameterSource
 
 from explainkit._version import __version__
 from explainkit.errors import ExitCode, ExplainkitError
+from explainkit.textsafe import escape
 
 __all__ = ["cli", "main"]
 
@@ -31,7 +37,7 @@ def cli(ctx: click.Context, debug: bool, verbose: int, quiet: bool) -> None:
     ctx.obj["debug"] = debug
     level = logging.ERROR if quiet else (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)]
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("explainkit: %(levelname)s: %(message)s"))
+    handler.setFormatter(_InertFormatter("explainkit: %(levelname)s: %(message)s"))
     root = logging.getLogger("explainkit")
     root.handlers = [h for h in root.handlers if isinstance(h, logging.NullHandler)] + [handler]
     root.setLevel(level)
@@ -50,9 +56,33 @@ def _register_commands() -> None:
 _register_commands()
 
 
-def _one_line(exc: BaseException) -> str:
+class _InertFormatter(logging.Formatter):
+    """Log records as one inert line (messages may quote untrusted names)."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = escape(" ".join(record.message.split()))
+        return super().formatMessage(record)
+
+
+class _Terminated(BaseException):
+    """Raised in the main thread on SIGTERM, so that staged outputs are cleaned up on the way out."""
+
+
+def _on_sigterm(_signum: int, _frame: object) -> None:
+    raise _Terminated
+
+
+def _from_environment(exc: click.ClickException) -> str:
+    """`` (from environment variable NAME)`` when a bad option value came from the environment."""
+    param, ctx = getattr(exc, "param", None), getattr(exc, "ctx", None)
+    if param is None or ctx is None or ctx.get_parameter_source(param.name) is not ParameterSource.ENVIRONMENT:
+        return ""
+    return f" (from environment variable {param.envvar})"
+
+
+def _one_line(exc: BaseException | str) -> str:
     text = str(exc).strip() or type(exc).__name__
-    return " ".join(text.split())
+    return escape(" ".join(text.split()))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -70,6 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     """
     args = sys.argv[1:] if argv is None else argv
     debug = "--debug" in args
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) if main_thread else None
     try:
         result = cli.main(args=args, prog_name="explainkit", standalone_mode=False)
         code = int(result) if isinstance(result, int) else ExitCode.OK
@@ -79,8 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         click.echo("explainkit: error: interrupted", err=True)
         code = ExitCode.RUNTIME
     except click.ClickException as exc:  # usage errors, bad option values
-        click.echo(f"explainkit: error: {_one_line(exc.format_message() if hasattr(exc, 'format_message') else exc)}",
-                   err=True)
+        click.echo(f"explainkit: error: {_one_line(exc.format_message())}{_from_environment(exc)}", err=True)
         if isinstance(exc, click.UsageError) and exc.ctx is not None:
             click.echo(f"Try '{exc.ctx.command_path} --help'.", err=True)
         code = ExitCode.USAGE
@@ -92,6 +123,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         click.echo("explainkit: error: interrupted", err=True)
         code = ExitCode.RUNTIME
+    except _Terminated:
+        click.echo("explainkit: error: terminated (SIGTERM); the previous outputs were left as they were", err=True)
+        code = ExitCode.RUNTIME
     except MemoryError:
         click.echo("explainkit: error: out of memory; lower --batch-size", err=True)
         code = ExitCode.RUNTIME
@@ -101,6 +135,9 @@ def main(argv: list[str] | None = None) -> int:
         click.echo(f"explainkit: error: internal error: {type(exc).__name__}: {_one_line(exc)} "
                    "(run with --debug for the traceback)", err=True)
         code = ExitCode.RUNTIME
+    finally:
+        if main_thread and previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     return int(code)
 
 

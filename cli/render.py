@@ -8,6 +8,7 @@ from typing import Any
 import click
 
 from explainkit.report import Report
+from explainkit.textsafe import escape
 
 __all__ = ["format_metric", "print_summary"]
 
@@ -23,21 +24,21 @@ def format_metric(m: Any) -> str:
         return text
     if isinstance(m, float):
         return f"{m:.3g}"
-    return str(m)
+    return escape(m)
 
 
 def print_summary(report: Report, out: Path | None) -> None:
-    """One screen: status, findings, one line per section, where the files are."""
+    """One screen: status, findings, one line per section, where the files are (untrusted text escaped)."""
     data = report.data
     n = (data["provenance"].get("data") or {}).get("n_images")
     total = data["provenance"]["timings_s"].get("total", 0.0)
     click.echo(f"explainkit {data['kind']}: {len(report.sections)} analyzer(s) on {n} images in {total:.1f} s")
     click.echo(f"status: {report.status.upper()}")
     for f in report.findings:
-        click.echo(f"  {f['severity'].upper():8s} {f['analyzer']}: {f['message']}")
+        click.echo(f"  {escape(f['severity'].upper()):8s} {escape(f['analyzer'])}: {escape(f['message'])}")
     for s in report.sections:
         parts = [f"{k.replace('_', ' ')} {format_metric(v)}" for k, v in s["summary"].items()
                  if not isinstance(v, list | dict) or "value" in v]
-        click.echo(f"  {s['analyzer']:<14s} " + " · ".join(parts))
+        click.echo(f"  {escape(s['analyzer']):<14s} " + " · ".join(parts))
     if out is not None:
-        click.echo(f"report: {out / 'report.html'} (JSON: {out / 'report.json'})")
+        click.echo(f"report: {escape(out / 'report.html')} (JSON: {escape(out / 'report.json')})")

@@ -7,18 +7,12 @@ from pathlib import Path
 
 import click
 
-from explainkit.cli.options import loading_options, split_allow_classes
+from explainkit.cli.options import load_handle, loading_options
 from explainkit.errors import ConfigError
+from explainkit.outputs import check_output_file
+from explainkit.textsafe import escape, inert_lines
 
 __all__ = ["COMMANDS"]
-
-
-def _load(model: str, opts: dict):
-    from explainkit.loading import load_model
-
-    return load_model(model, arch=opts.get("arch"), trust=opts.get("trust", False),
-                      allow_classes=split_allow_classes(opts.get("allow_classes")),
-                      class_names=opts.get("class_names"))
 
 
 @click.command("layers")
@@ -27,14 +21,14 @@ def _load(model: str, opts: dict):
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
 def layers(model: str, fmt: str, **opts) -> int:
     """List MODEL's layers (dotted names usable with --layer)."""
-    handle = _load(model, opts)
+    handle = load_handle(model, opts)
     rows = [(name, type(m).__name__) for name, m in handle.module.named_modules() if name]
     if fmt == "json":
         click.echo(json.dumps([{"name": n, "type": t} for n, t in rows], indent=1))
     else:
         width = max((len(n) for n, _ in rows), default=4)
         for name, kind in rows:
-            click.echo(f"{name:<{width}}  {kind}")
+            click.echo(f"{escape(name):<{width}}  {escape(kind)}")
     return 0
 
 
@@ -82,7 +76,7 @@ def _print_params(cls: type, fmt: str) -> int:
 @loading_options
 def inspect_model(model: str, **opts) -> int:
     """Show MODEL's format, trust tier, capabilities and preprocessing (JSON on stdout)."""
-    handle = _load(model, opts)
+    handle = load_handle(model, opts)
     info = handle.describe()
     info["n_layers"] = len(handle.layer_names())
     info["n_parameters"] = sum(p.numel() for p in handle.module.parameters())
@@ -95,12 +89,13 @@ def inspect_model(model: str, **opts) -> int:
 @click.option("--html", "html_path", type=click.Path(dir_okay=False), required=True,
               help="Where to write the HTML rendering.")
 def rerender(report_json: str, html_path: str) -> int:
-    """Re-render a report.json as HTML."""
+    """Re-render a report.json as HTML (asset URIs other than data:image/png|jpeg|webp are dropped)."""
     from explainkit._io import atomic_write_text
     from explainkit.report import Report
 
+    check_output_file(html_path, "--html")
     atomic_write_text(html_path, Report.load(report_json).to_html())
-    click.echo(html_path)
+    click.echo(escape(html_path))
     return 0
 
 
@@ -121,7 +116,7 @@ def world(out: str, **kwargs) -> int:
 
     spec = WorldSpec(**kwargs)
     write_world(spec, out)
-    click.echo(out)
+    click.echo(escape(out))
     return 0
 
 
@@ -138,6 +133,7 @@ def train(data: str, out: str, epochs: int, seed: int) -> int:
     from explainkit.loading.save import save_model
     from explainkit.models import SYNTHETIC_PREPROCESSING
 
+    check_output_file(out, "--out")
     probe = ProbeSet.from_folder(data)
     if not probe.has_labels:
         raise ConfigError(f"{data} has no class labels to train on")
@@ -148,9 +144,9 @@ def train(data: str, out: str, epochs: int, seed: int) -> int:
 
     result = train_classifier(probe, epochs=epochs, seed=seed, on_epoch=log)
     n = len(probe.class_names or ())
-    save_model(result.model, out, arch=f"explainkit.models:tiny_cnn(num_classes={n})",
+    save_model(result.model, out, arch=f"explainkit:tiny_cnn(num_classes={n})",
                class_names=probe.class_names, preprocessing=SYNTHETIC_PREPROCESSING)
-    click.echo(out)
+    click.echo(escape(out))
     return 0
 
 
@@ -162,9 +158,9 @@ def demo(out: str, retrain: bool, progress: bool | None) -> int:
     """Build the stamped synthetic world, then write a full report on the bundled tiny model."""
     from explainkit.datasets.demo import run_demo
 
-    paths = run_demo(Path(out), retrain=retrain, progress=progress, echo=lambda m: click.echo(m, err=True))
+    paths = run_demo(Path(out), retrain=retrain, progress=progress, echo=lambda m: click.echo(inert_lines(m), err=True))
     for key, path in paths.items():
-        click.echo(f"{key}: {path}")
+        click.echo(f"{key}: {escape(path)}")
     return 0
 
 

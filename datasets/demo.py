@@ -31,7 +31,7 @@ __all__ = ["PROBE_WORLD", "TRAIN_WORLD", "bundled_asset", "bundled_model_path", 
 TRAIN_WORLD = WorldSpec(n_images=900, artifact="stamp", artifact_rate=0.9, artifact_other_rate=0.05, seed=0)
 PROBE_WORLD = WorldSpec(n_images=300, artifact="stamp", artifact_rate=0.4, artifact_other_rate=0.4, seed=1)
 DEMO_EPOCHS = 15
-DEMO_ARCH = "explainkit.models:tiny_cnn(num_classes=3)"
+DEMO_ARCH = "explainkit:tiny_cnn(num_classes=3)"
 
 
 def bundled_asset(name: str) -> Path:

@@ -4,6 +4,10 @@ Keys hash everything the value depends on — model sha256, layer, data manifest
 so a rerun with a changed threshold reuses the expensive forward passes, while a changed model or
 probe set never does. Writes are atomic renames of complete files: concurrent writers of the same
 key write identical content and the last rename wins; readers never see a partial file.
+
+The cache folder is untrusted input (it may be shared, or damaged): entries are read with
+``allow_pickle=False`` only, and an entry that cannot be read is a miss with one warning, recomputed
+and replaced by the caller.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -22,6 +27,8 @@ import torch
 from explainkit._io import atomic_write_bytes
 
 __all__ = ["ActivationCache", "cache_key", "default_cache_dir", "module_fingerprint"]
+
+_log = logging.getLogger(__name__)
 
 
 def default_cache_dir() -> Path:
@@ -60,22 +67,25 @@ class ActivationCache:
     def __init__(self, root: str | Path | None = None) -> None:
         self.root = Path(root) if root is not None else default_cache_dir()
 
-    def _path(self, key: str) -> Path:
+    def path(self, key: str) -> Path:
+        """Where the entry ``key`` is stored."""
         return self.root / key[:2] / f"{key}.npz"
 
     def get(self, key: str) -> dict[str, np.ndarray] | None:
-        """The arrays stored under ``key``, or ``None`` (also for an unreadable file)."""
-        path = self._path(key)
+        """The arrays stored under ``key``, or ``None`` (also, with a warning, for an unreadable entry)."""
+        path = self.path(key)
         if not path.is_file():
             return None
         try:
             with np.load(path, allow_pickle=False) as data:
                 return {k: data[k] for k in data.files}
-        except (OSError, ValueError, EOFError):
+        except Exception as exc:  # truncated, not a zip, object arrays, ...: any damage is a miss
+            _log.warning("ignoring unreadable cache entry %s (%s: %s); it will be recomputed and replaced", path,
+                         type(exc).__name__, exc)
             return None
 
     def put(self, key: str, arrays: Mapping[str, np.ndarray]) -> Path:
         """Store ``arrays`` under ``key`` (atomic)."""
         buf = io.BytesIO()
         np.savez(buf, **{k: np.asarray(v) for k, v in arrays.items()})
-        return atomic_write_bytes(self._path(key), buf.getvalue())
+        return atomic_write_bytes(self.path(key), buf.getvalue())

@@ -15,14 +15,17 @@ from typing import Any
 from explainkit.analyzers.registry import get_analyzer_class
 from explainkit.errors import ConfigError
 
-__all__ = ["ANALYZE_KEYS", "load_config", "parse_analyzer_spec", "parse_duration", "parse_value"]
+__all__ = ["ANALYZE_KEYS", "COMMAND_LINE_ONLY", "load_config", "parse_analyzer_spec", "parse_duration", "parse_value"]
 
 #: Keys allowed at the top level of an ``analyze`` config file (same names as the CLI options).
 ANALYZE_KEYS = frozenset({
     "data", "concepts", "descriptions", "arch", "analyzers", "layer", "out", "device", "batch_size",
-    "seed", "allow_classes", "input_size", "mean", "std", "resize", "class_names", "format",
-    "skip_bad", "fail_on", "asset_budget_mb", "backend", "workers", "gpus_per_worker", "time_budget", "autocast",
+    "seed", "input_size", "mean", "std", "resize", "class_names", "output_key", "format",
+    "skip_bad", "follow_symlinks", "fail_on", "asset_budget_mb", "backend", "workers", "gpus_per_worker",
+    "time_budget", "autocast",
 })
+#: Options that choose code to run: only ever accepted on the command line, never from a file.
+COMMAND_LINE_ONLY = {"trust": "--trust", "allow_classes": "--allow-classes"}
 _DURATION = re.compile(r"(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s?)?")
 _TABLES = frozenset({"analyzer"})
 
@@ -33,8 +36,8 @@ def _line_of(text: str, key: str) -> int | None:
     return text.count("\n", 0, match.start()) + 1 if match else None
 
 
-def load_config(path: str | Path, allowed: frozenset[str] = ANALYZE_KEYS) -> dict[str, Any]:
-    """Read and validate a TOML config file.
+def load_config(path: str | Path, allowed: frozenset[str] = ANALYZE_KEYS) -> tuple[dict[str, Any], dict[str, str]]:
+    """Read and validate a TOML config file, and say where each key is.
 
     Parameters
     ----------
@@ -45,14 +48,16 @@ def load_config(path: str | Path, allowed: frozenset[str] = ANALYZE_KEYS) -> dic
 
     Returns
     -------
-    dict
+    data : dict
         The parsed configuration.
+    origins : dict of str to str
+        Key → ``"file.toml line N: 'key'"``, for messages about a value that came from the file.
 
     Raises
     ------
     ConfigError
         Unreadable file, TOML syntax error, unknown key (the message names the key and line), or a
-        ``trust`` key (trust is only ever granted on the command line).
+        key that chooses code (``trust``, ``allow_classes``: only ever given on the command line).
     """
     path = Path(path)
     try:
@@ -61,20 +66,23 @@ def load_config(path: str | Path, allowed: frozenset[str] = ANALYZE_KEYS) -> dic
         raise ConfigError(f"cannot read config file {path}: {exc}") from None
     try:
         data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
+    except (tomllib.TOMLDecodeError, RecursionError) as exc:
         raise ConfigError(f"{path.name}: invalid TOML: {exc}") from None
+    origins = {}
     for key, value in data.items():
         line = _line_of(text, key)
         where = f"{path.name}{f' line {line}' if line else ''}"
-        if key == "trust":
-            raise ConfigError(f"{where}: 'trust' cannot be set in a config file; pass --trust on the command line")
+        origins[key] = f"{where}: {key!r}"
+        if key in COMMAND_LINE_ONLY:
+            raise ConfigError(f"{where}: {key!r} cannot be set in a config file; pass {COMMAND_LINE_ONLY[key]} on the "
+                              "command line")
         if key in _TABLES:
             if not isinstance(value, dict) or not all(isinstance(v, dict) for v in value.values()):
                 raise ConfigError(f"{where}: [analyzer.NAME] tables expected")
             continue
         if key not in allowed:
             raise ConfigError(f"{where}: unknown key {key!r} (allowed: {', '.join(sorted(allowed))})")
-    return data
+    return data, origins
 
 
 def parse_duration(value: str | float | int) -> float:

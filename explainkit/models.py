@@ -1,6 +1,8 @@
 """Small reference models: the demo classifier and a ProtoPNet-like network for tests and demos.
 
-They are ordinary ``nn.Module`` factories, usable as ``--arch explainkit.models:tiny_cnn(...)``.
+Their factories are the ``explainkit:`` architectures (``--arch explainkit:tiny_cnn(num_classes=3)``,
+see :data:`explainkit.loading.arch.EXPLAINKIT_ARCHITECTURES`), which a model file's metadata, a config
+file or the environment may also name.
 """
 
 from __future__ import annotations
@@ -57,7 +59,7 @@ class TinyCNN(nn.Module):
 
 
 def tiny_cnn(num_classes: int = 3, widths: Sequence[int] = (16, 32, 64, 64)) -> TinyCNN:
-    """Factory for :class:`TinyCNN` (for ``--arch explainkit.models:tiny_cnn``)."""
+    """Factory for :class:`TinyCNN` (``--arch explainkit:tiny_cnn``)."""
     return TinyCNN(num_classes=num_classes, widths=tuple(widths))
 
 
@@ -148,6 +150,6 @@ class TinyProtoPNet(nn.Module):
 
 def tiny_protopnet(num_classes: int = 3, prototypes_per_class: int = 4, prototype_dim: int = 32,
                    widths: Sequence[int] = (16, 32, 64, 64)) -> TinyProtoPNet:
-    """Factory for :class:`TinyProtoPNet` (for ``--arch explainkit.models:tiny_protopnet``)."""
+    """Factory for :class:`TinyProtoPNet` (``--arch explainkit:tiny_protopnet``)."""
     return TinyProtoPNet(num_classes=num_classes, prototypes_per_class=prototypes_per_class,
                          prototype_dim=prototype_dim, widths=tuple(widths))

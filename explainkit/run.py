@@ -9,6 +9,7 @@ import dataclasses
 import random
 import time
 from collections.abc import Iterable, Mapping, Sequence
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +18,11 @@ import torch
 from torch import nn
 
 from explainkit.adapters.layers import resolve_layer
-from explainkit.analyzers.base import Analyzer, Round, RoundRequest, RunContext, TimeBudget, require
+from explainkit.analyzers.base import Analyzer, Finding, Round, RoundRequest, RunContext, TimeBudget, require
 from explainkit.analyzers.registry import get_analyzer, get_analyzer_class, list_analyzers
 from explainkit.backends import Backend, Outcome, RunPlan, get_backend, guard, label_map
 from explainkit.backends.passes import merge_requests, rows_per_pass
+from explainkit.backends.plan import validate_output
 from explainkit.backends.progress import DEFAULT_INTERVAL_S, Progress
 from explainkit.cache import ActivationCache
 from explainkit.config import parse_duration
@@ -29,6 +31,7 @@ from explainkit.device import AUTOCAST_DTYPES, resolve_device
 from explainkit.errors import ConfigError
 from explainkit.loading.handle import ModelHandle
 from explainkit.loading.loaders import wrap
+from explainkit.outputs import StagedDir
 from explainkit.report.build import build_report
 from explainkit.report.report import Report
 
@@ -77,6 +80,39 @@ def build_analyzers(specs: Iterable[AnalyzerSpec]) -> list[Analyzer]:
     return out
 
 
+def _open_cache(cache: bool | str | Path | None) -> ActivationCache | None:
+    if cache in (None, False):
+        return None
+    store = ActivationCache(None if cache is True else cache)
+    if store.root.exists() and not store.root.is_dir():
+        raise ConfigError(f"--cache-dir {store.root} is not a folder")
+    return store
+
+
+def _keep_runnable(instances: list[Analyzer], ctx: RunContext, step: str, explicit: bool,
+                   skipped: list[Finding]) -> list[Analyzer]:
+    """Run one lifecycle step (``"validate"`` or ``"prepare"``) of every analyzer; those it lets run.
+
+    A default analyzer that cannot run on this model and data (a :class:`ConfigError`, e.g. Grad-CAM
+    on a model without spatial layers) is left out with an info finding appended to ``skipped``; one
+    the user asked for (``explicit``) fails the run.
+    """
+    kept = []
+    for a in instances:
+        try:
+            guard(a, step, getattr(a, step), ctx)
+        except ConfigError as exc:
+            if explicit:
+                raise
+            skipped.append(Finding("info", f"{a.name} skipped: it cannot run on this model and data ({exc})",
+                                   a.name, {"reason": str(exc)}))
+            continue
+        kept.append(a)
+    if not kept:
+        raise ConfigError("none of the default analyzers can run here: " + "; ".join(f.message for f in skipped))
+    return kept
+
+
 def _seed_all(seed: int) -> None:
     random.seed(seed)
     torch.manual_seed(seed)
@@ -98,6 +134,7 @@ def analyze(
     backend: str = "serial",
     backend_options: Mapping[str, Any] | None = None,
     cache: bool | str | Path | None = None,
+    params: Mapping[str, Mapping[str, Any]] | None = None,
     time_budget: float | str | None = None,
     progress_interval: float = DEFAULT_INTERVAL_S,
     autocast: str | None = None,
@@ -112,9 +149,14 @@ def analyze(
         The probe images.
     analyzers : sequence, optional
         Names, ``(name, params)``, ``{"name": ..., **params}`` or instances. By default every
-        analyzer marked ``run_by_default`` whose requirements the model and data meet.
+        analyzer marked ``run_by_default`` whose requirements the model and data meet; a default
+        analyzer whose check fails (e.g. Grad-CAM on a model without spatial layers) is left out
+        with an info finding, while one named here fails the run.
     out : str or Path, optional
-        Folder for ``report.json`` and ``report.html`` (written atomically).
+        Folder for ``report.json``, ``report.html`` and ``samples/``. It is checked before any model
+        pass (a new folder, an empty one, or a previous explainkit output), built beside itself and
+        swapped in when the run succeeds (:class:`explainkit.outputs.StagedDir`): a failed run leaves
+        the previous outputs as they were, and nothing of an earlier run survives a new one.
     device : str or torch.device
         Where the model runs.
     batch_size : int
@@ -140,6 +182,9 @@ def analyze(
         Reuse per-batch states of analyzers that allow it (INVERT's pooled activations) across runs:
         ``True`` uses :func:`explainkit.cache.default_cache_dir`, a path names the folder (shared by
         every worker), ``None``/``False`` (default) caches nothing.
+    params : mapping, optional
+        Analyzer name → parameters for the analyzers picked by default (the config file's
+        ``[analyzer.NAME]`` tables when ``analyzers`` is not given).
     time_budget : float or str, optional
         Wall-clock budget of the whole run in seconds, or text such as ``"10m"``: analyzers size
         their samples (metric stages, sanity checks, prototype images) to fit and report what they
@@ -169,15 +214,19 @@ def analyze(
         raise ConfigError(f"autocast must be one of {', '.join(AUTOCAST_DTYPES)}, not {autocast!r}")
     if not progress_interval >= 0:
         raise ConfigError("progress interval must be >= 0 seconds")
+    runner = get_backend(backend, **(backend_options or {}))
+    token, owner = runner.output_role()
+    staged = StagedDir(out, token=token, owner=owner) if out is not None else None  # before any model pass
+    store = _open_cache(cache)
     handle = wrap(handle) if not isinstance(handle, ModelHandle) else handle
     probe = data if isinstance(data, ProbeSet) else ProbeSet.from_folder(data)
     runnable = [n for n in list_analyzers() if not get_analyzer_class(n)().missing_requirements(handle, probe)]
+    explicit = analyzers is not None
     if analyzers is None:
-        analyzers = [n for n in runnable if get_analyzer_class(n).run_by_default]
+        analyzers = [(n, (params or {}).get(n, {})) for n in runnable if get_analyzer_class(n).run_by_default]
     instances = build_analyzers(analyzers)
     for a in instances:
         a.check_params()
-    runner = get_backend(backend, **(backend_options or {}))
     for a in instances:
         require(a, handle, probe, runnable)
     handle.require_preprocessing()
@@ -186,45 +235,45 @@ def analyze(
     dev = resolve_device(device)
     labels_to_outputs, label_mapping = label_map(handle, probe)
     shape = (3, *handle.require_preprocessing().input_size)
-    ctx = RunContext(handle=handle, data=probe, device=dev, seed=seed, batch_size=batch_size,
-                     out_dir=Path(out) if out else None, config=dict(config or {}), layer=layer,
-                     cache=None if cache in (None, False) else ActivationCache(None if cache is True else cache),
-                     budget=budget, autocast=autocast,
-                     pass_rows=rows_per_pass(batch_size, shape, dev, gradients=False),
-                     grad_rows=rows_per_pass(batch_size, shape, dev, gradients=True))
-    for a in instances:
-        guard(a, "validate", a.validate, ctx)
-    for a in instances:
-        guard(a, "prepare", a.prepare, ctx)
-    _seed_all(seed)
-    timings: dict[str, float] = {"setup": time.perf_counter() - t0}
-    requests = {a.name: guard(a, "pass_request", a.pass_request, ctx) for a in instances}
-    plan = RunPlan(handle=handle, probe=probe, analyzers=instances, label_map=labels_to_outputs, progress=progress,
-                   passes=merge_requests(list(requests.values())),
-                   pass_rows=ctx.gradient_rows,
-                   progress_interval=progress_interval)
-    outcome = runner.run(plan, ctx)
-    _add_timings(timings, outcome, "")
-    states = _rounds(runner, plan, ctx, outcome, requests, timings)
-    sections = []
-    for a in instances:
-        t = time.perf_counter()
-        step = Progress(f"finalize {a.name}", 0, enabled=progress if outcome.is_writer else False,
-                        interval=progress_interval)
-        sections.append(guard(a, "finalize", a.finalize, ctx, states[a.name]))
-        step.close()
-        timings[f"{a.name}:finalize"] = time.perf_counter() - t
-    timings["total"] = time.perf_counter() - t0
-    report = build_report(
-        kind="analysis", sections=sections, handle=handle, data=probe, seed=seed, device=dev,
-        batch_size=batch_size, timings=timings,
-        config={"autocast": autocast, **dict(config or {}), "backend": outcome.describe,
-                "cache": None if ctx.cache is None else str(ctx.cache.root),
-                "time_budget_s": None if budget is None else budget.seconds},
-        label_mapping=label_mapping, asset_budget_bytes=asset_budget_bytes,
-    )
-    if out is not None and outcome.is_writer:
-        report.save(out)
+    with staged or nullcontext():
+        ctx = RunContext(handle=handle, data=probe, device=dev, seed=seed, batch_size=batch_size,
+                         out_dir=staged.path if staged else None, config=dict(config or {}), layer=layer,
+                         cache=store, budget=budget, autocast=autocast,
+                         pass_rows=rows_per_pass(batch_size, shape, dev, gradients=False),
+                         grad_rows=rows_per_pass(batch_size, shape, dev, gradients=True))
+        skipped: list[Finding] = []
+        instances = _keep_runnable(instances, ctx, "validate", explicit, skipped)  # no model pass yet
+        validate_output(handle, probe, dev)  # the first one: (B, K) logits
+        instances = _keep_runnable(instances, ctx, "prepare", explicit, skipped)
+        _seed_all(seed)
+        timings: dict[str, float] = {"setup": time.perf_counter() - t0}
+        requests = {a.name: guard(a, "pass_request", a.pass_request, ctx) for a in instances}
+        plan = RunPlan(handle=handle, probe=probe, analyzers=instances, label_map=labels_to_outputs,
+                       progress=progress, passes=merge_requests(list(requests.values())),
+                       pass_rows=ctx.gradient_rows, progress_interval=progress_interval)
+        outcome = runner.run(plan, ctx)
+        _add_timings(timings, outcome, "")
+        states = _rounds(runner, plan, ctx, outcome, requests, timings)
+        sections = []
+        for a in instances:
+            t = time.perf_counter()
+            step = Progress(f"finalize {a.name}", 0, enabled=progress if outcome.is_writer else False,
+                            interval=progress_interval)
+            sections.append(guard(a, "finalize", a.finalize, ctx, states[a.name]))
+            step.close()
+            timings[f"{a.name}:finalize"] = time.perf_counter() - t
+        timings["total"] = time.perf_counter() - t0
+        report = build_report(
+            kind="analysis", sections=sections, handle=handle, data=probe, seed=seed, device=dev,
+            batch_size=batch_size, timings=timings,
+            config={"autocast": autocast, **dict(config or {}), "backend": outcome.describe,
+                    "cache": None if store is None else str(store.root),
+                    "time_budget_s": None if budget is None else budget.seconds},
+            label_mapping=label_mapping, asset_budget_bytes=asset_budget_bytes, findings=skipped,
+        )
+        if staged is not None and outcome.is_writer:
+            report.save(staged.path)
+            staged.commit()
     return report
 
 

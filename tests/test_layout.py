@@ -20,8 +20,8 @@ ROOT = Path(__file__).resolve().parents[1]
 #: The spine, bottom to top. A module may import its own unit and units of lower layers only; units of
 #: one layer are siblings and never import each other. ``explainkit`` is the package's ``__init__``.
 LAYERS: list[set[str]] = [
-    {"errors", "_version", "_io", "_prefetch", "stats"},
-    {"options", "registry", "provenance", "hooks", "cache", "samples", "device"},
+    {"errors", "_version", "_io", "_prefetch", "stats", "textsafe", "pixels"},
+    {"options", "registry", "provenance", "hooks", "cache", "samples", "device", "outputs"},
     {"loading", "data"},
     {"adapters", "report"},
     {"analyzers"},

@@ -21,7 +21,7 @@ from explainkit.loading.arch import parse_arch, strip_prefixes
 from explainkit.loading.pickle_scan import globals_in_torch_file
 from explainkit.models import TinyCNN
 
-ARCH = "explainkit.models:tiny_cnn(num_classes=3)"
+ARCH = "explainkit:tiny_cnn(num_classes=3)"
 PREP = {"input_size": 32, "mean": "0.5,0.5,0.5", "std": "0.5,0.5,0.5"}
 
 
@@ -55,7 +55,7 @@ def test_safetensors_round_trip_with_metadata(model, tmp_path):
     assert sniff_format(path) == ModelFormat.SAFETENSORS  # extension ignored
     h = explainkit.load_model(path)
     assert h.format == ModelFormat.SAFETENSORS and h.trust_mode == "weights-only"
-    assert h.class_names == ("a", "b", "c") and h.arch == "explainkit.models:tiny_cnn(num_classes=3)"
+    assert h.class_names == ("a", "b", "c") and h.arch == ARCH
     assert h.preprocessing.input_size == (32, 32)
     assert h.preprocessing.sources["mean"] == "safetensors metadata"
     assert h.sha256 == explainkit.loading.file_sha256(path)

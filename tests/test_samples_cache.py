@@ -41,7 +41,7 @@ def test_cache_keys_and_concurrent_writers(tmp_path):
     assert np.array_equal(got["a"], np.arange(200_000, dtype=np.float64))
     assert not list(tmp_path.rglob("*.tmp"))
     assert cache.get("0" * 64) is None
-    bad = cache._path("f" * 64)
+    bad = cache.path("f" * 64)
     bad.parent.mkdir(parents=True)
     bad.write_bytes(b"garbage")
     assert cache.get("f" * 64) is None

@@ -8,6 +8,7 @@ from explainkit.adapters.targets import (
     SoftmaxProbability,
     Target,
     as_target,
+    check_logits,
     map_output,
     select_logits,
 )
@@ -21,6 +22,7 @@ __all__ = [
     "SpatialLayout",
     "Target",
     "as_target",
+    "check_logits",
     "default_layer",
     "infer_layout",
     "map_output",

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from explainkit.errors import ConfigError
+from explainkit.errors import ConfigError, RuntimeAnalysisError
 from explainkit.hooks import capture_layers, eval_mode
 
 __all__ = ["default_layer", "resolve_layer", "resolve_layers"]
@@ -121,6 +121,8 @@ def default_layer(root: nn.Module, input_size: tuple[int, int] = (224, 224)) -> 
     ------
     ConfigError
         No spatial layer was found.
+    RuntimeAnalysisError
+        The model raised on the dry run.
     """
     known = _known_family_layer(root)
     if known is not None:
@@ -160,7 +162,7 @@ def _probe(root: nn.Module, x: torch.Tensor) -> None:
     except ConfigError:
         raise
     except Exception as exc:
-        raise ConfigError(
-            f"cannot run the model on a {tuple(x.shape)} input to find a default layer ({exc}); "
-            "pass --layer NAME"
+        raise RuntimeAnalysisError(
+            f"the model failed on a {tuple(x.shape)} zero input while looking for a default layer ({exc}); "
+            "pass --layer NAME to skip that search"
         ) from None

@@ -20,6 +20,7 @@ __all__ = [
     "SoftmaxProbability",
     "Target",
     "as_target",
+    "check_logits",
     "map_output",
     "select_logits",
 ]
@@ -39,6 +40,29 @@ def map_output(fn: Callable[[torch.Tensor], torch.Tensor], output: Any) -> Any:
     if isinstance(output, dict):
         return {k: map_output(fn, v) for k, v in output.items()}
     return output
+
+
+def _pick_tensor(output: Any, key: str | int | None = None) -> torch.Tensor:
+    """The tensor holding the logits, before any reshaping (see :func:`select_logits`)."""
+    if key is not None:
+        try:
+            output = output[key]
+        except (KeyError, IndexError, TypeError):
+            raise ConfigError(f"model output has no entry {key!r}") from None
+    if isinstance(output, dict):
+        found = next((output[k] for k in _DICT_KEYS if isinstance(output.get(k), torch.Tensor)), None)
+        tensors = [v for v in output.values() if isinstance(v, torch.Tensor)]
+        if found is None and len(tensors) == 1:
+            found = tensors[0]
+        if found is None:
+            raise ConfigError(f"cannot tell which output is the logits among keys {sorted(map(str, output))}; "
+                              "pass --output-key KEY (Python: output_key=)")
+        return found
+    picked = next((o for o in output if isinstance(o, torch.Tensor)), None) if isinstance(output, tuple | list) \
+        else output
+    if not isinstance(picked, torch.Tensor):
+        raise ConfigError(f"model output ({type(output).__name__}) holds no tensor")
+    return picked
 
 
 def select_logits(output: Any, key: str | int | None = None) -> torch.Tensor:
@@ -62,28 +86,56 @@ def select_logits(output: Any, key: str | int | None = None) -> torch.Tensor:
     ConfigError
         No suitable tensor.
     """
-    if key is not None:
-        try:
-            output = output[key]
-        except (KeyError, IndexError, TypeError):
-            raise ConfigError(f"model output has no entry {key!r}") from None
-    if isinstance(output, dict):
-        found = next((output[k] for k in _DICT_KEYS if isinstance(output.get(k), torch.Tensor)), None)
-        tensors = [v for v in output.values() if isinstance(v, torch.Tensor)]
-        if found is None and len(tensors) == 1:
-            found = tensors[0]
-        if found is None:
-            raise ConfigError(f"cannot tell which output is the logits among keys {sorted(output)}; pass output_key=")
-        output = found
-    elif isinstance(output, tuple | list):
-        output = next((o for o in output if isinstance(o, torch.Tensor)), None)
-    if not isinstance(output, torch.Tensor):
-        raise ConfigError("model output holds no tensor")
+    output = _pick_tensor(output, key)
     if output.dim() == 1:
         output = output[:, None]
     if output.dim() != 2:
         raise ConfigError(f"expected (B, K) logits, got shape {tuple(output.shape)}; pass a target function")
     return output
+
+
+def check_logits(output: Any, batch: int, n_classes: int | None = None, classes: str = "class names",
+                 at_least: bool = False) -> torch.Tensor:
+    """Validate a model's output for a batch of ``batch`` images; return its (B, K) logits.
+
+    Parameters
+    ----------
+    output : Any
+        What the model returned (tensor, or a dict / tuple holding the logits, see
+        :func:`select_logits`).
+    batch : int
+        B, the number of images the model was given.
+    n_classes : int, optional
+        How many outputs per image are expected (the model's class names), or at least expected
+        (``at_least``: the probe set's classes, matched by position).
+    classes : str
+        What ``n_classes`` counts, for the message.
+    at_least : bool
+        Only require ``K >= n_classes``.
+
+    Returns
+    -------
+    torch.Tensor
+        (B, K) floating-point logits.
+
+    Raises
+    ------
+    ConfigError
+        No tensor, a shape other than (B, K) or (B,), a non-floating dtype, or a K that does not
+        fit ``n_classes``.
+    """
+    t = _pick_tensor(output)
+    shape = tuple(t.shape)
+    if t.dim() not in (1, 2) or shape[0] != batch:
+        raise ConfigError(f"model output shape {shape} for a batch of {batch} images; expected ({batch}, K)")
+    if not t.is_floating_point():
+        raise ConfigError(f"model output dtype {str(t.dtype).replace('torch.', '')} for a batch of {batch} images; "
+                          "expected floating-point logits")
+    logits = t if t.dim() == 2 else t[:, None]
+    k = logits.shape[1]
+    if n_classes is not None and (k < n_classes if at_least else k != n_classes):
+        raise ConfigError(f"model output shape {shape}: {k} outputs per image for {n_classes} {classes}")
+    return logits
 
 
 class Target:

@@ -14,6 +14,8 @@ from explainkit.errors import ConfigError
 __all__ = ["SpatialLayout", "infer_layout", "token_hints"]
 
 _MAX_PREFIX = 16
+#: How to resolve a token grid (the gradcam, captum and prototypes analyzers take both parameters).
+GRID_HINT = "pass the analyzer parameters grid=H|W and prefix_tokens=N (Python: grid=(h, w), prefix_tokens=N)"
 
 
 @dataclass(frozen=True)
@@ -43,8 +45,7 @@ class SpatialLayout:
         h, w = self.grid  # type: ignore[misc]
         if t.shape[1] != self.prefix_tokens + h * w:
             raise ConfigError(
-                f"token layer gave {t.shape[1]} tokens, expected {self.prefix_tokens}+{h}x{w}; "
-                "pass grid= / prefix_tokens= explicitly"
+                f"token layer gave {t.shape[1]} tokens, expected {self.prefix_tokens}+{h}x{w}; " + GRID_HINT
             )
         patches = t[:, self.prefix_tokens:, :]
         return patches.reshape(t.shape[0], h, w, t.shape[2]).permute(0, 3, 1, 2)
@@ -148,6 +149,6 @@ def _token_layout(
     if len(candidates) == 1:
         return candidates[0]
     if not candidates:
-        raise ConfigError(f"cannot arrange {n} tokens in a grid; pass grid=(h, w) and prefix_tokens=")
+        raise ConfigError(f"cannot arrange {n} tokens in a grid; " + GRID_HINT)
     options = ", ".join(f"{c.prefix_tokens}+{c.grid[0]}x{c.grid[1]}" for c in candidates)  # type: ignore[index]
-    raise ConfigError(f"ambiguous token grid for {n} tokens ({options}); pass grid=(h, w) and prefix_tokens=")
+    raise ConfigError(f"ambiguous token grid for {n} tokens ({options}); " + GRID_HINT)

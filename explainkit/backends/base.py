@@ -35,6 +35,15 @@ class Backend:
         """Map every sample and merge the states."""
         raise NotImplementedError
 
+    def output_role(self) -> tuple[str | None, bool]:
+        """``(token, owner)`` of the run's staging folder (:class:`explainkit.outputs.StagedDir`).
+
+        Processes that run the same analysis side by side (torchrun ranks) share the staging folder
+        through a common token; only the owner swaps it in or removes it. Default: a private
+        folder, owned by this process.
+        """
+        return None, True
+
 
 def _check(name: str, cls: object) -> None:
     if not (isinstance(cls, type) and issubclass(cls, Backend)) or cls.name != name:

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from explainkit._prefetch import prefetch
-from explainkit.adapters.targets import select_logits
+from explainkit.adapters.targets import check_logits
 from explainkit.analyzers.base import Analyzer, Batch, PassRequest, RunContext
 from explainkit.backends.mapcache import MapCache
 from explainkit.backends.passes import run_passes
@@ -25,7 +25,8 @@ from explainkit.loading.handle import ModelHandle
 
 _log = logging.getLogger(__name__)
 
-__all__ = ["Outcome", "RunPlan", "guard", "label_map", "make_batch", "map_shard", "merge_states", "shard_indices"]
+__all__ = ["Outcome", "RunPlan", "guard", "label_map", "make_batch", "map_shard", "merge_states", "shard_indices",
+           "validate_output"]
 
 
 @dataclass
@@ -117,6 +118,46 @@ def label_map(handle: ModelHandle, data: ProbeSet) -> tuple[np.ndarray | None, s
     return np.array([handle.class_names.index(c) for c in data.class_names]), "by class name"
 
 
+def _forward(handle: ModelHandle, inputs: torch.Tensor, passes: dict[str, PassRequest] | None = None,
+             labels: torch.Tensor | None = None, *, rows: int | None = None, amp: str | None = None
+             ) -> tuple[Any, dict[str, Any]]:
+    """The batch's shared pass (:func:`run_passes`; the plain forward pass without requests), errors mapped."""
+    try:
+        return run_passes(handle, inputs, passes or {}, labels, rows=rows, amp=amp)
+    except ExplainkitError:
+        raise
+    except Exception as exc:
+        raise RuntimeAnalysisError(f"the model failed on a batch of {len(inputs)} images: {exc}") from exc
+
+
+def validate_output(handle: ModelHandle, probe: ProbeSet, device: torch.device) -> None:
+    """Check once, before any analysis, that the model gives (B, K) logits for probe images.
+
+    One forward pass on the first (up to) two images: the output must hold one floating-point
+    tensor of shape (B, K) (or (B,)), selected as :func:`explainkit.adapters.select_logits` says
+    (``--output-key`` for dicts and tuples), with K equal to the number of the model's class names,
+    or at least the probe set's classes when the model has none.
+
+    Raises
+    ------
+    ConfigError
+        The output does not fit (exit code 2).
+    RuntimeAnalysisError
+        The model raised (exit code 3).
+    """
+    indices = np.arange(min(2, len(probe)))
+    inputs = handle.preprocess([probe.load_image(int(i)) for i in indices]).to(device)
+    handle.to(device)
+    with eval_mode(handle.module):
+        output, _ = _forward(handle, inputs)
+    if handle.class_names:
+        check_logits(output, len(indices), len(handle.class_names))
+    elif probe.class_names:
+        check_logits(output, len(indices), len(probe.class_names), "classes of the probe set", at_least=True)
+    else:
+        check_logits(output, len(indices))
+
+
 def make_batch(handle: ModelHandle, probe: ProbeSet, indices: np.ndarray, images: list,
                inputs: torch.Tensor, label_map: np.ndarray | None,
                passes: dict[str, PassRequest] | None = None, *, rows: int | None = None,
@@ -126,13 +167,8 @@ def make_batch(handle: ModelHandle, probe: ProbeSet, indices: np.ndarray, images
     if label_map is not None:
         labels = np.where(labels >= 0, label_map[np.clip(labels, 0, None)], -1)
     label_t = torch.as_tensor(labels, dtype=torch.long)
-    try:
-        output, results = run_passes(handle, inputs, passes or {}, label_t, rows=rows, amp=amp)
-    except ExplainkitError:
-        raise
-    except Exception as exc:
-        raise RuntimeAnalysisError(f"the model failed on a batch of {len(images)} images: {exc}") from exc
-    logits = select_logits(output)
+    output, results = _forward(handle, inputs, passes, label_t, rows=rows, amp=amp)
+    logits = check_logits(output, len(images))
     if not torch.isfinite(logits).all():
         bad = [probe.ids[int(indices[i])] for i in torch.nonzero(~torch.isfinite(logits).all(1)).flatten()[:3]]
         raise RuntimeAnalysisError(f"the model produced non-finite outputs (NaN/inf) for {', '.join(bad)}")
@@ -174,7 +210,7 @@ def map_shard(plan: RunPlan, ctx: RunContext, indices: Sequence[int], *, desc: s
     for start in range(0, len(indices), ctx.batch_size):
         chunk = indices[start : start + ctx.batch_size]
         ids = [probe.ids[int(i)] for i in chunk]
-        hits = {a.name: s for a in plan.analyzers if (s := cache.get(a.name, ids)) is not None}
+        hits = {a.name: s for a in plan.analyzers if (s := cache.get(a.name, ids, chunk)) is not None}
         if len(hits) == len(plan.analyzers) and cache.covers(plan.analyzers):
             for a in plan.analyzers:
                 states[a.name] = a.merge(states[a.name], hits[a.name])

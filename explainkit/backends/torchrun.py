@@ -47,6 +47,13 @@ class TorchrunBackend(Backend):
     def __init__(self, timeout_s: float = 1800.0) -> None:
         self.timeout_s = timeout_s
 
+    def output_role(self) -> tuple[str | None, bool]:
+        """One staging folder for every rank, named by the torchrun run id; rank 0 swaps it in."""
+        run_id = os.environ.get("TORCHELASTIC_RUN_ID") or \
+            f"{os.environ.get('MASTER_ADDR', 'local')}-{os.environ.get('MASTER_PORT', '0')}"
+        return "torchrun-" + "".join(c if c.isalnum() or c in "-_." else "_" for c in run_id), \
+            os.environ.get("RANK", "0") == "0"
+
     def run(self, plan: RunPlan, ctx: RunContext) -> Outcome:
         """Map this rank's shard, all-gather the states, merge them in rank order."""
         if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:

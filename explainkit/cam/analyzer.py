@@ -34,7 +34,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from explainkit.adapters import default_layer, resolve_layers
+from explainkit.adapters import SpatialLayout, default_layer, resolve_layers
 from explainkit.analyzers.base import (
     Analyzer,
     Batch,
@@ -267,6 +267,11 @@ class _AttributionAnalyzer(Analyzer):
         Write every image's maps (uint8, input resolution) to ``<out>/samples/<name>/*.npz`` shards
         keyed by sample id (read them with :func:`explainkit.samples.read_samples`); only summaries
         go into the report. Nothing is written when the run has no output folder.
+    grid : sequence of int, optional
+        (h, w) patch grid of a token layer (ViT) when the model does not declare it and the token
+        count is ambiguous (``grid=14|14`` on the command line).
+    prefix_tokens : int, optional
+        Tokens before the patch tokens (CLS, registers) of that layer; default 0 with ``grid``.
     """
 
     #: The CAM-method kinds whose ``default`` methods run when none are named.
@@ -300,6 +305,9 @@ class _AttributionAnalyzer(Analyzer):
         "batch_size": Option("int", low=1, help="rows per extra forward pass (default: the run's)"),
         "n_resamples": Option("int", low=100, help="bootstrap resamples for every CI"),
         "save_maps": Option("bool", help="write every image's maps to <out>/samples/<name>/"),
+        "grid": Option("int", low=1, many=True, help="(h, w) patch grid of a token layer when the token count is "
+                                                     "ambiguous, e.g. grid=14|14"),
+        "prefix_tokens": Option("int", low=0, help="tokens before the patch tokens of that layer (with grid)"),
     }
 
     def __init__(self, methods: Sequence[str] | None = None, layer: str | Sequence[str] | None = None,
@@ -309,7 +317,8 @@ class _AttributionAnalyzer(Analyzer):
                  road_levels: Sequence[float] = (0.2, 0.5, 0.8), n_random: int = 4, sanity: bool = True,
                  sanity_images: int = 12, min_sanity_images: int = 6, sanity_steps: int = 3,
                  sanity_threshold: float = 0.5, n_examples: int = 6, pointing_tolerance: float | None = None,
-                 batch_size: int | None = None, n_resamples: int = 1000, save_maps: bool = True) -> None:
+                 batch_size: int | None = None, n_resamples: int = 1000, save_maps: bool = True,
+                 grid: Sequence[int] | None = None, prefix_tokens: int | None = None) -> None:
         self.methods = methods
         self.layer = layer
         self.target = target
@@ -332,6 +341,10 @@ class _AttributionAnalyzer(Analyzer):
         self.batch_size = batch_size
         self.n_resamples = n_resamples
         self.save_maps = save_maps
+        self.grid = grid
+        self.prefix_tokens = prefix_tokens
+        self.grid = grid
+        self.prefix_tokens = prefix_tokens
 
     # -- parameters -------------------------------------------------------------------------
     @classmethod
@@ -387,6 +400,20 @@ class _AttributionAnalyzer(Analyzer):
                                    "ROAD combined, every method"),
         }
 
+    def _spatial_layout(self) -> str | SpatialLayout:
+        """``"auto"``, or the token layout given by ``grid`` / ``prefix_tokens``."""
+        if self.grid is None:
+            return "auto"
+        h, w = (int(v) for v in self.grid)
+        return SpatialLayout("tokens", int(self.prefix_tokens or 0), (h, w))
+
+    def _spatial_layout(self) -> str | SpatialLayout:
+        """``"auto"``, or the token layout given by ``grid`` / ``prefix_tokens``."""
+        if self.grid is None:
+            return "auto"
+        h, w = (int(v) for v in self.grid)
+        return SpatialLayout("tokens", int(self.prefix_tokens or 0), (h, w))
+
     def validate(self, ctx: RunContext) -> None:
         """Methods and their parameters, the rules across parameters, capabilities, labels and layers."""
         plan = self._plan()
@@ -399,12 +426,25 @@ class _AttributionAnalyzer(Analyzer):
             raise ConfigError(f"{self.name}: n_random must be 0 (off) or at least 2, not 1")
         if not self.road_levels:
             raise ConfigError(f"{self.name}: road_levels must list at least one fraction")
+        if self.grid is not None and len(self.grid) != 2:
+            raise ConfigError(f"{self.name}: grid must be two integers h|w, not {self.grid!r}")
+        if self.prefix_tokens is not None and self.grid is None:
+            raise ConfigError(f"{self.name}: prefix_tokens goes with grid=h|w")
+        if self.grid is not None and len(self.grid) != 2:
+            raise ConfigError(f"{self.name}: grid must be two integers h|w, not {self.grid!r}")
+        if self.prefix_tokens is not None and self.grid is None:
+            raise ConfigError(f"{self.name}: prefix_tokens goes with grid=h|w")
         layer = self.layer if self.layer is not None else ctx.layer
         if layer is not None and any(m.uses_layers for m, _ in plan):
             resolve_layers(ctx.handle.module, [layer] if isinstance(layer, str) else list(layer))
 
     def prepare(self, ctx: RunContext) -> None:
-        """The sample order (``order_``, ``position_``) and the example images (``examples_``)."""
+        """Find the target layer, the sample order and the example images.
+
+        A model without a spatial layer fails here, before any batch; ``order_``, ``position_`` and
+        ``examples_`` are set.
+        """
+        self._layer(ctx)
         n = len(ctx.data)
         self.order_ = priority_order(ctx.data.ids, ctx.seed, ORDER_SALT)
         self.position_ = np.empty(n, dtype=np.int64)
@@ -443,7 +483,7 @@ class _AttributionAnalyzer(Analyzer):
                 classes = torch.where(batch.labels >= 0, batch.labels, classes)
         run = CamRun.create(ctx.handle, batch.inputs, layer=self._layer(ctx), targets=classes.tolist(),
                             needs_layers=any(m.uses_layers for m, _ in plan), batch_size=self._rows(ctx),
-                            seed=ctx.seed)
+                            seed=ctx.seed, layout=self._spatial_layout())
         run.amp = ctx.autocast
         if shared is not None:
             run.adopt(batch.output, classes, shared.activations, shared.gradients, shared.input_gradient)
@@ -746,7 +786,7 @@ class _AttributionAnalyzer(Analyzer):
                 ctx.handle, inputs, methods=self._methods(), classes=[recs[pos[i]].cls for i in chosen],
                 layer=self._layer(ctx), params=self.method_params, steps=int(self.sanity_steps),
                 threshold=float(self.sanity_threshold), batch_size=self._rows(ctx), seed=ctx.seed,
-                n_resamples=int(self.n_resamples))
+                n_resamples=int(self.n_resamples), layout=self._spatial_layout())
             stages.append(n)
             spent = time.perf_counter() - t
             if all(r["verdict"] != "INCONCLUSIVE" for r in result["methods"].values()):

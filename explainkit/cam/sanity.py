@@ -29,7 +29,7 @@ import torch
 from scipy import stats
 from torch import nn
 
-from explainkit.adapters import resolve_layers
+from explainkit.adapters import SpatialLayout, resolve_layers
 from explainkit.analyzers.metric import metric
 from explainkit.cam.api import compute
 from explainkit.cam.engine import as_handle
@@ -136,6 +136,7 @@ def parameter_randomization(
     n_resamples: int = 2000,
     independent: bool = True,
     keep_maps: bool = False,
+    layout: str | SpatialLayout = "auto",
 ) -> dict[str, Any]:
     """Run the cascading and independent randomisation tests.
 
@@ -163,6 +164,8 @@ def parameter_randomization(
         Also run the independent test (``False``: ``independent`` lists are empty).
     keep_maps : bool
         Also return the maps themselves (for pictures of the test).
+    layout : str or SpatialLayout
+        How to read the layer outputs (see :func:`explainkit.cam.api.compute`).
 
     Returns
     -------
@@ -175,7 +178,8 @@ def parameter_randomization(
     """
     handle = as_handle(model)
     cls = [int(c) for c in (classes.tolist() if isinstance(classes, torch.Tensor) else classes)]
-    kwargs = dict(methods=list(methods), layer=layer, targets=cls, params=params, batch_size=batch_size, seed=seed)
+    kwargs = dict(methods=list(methods), layer=layer, targets=cls, params=params, batch_size=batch_size, seed=seed,
+                  layout=layout)
     base = compute(handle, inputs, **kwargs)
     grids = {m: base.grid(m) for m in base.maps}
     units, n_above = randomization_units(handle, inputs, base.layers)

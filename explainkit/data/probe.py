@@ -11,9 +11,14 @@ Optional files in ``root``: ``concepts.csv`` (``path,<concept>,...`` with 0/1 va
 cues), or an INVERT-style label matrix ``concepts.npy`` (N×C, rows in sorted path order) next to
 the description file, and ``masks/<name>/<image path>.png`` binary masks.
 
-Bad rows (missing or unreadable images, non-binary values, duplicate paths) raise a
-:class:`~explainkit.errors.DataError` naming the row, unless ``skip_bad=True``, in which case they
-are dropped and listed in :attr:`ProbeSet.skipped`.
+Bad rows (missing or unreadable images, non-binary values, duplicate paths, masks that are not the
+size of their image) raise a :class:`~explainkit.errors.DataError` naming the row, unless
+``skip_bad=True``, in which case they are dropped and listed in :attr:`ProbeSet.skipped`.
+
+Everything read from the folder must stay inside it: table paths with ``..`` or absolute paths are
+refused, and so are images, masks, tables and class folders that are symlinks resolving outside the
+folder, unless ``follow_symlinks=True`` (``--follow-symlinks``). Images of any PIL mode are read by
+value range (:func:`explainkit.pixels.to_rgb`: 16-bit scaled, alpha composited on white).
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from explainkit.data.tables import (
     read_labels_csv,
 )
 from explainkit.errors import DataError
+from explainkit.pixels import to_rgb
 
 __all__ = ["IMAGE_EXTENSIONS", "ProbeSet"]
 
@@ -81,6 +87,7 @@ class ProbeSet:
     descriptions: list[dict] = field(default_factory=list)
     skipped: list[BadRow] = field(default_factory=list)
     digests: list[str] = field(default_factory=list, repr=False)
+    image_sizes: dict[str, tuple[int, int]] = field(default_factory=dict, repr=False)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -100,28 +107,29 @@ class ProbeSet:
         return self.root / self.ids[i]
 
     def load_image(self, i: int) -> Image.Image:
-        """Image ``i`` as an RGB PIL image at its own resolution."""
+        """Image ``i`` as an 8-bit RGB PIL image at its own resolution (:func:`explainkit.pixels.to_rgb`)."""
         try:
             with Image.open(self.path(i)) as im:
-                return im.convert("RGB")
+                return to_rgb(im)
         except (OSError, ValueError, Image.DecompressionBombError) as exc:
             raise DataError(f"cannot read image {self.ids[i]}: {exc}") from None
 
     def mask_names(self) -> list[str]:
         """Names of the mask folders under ``root/masks``."""
-        d = self.root / "masks"
-        return sorted(p.name for p in d.iterdir() if p.is_dir()) if d.is_dir() else []
+        return _mask_names(self.root)
 
     def mask(self, i: int, name: str) -> np.ndarray | None:
-        """Binary mask ``name`` of image ``i`` at image resolution, or ``None`` if absent."""
-        p = self.root / "masks" / name / Path(self.ids[i]).with_suffix(".png")
-        if not p.is_file():
-            return None
-        try:
-            with Image.open(p) as im:
-                return np.asarray(im.convert("L")) > 127
-        except (OSError, ValueError) as exc:
-            raise DataError(f"cannot read mask {p.relative_to(self.root)}: {exc}") from None
+        """Binary mask ``name`` of image ``i`` at image resolution, or ``None`` if absent.
+
+        A mask is read by value range (:func:`explainkit.pixels.to_rgb`, transparent = outside) and
+        thresholded at half intensity; one that is not the size of its image raises a
+        :class:`DataError` (resizing it would invent evidence).
+        """
+        sid = self.ids[i]
+        problem, mask = _read_mask(self.root, name, sid, self.image_sizes.get(sid))
+        if problem:
+            raise DataError(problem)
+        return mask
 
     def concept_index(self, name: str) -> int:
         """Column of concept ``name``."""
@@ -185,6 +193,7 @@ class ProbeSet:
         concepts: str | Path | None = None,
         descriptions: str | Path | None = None,
         skip_bad: bool = False,
+        follow_symlinks: bool = False,
     ) -> ProbeSet:
         """Read a probe folder (see the module docstring for layouts).
 
@@ -201,6 +210,9 @@ class ProbeSet:
             INVERT-style description JSON; default ``root/descriptions.json`` when present.
         skip_bad : bool
             Drop bad rows (recorded in :attr:`skipped`) instead of raising.
+        follow_symlinks : bool
+            Read images, masks and tables that are symlinks resolving outside ``root`` (refused by
+            default).
 
         Returns
         -------
@@ -216,6 +228,7 @@ class ProbeSet:
         if not root.is_dir():
             raise DataError(f"probe data folder {root} does not exist")
         skipped: list[BadRow] = []
+        inside = _Containment(root, follow_symlinks)
 
         def on_bad(bad: BadRow) -> None:
             if not skip_bad:
@@ -223,7 +236,7 @@ class ProbeSet:
             if bad.path not in {b.path for b in skipped}:  # one entry per image
                 skipped.append(bad)
 
-        labels_path = Path(labels) if labels else (root / "labels.csv")
+        labels_path = Path(labels) if labels else inside.default_file("labels.csv")
         class_dirs = sorted(
             p for p in root.iterdir()
             if p.is_dir() and not p.name.startswith((".", "_")) and p.name not in _RESERVED_DIRS
@@ -234,9 +247,9 @@ class ProbeSet:
                 if not _is_image(root / p):
                     on_bad(BadRow(labels_path.name, 0, p, "image file not found"))
                     label_of.pop(p)
-            names_file = root / "classes.txt"
+            names_file = inside.default_file("classes.txt")
             if names_file.is_file():
-                class_names = tuple(x.strip() for x in names_file.read_text("utf-8").splitlines() if x.strip())
+                class_names = tuple(x.strip() for x in _read_text(names_file).splitlines() if x.strip())
                 unknown = sorted(set(label_of.values()) - set(class_names))
                 if unknown:
                     raise DataError(f"labels.csv uses classes missing from classes.txt: {', '.join(unknown[:5])}")
@@ -262,27 +275,69 @@ class ProbeSet:
         if not ids:
             raise DataError(f"no images found in {root} (extensions: {', '.join(IMAGE_EXTENSIONS)})")
 
-        keep, digests = _verify_images(root, ids, on_bad)
+        keep, digests, sizes = _verify_images(root, ids, on_bad, inside)
         ids = [ids[i] for i in keep]
         label_arr = label_arr[keep]
+        keep = _verify_masks(root, ids, sizes, on_bad, inside)
+        ids, label_arr, digests = [ids[i] for i in keep], label_arr[keep], [digests[i] for i in keep]
 
-        desc_path = Path(descriptions) if descriptions else root / "descriptions.json"
+        desc_path = Path(descriptions) if descriptions else inside.default_file("descriptions.json")
         descs = read_descriptions(desc_path) if desc_path.is_file() else []
         if descriptions and not desc_path.is_file():
             raise DataError(f"descriptions file {desc_path} does not exist")
         concept_names, concept_arr, ids, label_arr, digests = _read_concepts(
-            root, concepts, descs, ids, label_arr, digests, on_bad
+            inside, concepts, descs, ids, label_arr, digests, on_bad
         )
         if not ids:
             raise DataError(f"no usable images left in {root} after skipping bad rows")
         return cls(root=root, ids=ids, labels=label_arr, class_names=class_names,
                    concept_names=concept_names, concepts=concept_arr, descriptions=descs,
-                   skipped=skipped, digests=digests)
+                   skipped=skipped, digests=digests, image_sizes={sid: sizes[sid] for sid in ids})
 
 
-def _verify_images(root: Path, ids: list[str], on_bad) -> tuple[list[int], list[str]]:
-    keep, digests = [], []
+class _Containment:
+    """Refuses paths under the probe root that resolve outside it (symlinks), unless told to follow them."""
+
+    def __init__(self, root: Path, follow: bool) -> None:
+        self.root = root
+        self.real = root.resolve()
+        self.follow = follow
+
+    def problem(self, path: Path) -> str | None:
+        """Why ``path`` may not be read, or ``None``."""
+        try:
+            real = path.resolve(strict=path.is_symlink())
+        except (OSError, RuntimeError) as exc:
+            return f"cannot resolve {path.relative_to(self.root).as_posix()} (a broken symlink or a loop: {exc})"
+        if self.follow or real == self.real or self.real in real.parents:
+            return None
+        return (f"{path.relative_to(self.root).as_posix()} resolves outside the probe folder (a symlink); "
+                "pass --follow-symlinks to read it")
+
+    def default_file(self, name: str) -> Path:
+        """``root/name`` for an optional table, refused when it is a symlink out of the folder."""
+        path = self.root / name
+        problem = self.problem(path) if path.is_symlink() else None
+        if problem:
+            raise DataError(problem)
+        return path
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"cannot read {path.name}: {exc}") from None
+
+
+def _verify_images(root: Path, ids: list[str], on_bad, inside: _Containment
+                   ) -> tuple[list[int], list[str], dict[str, tuple[int, int]]]:
+    keep, digests, sizes = [], [], {}
     for i, sid in enumerate(ids):
+        problem = inside.problem(root / sid)
+        if problem:
+            on_bad(BadRow("images", 0, sid, problem))
+            continue
         try:
             data = (root / sid).read_bytes()
             with warnings.catch_warnings():
@@ -291,6 +346,7 @@ def _verify_images(root: Path, ids: list[str], on_bad) -> tuple[list[int], list[
                     im.verify()
                 with Image.open(io.BytesIO(data)) as im:
                     im.load()
+                    sizes[sid] = im.size
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError,
                 Image.DecompressionBombWarning) as exc:
             reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
@@ -298,12 +354,56 @@ def _verify_images(root: Path, ids: list[str], on_bad) -> tuple[list[int], list[
             continue
         keep.append(i)
         digests.append(hashlib.sha256(data).hexdigest())
-    return keep, digests
+    return keep, digests, sizes
 
 
-def _read_concepts(root, concepts, descs, ids, label_arr, digests, on_bad):
-    csv_path = Path(concepts) if concepts else root / "concepts.csv"
-    npy_path = Path(concepts) if concepts else root / "concepts.npy"
+def _mask_names(root: Path) -> list[str]:
+    d = root / "masks"
+    return sorted(p.name for p in d.iterdir() if p.is_dir()) if d.is_dir() else []
+
+
+def _read_mask(root: Path, name: str, sid: str, size: tuple[int, int] | None,
+               inside: _Containment | None = None) -> tuple[str | None, np.ndarray | None]:
+    """``(problem, mask)`` of mask ``name`` of image ``sid``: ``(None, None)`` when it is absent."""
+    p = root / "masks" / name / Path(sid).with_suffix(".png")
+    if not (p.is_file() or p.is_symlink()):
+        return None, None
+    rel = p.relative_to(root).as_posix()
+    problem = inside.problem(p) if inside is not None else None
+    if problem:
+        return problem, None
+    try:
+        with Image.open(p) as im:
+            if size is not None and im.size != tuple(size):
+                return (f"mask {rel} is {im.size[0]}x{im.size[1]} but its image {sid} is {size[0]}x{size[1]}; "
+                        "a mask must have its image's size"), None
+            return None, np.asarray(to_rgb(im, background=(0, 0, 0)).convert("L")) > 127
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        return f"cannot read mask {rel}: {exc}", None
+
+
+def _verify_masks(root: Path, ids: list[str], sizes: dict[str, tuple[int, int]], on_bad,
+                  inside: _Containment) -> list[int]:
+    """Indices of the images whose masks (if any) are readable, inside the folder and of their size."""
+    masks = root / "masks"
+    if masks.is_symlink():
+        problem = inside.problem(masks)
+        if problem:
+            raise DataError(problem)
+    keep = []
+    for i, sid in enumerate(ids):
+        problem = next((pr for name in _mask_names(root)
+                        if (pr := _read_mask(root, name, sid, sizes.get(sid), inside)[0])), None)
+        if problem:
+            on_bad(BadRow("masks", 0, sid, problem))
+            continue
+        keep.append(i)
+    return keep
+
+
+def _read_concepts(inside: _Containment, concepts, descs, ids, label_arr, digests, on_bad):
+    csv_path = Path(concepts) if concepts else inside.default_file("concepts.csv")
+    npy_path = Path(concepts) if concepts else inside.default_file("concepts.npy")
     if concepts and not Path(concepts).is_file():
         raise DataError(f"concepts file {concepts} does not exist")
     if csv_path.suffix == ".csv" and csv_path.is_file():
@@ -328,7 +428,7 @@ def _read_concepts(root, concepts, descs, ids, label_arr, digests, on_bad):
             raise DataError(f"{npy_path.name} has no column names: add an INVERT-style descriptions.json")
         try:
             matrix = np.load(npy_path, allow_pickle=False)
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, EOFError, SyntaxError) as exc:
             raise DataError(f"cannot read {npy_path.name}: {exc}") from None
         if matrix.ndim != 2 or matrix.shape[0] != len(ids):
             raise DataError(

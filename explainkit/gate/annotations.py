@@ -3,8 +3,9 @@
 GitHub shows at most 10 error and 10 warning annotations per step, so the worst 10 of each level
 are emitted (gating problems first) and the complete table goes to ``$GITHUB_STEP_SUMMARY``
 (Markdown, appended). Annotations point at the policy line that defines the check. Values are
-escaped as the runner expects: ``%``, CR and LF in messages; additionally ``:`` and ``,`` in
-properties.
+escaped as the runner expects (:mod:`explainkit.textsafe`): control characters removed, ``%``, CR
+and LF encoded in messages, additionally ``:`` and ``,`` in properties; step-summary cells are
+also Markdown-escaped (no links, images, HTML or cell breaks from a policy or the data).
 """
 
 from __future__ import annotations
@@ -15,22 +16,12 @@ from pathlib import Path
 from typing import Any
 
 from explainkit._io import atomic_write_text
+from explainkit.textsafe import escape, escape_markdown, escape_property
 
-__all__ = ["MAX_PER_LEVEL", "annotation_lines", "escape_data", "escape_property", "github_enabled",
-           "step_summary_markdown", "write_step_summary"]
+__all__ = ["MAX_PER_LEVEL", "annotation_lines", "github_enabled", "step_summary_markdown", "write_step_summary"]
 
 #: GitHub's per-step limit for each annotation level.
 MAX_PER_LEVEL = 10
-
-
-def escape_data(text: str) -> str:
-    """Escape a workflow-command message (``%``, CR, LF)."""
-    return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
-
-
-def escape_property(text: str) -> str:
-    """Escape a workflow-command property value (also ``:`` and ``,``)."""
-    return escape_data(text).replace(":", "%3A").replace(",", "%2C")
 
 
 def github_enabled(env: Mapping[str, str] | None = None) -> bool:
@@ -107,19 +98,18 @@ def annotation_lines(report: Mapping[str, Any], *, policy_file: str | None = Non
                 props.append(f"line={int(c['line'])}")
         title = "explainkit check " + str(c["id"])
         props.append(f"title={escape_property(title)}")
-        by_level[level].append(f"::{level} {','.join(props)}::{escape_data(_message(c))}")
+        by_level[level].append(f"::{level} {','.join(props)}::{escape(_message(c))}")
     return by_level["error"][:MAX_PER_LEVEL] + by_level["warning"][:MAX_PER_LEVEL]
 
 
 def _cell(value: Any) -> str:
-    text = "–" if value is None else (f"{value:.3g}" if isinstance(value, float) else str(value))
-    return text.replace("|", "\\|").replace("\n", " ")
+    return "–" if value is None else (f"{value:.3g}" if isinstance(value, float) else escape_markdown(value))
 
 
 def step_summary_markdown(report: Mapping[str, Any]) -> str:
     """The complete check table as Markdown (for ``$GITHUB_STEP_SUMMARY``)."""
     code = report.get("exit_code")
-    lines = [f"### explainkit check: {str(report.get('status', '')).upper()} (exit code {code})", "",
+    lines = [f"### explainkit check: {escape_markdown(str(report.get('status', '')).upper())} (exit code {code})", "",
              "| status | check | kind | gating | effect [CI] | unit | p (adj.) | n | tau | MDE | reason |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for c in report.get("checks", []):
@@ -127,7 +117,8 @@ def step_summary_markdown(report: Mapping[str, Any]) -> str:
         effect = _cell(e["value"]) + (f" [{_cell(e['ci_low'])}, {_cell(e['ci_high'])}]" if e["ci_low"] is not None
                                       else "")
         lines.append("| " + " | ".join([
-            f"**{c['status'].upper()}**", _cell(c["id"]), c["kind"], "yes" if c["gating"] else "no", effect,
+            f"**{_cell(c['status'].upper())}**", _cell(c["id"]), _cell(c["kind"]), "yes" if c["gating"] else "no",
+            effect,
             _cell(e["unit"]), _cell(c["p_adj"]), _cell(c["n"]), _cell(c["tau"]), _cell(c["mde"]), _cell(c["reason"]),
         ]) + " |")
     return "\n".join(lines) + "\n"

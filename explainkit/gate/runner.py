@@ -13,6 +13,7 @@ import datetime as dt
 import logging
 import time
 from collections.abc import Mapping
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from torch import nn
 from explainkit._io import atomic_write_text
 from explainkit.analyzers.base import RunContext
 from explainkit.analyzers.metric import metric
+from explainkit.backends.plan import validate_output
 from explainkit.data.probe import ProbeSet
 from explainkit.device import resolve_device
 from explainkit.errors import CapabilityError, ConfigError, ExplainkitError
@@ -33,6 +35,7 @@ from explainkit.gate.policy import Policy, load_policy, parse_policy
 from explainkit.hooks import eval_mode
 from explainkit.loading.handle import ModelHandle
 from explainkit.loading.loaders import wrap
+from explainkit.outputs import StagedDir, check_output_file
 from explainkit.report import Report
 from explainkit.report.build import build_report
 from explainkit.report.section import Finding, Section
@@ -185,6 +188,7 @@ def check(
     today: dt.date | None = None,
     config: Mapping[str, Any] | None = None,
     asset_budget_bytes: int | None = None,
+    follow_symlinks: bool = False,
 ) -> GateResult:
     """Run the checks of a policy on a model and decide the gate.
 
@@ -196,9 +200,11 @@ def check(
         A policy file (TOML), its parsed mapping (paths relative to the working directory), or a
         :class:`~explainkit.gate.policy.Policy`.
     out : str or Path, optional
-        Folder for ``report.json`` and ``report.html`` (written atomically).
+        Folder for ``report.json`` and ``report.html``: checked before any model pass, built beside
+        itself and swapped in at the end (a failed run leaves the previous outputs as they were).
     junit : str or Path, optional
-        Where to write the JUnit XML.
+        Where to write the JUnit XML (checked before any model pass; inside ``out`` it is swapped in
+        with the report).
     device : str or torch.device
         Where the model runs.
     batch_size : int
@@ -211,6 +217,8 @@ def check(
         Resolved configuration to record (the CLI passes its options).
     asset_budget_bytes : int, optional
         Size budget of the report's example images.
+    follow_symlinks : bool
+        Read probe files that are symlinks resolving outside their folder.
 
     Returns
     -------
@@ -231,6 +239,9 @@ def check(
     t0 = time.perf_counter()
     if batch_size < 1:
         raise ConfigError("batch size must be at least 1")
+    staged = StagedDir(out) if out is not None else None  # output paths before any model pass
+    if junit is not None:
+        check_output_file(junit, "--junit")
     handle = wrap(handle) if not isinstance(handle, ModelHandle) else handle
     policy = _as_policy(policy)
     handle.require_preprocessing()
@@ -240,12 +251,14 @@ def check(
     runs: list[tuple[CheckKind, CheckContext]] = []
     for spec in policy.checks:
         if spec.data not in probes:
-            probes[spec.data] = ProbeSet.from_folder(spec.data)
+            probes[spec.data] = ProbeSet.from_folder(spec.data, follow_symlinks=follow_symlinks)
         ctx = RunContext(handle=handle, data=probes[spec.data], device=dev, seed=spec.seed, batch_size=batch_size)
         kind = get_check_kind(spec.kind)(spec, policy.defaults)
         cc = CheckContext(spec=spec, defaults=policy.defaults, run=ctx, progress=progress)
         kind.prepare(cc)
         runs.append((kind, cc))
+    for probe in probes.values():  # the first model passes, once every policy and data check has passed
+        validate_output(handle, probe, dev)
     timings: dict[str, float] = {"setup": time.perf_counter() - t0}
     handle.to(dev)
     measured = []
@@ -278,8 +291,26 @@ def check(
         asset_budget_bytes=asset_budget_bytes,
     )
     result = GateResult(report=report, exit_code=code, status=status, reasons=reasons)
-    if out is not None:
-        result.paths.update(report.save(out))
-    if junit is not None:
-        result.paths["junit"] = atomic_write_text(junit, to_junit_xml(report.data))
+    _write_outputs(result, staged, junit)
     return result
+
+
+def _write_outputs(result: GateResult, staged: StagedDir | None, junit: str | Path | None) -> None:
+    """Report (and JUnit inside ``out``) into the staging folder, swapped in; JUnit elsewhere after."""
+    junit_inside = None
+    if staged is not None and junit is not None:
+        try:
+            junit_inside = Path(junit).resolve().relative_to(staged.target.resolve())
+        except ValueError:
+            junit_inside = None
+    with staged or nullcontext():
+        if staged is not None:
+            written = result.report.save(staged.path)
+            if junit_inside is not None:
+                atomic_write_text(staged.path / junit_inside, to_junit_xml(result.report.data))
+            staged.commit()
+            result.paths.update({k: staged.target / v.name for k, v in written.items()})
+    if junit is not None:
+        if junit_inside is None:
+            atomic_write_text(junit, to_junit_xml(result.report.data))
+        result.paths["junit"] = Path(junit)

@@ -44,6 +44,9 @@ class ModelHandle:
         Whether gradients flow to inputs and activations.
     static_batch : int or None
         Fixed batch size of a ``torch.export`` program without dynamic shapes.
+    output_key : str, int or None
+        Dict key or sequence index of the logits in the model's output; :meth:`forward` then
+        returns that entry only. ``None``: the output as the model returns it.
     """
 
     module: nn.Module
@@ -57,6 +60,7 @@ class ModelHandle:
     module_hooks: bool = True
     gradients: bool = True
     static_batch: int | None = None
+    output_key: str | int | None = None
     load_notes: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -105,11 +109,12 @@ class ModelHandle:
         Returns
         -------
         Any
-            The model output for exactly B inputs (tensor, tuple or dict as the model returns).
+            The model output for exactly B inputs (tensor, tuple or dict as the model returns), or
+            its entry :attr:`output_key`.
         """
         n = self.static_batch
         if n is None or inputs.shape[0] == n:
-            return self.module(inputs)
+            return self._select(self.module(inputs))
         if inputs.shape[0] > n:
             raise CapabilityError(
                 f"this torch.export program has a fixed batch size of {n}; use --batch-size {n} "
@@ -117,7 +122,17 @@ class ModelHandle:
             )
         pad = inputs[-1:].expand(n - inputs.shape[0], *inputs.shape[1:])
         out = self.module(torch.cat([inputs, pad]))
-        return _take_first(out, inputs.shape[0])
+        return self._select(_take_first(out, inputs.shape[0]))
+
+    def _select(self, out: Any) -> Any:
+        key = self.output_key
+        if key is None:
+            return out
+        try:
+            return out[key]
+        except (KeyError, IndexError, TypeError):
+            have = sorted(map(str, out)) if isinstance(out, dict) else f"a {type(out).__name__}"
+            raise ConfigError(f"--output-key {key!r}: the model output has no such entry (it is {have})") from None
 
     def describe(self) -> dict[str, Any]:
         """JSON-ready provenance of the model for reports."""
@@ -131,6 +146,7 @@ class ModelHandle:
             "preprocessing": self.preprocessing.to_dict() if self.preprocessing else None,
             "capabilities": sorted(self.capabilities),
             "static_batch": self.static_batch,
+            "output_key": self.output_key,
             "load_notes": self.load_notes,
         }
 

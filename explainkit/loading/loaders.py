@@ -14,9 +14,11 @@ from torch import nn
 
 from explainkit.errors import ConfigError, ModelRefusedError
 from explainkit.loading.arch import (
+    ArchSpec,
     build_arch,
     load_state_dict_strict,
     parse_arch,
+    parse_untrusted_arch,
     strip_prefixes,
 )
 from explainkit.loading.handle import ModelHandle
@@ -40,6 +42,20 @@ def file_sha256(path: str | Path) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def _metadata_class_names(raw: str | None, where: str) -> tuple[str, ...] | None:
+    """Class names from model metadata: a JSON list of strings, never a path to read."""
+    if raw is None:
+        return None
+    try:
+        value = json.loads(raw)
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ValueError
+        return _read_class_names(value)
+    except (ValueError, RecursionError, ConfigError):
+        raise ModelRefusedError(f"model metadata 'class_names' of {where} must be a JSON list of unique, non-empty "
+                                "strings") from None
 
 
 def _read_class_names(value: object) -> tuple[str, ...] | None:
@@ -119,10 +135,11 @@ def _unflatten_export(path: Path) -> tuple[nn.Module, int | None]:
 def load_model(
     path: str | Path,
     *,
-    arch: str | None = None,
+    arch: str | ArchSpec | None = None,
     trust: bool = False,
     allow_classes: Sequence[str] = (),
     class_names: Sequence[str] | str | Path | None = None,
+    output_key: str | int | None = None,
     **preprocessing: Any,
 ) -> ModelHandle:
     """Load a model file safely and return a :class:`ModelHandle`.
@@ -136,17 +153,23 @@ def load_model(
     ----------
     path : str or Path
         The model file.
-    arch : str, optional
+    arch : str or ArchSpec, optional
         Architecture spec for weight files (``torchvision:resnet18``, ``timm:NAME``,
-        ``package.module:factory``, each optionally with ``(key=value, ...)``). Taken from the
-        file's safetensors metadata (``explainkit.arch``) when omitted and the metadata names a
-        torchvision, timm or explainkit model.
+        ``explainkit:NAME``, ``package.module:factory``, each optionally with ``(key=value, ...)``);
+        any spec given here is trusted to choose code. When omitted it is taken from the file's
+        safetensors metadata (``explainkit.arch``), which is trusted only to name a torchvision,
+        timm or explainkit architecture with allowed size and count arguments
+        (:func:`explainkit.loading.arch.parse_untrusted_arch`); anything else there is refused.
     trust : bool
         Allow formats that execute code when loaded.
     allow_classes : sequence of str
         Modules whose ``nn.Module`` classes a full-module pickle may use.
     class_names : sequence of str, or a path to a .txt/.json file, optional
-        Output class names; else taken from the file's metadata when present.
+        Output class names; else taken from the file's metadata (a JSON list) when present.
+    output_key : str or int, optional
+        For models returning a dict, tuple or list: the entry holding the (B, K) logits. By default
+        the tensor itself, the first tensor of a tuple/list, or in a dict the first of ``logits``,
+        ``out``, ``output``, ``scores``, else its only tensor (:func:`explainkit.adapters.select_logits`).
     **preprocessing
         ``input_size``, ``mean``, ``std``, ``resize`` (see :mod:`explainkit.loading.preprocessing`).
         Fields not given are taken from the file's metadata or the architecture's defaults; when
@@ -160,7 +183,7 @@ def load_model(
     Raises
     ------
     ModelRefusedError
-        Unknown, corrupt, or untrusted file (exit code 4).
+        Unknown, corrupt, or untrusted file, or metadata naming code or values it may not (exit code 4).
     ConfigError
         Bad arch spec, mismatching weights or bad preprocessing (exit code 2).
     """
@@ -171,12 +194,12 @@ def load_model(
     module, info = loader(path, arch=arch, trust=trust, allow_classes=tuple(allow_classes))
     module.eval()
     metadata: Mapping[str, str] = info.pop("metadata", {})
-    names = _read_class_names(class_names) or _read_class_names(metadata.get("class_names")) \
+    names = _read_class_names(class_names) or _metadata_class_names(metadata.get("class_names"), path.name) \
         or _read_class_names(info.pop("class_names", None))
     arch_used = info.get("arch")
     prep = resolve_preprocessing(
         {k: v for k, v in preprocessing.items() if v is not None},
-        metadata=metadata_preprocessing(metadata),
+        metadata=metadata_preprocessing(metadata, where=path.name),
         defaults=arch_defaults(module, arch_used),
         defaults_source=f"defaults of {arch_used}" if arch_used else "model defaults",
         required=False,
@@ -192,36 +215,40 @@ def load_model(
         arch=arch_used,
         module_hooks=info.pop("module_hooks", True),
         static_batch=info.pop("static_batch", None),
+        output_key=output_key,
         load_notes=info,
     )
 
 
+def _metadata_arch(metadata: Mapping[str, str], path: Path) -> ArchSpec | None:
+    """The architecture the file's metadata names, through the allow-list (a refusal is exit code 4)."""
+    for key in ("explainkit.arch", "arch"):
+        if metadata.get(key):
+            return parse_untrusted_arch(metadata[key], f"model metadata {key!r} of {path.name}", ModelRefusedError)
+    return None
+
+
 def _build_from_state(
-    state: dict[str, torch.Tensor], arch: str | None, metadata: Mapping[str, str], path: Path
+    state: dict[str, torch.Tensor], arch: str | ArchSpec | None, metadata: Mapping[str, str], path: Path
 ) -> tuple[nn.Module, dict[str, Any]]:
-    meta_arch = metadata.get("explainkit.arch") or metadata.get("arch")
-    spec_text = arch
-    if spec_text is None and meta_arch and parse_arch(meta_arch).is_builtin_family:
-        spec_text = meta_arch
-    if spec_text is None:
-        hint = (f" (its metadata names {meta_arch!r}, which is only honoured when passed explicitly)"
-                if meta_arch else "")
-        raise ConfigError(f"{path} holds weights only; pass --arch to say which architecture{hint}")
-    spec = parse_arch(spec_text)
+    spec = (arch if isinstance(arch, ArchSpec) else parse_arch(arch)) if arch is not None \
+        else _metadata_arch(metadata, path)
+    if spec is None:
+        raise ConfigError(f"{path} holds weights only; pass --arch to say which architecture")
     model = build_arch(spec)
     state, stripped = strip_prefixes(state)
     load_state_dict_strict(model, state, str(spec))
     return model, {"arch": str(spec), "stripped_prefixes": stripped}
 
 
-def _load_safetensors_model(path: Path, *, arch: str | None, **_: Any) -> tuple[nn.Module, dict]:
+def _load_safetensors_model(path: Path, *, arch: str | ArchSpec | None, **_: Any) -> tuple[nn.Module, dict]:
     state, metadata = _load_safetensors(path)
     model, info = _build_from_state(state, arch, metadata, path)
     return model, {**info, "trust_mode": "weights-only", "metadata": metadata}
 
 
 def _load_torch_pickle(
-    path: Path, *, arch: str | None, trust: bool, allow_classes: tuple[str, ...], legacy: bool
+    path: Path, *, arch: str | ArchSpec | None, trust: bool, allow_classes: tuple[str, ...], legacy: bool
 ) -> tuple[nn.Module, dict]:
     loaded = load_pickle_checkpoint(path, legacy=legacy, trust=trust, allow_classes=allow_classes)
     state, module, extra = _extract_state_dict(loaded.obj)
@@ -281,6 +308,7 @@ def wrap(
     module: nn.Module,
     *,
     class_names: Sequence[str] | str | Path | None = None,
+    output_key: str | int | None = None,
     **preprocessing: Any,
 ) -> ModelHandle:
     """Wrap a model already in memory as a :class:`ModelHandle`.
@@ -291,6 +319,8 @@ def wrap(
         The model. Its training flag is left as it is; analyzers switch to eval mode temporarily.
     class_names : sequence of str or path, optional
         Output class names.
+    output_key : str or int, optional
+        The dict key or sequence index of the logits in the model's output (see :func:`load_model`).
     **preprocessing
         ``input_size``, ``mean``, ``std``, ``resize``; optional (only needed to read images).
 
@@ -316,4 +346,5 @@ def wrap(
         preprocessing=prep,
         class_names=_read_class_names(class_names),
         module_hooks=not is_script,
+        output_key=output_key,
     )

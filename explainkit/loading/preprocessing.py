@@ -17,7 +17,8 @@ import torch
 from PIL import Image
 from torch import nn
 
-from explainkit.errors import ConfigError
+from explainkit.errors import ConfigError, ModelRefusedError
+from explainkit.pixels import to_rgb
 
 __all__ = ["Preprocessing", "arch_defaults", "resolve_preprocessing"]
 
@@ -62,14 +63,14 @@ class Preprocessing:
         Parameters
         ----------
         image : PIL.Image.Image
-            Any size; converted to RGB.
+            Any size and mode (converted to RGB by value range, :func:`explainkit.pixels.to_rgb`).
 
         Returns
         -------
         PIL.Image.Image
             ``input_size`` RGB image.
         """
-        image = image.convert("RGB")
+        image = to_rgb(image) if image.mode != "RGB" else image
         h, w = self.input_size
         if self.resize == "stretch" or image.size == (w, h):
             return image.resize((w, h), Image.BILINEAR) if image.size != (w, h) else image
@@ -149,18 +150,28 @@ def _normalise_field(key: str, value: object) -> object:
     return value
 
 
-def metadata_preprocessing(metadata: Mapping[str, str]) -> dict[str, object]:
-    """Read preprocessing keys from safetensors ``__metadata__`` (string values, JSON or CSV)."""
+def metadata_preprocessing(metadata: Mapping[str, str], where: str = "the model file") -> dict[str, object]:
+    """Read and validate preprocessing keys from safetensors ``__metadata__`` (string values, JSON or CSV).
+
+    Raises
+    ------
+    ModelRefusedError
+        A value is malformed or out of range (the model file is inconsistent; exit code 4).
+    """
     out: dict[str, object] = {}
     for key in _FIELDS:
-        raw = metadata.get(key) or metadata.get(f"explainkit.{key}")
+        name = key if metadata.get(key) is not None else f"explainkit.{key}"
+        raw = metadata.get(name)
         if raw is None:
             continue
         try:
             value = json.loads(raw)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):
             value = raw
-        out[key] = value
+        try:
+            out[key] = _normalise_field(key, value)
+        except ConfigError as exc:
+            raise ModelRefusedError(f"model metadata {name!r} of {where}: {exc}") from None
     return out
 
 

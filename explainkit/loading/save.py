@@ -31,7 +31,7 @@ def save_model(
     path : str or Path
         Destination (written atomically).
     arch : str
-        Architecture spec that rebuilds the module (e.g. ``explainkit.models:tiny_cnn(num_classes=3)``);
+        Architecture spec that rebuilds the module (e.g. ``explainkit:tiny_cnn(num_classes=3)``);
         only torchvision, timm and explainkit specs are honoured from metadata without ``--arch``.
     class_names : sequence of str, optional
         Output class names.

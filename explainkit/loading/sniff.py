@@ -22,6 +22,10 @@ _ZIP_MAGIC = b"PK\x03\x04"
 _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 _LEGACY_PREFIX = b"\x80\x02\x8a\x0a" + _LEGACY_MAGIC.to_bytes(10, "little")
 _SAFETENSORS_MAX_HEADER = 100 * 1024 * 1024
+#: ``torch.save`` stores zip entries uncompressed; a compressed entry expanding more than this many
+#: times (beyond a small allowance) is treated as a decompression bomb and never inflated.
+_MAX_EXPANSION = 100
+_EXPANSION_ALLOWANCE = 16 * 1024 * 1024
 
 
 class ModelFormat(StrEnum):
@@ -78,6 +82,7 @@ def _sniff_zip(path: Path) -> ModelFormat:
     try:
         with zipfile.ZipFile(path) as zf:
             names = zf.namelist()
+            _refuse_bombs(path, zf)
             bad = zf.testzip()
             tops = {n.split("/", 1)[0] for n in names if "/" in n}
             if len(tops) != 1 or bad is not None:
@@ -95,6 +100,16 @@ def _sniff_zip(path: Path) -> ModelFormat:
     except (zipfile.BadZipFile, EOFError, OSError, ValueError) as exc:
         raise ModelRefusedError(f"model file {path} is a corrupt or truncated zip archive ({exc})") from None
     raise ModelRefusedError(f"model file {path} is a zip archive but not a PyTorch checkpoint")
+
+
+def _refuse_bombs(path: Path, zf: zipfile.ZipFile) -> None:
+    for info in zf.infolist():
+        if info.file_size > _EXPANSION_ALLOWANCE + _MAX_EXPANSION * info.compress_size:
+            raise ModelRefusedError(
+                f"model file {path}: entry {info.filename} expands to {info.file_size} bytes from "
+                f"{info.compress_size} when decompressed; refusing a possible zip bomb (torch.save writes "
+                "uncompressed archives)"
+            )
 
 
 def _looks_like_safetensors(path: Path, head: bytes, size: int) -> bool:

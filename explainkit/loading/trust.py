@@ -20,7 +20,8 @@ from __future__ import annotations
 import argparse
 import importlib
 import inspect
-from collections.abc import Sequence
+import sys
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +29,7 @@ import torch
 from torch import nn
 
 from explainkit.errors import ConfigError, ModelRefusedError
-from explainkit.loading.pickle_scan import globals_in_torch_file
+from explainkit.loading.pickle_scan import INSTANTIATED, uses_in_torch_file
 
 __all__ = ["PickleLoad", "load_pickle_checkpoint"]
 
@@ -124,7 +125,7 @@ def load_pickle_checkpoint(
         if not module or not all(part.isidentifier() for part in module.split(".")):
             raise ConfigError(f"--allow-classes expects dotted module names, got {module!r}")
     try:
-        found = globals_in_torch_file(path, legacy=legacy)
+        found = uses_in_torch_file(path, legacy=legacy)
     except Exception as exc:
         raise ModelRefusedError(f"model file {path} is corrupt: cannot parse its pickle ({exc})") from None
     curated = _curated_data_classes()
@@ -148,7 +149,7 @@ def load_pickle_checkpoint(
         )
     if trust:
         return PickleLoad(_torch_load(path, [], weights_only=False), "trusted", tuple(unsafe))
-    user_modules = sorted({n.rpartition(".")[0] for n in offending if not n.startswith("torch.")})
+    user_modules = _suggestible_modules(offending, found)
     hint = (
         f"if you trust the code of {', '.join(user_modules)}, pass --allow-classes "
         f"{','.join(user_modules)}; "
@@ -159,6 +160,22 @@ def load_pickle_checkpoint(
         f"refusing {path}: unpickling it would import {', '.join(offending)}; {hint}"
         "pass --trust only for a file you trust (no automatic unsafe fallback is performed)"
     )
+
+
+def _suggestible_modules(offending: Sequence[str], uses: Mapping[str, frozenset[str]]) -> list[str]:
+    """Modules worth naming in ``--allow-classes``.
+
+    Those of globals the pickle only instantiates as classes (``NEWOBJ``, how ``torch.save`` stores
+    an ``nn.Module``) and never calls, and that are neither the standard library (``posix``,
+    ``builtins``, ...) nor torch itself.
+    """
+    out = set()
+    for name in offending:
+        module = name.rpartition(".")[0]
+        top = module.partition(".")[0]
+        if uses.get(name) == frozenset({INSTANTIATED}) and top not in sys.stdlib_module_names and top != "torch":
+            out.add(module)
+    return sorted(out)
 
 
 def _torch_load(path: Path, safe: list[object], *, weights_only: bool) -> object:

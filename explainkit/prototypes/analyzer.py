@@ -25,7 +25,7 @@ tests and local examples use "test" images.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
@@ -135,6 +135,11 @@ class Prototypes(Analyzer):
     precision : float
         Target 95 % CI half-width of every characteristic's mean local importance, as a fraction of
         the largest mean (0: grow to ``images``).
+    grid : sequence of int, optional
+        (h, w) patch grid of a token latent layer (ViT) when the model does not declare it and the
+        token count is ambiguous (``grid=14|14`` on the command line).
+    prefix_tokens : int, optional
+        Tokens before the patch tokens of that layer (CLS, registers).
     """
 
     name = "prototypes"
@@ -173,6 +178,9 @@ class Prototypes(Analyzer):
         "min_images": Option("int", low=2, help="first stage of the image sample"),
         "precision": Option("float", low=0, help="target CI half-width of each characteristic's mean local "
                                                  "importance, as a fraction of the largest mean (0: grow to images)"),
+        "grid": Option("int", low=1, many=True, help="(h, w) patch grid of a token latent layer when the token "
+                                                     "count is ambiguous, e.g. grid=14|14"),
+        "prefix_tokens": Option("int", low=0, help="tokens before the patch tokens of that layer"),
     }
 
     def __init__(self, adapter: str = "auto", layer: str | None = None, prototype_tensor: str | None = None,
@@ -183,7 +191,7 @@ class Prototypes(Analyzer):
                  readout: str = "fixed", weight: str = "auto", train_fraction: float = 0.5, n_resamples: int = 200,
                  sample_size: int = 256, alpha: float = 0.05, redundancy_tolerance: float = 0.05,
                  local_images: int = 3, max_shown: int = 8, images: int = 256, min_images: int = 64,
-                 precision: float = 0.1) -> None:
+                 precision: float = 0.1, grid: Sequence[int] | None = None, prefix_tokens: int | None = None) -> None:
         self.adapter = adapter
         self.layer = layer
         self.prototype_tensor = prototype_tensor
@@ -208,6 +216,8 @@ class Prototypes(Analyzer):
         self.images = images
         self.min_images = min_images
         self.precision = precision
+        self.grid = grid
+        self.prefix_tokens = prefix_tokens
 
     # ------------------------------------------------------------------ setup
 
@@ -222,6 +232,8 @@ class Prototypes(Analyzer):
                 raise ConfigError("prototypes: exemplar_cells must be [probe index, row, column] of probe images")
         if self.adapter == "kmeans" and not ctx.data.has_labels:
             raise ConfigError("prototypes: adapter 'kmeans' needs a labelled probe set")
+        if self.grid is not None and len(self.grid) != 2:
+            raise ConfigError(f"prototypes: grid must be two integers h|w, not {self.grid!r}")
         layer = self.layer or ctx.layer
         if layer is not None:
             resolve_layer(ctx.handle.module, layer)
@@ -264,24 +276,27 @@ class Prototypes(Analyzer):
         if kind == "auto":
             kind = "vectors" if find_prototype_tensor(handle.module) is not None else "channels"
         layer = self.layer or ctx.layer
+        tokens = {"grid": None if self.grid is None else tuple(int(v) for v in self.grid),
+                  "prefix_tokens": self.prefix_tokens}
         if kind == "vectors":
             return VectorPrototypes.from_model(handle, tensor=self.prototype_tensor, layer=layer,
-                                               similarity=self.similarity, input_size=size)
+                                               similarity=self.similarity, input_size=size, **tokens)
         layer = layer or default_layer(handle.module, size)
         if kind == "channels":
-            return ChannelPrototypes(layer, self.channels, self.softmax).bind(handle, size)
+            return ChannelPrototypes(layer, self.channels, self.softmax, **tokens).bind(handle, size)
         similarity = "log" if self.similarity == "auto" else self.similarity
         if kind == "exemplars":
             cells = [tuple(int(v) for v in c) for c in self.exemplar_cells or []]
             inputs = handle.preprocess(ctx.load_images([c[0] for c in cells])).to(ctx.device)
             classes = [self._model_label(ctx, c[0]) for c in cells]
             return exemplar_prototypes(handle, inputs, [(k, r, col) for k, (_, r, col) in enumerate(cells)], layer,
-                                       similarity=similarity, classes=classes)
+                                       similarity=similarity, classes=classes, **tokens)
         train = [i for i in range(len(ctx.data)) if self._is_train(ctx, i)][:KMEANS_IMAGES]
         inputs = handle.preprocess(ctx.load_images(train)).to(ctx.device)
         labels = np.array([self._model_label(ctx, i) for i in train])
         return kmeans_prototypes(handle, inputs, labels, layer, per_class=self.per_class, similarity=similarity,
-                                 seed=int(ctx.rng(self.name, "kmeans").integers(2**31)), batch_size=ctx.batch_size)
+                                 seed=int(ctx.rng(self.name, "kmeans").integers(2**31)), batch_size=ctx.batch_size,
+                                 **tokens)
 
     @staticmethod
     def _model_label(ctx: RunContext, i: int) -> int:

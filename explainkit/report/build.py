@@ -35,6 +35,7 @@ def build_report(
     status: str | None = None,
     extra: Mapping[str, Any] | None = None,
     asset_budget_bytes: int | None = None,
+    findings: Sequence[Finding] = (),
 ) -> Report:
     """Assemble the JSON report from sections (used by ``analyze`` and ``check``).
 
@@ -54,6 +55,8 @@ def build_report(
         More top-level keys (``checks``, ``exit_code``).
     asset_budget_bytes : int, optional
         Size budget of embedded images.
+    findings : sequence of Finding
+        Findings of the run itself (e.g. default analyzers left out), besides the sections' own.
 
     Returns
     -------
@@ -61,7 +64,7 @@ def build_report(
         The report.
     """
     store = AssetStore() if asset_budget_bytes is None else AssetStore(budget_bytes=asset_budget_bytes)
-    findings: list[Finding] = []
+    findings = list(findings)
     for s in sections:
         for key, uri in s.assets.items():
             store.add(f"{s.analyzer}:{key}", uri)

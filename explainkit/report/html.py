@@ -1,15 +1,23 @@
-"""Render the JSON report as one self-contained, offline HTML file (Jinja2, autoescaped)."""
+"""Render the JSON report as one self-contained, offline HTML file (Jinja2, autoescaped).
+
+Only ``data:image/png``, ``data:image/jpeg`` and ``data:image/webp`` base64 URIs are rendered as
+images; any other asset (``javascript:``, ``https:``, SVG or HTML data URIs: a report JSON may come
+from anywhere) is dropped with one warning.
+"""
 
 from __future__ import annotations
 
 import json
+import logging
+import re
+from collections.abc import Mapping
 from functools import cache
 from typing import Any
 
 from jinja2 import Environment, PackageLoader, StrictUndefined, TemplateNotFound, select_autoescape
 from markupsafe import Markup
 
-__all__ = ["EMBED_BYTES", "embedded_data", "register_section_template", "render_body", "render_html"]
+__all__ = ["EMBED_BYTES", "embedded_data", "register_section_template", "render_body", "render_html", "safe_assets"]
 
 #: Largest JSON copy of the report embedded in the HTML page; above it the page embeds the report
 #: without the sections' ``data`` (per-unit and per-image tables stay in ``report.json``).
@@ -27,6 +35,20 @@ def register_section_template(analyzer: str, source: str) -> None:
     analyzers have files under ``templates/sections/``.
     """
     _SECTION_SOURCES[analyzer] = source
+
+
+_log = logging.getLogger(__name__)
+_IMAGE_URI = re.compile(r"data:image/(?:png|jpeg|webp);base64,[A-Za-z0-9+/]*={0,2}")
+
+
+def safe_assets(assets: Mapping[str, Any]) -> dict[str, str]:
+    """The assets that are base64 PNG, JPEG or WebP data URIs; the others are dropped with a warning."""
+    kept = {k: v for k, v in assets.items() if isinstance(v, str) and _IMAGE_URI.fullmatch(v)}
+    dropped = sorted(str(k) for k in assets if k not in kept)
+    if dropped:
+        _log.warning("dropped %d asset(s) that are not data:image/png, jpeg or webp URIs: %s", len(dropped),
+                     ", ".join(repr(k) for k in dropped[:5]))
+    return kept
 
 
 @cache
@@ -53,15 +75,19 @@ def _section_template(analyzer: str):
 
 
 def _context(report: dict[str, Any]) -> dict[str, Any]:
-    assets = report.get("assets", {})
+    assets = safe_assets(report.get("assets", {}))
     sections_html = []
-    for section in report.get("sections", []):
+    for i, section in enumerate(report.get("sections", [])):
         name = section["analyzer"]
 
         def asset(key: str, _name: str = name) -> str | None:
             return assets.get(f"{_name}:{key}") or assets.get(key)
 
-        html = _section_template(name).render(section=section, asset=asset, report=report)
+        try:
+            html = _section_template(name).render(section=section, asset=asset, report=report)
+        except Exception as exc:
+            raise RuntimeError(f"section {name!r} (sections[{i}]) does not fit its template: "
+                               f"{type(exc).__name__}: {exc}") from exc
         sections_html.append(Markup(html))  # noqa: S704 - rendered by an autoescaping template
 
     def top_asset(key: str) -> str | None:

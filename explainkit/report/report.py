@@ -35,6 +35,7 @@ class Report:
 
     def __init__(self, data: dict[str, Any]) -> None:
         self.data = jsonable(data)
+        self.source: Path | None = None  # the file it was loaded from
 
     @property
     def status(self) -> str:
@@ -70,8 +71,19 @@ class Report:
         return json.dumps(self.data, indent=indent, allow_nan=False, ensure_ascii=False)
 
     def to_html(self) -> str:
-        """The self-contained HTML document."""
-        return render_html(self.data)
+        """The self-contained HTML document.
+
+        Raises
+        ------
+        ConfigError
+            For a report loaded from a file whose content does not fit the templates (naming the file).
+        """
+        if self.source is None:
+            return render_html(self.data)
+        try:
+            return render_html(self.data)
+        except Exception as exc:  # a hand-edited or foreign report: data that no template expects
+            raise ConfigError(f"{self.source}: cannot be rendered: {exc}") from None
 
     def _repr_html_(self) -> str:
         return render_body(self.data)
@@ -101,18 +113,62 @@ class Report:
 
     @classmethod
     def load(cls, path: str | Path) -> Report:
-        """Read a ``report.json``; raises :class:`ConfigError` for foreign or future versions."""
+        """Read a ``report.json``, checking the shape of everything the renderers read.
+
+        Raises
+        ------
+        ConfigError
+            Unreadable or invalid JSON, a foreign or future schema version, or a key of the wrong
+            shape (the message names it, e.g. ``'sections[0].summary'``).
+        """
         try:
             data = json.loads(Path(path).read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError) as exc:
             raise ConfigError(f"cannot read report {path}: {exc}") from None
         except json.JSONDecodeError as exc:
             raise ConfigError(f"{path} is not valid JSON ({exc.msg}, line {exc.lineno})") from None
+        except RecursionError:
+            raise ConfigError(f"{path} is nested too deeply to be a report") from None
         version = data.get("schema_version") if isinstance(data, dict) else None
         if not isinstance(version, str) or version.split(".")[0] != SCHEMA_VERSION.split(".")[0]:
             raise ConfigError(f"{path} is not an explainkit report of schema {SCHEMA_VERSION}")
-        return cls(data)
+        problem = _shape_problem(data)
+        if problem:
+            raise ConfigError(f"{path}: {problem}")
+        report = cls(data)
+        report.source = Path(path)
+        return report
 
     def __repr__(self) -> str:
         names = ", ".join(s["analyzer"] for s in self.sections)
         return f"<Report {self.data.get('kind')} status={self.status} sections=[{names}]>"
+
+
+_OBJECT, _LIST, _STR = dict, list, str
+#: The shape every report has (key → type), at the top level and per section and finding.
+_TOP = {"kind": _STR, "status": _STR, "provenance": _OBJECT, "sections": _LIST, "findings": _LIST, "assets": _OBJECT}
+_SECTION = {"analyzer": _STR, "title": _STR, "params": _OBJECT, "summary": _OBJECT, "data": _OBJECT,
+            "findings": _LIST}
+_FINDING = {"severity": _STR, "message": _STR, "analyzer": _STR}
+
+
+def _shape_problem(data: dict[str, Any]) -> str | None:
+    """The first key whose value has the wrong type (``'sections[1].summary' must be an object``)."""
+    names = {dict: "an object", list: "a list", str: "a string"}
+
+    def check(obj: Any, shape: dict[str, type], prefix: str) -> str | None:
+        if not isinstance(obj, dict):
+            return f"{prefix.rstrip('.')!r} must be an object"
+        for key, kind in shape.items():
+            if not isinstance(obj.get(key), kind):
+                return f"{prefix + key!r} must be {names[kind]}"
+        return None
+
+    problem = check(data, _TOP, "")
+    for i, section in enumerate(data.get("sections", []) if problem is None else []):
+        problem = problem or check(section, _SECTION, f"sections[{i}].")
+        for j, finding in enumerate(section.get("findings", []) if problem is None else []):
+            problem = problem or check(finding, _FINDING, f"sections[{i}].findings[{j}].")
+    for j, finding in enumerate(data.get("findings", []) if problem is None else []):
+        problem = problem or check(finding, _FINDING, f"findings[{j}].")
+    return problem
