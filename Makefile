@@ -6,7 +6,7 @@ PIP    := $(PY) -m pip
 OUT    ?= demo-out
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-slow lint bench install install-test clean
+.PHONY: demo test test-slow lint docs bench install install-test clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (set PYTHON=...)"; exit 2; }
@@ -40,6 +40,10 @@ test-slow: $(VENV)/.installed-ray
 
 lint: $(VENV)/.installed-test
 	$(VENV)/bin/ruff check .
+
+## Rewrite the generated parameter tables of docs/*.md from the plugins' declarations
+docs: $(VENV)/.installed
+	$(PY) -m explainkit.cli.docs
 
 bench: $(VENV)/.installed-test
 	for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done

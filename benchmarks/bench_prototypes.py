@@ -9,7 +9,8 @@ run:
 * ``model part``: preprocessing + the 6 views through the model up to the latent layer, with the
   perturbed images prepared beforehand (images/s; ratio to ``forward``, ideal ≈ 6);
 * ``perturb``: the five perturbations alone (images/s);
-* ``analyzer``: ``explainkit.analyze(..., ["prototypes"])`` end to end (images/s, ratio);
+* ``analyzer``: ``explainkit.analyze(..., ["prototypes"])`` end to end (images/s, ratio), and the
+  same with ``calibration="none"`` (the cost of the three re-initialised copies);
 * peak resident memory added by the analysis at several probe-set sizes, each in a fresh process
   (flat in the number of images: the state is O(P·C) sums plus a bounded sample).
 
@@ -94,16 +95,17 @@ def throughput(kind: str, n: int, device: str, batch: int) -> dict:
             for i in range(0, n, batch):
                 local_importance(adapter, handle, images[i : i + batch], perts, handle.preprocess, device=device)
 
-        def analyzer() -> None:
-            explainkit.analyze(handle, probe, [("prototypes", {"local_images": 1, "max_shown": 2})], device=device,
-                               batch_size=batch, progress=False)
+        def analyzer(calibration: str = "reinit") -> None:
+            explainkit.analyze(handle, probe, [("prototypes", {"local_images": 1, "max_shown": 2,
+                                                               "calibration": calibration})],
+                               device=device, batch_size=batch, progress=False)
 
         forward()  # warm-up
         t_fwd, t_model, t_pert = _timed(forward), _timed(model_part), _timed(perturb_all, 1)
-        t_core, t_an = _timed(core, 1), _timed(analyzer, 1)
+        t_core, t_an, t_raw = _timed(core, 1), _timed(analyzer, 1), _timed(lambda: analyzer("none"), 1)
     return {"images": n, "forward_ips": n / t_fwd, "model_part_ips": n / t_model, "model_part_ratio": t_model / t_fwd,
             "perturb_ips": n / t_pert, "local_importance_ips": n / t_core, "analyzer_ips": n / t_an,
-            "analyzer_ratio": t_an / t_fwd}
+            "analyzer_ratio": t_an / t_fwd, "uncalibrated_ips": n / t_raw, "calibration_ratio": t_an / t_raw}
 
 
 def _rss_mb() -> float:
@@ -155,6 +157,8 @@ def main() -> None:
     print(f"perturbations (5)       {t['perturb_ips']:9.1f} images/s")
     print(f"local_importance        {t['local_importance_ips']:9.1f} images/s")
     print(f"analyzer (end to end)   {t['analyzer_ips']:9.1f} images/s   {t['analyzer_ratio']:5.2f}x forward cost")
+    print(f"  calibration='none'    {t['uncalibrated_ips']:9.1f} images/s   the default (3 re-initialised copies) "
+          f"costs {t['calibration_ratio']:4.2f}x")
     rows = []
     for n in (int(s) for s in args.sizes.split(",")):
         out = subprocess.run([sys.executable, __file__, "--child", str(n), "--model", args.model, "--device",

@@ -8,17 +8,20 @@ from pathlib import Path
 
 import click
 
-from explainkit.backends import list_backends
 from explainkit.cli.options import (
+    backend_options,
+    backend_settings,
     config_option,
+    data_options,
     load_handle,
+    load_probe,
     loading_options,
+    output_options,
     parameter_sources,
     preprocessing_options,
 )
 from explainkit.cli.render import print_summary
 from explainkit.config import merge_analyzer_specs
-from explainkit.data.probe import ProbeSet
 from explainkit.errors import ExitCode
 from explainkit.run import analyze as run_analyze
 
@@ -30,11 +33,7 @@ _SEVERITY = {"never": set(), "error": {"error"}, "warning": {"error", "warning"}
 @click.command("analyze")
 @click.argument("model", type=click.Path(exists=True, dir_okay=False))
 @config_option
-@click.option("--data", envvar="EXPLAINKIT_DATA", metavar="DIR", help="Probe image folder.")
-@click.option("--concepts", envvar="EXPLAINKIT_CONCEPTS", metavar="FILE",
-              help="Concept table (concepts.csv or an N×C .npy); default DATA/concepts.csv.")
-@click.option("--descriptions", envvar="EXPLAINKIT_DESCRIPTIONS", metavar="FILE",
-              help="INVERT-style concept description JSON; default DATA/descriptions.json.")
+@data_options
 @click.option("--analyzer", "analyzers", multiple=True, metavar="NAME[:k=v,...]",
               help="Analyzer to run (repeatable); parameters as key=value, lists as a|b. "
                    "Default: every default analyzer the model and data support.")
@@ -42,31 +41,11 @@ _SEVERITY = {"never": set(), "error": {"error"}, "warning": {"error", "warning"}
               help="Target layer for layer-based analyzers (dotted name).")
 @loading_options
 @preprocessing_options
-@click.option("--out", envvar="EXPLAINKIT_OUT", default="explainkit-out", show_default=True,
-              metavar="DIR", help="Output folder for report.json and report.html.")
-@click.option("--device", envvar="EXPLAINKIT_DEVICE", default="cpu", show_default=True)
-@click.option("--batch-size", "batch_size", envvar="EXPLAINKIT_BATCH_SIZE", type=click.IntRange(1),
-              default=32, show_default=True)
-@click.option("--seed", envvar="EXPLAINKIT_SEED", type=int, default=0, show_default=True)
-@click.option("--skip-bad", "skip_bad", is_flag=True, default=False,
-              help="Drop bad data rows (counted in the report) instead of failing.")
-@click.option("--follow-symlinks", "follow_symlinks", is_flag=True, default=False,
-              help="Read probe files that are symlinks pointing outside the probe folder (refused by default).")
-@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True,
-              envvar="EXPLAINKIT_FORMAT", help="What goes to stdout.")
+@output_options("explainkit-out")
 @click.option("--fail-on", "fail_on", type=click.Choice(["never", "error", "warning"]), default="never",
               show_default=True, envvar="EXPLAINKIT_FAIL_ON",
               help="Exit with 1 when a finding of this severity (or worse) is reported.")
-@click.option("--asset-budget-mb", "asset_budget_mb", type=click.FloatRange(0.1), default=20.0,
-              show_default=True, help="Size budget for images embedded in the report.")
-@click.option("--backend", type=click.Choice(list_backends()), default="serial", show_default=True,
-              envvar="EXPLAINKIT_BACKEND", help="Execution backend (torchrun: start with torchrun ... -m explainkit).")
-@click.option("--workers", type=click.IntRange(1), default=2, show_default=True, envvar="EXPLAINKIT_WORKERS",
-              help="Ray actors (--backend ray).")
-@click.option("--gpus-per-worker", "gpus_per_worker", type=click.FloatRange(0), default=0.0, show_default=True,
-              envvar="EXPLAINKIT_GPUS_PER_WORKER", help="GPUs per Ray actor (--backend ray).")
-@click.option("--ray-address", "ray_address", envvar="RAY_ADDRESS", metavar="ADDR",
-              help="Join this Ray cluster ('auto', 'ray://head:10001'); default: a local Ray (--backend ray).")
+@backend_options
 @click.option("--cache", "cache", is_flag=True, default=False, envvar="EXPLAINKIT_CACHE",
               help="Reuse cached per-batch activations (INVERT) across runs; folder: --cache-dir.")
 @click.option("--cache-dir", "cache_dir", type=click.Path(file_okay=False), envvar="EXPLAINKIT_CACHE_DIR",
@@ -76,37 +55,29 @@ _SEVERITY = {"never": set(), "error": {"error"}, "warning": {"error", "warning"}
                    "and say in the report what they cut. Default: no budget (sample sizes by precision only).")
 @click.option("--autocast", type=click.Choice(["bfloat16", "float16"]), envvar="EXPLAINKIT_AUTOCAST",
               help="Model passes under CUDA autocast (statistics stay float32); ignored on the CPU.")
-@click.option("--progress/--no-progress", default=None,
-              help="Progress on stderr (default: a bar on a terminal, one line per phase every "
-                   "--progress-interval seconds otherwise).")
 @click.option("--progress-interval", "progress_interval", type=click.FloatRange(0), default=30.0,
               show_default=True, envvar="EXPLAINKIT_PROGRESS_INTERVAL",
               help="Seconds between progress lines when stderr is not a terminal.")
 @click.pass_context
 def analyze(ctx: click.Context, model: str, config: str | None, data: str | None, **opts) -> int:
     """Run analyzers on MODEL over a probe set; write report.json and report.html."""
-    if not data:
-        raise click.UsageError("--data is required (or set 'data' in the config file)")
     config_file = ctx.meta.get("explainkit.config_file", {})
     specs = merge_analyzer_specs(opts.pop("analyzers"), config_file)
     layer = opts.pop("layer")
+    if not data:
+        raise click.UsageError("--data is required (or set 'data' in the config file)")
     handle = load_handle(model, opts)
-    probe = ProbeSet.from_folder(data, concepts=opts["concepts"], descriptions=opts["descriptions"],
-                                 skip_bad=opts["skip_bad"], follow_symlinks=opts["follow_symlinks"])
+    probe = load_probe(data, opts)
     resolved = parameter_sources(ctx, {"model": model, "data": data, "config": config, "layer": layer,
                                        **{k: v for k, v in opts.items() if k not in ("progress", "progress_interval")}})
-    if opts["backend"] == "torchrun":
-        resolved.pop("workers"), resolved.pop("gpus_per_worker"), resolved.pop("ray_address")
     resolved["analyzers"] = {"value": [[n, p] for n, p in specs] if specs else "defaults",
                              "source": "command line" if ctx.params.get("analyzers") else
                              ("config file" if specs else "default")}
-    backend_options = ({"workers": opts["workers"], "gpus_per_worker": opts["gpus_per_worker"],
-                        "address": opts["ray_address"]} if opts["backend"] == "ray" else {})
     report = run_analyze(
         handle, probe, specs, out=opts["out"], device=opts["device"], batch_size=opts["batch_size"],
         seed=opts["seed"], progress=opts["progress"], config=resolved, layer=layer,
         asset_budget_bytes=int(opts["asset_budget_mb"] * 1024 * 1024),
-        backend=opts["backend"], backend_options=backend_options,
+        backend=opts["backend"], backend_options=backend_settings(opts, resolved),
         cache=opts["cache_dir"] or opts["cache"], params=config_file.get("analyzer"),
         time_budget=opts["time_budget"], progress_interval=opts["progress_interval"], autocast=opts["autocast"],
     )

@@ -46,9 +46,11 @@ def cli(ctx: click.Context, debug: bool, verbose: int, quiet: bool) -> None:
 def _register_commands() -> None:
     from explainkit.cli import analyze as _analyze
     from explainkit.cli import check as _check
+    from explainkit.cli import diff as _diff
+    from explainkit.cli import discover as _discover
     from explainkit.cli import tools as _tools
 
-    for module in (_analyze, _check, _tools):
+    for module in (_analyze, _check, _diff, _discover, _tools):
         for command in module.COMMANDS:
             cli.add_command(command)
 

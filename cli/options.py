@@ -14,12 +14,15 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
+from explainkit.backends import list_backends
 from explainkit.config import load_config
+from explainkit.data.probe import ProbeSet
 from explainkit.errors import ConfigError
 from explainkit.loading import ModelHandle, load_model
 from explainkit.loading.arch import ArchSpec, parse_untrusted_arch
 
-__all__ = ["config_option", "load_handle", "loading_options", "parameter_sources", "preprocessing_options"]
+__all__ = ["backend_options", "backend_settings", "config_option", "data_options", "load_handle", "load_probe",
+           "loading_options", "output_options", "parameter_sources", "preprocessing_options"]
 
 _RENAMED = {"format": "fmt"}  # config keys are option names; a few options use another parameter name
 
@@ -123,12 +126,93 @@ def preprocessing_options(f: Callable) -> Callable:
     return f
 
 
+def _stack(f: Callable, options: list[Callable]) -> Callable:
+    for opt in reversed(options):
+        f = opt(f)
+    return f
+
+
+def data_options(f: Callable) -> Callable:
+    """``--data``, ``--concepts``, ``--descriptions``, ``--skip-bad``: the probe set."""
+    return _stack(f, [
+        click.option("--data", envvar="EXPLAINKIT_DATA", metavar="DIR", help="Probe image folder."),
+        click.option("--concepts", envvar="EXPLAINKIT_CONCEPTS", metavar="FILE",
+                     help="Concept table (concepts.csv or an N×C .npy); default DATA/concepts.csv."),
+        click.option("--descriptions", envvar="EXPLAINKIT_DESCRIPTIONS", metavar="FILE",
+                     help="INVERT-style concept description JSON; default DATA/descriptions.json."),
+        click.option("--skip-bad", "skip_bad", is_flag=True, default=False,
+                     help="Drop bad data rows (counted in the report) instead of failing."),
+        click.option("--follow-symlinks", "follow_symlinks", is_flag=True, default=False,
+                     help="Read probe files that are symlinks pointing outside the probe folder (refused by default)."),
+    ])
+
+
+def output_options(default_out: str) -> Callable[[Callable], Callable]:
+    """``--out``, ``--device``, ``--batch-size``, ``--seed``, ``--format``, ``--asset-budget-mb``, ``--progress``.
+
+    ``default_out`` is the output folder's default.
+    """
+
+    def add(f: Callable) -> Callable:
+        return _stack(f, [
+            click.option("--out", envvar="EXPLAINKIT_OUT", default=default_out, show_default=True, metavar="DIR",
+                         help="Output folder for report.json and report.html."),
+            click.option("--device", envvar="EXPLAINKIT_DEVICE", default="cpu", show_default=True),
+            click.option("--batch-size", "batch_size", envvar="EXPLAINKIT_BATCH_SIZE", type=click.IntRange(1),
+                         default=32, show_default=True),
+            click.option("--seed", envvar="EXPLAINKIT_SEED", type=int, default=0, show_default=True),
+            click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True,
+                         envvar="EXPLAINKIT_FORMAT", help="What goes to stdout."),
+            click.option("--asset-budget-mb", "asset_budget_mb", type=click.FloatRange(0.1), default=20.0,
+                         show_default=True, help="Size budget for images embedded in the report."),
+            click.option("--progress/--no-progress", default=None,
+                         help="Progress on stderr (default: a bar on a terminal, else one line per phase "
+                              "at intervals)."),
+        ])
+
+    return add
+
+
+def backend_options(f: Callable) -> Callable:
+    """``--backend``, ``--workers``, ``--gpus-per-worker``, ``--ray-address``."""
+    return _stack(f, [
+        click.option("--backend", type=click.Choice(list_backends()), default="serial",
+                     show_default=True, envvar="EXPLAINKIT_BACKEND",
+                     help="Execution backend (torchrun: start with torchrun ... -m explainkit)."),
+        click.option("--workers", type=click.IntRange(1), default=2, show_default=True, envvar="EXPLAINKIT_WORKERS",
+                     help="Ray actors (--backend ray)."),
+        click.option("--gpus-per-worker", "gpus_per_worker", type=click.FloatRange(0), default=0.0,
+                     show_default=True, envvar="EXPLAINKIT_GPUS_PER_WORKER",
+                     help="GPUs per Ray actor (--backend ray)."),
+        click.option("--ray-address", "ray_address", envvar="RAY_ADDRESS", metavar="ADDR",
+                     help="Join this Ray cluster ('auto', 'ray://head:10001'); default: a local Ray (--backend ray)."),
+    ])
+
+
+def backend_settings(opts: dict[str, Any], resolved: dict[str, Any]) -> dict[str, Any]:
+    """Backend options for the runner; drops the Ray-only entries from ``resolved`` under torchrun."""
+    if opts["backend"] == "torchrun":
+        for key in ("workers", "gpus_per_worker", "ray_address"):
+            resolved.pop(key, None)
+    if opts["backend"] != "ray":
+        return {}
+    return {"workers": opts["workers"], "gpus_per_worker": opts["gpus_per_worker"], "address": opts["ray_address"]}
+
+
 def load_handle(model: str, opts: dict[str, Any]) -> ModelHandle:
     """Load MODEL with the loading (and, when present, preprocessing) options of a command."""
     prep = {k: opts[k] for k in ("input_size", "mean", "std", "resize") if k in opts}
     return load_model(model, arch=opts.get("arch"), trust=opts.get("trust", False),
                       allow_classes=opts.get("allow_classes", ()), class_names=opts.get("class_names"),
                       output_key=opts.get("output_key"), **prep)
+
+
+def load_probe(data: str | None, opts: dict[str, Any]) -> ProbeSet:
+    """The probe set, from ``--data`` and the data options (``--data`` is required)."""
+    if not data:
+        raise click.UsageError("--data is required (or set 'data' in the config file)")
+    return ProbeSet.from_folder(data, concepts=opts["concepts"], descriptions=opts["descriptions"],
+                                skip_bad=opts["skip_bad"], follow_symlinks=opts["follow_symlinks"])
 
 
 def parameter_sources(ctx: click.Context, params: dict[str, Any]) -> dict[str, dict[str, Any]]:

@@ -109,6 +109,10 @@ def rerender(report_json: str, html_path: str) -> int:
 @click.option("--artifact-class", type=int, default=0, show_default=True)
 @click.option("--artifact-rate", type=click.FloatRange(0, 1), default=0.9, show_default=True)
 @click.option("--artifact-other-rate", type=click.FloatRange(0, 1), default=0.05, show_default=True)
+@click.option("--artifact-kind", type=click.Choice(["stamp", "background", "cast"]), default="stamp", show_default=True,
+              help="A corner stamp, a teal background tint, or an orange cast over the whole image.")
+@click.option("--artifact-column/--no-artifact-column", default=True, show_default=True,
+              help="Write the artifact's concept column, masks and template (off: nothing names the cue).")
 @click.option("--seed", type=int, default=0, show_default=True)
 def world(out: str, **kwargs) -> int:
     """Write a deterministic synthetic probe world to OUT."""

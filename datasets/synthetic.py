@@ -1,10 +1,13 @@
 """Deterministic synthetic "worlds" with known ground truth, written as probe sets.
 
 Each image shows one object (a shape with a colour and a texture) on a background, and may carry a
-planted artifact (a stamp) whose presence is correlated with one class at a chosen rate. The class
+planted artifact whose presence is correlated with one class at a chosen rate: a stamp in a
+corner, a background tint, or a colour cast over the whole image (``artifact_kind``). The class
 is decided by one factor (``class_factor``: shape, colour or texture); every other factor is drawn
-independently, so the only shortcut is the planted artifact. Image ``i`` depends only on
-``(seed, i)``, so worlds are reproducible bit for bit and subsets are stable.
+independently, so the only shortcut is the planted artifact. The artifact's concept column (and
+its masks and template) can be left out of the written probe folder (``artifact_column=False``),
+so that nothing names the cue. Image ``i`` depends only on ``(seed, i)``, so worlds are
+reproducible bit for bit and subsets are stable.
 """
 
 from __future__ import annotations
@@ -31,6 +34,12 @@ TEXTURES = ("plain", "stripes", "dots", "grain")
 BACKGROUNDS: dict[str, tuple[int, int, int]] = {
     "bg_dark": (35, 35, 45), "bg_light": (205, 205, 195), "bg_noise": (128, 128, 128),
 }
+#: How a planted artifact is drawn: a corner stamp, a tint of the background, a cast over the image.
+ARTIFACT_KINDS = ("stamp", "background", "cast")
+#: Colour the background artifact mixes into the background (half and half: a teal tint).
+TINT_COLOUR = (20, 170, 170)
+#: Colour the cast artifact mixes into the whole image, and its weight (a warm orange cast).
+CAST_COLOUR, CAST_WEIGHT = (255, 150, 30), 0.3
 
 
 @dataclass(frozen=True)
@@ -50,11 +59,19 @@ class WorldSpec:
     texture_amplitude : float
         Strength of the texture modulation in 0–255 units.
     artifact : str or None
-        Name of the planted artifact concept (``"stamp"``) or ``None``.
+        Name of the planted artifact concept (e.g. ``"stamp"``) or ``None``.
+    artifact_kind : str
+        ``"stamp"`` (a yellow stamp in a random corner), ``"background"`` (the background tinted
+        teal: half the drawn background, half :data:`TINT_COLOUR`) or ``"cast"`` (the whole image
+        mixed with :data:`CAST_COLOUR` at :data:`CAST_WEIGHT`). The background factor (and its
+        concept column) stays the drawn one.
     artifact_class : int
         Class index the artifact is correlated with.
     artifact_rate, artifact_other_rate : float
         P(artifact | artifact_class) and P(artifact | other classes).
+    artifact_column : bool
+        Write the artifact's concept column, masks and template (``False``: the probe folder does
+        not name the cue; ``world.json`` still records it).
     seed : int
         Seed; image ``i`` is drawn from ``default_rng([seed, i])``.
     """
@@ -71,6 +88,8 @@ class WorldSpec:
     artifact_class: int = 0
     artifact_rate: float = 0.9
     artifact_other_rate: float = 0.05
+    artifact_kind: str = "stamp"
+    artifact_column: bool = True
     seed: int = 0
 
     def factor_values(self, factor: str) -> tuple[str, ...]:
@@ -85,9 +104,9 @@ class WorldSpec:
 
     @property
     def concept_names(self) -> tuple[str, ...]:
-        """All concept columns: every factor value, then the artifact."""
+        """All concept columns: every factor value, then the artifact (unless ``artifact_column`` is off)."""
         names = (*self.shapes, *self.colours, *self.textures, *self.backgrounds)
-        return (*names, self.artifact) if self.artifact else names
+        return (*names, self.artifact) if self.artifact and self.artifact_column else names
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` for inconsistent parameters."""
@@ -107,6 +126,11 @@ class WorldSpec:
             raise ConfigError("artifact_class out of range")
         if not (0 <= self.artifact_rate <= 1 and 0 <= self.artifact_other_rate <= 1):
             raise ConfigError("artifact rates must be in [0, 1]")
+        if self.artifact_kind not in ARTIFACT_KINDS:
+            raise ConfigError(f"artifact_kind must be one of {', '.join(ARTIFACT_KINDS)}, not {self.artifact_kind!r}")
+        if self.artifact is not None and self.artifact in (*self.shapes, *self.colours, *self.textures,
+                                                           *self.backgrounds):
+            raise ConfigError(f"artifact name {self.artifact!r} is already a factor value")
 
 
 @dataclass
@@ -215,21 +239,26 @@ def _render(spec: WorldSpec, i: int, stamp: Image.Image) -> tuple[Image.Image, d
     colour = np.array(COLOURS[f["colour"]], np.float32) + rng.uniform(-12, 12, size=3).astype(np.float32)
     obj = colour[None, None, :] + _texture(f["texture"], size, rng, spec.texture_amplitude)[..., None]
     alpha = _shape_alpha(f["shape"], size, cx, cy, r)[..., None]
-    img = bg * (1 - alpha) + obj * alpha
-    image = Image.fromarray(img.clip(0, 255).round().astype(np.uint8), "RGB")
     has_artifact = False
-    artifact_mask = None
     if spec.artifact:
         rate = spec.artifact_rate if label == spec.artifact_class else spec.artifact_other_rate
         has_artifact = bool(rng.uniform() < rate)
-        if has_artifact:
-            s = stamp.size[0]
-            m = max(1, size // 32)
-            corners = [(m, m), (size - s - m, m), (m, size - s - m), (size - s - m, size - s - m)]
-            x0, y0 = corners[rng.integers(4)]
-            image.paste(stamp, (int(x0), int(y0)), stamp)
-            artifact_mask = np.zeros((size, size), bool)
-            artifact_mask[y0 : y0 + s, x0 : x0 + s] = np.asarray(stamp)[..., 3] > 127
+    artifact_mask = None
+    if has_artifact and spec.artifact_kind == "background":
+        bg = (bg + np.asarray(TINT_COLOUR, np.float32)) / 2
+        artifact_mask = alpha[..., 0] <= 0.5
+    img = bg * (1 - alpha) + obj * alpha
+    if has_artifact and spec.artifact_kind == "cast":
+        img = img * (1 - CAST_WEIGHT) + np.asarray(CAST_COLOUR, np.float32) * CAST_WEIGHT
+    image = Image.fromarray(img.clip(0, 255).round().astype(np.uint8), "RGB")
+    if has_artifact and spec.artifact_kind == "stamp":
+        s = stamp.size[0]
+        m = max(1, size // 32)
+        corners = [(m, m), (size - s - m, m), (m, size - s - m), (size - s - m, size - s - m)]
+        x0, y0 = corners[rng.integers(4)]
+        image.paste(stamp, (int(x0), int(y0)), stamp)
+        artifact_mask = np.zeros((size, size), bool)
+        artifact_mask[y0 : y0 + s, x0 : x0 + s] = np.asarray(stamp)[..., 3] > 127
     f["label"] = label
     f[spec.artifact or "artifact"] = has_artifact
     return image, f, alpha[..., 0] > 0.5, artifact_mask
@@ -262,7 +291,7 @@ def generate_world(spec: WorldSpec) -> World:
     for i, f in enumerate(factors):
         for key in ("shape", "colour", "texture", "background"):
             concepts[i, names.index(f[key])] = True
-        if spec.artifact and f[spec.artifact]:
+        if spec.artifact in names and f[spec.artifact]:
             concepts[i, names.index(spec.artifact)] = True
     labels = np.array([f["label"] for f in factors], np.int64)
     return World(spec, images, labels, concepts, objs, arts, factors)
@@ -271,9 +300,11 @@ def generate_world(spec: WorldSpec) -> World:
 def write_world(spec: WorldSpec, root: str | Path) -> Path:
     """Generate a world and write it as a probe folder.
 
-    Layout: ``<class>/img_NNNNN.png``, ``concepts.csv``, ``descriptions.json`` (artifact flagged),
+    Layout: ``<class>/img_NNNNN.png``, ``concepts.csv``, ``descriptions.json`` (artifact flagged; each
+    concept's ``factor`` and the mask ``region`` it covers: ``object``, or ``~object`` for backgrounds),
     ``masks/object/...``, ``masks/<artifact>/...``, ``artifacts/<artifact>.png`` (RGBA template) and
-    ``world.json`` (the spec and each image's factors).
+    ``world.json`` (the spec and each image's factors). With ``artifact_column=False`` the
+    artifact's column, masks and template are not written.
 
     Parameters
     ----------
@@ -293,14 +324,15 @@ def write_world(spec: WorldSpec, root: str | Path) -> Path:
     world = generate_world(spec)
     for name in spec.class_names:
         (root / name).mkdir(parents=True, exist_ok=True)
-    mask_dirs = ["object"] + ([spec.artifact] if spec.artifact else [])
+    named = bool(spec.artifact and spec.artifact_column)
+    mask_dirs = ["object"] + ([spec.artifact] if named and spec.artifact_kind != "cast" else [])
     for m in mask_dirs:
         for name in spec.class_names:
             (root / "masks" / m / name).mkdir(parents=True, exist_ok=True)
     for sid, image, obj, art in zip(world.ids, world.images, world.object_masks, world.artifact_masks):
         image.save(root / sid)
         Image.fromarray(obj.astype(np.uint8) * 255).save(root / "masks" / "object" / sid)
-        if art is not None:
+        if art is not None and named:
             Image.fromarray(art.astype(np.uint8) * 255).save(root / "masks" / spec.artifact / sid)
     header = ["path", *spec.concept_names]
     lines = [",".join(header)]
@@ -308,7 +340,7 @@ def write_world(spec: WorldSpec, root: str | Path) -> Path:
     atomic_write_text(root / "concepts.csv", "\n".join(lines) + "\n")
     descriptions = {str(k): _describe_concept(name, spec) for k, name in enumerate(spec.concept_names)}
     atomic_write_text(root / "descriptions.json", json.dumps(descriptions, indent=1))
-    if spec.artifact:
+    if named and spec.artifact_kind == "stamp":
         (root / "artifacts").mkdir(exist_ok=True)
         stamp_template(spec.size).save(root / "artifacts" / f"{spec.artifact}.png")
     meta = {"spec": asdict(spec), "class_names": list(spec.class_names),
@@ -318,9 +350,13 @@ def write_world(spec: WorldSpec, root: str | Path) -> Path:
 
 
 def _describe_concept(name: str, spec: WorldSpec) -> dict:
+    """A concept's description: its factor, and the mask region it covers (for Network Dissection)."""
     if name == spec.artifact:
-        return {"name": name, "definition": "a planted stamp (spurious cue)", "artifact": True}
+        what = {"stamp": "a planted stamp", "background": "a planted background tint",
+                "cast": "a planted colour cast over the image"}[spec.artifact_kind]
+        return {"name": name, "definition": f"{what} (spurious cue)", "artifact": True, "factor": name}
     for factor in ("shape", "colour", "texture", "background"):
         if name in spec.factor_values(factor):
-            return {"name": name, "definition": f"{factor}: {name}", "artifact": False}
+            return {"name": name, "definition": f"{factor}: {name}", "artifact": False, "factor": factor,
+                    "region": "~object" if factor == "background" else "object"}
     raise AssertionError(name)  # pragma: no cover

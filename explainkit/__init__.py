@@ -10,6 +10,16 @@ Quick start
 import logging
 
 from explainkit._version import __version__
+from explainkit.adapters import (
+    BinaryTarget,
+    BoxScoreTarget,
+    ClassLogit,
+    MultiLabelTarget,
+    ReSTScore,
+    SegmentationTarget,
+    SoftmaxProbability,
+    Target,
+)
 from explainkit.analyzers import (
     Analyzer,
     get_analyzer,
@@ -33,28 +43,37 @@ from explainkit.loading import ModelHandle, Preprocessing, load_model, wrap
 from explainkit.loading.save import save_model
 from explainkit.prototypes.perturb import perturb
 from explainkit.report import Report
-from explainkit.run import analyze
+from explainkit.run import analyze, discover
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 __all__ = [
     "Analyzer",
+    "BinaryTarget",
+    "BoxScoreTarget",
     "CapabilityError",
+    "ClassLogit",
     "ConfigError",
     "DataError",
     "ExitCode",
     "ExplainkitError",
     "ModelHandle",
     "ModelRefusedError",
+    "MultiLabelTarget",
     "Preprocessing",
     "ProbeSet",
+    "ReSTScore",
     "Report",
     "RuntimeAnalysisError",
+    "SegmentationTarget",
+    "SoftmaxProbability",
+    "Target",
     "__version__",
     "analyze",
     "cam",
     "cams",
     "check",
+    "discover",
     "get_analyzer",
     "label_neurons",
     "list_analyzers",

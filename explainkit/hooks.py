@@ -16,7 +16,9 @@ from torch import nn
 
 from explainkit.errors import ConfigError
 
-__all__ = ["LayerCapture", "capture_layers", "eval_mode", "frozen_parameters", "hook_count"]
+__all__ = [
+    "LayerCapture", "capture_layers", "edit_outputs", "eval_mode", "frozen_parameters", "hook_count", "tensor_mapping",
+]
 
 
 def hook_count(module: nn.Module) -> int:
@@ -84,6 +86,18 @@ class _StopForward(Exception):
     pass
 
 
+def tensor_mapping(output: Any) -> bool:
+    """Whether ``output`` is a non-empty mapping of tensors (e.g. an FPN backbone's ``OrderedDict``)."""
+    return isinstance(output, Mapping) and bool(output) and all(isinstance(v, torch.Tensor) for v in output.values())
+
+
+def _entries(output: Any, fn: Callable[[torch.Tensor], Any]) -> Any:
+    """Apply ``fn`` to a tensor, or to every entry of a mapping of tensors (keeping its type)."""
+    if isinstance(output, torch.Tensor):
+        return fn(output)
+    return type(output)((k, fn(v)) for k, v in output.items())
+
+
 class LayerCapture:
     """Outputs of named layers recorded while a :func:`capture_layers` block is active.
 
@@ -146,8 +160,9 @@ def capture_layers(
     grad_from_layers: bool = False,
     stop_early: bool = False,
     tensors_only: bool = True,
-    edit: Callable[[str, torch.Tensor], torch.Tensor] | None = None,
-    clone_outputs: bool = False,
+    edit: Callable[[str, Any], Any] | None = None,
+    mappings: bool = False,
+    clone: bool = False,
 ) -> Iterator[LayerCapture]:
     """Record the outputs of ``layers`` during forward passes of ``root``.
 
@@ -167,9 +182,9 @@ def capture_layers(
         For gradient methods: call the model under ``torch.no_grad()``; the first captured layer to
         fire replaces its output by a fresh leaf that requires grad and switches gradients on for
         the rest of the pass. The graph then starts at the layer, so backward stops there and the
-        layers below cost no more than an inference pass. The leaf is cloned before being passed
-        on, and so is every later captured output, so in-place operations downstream do not touch
-        the captured values.
+        layers below cost no more than an inference pass. Every captured output (the leaf and the
+        later layers') is cloned before being passed on, so in-place operations downstream (e.g.
+        ``ReLU(inplace=True)``) touch neither the captured values nor their gradients.
     stop_early : bool
         With :meth:`LayerCapture.forward`, end the pass as soon as every layer has fired.
     tensors_only : bool
@@ -177,11 +192,12 @@ def capture_layers(
     edit : callable, optional
         ``edit(name, output) -> tensor``: replaces the layer's output for the rest of the pass
         (interventions such as ablating channels); the edited tensor is what gets recorded.
-    clone_outputs : bool
-        Pass a clone of each recorded output on to the rest of the model, so that in-place
-        operations downstream cannot change the recorded tensor (gradients with respect to the
-        recorded tensor still flow through the clone). Always on with ``grad_from_layers``, so every
-        recorded layer holds its output as the layer returned it (an in-place ReLU after it included).
+    mappings : bool
+        Also accept layers returning a mapping of tensors (an FPN backbone's ``OrderedDict``); every
+        entry is treated like a tensor output and the mapping is recorded.
+    clone : bool
+        Pass a clone of every captured output on (implied by ``grad_from_layers``): the recorded
+        tensors keep the layer's own values and gradients even if later modules work in place.
 
     Yields
     ------
@@ -196,28 +212,28 @@ def capture_layers(
 
     def make_hook(name: str) -> Callable[..., Any]:
         def hook(_module: nn.Module, _inputs: Any, output: Any) -> Any:
-            if not isinstance(output, torch.Tensor):
+            if not isinstance(output, torch.Tensor) and not (mappings and tensor_mapping(output)):
                 if not tensors_only:
                     return None
+                what = "a tensor or a mapping of tensors" if mappings else "a tensor"
                 raise ConfigError(
-                    f"layer {name!r} returns {type(output).__name__}, not a tensor; pick a layer with a tensor output"
+                    f"layer {name!r} returns {type(output).__name__}, not {what}; pick a layer with a tensor output"
                 )
             replaced = None
             if edit is not None:
                 output = replaced = edit(name, output)
             value = output
             if grad_from_layers and not capture._grad_started:
-                value = output.detach().requires_grad_(True)
+                value = _entries(output, lambda t: t.detach().requires_grad_(True))
                 capture._grad_started = True
                 torch.set_grad_enabled(True)
-                replaced = value.clone()
-            if (clone_outputs or grad_from_layers) and replaced is None:
-                replaced = value.clone()
+            if grad_from_layers or clone:
+                replaced = _entries(value, torch.clone)
             if detach:
-                value = value.detach()
+                value = _entries(value, torch.Tensor.detach)
             fn = transform.get(name) if isinstance(transform, Mapping) else transform
             if fn is not None:
-                value = fn(value)
+                value = _entries(value, fn)
             capture.outputs[name].append(value)
             capture.order.append(name)
             if stop_early and capture._all_fired():
@@ -234,3 +250,32 @@ def capture_layers(
         for h in handles:
             h.remove()
         torch.set_grad_enabled(grad_mode)
+
+
+@contextmanager
+def edit_outputs(layers: Mapping[str, nn.Module], edit: Callable[[str, Any], Any]) -> Iterator[None]:
+    """Replace the outputs of ``layers`` by ``edit(name, output)`` while the block is active; nothing is recorded.
+
+    Parameters
+    ----------
+    layers : mapping of str to torch.nn.Module
+        Name → module (a module listed under several names is edited once, under its first name).
+    edit : callable
+        ``edit(name, output) -> output`` (e.g. wrapping every ReLU output in a custom backward).
+
+    Yields
+    ------
+    None
+    """
+    handles = []
+    seen: set[int] = set()
+    try:
+        for name, module in layers.items():
+            if id(module) in seen:
+                continue
+            seen.add(id(module))
+            handles.append(module.register_forward_hook(lambda _m, _i, out, _n=name: edit(_n, out)))
+        yield
+    finally:
+        for h in handles:
+            h.remove()

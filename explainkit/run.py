@@ -1,15 +1,18 @@
-"""The serial runner: stream a probe set through analyzers and build a :class:`Report`.
+"""The runners: stream a probe set through analyzers and build a :class:`Report`; discover cues.
 
-The serial backend is the reference: any other backend must reproduce its JSON.
+The serial backend is the reference: any other backend must reproduce its JSON. :func:`discover`
+runs the ``discovery`` analyzer and writes the gate policy that would test what it found.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import os
 import random
 import time
+import tomllib
 from collections.abc import Iterable, Mapping, Sequence
 from contextlib import nullcontext
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,14 +31,16 @@ from explainkit.cache import ActivationCache
 from explainkit.config import parse_duration
 from explainkit.data.probe import ProbeSet
 from explainkit.device import AUTOCAST_DTYPES, resolve_device
-from explainkit.errors import ConfigError
+from explainkit.discovery.policy import PolicyDraft, draft_policy, policy_context, write_policy
+from explainkit.errors import ConfigError, RuntimeAnalysisError
+from explainkit.gate.policy import parse_policy
 from explainkit.loading.handle import ModelHandle
 from explainkit.loading.loaders import wrap
 from explainkit.outputs import StagedDir
 from explainkit.report.build import build_report
 from explainkit.report.report import Report
 
-__all__ = ["AnalyzerSpec", "analyze", "build_analyzers", "resolve_device"]
+__all__ = ["AnalyzerSpec", "DiscoveryResult", "analyze", "build_analyzers", "discover", "resolve_device"]
 
 #: An analyzer given by name, ``(name, params)``, ``{"name": ..., **params}`` or an instance.
 AnalyzerSpec = str | tuple[str, Mapping[str, Any]] | Mapping[str, Any] | Analyzer
@@ -302,11 +307,121 @@ def _rounds(runner: Backend, plan: RunPlan, ctx: RunContext, outcome: Outcome,
             break
         members = [a for a in plan.analyzers if a.name in wanted]
         indices = np.array(sorted({int(i) for r in wanted.values() for i in r.indices}), dtype=np.int64)
-        sub = dataclasses.replace(
+        sub = replace(
             plan, analyzers=members, indices=indices, phase=f"round {number} ({', '.join(wanted)})",
             passes=merge_requests([requests.get(a.name) for a in members]))
-        more = runner.run(sub, dataclasses.replace(ctx, round=Round(number, wanted)))
+        more = runner.run(sub, replace(ctx, round=Round(number, wanted)))
         _add_timings(timings, more, ":rounds")
         for a in members:
             states[a.name] = guard(a, "merge", a.merge, states[a.name], more.states[a.name])
     return states
+
+
+@dataclass
+class DiscoveryResult:
+    """What :func:`discover` produced.
+
+    Attributes
+    ----------
+    report : Report
+        The report with the ``discovery`` section.
+    policy : PolicyDraft or None
+        The generated policy (``None`` when no candidate could be turned into a check).
+    paths : dict of str to Path
+        Files written (``json``, ``html``, ``policy``).
+    """
+
+    report: Report
+    policy: PolicyDraft | None
+    paths: dict[str, Path] = field(default_factory=dict)
+
+    @property
+    def candidates(self) -> list[dict[str, Any]]:
+        """The candidates, best first."""
+        return self.report.section("discovery")["data"]["candidates"]
+
+    @property
+    def significant(self) -> list[dict[str, Any]]:
+        """The significant candidates, best first."""
+        return [c for c in self.candidates if c["significant"]]
+
+    def __repr__(self) -> str:
+        top = self.candidates[0]["cue"] if self.candidates else None
+        return (f"<DiscoveryResult {len(self.candidates)} candidates, {len(self.significant)} significant, "
+                f"top {top!r}>")
+
+
+def _validate_policy(text: str, folder: Path) -> None:
+    try:
+        parse_policy(tomllib.loads(text), base_dir=folder, name="policy.toml", text=text)
+    except (ConfigError, tomllib.TOMLDecodeError) as exc:
+        raise RuntimeAnalysisError(f"the generated policy is invalid (a bug): {exc}") from exc
+
+
+def discover(
+    handle: ModelHandle | nn.Module,
+    data: ProbeSet | str | Path,
+    *,
+    out: str | Path | None = None,
+    params: Mapping[str, Any] | None = None,
+    device: str | torch.device = "cpu",
+    batch_size: int = 32,
+    seed: int = 0,
+    layer: str | None = None,
+    progress: bool | None = None,
+    config: Mapping[str, Any] | None = None,
+    asset_budget_bytes: int | None = None,
+    backend: str = "serial",
+    backend_options: Mapping[str, Any] | None = None,
+    policy_top: int = 5,
+) -> DiscoveryResult:
+    """Rank candidate spurious cues of a model on a probe set; write the report and a policy testing them.
+
+    Parameters
+    ----------
+    handle : ModelHandle or torch.nn.Module
+        The model (modules are wrapped with :func:`explainkit.wrap`; give preprocessing there).
+    data : ProbeSet or path
+        Labelled probe images (a concept table, object masks and artifact marks add sources).
+    out : str or Path, optional
+        Folder for ``report.json``, ``report.html``, ``policy.toml`` and ``members/`` (each file
+        written atomically).
+    params : mapping, optional
+        Parameters of the ``discovery`` analyzer (``tau``, ``alpha``, ``correction``, ``sources``, ...).
+    device, batch_size, seed, layer, progress, config, asset_budget_bytes, backend, backend_options
+        As for :func:`analyze` (``layer`` is the embedding layer).
+    policy_top : int
+        Cue groups the policy covers.
+
+    Returns
+    -------
+    DiscoveryResult
+        The report, the policy draft and the written paths.
+
+    Examples
+    --------
+    >>> result = explainkit.discover(handle, "probe/", out="discover-out")  # doctest: +SKIP
+    >>> result.candidates[0]["cue"], result.candidates[0]["p_adj"]  # doctest: +SKIP
+    ('stamp', 2.4e-36)
+    """
+    if policy_top < 1:
+        raise ConfigError("policy_top must be at least 1")
+    probe = data if isinstance(data, ProbeSet) else ProbeSet.from_folder(data)
+    report = analyze(handle, probe, [("discovery", dict(params or {}))], device=device, batch_size=batch_size,
+                     seed=seed, layer=layer, progress=progress,
+                     config={**dict(config or {}), "policy_top": policy_top},
+                     asset_budget_bytes=asset_budget_bytes, backend=backend, backend_options=backend_options)
+    section = report.section("discovery")
+    folder = Path(out) if out is not None else Path.cwd()
+    draft = draft_policy(section["data"]["candidates"], policy_context(probe, folder), top=policy_top,
+                         alpha=section["params"]["alpha"], seed=seed, source=f"explainkit discover on {probe.root}")
+    for c in section["data"]["candidates"]:
+        c["checks"] = draft.checks.get(c["id"], []) if draft else []
+    section["data"]["policy"] = {"file": "policy.toml" if draft else None, "top": policy_top,
+                                 "note": None if draft else "no candidate could be turned into a check"}
+    result = DiscoveryResult(report=report, policy=draft)
+    if out is not None and (backend != "torchrun" or os.environ.get("RANK", "0") == "0"):
+        if draft is not None:
+            result.paths["policy"] = write_policy(draft, folder, _validate_policy)
+        result.paths.update(report.save(folder))
+    return result

@@ -62,7 +62,11 @@ LIGHT_PARAMS = {
                 "sanity_images": 2, "sanity_steps": 2, "n_examples": 2, "n_resamples": 200},
     "captum": {"methods": ["saliency"], "metric_images": 4, "road_images": 2, "steps": 4, "sanity_images": 2,
                "sanity_steps": 2, "n_examples": 2, "n_resamples": 200},
-    "prototypes": {"per_class": 1, "n_resamples": 50, "local_images": 1, "max_shown": 2},
+    "prototypes": {"per_class": 1, "n_resamples": 50, "local_images": 1, "max_shown": 2, "null_models": 2},
+    "dissect": {"top_images": 1, "max_image_units": 1},
+    "information": {"permutations": 19, "resamples": 10},
+    "tcav": {"concepts": ["stamp"], "runs": 2, "max_images": 6, "min_images": 3},
+    "reliability": {"resamples": 3, "folds": 2},
 }
 
 
@@ -70,3 +74,25 @@ LIGHT_PARAMS = {
 def light_specs():
     """``names -> [(name, cheap params), ...]`` for the analyzers in :data:`LIGHT_PARAMS`."""
     return lambda names: [(n, LIGHT_PARAMS.get(n, {})) for n in names]
+
+
+@pytest.fixture(scope="session")
+def validated_section():
+    """``validated_section(out, name)``: load ``out/report.json``, validate it against the report schema and the
+    section's ``data`` against its own schema, and return that section (dict)."""
+    import json
+
+    import jsonschema
+
+    from explainkit.report import schema_path, section_schema_path
+
+    report_schema = json.loads(Path(schema_path()).read_text())
+
+    def check(out: Path, name: str) -> dict:
+        doc = json.loads((Path(out) / "report.json").read_text())
+        jsonschema.validate(doc, report_schema)
+        section = next(s for s in doc["sections"] if s["analyzer"] == name)
+        jsonschema.validate(section["data"], json.loads(Path(section_schema_path(name)).read_text()))
+        return section
+
+    return check

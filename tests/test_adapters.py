@@ -77,12 +77,14 @@ def test_token_grid_inference():
 
 def test_channels_last_and_hints():
     x = torch.randn(2, 7, 7, 96)
-    assert infer_layout(x).kind == "nhwc"
+    with pytest.raises(ConfigError, match="layout='nchw' or layout='nhwc'"):
+        infer_layout(x)  # no evidence at all: never guessed
+    assert infer_layout(x, input_size=(224, 224)).kind == "nhwc"
     assert infer_layout(x, nn.LayerNorm(96)).apply(x).shape == (2, 96, 7, 7)
-    assert infer_layout(torch.randn(2, 96, 7, 7)).kind == "nchw"
+    assert infer_layout(torch.randn(2, 96, 7, 7), input_size=(224, 224)).kind == "nchw"
     vit = torchvision.models.vit_b_16(num_classes=4, image_size=32)
     assert token_hints(vit) == {"grid": (2, 2), "prefix_tokens": 1}
-    with pytest.raises(ConfigError, match="cannot read a layer output"):
+    with pytest.raises(ConfigError, match=r"cannot read the layer.s output"):
         infer_layout(torch.zeros(2, 3))
 
 

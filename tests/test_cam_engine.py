@@ -70,7 +70,8 @@ def test_all_gradient_methods_from_one_forward_and_one_backward(x):
 
 @pytest.mark.parametrize("kind", ["layer", "input"])
 def test_no_side_effects_on_the_model(kind, x):
-    model = Probe() if kind == "layer" else TinyCNN(3)  # Probe trips if a backward goes below the layer
+    # Probe trips if a backward goes below the layer: methods whose backward runs to the input use TinyCNN
+    model = Probe() if kind == "layer" else TinyCNN(3)
     model.train()
     model.get_submodule("net.features.2" if kind == "layer" else "features.2").eval()  # mixed state
     flags = {n: m.training for n, m in model.named_modules()}
@@ -78,7 +79,7 @@ def test_no_side_effects_on_the_model(kind, x):
     if kind == "input":
         x = x[:, :, :32, :32]
     for method in list_methods():
-        if (get_method(method).kind == "input") == (kind == "input"):
+        if get_method(method).to_input == (kind == "input"):
             explainkit.cam(model, x, layer="net.features.3" if kind == "layer" else "features.3", method=method,
                            batch_size=16)
     assert {n: m.training for n, m in model.named_modules()} == flags

@@ -44,9 +44,15 @@ def test_example_policy_uses_every_kind(demo_folder):
     assert gating == ["spurious.stamp"]
 
 
-def test_example_policy_fails_the_demo_model(demo_folder, demo_handle):
-    result = explainkit.check(demo_handle, demo_folder / "demo_policy.toml", out=demo_folder / "check",
-                              junit=demo_folder / "check" / "junit.xml")
+@pytest.fixture(scope="module")
+def demo_check(demo_folder, demo_model_path):
+    """The example policy run once on the demo model (shared by the tests below)."""
+    return explainkit.check(explainkit.load_model(demo_model_path), demo_folder / "demo_policy.toml",
+                            out=demo_folder / "check", junit=demo_folder / "check" / "junit.xml")
+
+
+def test_example_policy_fails_the_demo_model(demo_folder, demo_check):
+    result = demo_check
     assert result.exit_code == ExitCode.FINDINGS and result.status == "fail"
     statuses = {c["id"]: c["status"] for c in result.checks}
     assert statuses["spurious.stamp"] == "fail" and statuses["attribution.stamp"] == "fail"
@@ -57,6 +63,24 @@ def test_example_policy_fails_the_demo_model(demo_folder, demo_handle):
     failures = [c.get("name") for c in ET.parse(demo_folder / "check" / "junit.xml").getroot().iter("testcase")
                 if c.find("failure") is not None]
     assert "spurious.stamp" in failures
+
+
+@pytest.mark.parametrize("kind", list_check_kinds())
+def test_every_kind_runs_on_the_demo_world(kind, demo_check):
+    """Conformance over the kind registry: each kind has an example in the demo policy, and it measures on the
+    demo world (no ERROR) a record that validates, with a consistent effect, CI, p-values and sample size."""
+    records = [c for c in demo_check.checks if c["kind"] == kind]
+    assert records, f"add an example [[checks]] of kind {kind!r} to explainkit/datasets/assets/demo_policy.toml"
+    schema = json.loads(Path(schema_path()).read_text())
+    for rec in records:
+        assert rec["status"] != "error", rec["error"]
+        jsonschema.validate(rec, {**schema["$defs"]["check"], "$defs": schema["$defs"]})
+        effect = rec["effect"]
+        assert effect["unit"] and effect["value"] is not None, rec["id"]
+        if effect["ci_low"] is not None:  # (a slice under min_slice_size has no CI)
+            assert effect["ci_low"] <= effect["value"] <= effect["ci_high"], rec["id"]
+        assert 0 <= rec["p"] <= rec["p_adj"] <= 1 and rec["tau"] > 0, rec["id"]
+        assert 0 < rec["n"] <= rec["n_planned"] and not rec["truncated"], rec["id"]
 
 
 @pytest.mark.slow

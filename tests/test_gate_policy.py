@@ -107,7 +107,8 @@ def test_paths_are_relative_to_the_policy_file(folder, monkeypatch, tmp_path_fac
     ('effect = "logit_shift"', 'effect = "auc"', "effect must be one of", "effect ="),
     ('severity = "error"', 'severity = "fatal"', "severity must be one of 'error', 'warning'", "severity"),
     ('kind = "insertion"', 'kind = "vibes"',
-     "kind must be one of attribution_mass, insertion, randomisation, removal, slice_gap, not 'vibes'",
+     "kind must be one of attribution_mass, insertion, randomisation, removal, slice_gap, slice_shift, "
+     "transform, not 'vibes'",
      'kind = "vibes"'),
     ("alpha = 0.05", "alpha = 1.5", "[defaults]: alpha must be > 0 and < 1", "alpha"),
     ('on_inconclusive = "warn"', 'on_inconclusive = "maybe"', "on_inconclusive must be one of 'warn', 'fail'",

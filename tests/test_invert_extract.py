@@ -9,10 +9,10 @@ import pytest
 import torch
 
 import explainkit
+from explainkit.adapters.activations import LOGITS, Pooler, extract_activations
 from explainkit.errors import ConfigError
 from explainkit.hooks import capture_layers, hook_count
 from explainkit.invert.connection import batch_contributions, class_connection
-from explainkit.invert.extract import LOGITS, Pooler, extract_activations
 
 PREP = dict(input_size=(64, 64), mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
 

@@ -25,7 +25,8 @@ LAYERS: list[set[str]] = [
     {"loading", "data"},
     {"adapters", "report"},
     {"analyzers"},
-    {"cam", "invert", "prototypes"},
+    {"cam", "dissect", "information", "invert", "prototypes", "tcav"},
+    {"discovery", "reliability"},  # composite analyses on the families' libraries (discovery; reliability)
     {"backends", "models", "config"},
     {"gate"},
     {"run"},
@@ -35,6 +36,7 @@ LAYERS: list[set[str]] = [
     {"__main__"},
 ]
 FAMILIES = LAYERS[5]
+COMPOSITES = LAYERS[6]
 LEVEL = {unit: i for i, layer in enumerate(LAYERS) for unit in layer}
 _SOURCES = {"explainkit": ROOT / "explainkit", "cli": ROOT / "cli", "datasets": ROOT / "datasets"}
 
@@ -104,7 +106,7 @@ def test_analyzers_package_holds_only_the_contract():
     assert files == {"__init__.py", "base.py", "metric.py", "performance.py", "registry.py"}
 
 
-@pytest.mark.parametrize("family", sorted(FAMILIES))
+@pytest.mark.parametrize("family", sorted(FAMILIES | COMPOSITES))
 def test_families_are_a_library_plus_one_analyzer(family):
     folder = ROOT / "explainkit" / family
     assert (folder / "analyzer.py").is_file()
@@ -117,7 +119,7 @@ def test_builtin_analyzers_live_in_their_family():
     for name, spec in BUILTIN_ANALYZERS.items():
         module = spec.partition(":")[0]
         assert module == "explainkit.analyzers.performance" or (
-            module.endswith(".analyzer") and _unit(module) in FAMILIES), spec
+            module.endswith(".analyzer") and _unit(module) in FAMILIES | COMPOSITES), spec
         assert get_analyzer_class(name).__module__ == module
 
 

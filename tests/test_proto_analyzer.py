@@ -30,7 +30,12 @@ def demo_report(tmp_path_factory, demo_model_path, small_world):
 def test_prototypes_runs_by_default_on_the_demo_model(demo_report):
     report, out, handle = demo_report
     doc = json.loads((out / "report.json").read_text())
-    jsonschema.validate(doc, json.loads(open(schema_path()).read()))
+    schema = json.loads(open(schema_path()).read())
+    jsonschema.validate(doc, schema)
+    broken = next(s for s in doc["sections"] if s["analyzer"] == "prototypes")
+    del broken["summary"]["relies_on"]  # the schema holds the prototypes section to its headline
+    with pytest.raises(jsonschema.ValidationError, match="relies_on"):
+        jsonschema.validate(doc, schema)
     section = report.section("prototypes")
     data, summary = section["data"], section["summary"]
     assert data["adapter"]["kind"] == "channels" and data["adapter"]["num_prototypes"] == 64
@@ -39,7 +44,21 @@ def test_prototypes_runs_by_default_on_the_demo_model(demo_report):
     assert min(data["splits"]["train"]["n_images"], data["splits"]["test"]["n_images"]) > 35
     values = [r["value"]["value"] for r in data["ranking"]]
     assert values == sorted(values, reverse=True)
-    assert summary["top_characteristic"] == data["ranking"][0]["characteristic"]
+    relies = summary["relies_on"]
+    assert relies["status"] in ("ahead", "tie", "none") and relies["statement"] == summary["headline"]
+    assert summary["top_characteristic"] == (relies["characteristic"] if relies["status"] == "ahead" else None)
+    overall = data["decision"]["overall"]["ranking"]
+    assert [r["value"]["value"] for r in overall] == sorted((r["value"]["value"] for r in overall), reverse=True)
+    assert relies["status"] == "none" or relies["characteristic"] == overall[0]["characteristic"]
+    assert [c["other"] for c in relies["comparisons"]] == [r["characteristic"] for r in overall[1:]]
+    assert all(c["p_holm"] >= c["p"] for c in relies["comparisons"])
+    assert [k["class_name"] for k in data["decision"]["per_class"]] == ["circle", "square", "triangle"]
+    assert set(data["decision"]["per_class"][0]["log_prob_drop"]) == {
+        "hue", "shape", "texture", "contrast", "saturation", "saturation (control)"}
+    cal = data["calibration"]
+    assert cal["method"] == "reinit" and cal["null_models"] == 3 and cal["decision_weights"] == "gradient × activation"
+    assert cal["controls"] == [{"characteristic": "contrast", "control": "saturation", "factor": 0.45}]
+    assert {r["characteristic"] for r in data["calibrated_ranking"]} == set(cal["null_profile"])
     assert len(data["prototypes"]) == 64 and len(data["shown"]) == 8 and len(data["local_examples"]) == 3
     rec = data["prototypes"][data["shown"][0]]
     assert set(rec["global_train"]) == {"hue", "shape", "texture", "contrast", "saturation"}
@@ -52,6 +71,8 @@ def test_prototypes_runs_by_default_on_the_demo_model(demo_report):
     assert n_assets <= 8 * 7 + 3 * 6  # bounded: patch, context and 5 perturbed per shown prototype; 6 per example
     html = (out / "report.html").read_text()
     assert "Prototype meaning" in html and rec["verdict"] in html and "image omitted" not in html
+    assert "What the model relies on" in html and "Raw importances (Nauta et al.)" in html
+    assert set(rec["calibrated"]) == set(rec["global_train"]) and rec["decision_weight"] >= 0
     assert hook_count(handle.module) == 0
 
 
@@ -81,6 +102,14 @@ def test_results_do_not_depend_on_the_batch_size(demo_model_path, small_world):
             assert x["global_test"][c]["ci_low"] == pytest.approx(y["global_test"][c]["ci_low"], rel=1e-5, abs=1e-9)
         for c, t in x["tests"].items():
             assert t["p"] == pytest.approx(y["tests"][c]["p"]) and t["n"] == y["tests"][c]["n"]
+    da, db = (r.section("prototypes")["data"] for r in (a, b))
+    for key in ("calibrated_ranking",):
+        for x, y in zip(da[key], db[key]):
+            assert x["characteristic"] == y["characteristic"]
+            assert x["value"]["value"] == pytest.approx(y["value"]["value"], rel=1e-4, abs=1e-9)
+    for x, y in zip(da["decision"]["overall"]["ranking"], db["decision"]["overall"]["ranking"]):
+        assert x["characteristic"] == y["characteristic"]
+        assert x["value"]["ci_low"] == pytest.approx(y["value"]["ci_low"], rel=1e-4, abs=1e-9)
 
 
 def test_a_protopnet_is_read_through_its_prototype_tensor(small_world):
@@ -136,6 +165,8 @@ def test_ordinary_cnns_get_exemplar_kmeans_and_channel_prototypes(small_world, p
     ({"prototypes": [64]}, "bad prototype indices"),
     ({"layer": "features.9"}, "no layer named"),
     ({"perturbation_params": {"hue": {"factor": 3}}}, r"\[-0.5, 0.5\]"),
+    ({"calibration": "shuffle"}, "calibration must be one of"),
+    ({"null_models": 1}, "null_models must be >= 2"),
 ])
 def test_bad_parameters_are_config_errors(demo_handle, small_world, params, match):
     with pytest.raises(ConfigError, match=match):

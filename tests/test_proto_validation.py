@@ -101,7 +101,9 @@ def _train_and_explain(world: str, seed: int, root: Path) -> dict:
     result = train_protopnet(train, seed=seed, pretrain_epochs=pretrain, epochs=8,
                              augment=nuisance_augmentation(**aug))
     handle = explainkit.wrap(result.model, class_names=train.class_names, **SYNTHETIC_PREPROCESSING)
-    report = explainkit.analyze(handle, root / "probe", ["performance", ("prototypes", {"local_images": 1})],
+    # the raw (reference) measure is validated here; calibration is tested in test_proto_headline / _matrix
+    report = explainkit.analyze(handle, root / "probe", ["performance", ("prototypes", {"local_images": 1,
+                                                                                         "calibration": "none"})],
                                 seed=seed, batch_size=40)
     return {"prototypes": report.section("prototypes"), "performance": report.section("performance")}
 
@@ -125,7 +127,6 @@ def _check(result: dict, world: str) -> None:
     assert result["performance"]["data"]["accuracy"]["value"] >= 0.8  # the model learned its world
     assert section["data"]["adapter"]["kind"] == "vectors"
     assert first["characteristic"] in EXPECTED[world], [(r["characteristic"], r["value"]["value"]) for r in ranking]
-    assert section["summary"]["top_characteristic"] == first["characteristic"]
     assert first["value"]["ci_low"] > 0
     others = [r["value"]["value"] for r in ranking[1:] if r["characteristic"] not in EXPECTED[world]]
     assert first["value"]["value"] > max(others)

@@ -34,7 +34,8 @@ def test_schema_and_provenance(report):
     jsonschema.validate(doc, SCHEMA)
     prov = doc["provenance"]
     assert prov["seed"] == 7 and prov["versions"]["torch"]
-    assert prov["config"] == {"k": "v", "backend": {"name": "serial", "workers": 1}, "cache": None}
+    assert prov["config"] == {"k": "v", "backend": {"name": "serial", "workers": 1}, "cache": None,
+                              "autocast": None, "time_budget_s": None}
     assert prov["model"]["sha256"] == explainkit.loading.file_sha256(prov["model"]["source"])
     assert prov["model"]["preprocessing"]["sources"]["input_size"] == "safetensors metadata"
     assert prov["data"]["manifest_sha256"] == explainkit.ProbeSet.from_folder(prov["data"]["root"]).manifest_hash()

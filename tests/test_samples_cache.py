@@ -52,6 +52,7 @@ def test_cache_keys_and_concurrent_writers(tmp_path):
 import pytest  # noqa: E402
 
 import explainkit  # noqa: E402
+from explainkit.adapters import activations as activations_module  # noqa: E402
 from explainkit.analyzers.base import RecordState  # noqa: E402
 from explainkit.backends import plan as plan_module  # noqa: E402
 from explainkit.cache import module_fingerprint  # noqa: E402
@@ -98,14 +99,15 @@ def test_a_threshold_change_reuses_cached_activations_without_the_model(demo_han
         raise AssertionError("the map loop ran the model although every batch was cached")
 
     seen = []
-    real = invert_analyzer.batch_activations
+    real = activations_module.batch_activations
 
     def counted(handle, inputs, *args, **kwargs):
         seen.append(len(inputs))
         return real(handle, inputs, *args, **kwargs)
 
     monkeypatch.setattr(plan_module, "make_batch", boom)
-    monkeypatch.setattr(invert_analyzer, "batch_activations", counted)
+    monkeypatch.setattr(invert_analyzer, "batch_activations", counted)  # the map path
+    monkeypatch.setattr(activations_module, "batch_activations", counted)  # finalize's learn_layouts
     cached = _invert_json(demo_handle, cache_probe, tmp_path, alpha=0.2, auroc_floor=0.6)
     monkeypatch.undo()
     assert seen == [1]  # only finalize learning the layer's layout from one image

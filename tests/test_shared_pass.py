@@ -45,7 +45,7 @@ def test_one_pass_gives_what_separate_passes_give(handle):
                                PassRequest(("features.2",), gradients=True, target="label")])
     assert list(requests) == ["predicted", "label"]
     assert requests["predicted"] == PassRequest(("features.0", "features.2"), True, True, "predicted")
-    output, passes = run_passes(handle, x, requests, labels, rows=2)
+    output, passes, _ = run_passes(handle, x, requests, labels, rows=2)
     model = handle.module
     np.testing.assert_allclose(output, model(x).detach(), rtol=1e-6)
     predicted = model(x).argmax(1)
@@ -68,7 +68,7 @@ def test_one_pass_gives_what_separate_passes_give(handle):
     assert hook_count(model) == 0 and all(p.requires_grad for p in model.parameters())
     assert all(p.grad is None for p in model.parameters())
     # chunking never changes the result
-    _, whole = run_passes(handle, x, requests, labels)
+    _, whole, _ = run_passes(handle, x, requests, labels)
     np.testing.assert_allclose(whole["predicted"].input_gradient, passes["predicted"].input_gradient, rtol=1e-5,
                                atol=1e-9)
 
@@ -194,7 +194,7 @@ def test_integrated_gradients_steps_follow_the_convergence_delta(handle):
     got = integrated_gradients(run, n_steps=2, delta_tolerance=0.002, max_steps=64)
     steps = run.cache["integrated_gradients_steps"].tolist()
     assert set(steps) <= {2, 4, 8, 16, 32, 64} and len(set(steps)) > 1
-    model, classes = handle.module, run.bound.classes.tolist()
+    model, classes = handle.module, run.classes.tolist()
     ig = IntegratedGradients(model)
     for i, (s, c) in enumerate(zip(steps, classes)):
         attr, delta = ig.attribute(x[i:i + 1], target=c, baselines=0.0, n_steps=s, return_convergence_delta=True)

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from explainkit.adapters.layout import FIRST, layout_candidates, module_evidence
 from explainkit.errors import ConfigError, RuntimeAnalysisError
 from explainkit.hooks import capture_layers, eval_mode
 
@@ -138,7 +139,7 @@ def default_layer(root: nn.Module, input_size: tuple[int, int] = (224, 224)) -> 
     shapes = {name: outs[-1].shape for name, outs in cap.outputs.items() if outs}
     # Pooling layers resample the map (VGG's adaptive 7x7 pool upsamples small inputs); skip them.
     for name in reversed(cap.order):
-        if _is_spatial_map(shapes[name]) and "Pool" not in type(modules[name]).__name__:
+        if _is_spatial_map(shapes[name], modules[name], input_size) and "Pool" not in type(modules[name]).__name__:
             return name
     for name in reversed(cap.order):
         shape = shapes[name]
@@ -147,13 +148,13 @@ def default_layer(root: nn.Module, input_size: tuple[int, int] = (224, 224)) -> 
     raise ConfigError(f"no spatial layer found in {type(root).__name__}; pass --layer NAME")
 
 
-def _is_spatial_map(shape: torch.Size) -> bool:
-    """A 4-D output larger than 1×1, channels-first (B, C, H, W) or channels-last (B, H, W, C)."""
+def _is_spatial_map(shape: torch.Size, module: nn.Module, input_size: tuple[int, int]) -> bool:
+    """A 4-D output larger than 1×1 in every layout the evidence allows (module type, input size)."""
     if len(shape) != 4:
         return False
-    channels_last = shape[1] == shape[2] and shape[3] != shape[1]
-    h, w = (shape[1], shape[2]) if channels_last else (shape[2], shape[3])
-    return min(h, w) > 1
+    by_module = module_evidence(module, shape)
+    kinds = {by_module} if by_module else (layout_candidates(shape, input_size) or {"nchw", "nhwc"})
+    return all(min(shape[2:] if k == FIRST else shape[1:3]) > 1 for k in kinds)
 
 
 def _probe(root: nn.Module, x: torch.Tensor) -> None:

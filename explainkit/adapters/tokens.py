@@ -1,9 +1,12 @@
-"""Turn layer outputs into (B, C, h, w) maps: channels-first, channels-last, or token grids."""
+"""Spatial layouts (channels-first, channels-last, token grids) and the token grids of ViT-like models.
+
+How a layout is *decided* from evidence is :mod:`explainkit.adapters.layout`.
+"""
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -11,7 +14,7 @@ from torch import nn
 
 from explainkit.errors import ConfigError
 
-__all__ = ["SpatialLayout", "infer_layout", "token_hints"]
+__all__ = ["SpatialLayout", "token_hints", "token_layout"]
 
 _MAX_PREFIX = 16
 #: How to resolve a token grid (the gradcam, captum and prototypes analyzers take both parameters).
@@ -25,45 +28,80 @@ class SpatialLayout:
     Attributes
     ----------
     kind : str
-        ``"nchw"`` (B, C, H, W), ``"nhwc"`` (B, H, W, C) or ``"tokens"`` (B, N, C).
+        ``"nchw"``: channels first, (B, C, H, W) (or (B, C, D, H, W) with ``rank`` 3);
+        ``"nhwc"``: channels last, (B, H, W, C) (or (B, D, H, W, C)); ``"tokens"``: (B, N, C)
+        sequences of prefix tokens then a row-major patch grid.
     prefix_tokens : int
         Tokens before the patch tokens (CLS, distillation, registers); dropped.
     grid : tuple of int or None
-        (h, w) of the patch grid for ``"tokens"``.
+        Patch grid of ``"tokens"`` ((h, w), or (d, h, w) with ``rank`` 3).
+    rank : int
+        Number of spatial axes (2 for images, 3 for volumes).
+    evidence : str
+        How the layout was decided (``"module Conv2d"``, ``"input size"``, ``"probe"``, ``"given"``
+        ...); not part of equality.
     """
 
     kind: str
     prefix_tokens: int = 0
-    grid: tuple[int, int] | None = None
+    grid: tuple[int, ...] | None = None
+    rank: int = 2
+    evidence: str = field(default="", compare=False)
+
+    @property
+    def channel_axis(self) -> int:
+        """Axis of the channels in the layer's own output (1, or -1 for channels-last and tokens)."""
+        return 1 if self.kind == "nchw" else -1
 
     def apply(self, t: torch.Tensor) -> torch.Tensor:
-        """Return the output as (B, C, h, w); differentiable and linear (gradients map alike)."""
+        """Return the output as (B, C, *spatial); differentiable, a permutation of entries (gradients map alike)."""
         if self.kind == "nchw":
             return t
         if self.kind == "nhwc":
-            return t.permute(0, 3, 1, 2)
-        h, w = self.grid  # type: ignore[misc]
-        if t.shape[1] != self.prefix_tokens + h * w:
+            return t.movedim(-1, 1)
+        grid = tuple(self.grid)  # type: ignore[arg-type]
+        if t.shape[1] != self.prefix_tokens + math.prod(grid):
             raise ConfigError(
-                f"token layer gave {t.shape[1]} tokens, expected {self.prefix_tokens}+{h}x{w}; " + GRID_HINT
+                f"token layer gave {t.shape[1]} tokens, expected {self.prefix_tokens}+{'x'.join(map(str, grid))}; "
+                + GRID_HINT
             )
         patches = t[:, self.prefix_tokens:, :]
-        return patches.reshape(t.shape[0], h, w, t.shape[2]).permute(0, 3, 1, 2)
+        return patches.reshape(t.shape[0], *grid, t.shape[2]).movedim(-1, 1)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready description for reports."""
         return {"kind": self.kind, "prefix_tokens": self.prefix_tokens,
-                "grid": list(self.grid) if self.grid else None}
+                "grid": list(self.grid) if self.grid else None, "rank": self.rank, "evidence": self.evidence}
 
 
-def token_hints(model: nn.Module) -> dict[str, Any]:
-    """Grid and prefix-token count a ViT-like model declares (timm and torchvision attributes)."""
+def token_hints(model: nn.Module, input_size: tuple[int, int] | None = None) -> dict[str, Any]:
+    """Grid and prefix-token count a ViT-like model declares (timm and torchvision attributes).
+
+    A timm model built with ``dynamic_img_size=True`` takes any input size, so its grid comes from
+    the input size (``patch_embed.dynamic_feat_size``), not the fixed ``patch_embed.grid_size``;
+    without ``input_size`` no grid is declared and the token count decides.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The model.
+    input_size : tuple of int, optional
+        (H, W) of the model input.
+
+    Returns
+    -------
+    dict
+        ``grid`` (h, w) and ``prefix_tokens`` where known.
+    """
     hints: dict[str, Any] = {}
     prefix = getattr(model, "num_prefix_tokens", None)
     if isinstance(prefix, int):
         hints["prefix_tokens"] = prefix
     embed = getattr(model, "patch_embed", None)
     grid = getattr(embed, "grid_size", None)
+    if getattr(model, "dynamic_img_size", False) is True:
+        feat = getattr(embed, "dynamic_feat_size", None)
+        grid = feat(tuple(input_size)) if callable(feat) and input_size is not None else None
     if grid is not None and len(grid) == 2:
         hints["grid"] = (int(grid[0]), int(grid[1]))
     if type(model).__name__ == "VisionTransformer" and hasattr(model, "class_token"):
@@ -74,68 +112,40 @@ def token_hints(model: nn.Module) -> dict[str, Any]:
     return hints
 
 
-def infer_layout(
-    output: torch.Tensor,
-    module: nn.Module | None = None,
-    *,
-    input_size: tuple[int, int] | None = None,
-    grid: tuple[int, int] | None = None,
-    prefix_tokens: int | None = None,
-    layout: str = "auto",
+def token_layout(
+    n: int, input_size: tuple[int, int] | None, grid: tuple[int, int] | None, prefix: int | None
 ) -> SpatialLayout:
-    """Infer how to turn ``output`` into a (B, C, h, w) map.
+    """The token layout of ``n`` tokens.
+
+    The given grid, else the only grid (and prefix count) that has the input's aspect ratio.
 
     Parameters
     ----------
-    output : torch.Tensor
-        A layer output: (B, C, H, W), (B, H, W, C) or (B, N, C).
-    module : torch.nn.Module, optional
-        The layer (a LayerNorm over the last axis means channels-last).
+    n : int
+        Tokens per image.
     input_size : tuple of int, optional
-        (H, W) of the model input, to match the grid's aspect ratio.
-    grid, prefix_tokens : optional
-        Known token grid and prefix-token count (from :func:`token_hints` or the user).
-    layout : str
-        ``"auto"``, or force ``"nchw"``, ``"nhwc"`` or ``"tokens"``.
+        (H, W) of the input (aspect ratio of the grid).
+    grid : tuple of int, optional
+        Known (h, w).
+    prefix : int, optional
+        Known prefix-token count.
 
     Returns
     -------
     SpatialLayout
-        The layout.
+        A ``"tokens"`` layout.
 
     Raises
     ------
     ConfigError
-        The output cannot be read as a map, or the token grid is ambiguous.
+        The tokens do not fit the grid, or several grids fit.
     """
-    if layout not in ("auto", "nchw", "nhwc", "tokens"):
-        raise ConfigError(f"bad layout {layout!r}: expected auto, nchw, nhwc or tokens")
-    if output.dim() == 4 and layout in ("auto", "nchw", "nhwc"):
-        if layout != "auto":
-            return SpatialLayout(layout)
-        norm = getattr(module, "normalized_shape", None)
-        if norm is not None and len(norm) >= 1 and norm[-1] == output.shape[-1] and norm[-1] != output.shape[1]:
-            return SpatialLayout("nhwc")
-        if output.shape[1] == output.shape[2] and output.shape[3] != output.shape[1]:
-            return SpatialLayout("nhwc")
-        return SpatialLayout("nchw")
-    if output.dim() == 3 and layout in ("auto", "tokens"):
-        return _token_layout(int(output.shape[1]), input_size, grid, prefix_tokens)
-    raise ConfigError(
-        f"cannot read a layer output of shape {tuple(output.shape)} as a spatial map "
-        "(expected 4-D maps or 3-D token sequences)"
-    )
-
-
-def _token_layout(
-    n: int, input_size: tuple[int, int] | None, grid: tuple[int, int] | None, prefix: int | None
-) -> SpatialLayout:
     if grid is not None:
         h, w = grid
         k = n - h * w if prefix is None else prefix
         if k < 0 or k + h * w != n:
             raise ConfigError(f"{n} tokens do not fit a {h}x{w} grid with {k} prefix token(s)")
-        return SpatialLayout("tokens", k, (h, w))
+        return SpatialLayout("tokens", k, (h, w), evidence="declared grid")
     aspect = (input_size[0], input_size[1]) if input_size else (1, 1)
     candidates = []
     for k in ([prefix] if prefix is not None else range(_MAX_PREFIX + 1)):
@@ -145,7 +155,7 @@ def _token_layout(
         # h / w = H / W  =>  h = sqrt(m * H / W)
         h = round(math.sqrt(m * aspect[0] / aspect[1]))
         if h > 0 and m % h == 0 and h * aspect[1] == (m // h) * aspect[0]:
-            candidates.append(SpatialLayout("tokens", k, (h, m // h)))
+            candidates.append(SpatialLayout("tokens", k, (h, m // h), evidence="token count and input aspect"))
     if len(candidates) == 1:
         return candidates[0]
     if not candidates:

@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -45,8 +45,9 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 from PIL import Image
+from torch import nn
 
-from explainkit.adapters.targets import map_output
+from explainkit.adapters.targets import take_rows
 from explainkit.cache import ActivationCache
 from explainkit.data.probe import ProbeSet
 from explainkit.errors import CapabilityError
@@ -193,6 +194,10 @@ class Batch:
     passes : dict of str to PassResult
         The shared pass per target (``"predicted"``, ``"label"``) when analyzers requested one
         (:meth:`Analyzer.pass_request`).
+    captured : dict of str to dict of str to torch.Tensor
+        Analyzer name → layer → the layer's output during that same forward pass, detached and
+        passed through the transform the analyzer gave in :meth:`Analyzer.captures` (empty for
+        analyzers that capture nothing).
     """
 
     indices: np.ndarray
@@ -204,29 +209,26 @@ class Batch:
     output: Any
     logits: torch.Tensor
     passes: dict[str, PassResult] = field(default_factory=dict)
+    captured: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.ids)
 
     def select(self, rows: Sequence[int]) -> Batch:
-        """The batch restricted to ``rows`` (positions in this batch), the shared passes included."""
+        """The batch restricted to ``rows`` (positions in this batch), the shared passes and captures included."""
         idx = torch.as_tensor(list(rows), dtype=torch.long)
         return Batch(
             indices=self.indices[idx.numpy()], ids=[self.ids[int(j)] for j in idx],
             inputs=self.inputs[idx.to(self.inputs.device)], images=[self.images[int(j)] for j in idx],
             labels=self.labels[idx], concepts=None if self.concepts is None else self.concepts[idx.numpy()],
-            output=_rows_of(self.output, idx), logits=self.logits[idx.to(self.logits.device)],
+            output=take_rows(self.output, idx), logits=self.logits[idx.to(self.logits.device)],
             passes={t: PassResult(p.classes[idx.to(p.classes.device)],
-                                  {k: _rows_of(v, idx) for k, v in p.activations.items()},
-                                  {k: _rows_of(v, idx) for k, v in p.gradients.items()},
-                                  None if p.input_gradient is None else _rows_of(p.input_gradient, idx))
+                                  {k: take_rows(v, idx) for k, v in p.activations.items()},
+                                  {k: take_rows(v, idx) for k, v in p.gradients.items()},
+                                  None if p.input_gradient is None else take_rows(p.input_gradient, idx))
                     for t, p in self.passes.items()},
+            captured={a: {k: take_rows(v, idx) for k, v in layers.items()} for a, layers in self.captured.items()},
         )
-
-
-def _rows_of(output: Any, idx: torch.Tensor) -> Any:
-    """Rows ``idx`` of a model output (tensors with a batch axis, tuples, lists and dicts of them)."""
-    return map_output(lambda t: t[idx.to(t.device)] if t.dim() else t, output)
 
 
 @dataclass
@@ -456,6 +458,19 @@ class Analyzer:
 
         Deterministic: every worker of a distributed run prepares the same. The default fits nothing.
         """
+
+    def captures(self, ctx: RunContext) -> dict[str, tuple[nn.Module, Callable[[torch.Tensor], torch.Tensor]]]:
+        """Layers whose outputs this analyzer reads from the runner's own forward pass (after :meth:`prepare`).
+
+        Returns
+        -------
+        dict
+            Layer name → ``(module, transform)``; the transform reduces the detached output before
+            it is kept (e.g. spatial pooling to (B, D)). The results arrive in
+            ``batch.captured[self.name][layer]``, so the analyzer needs no forward pass of its own.
+            Default: nothing.
+        """
+        return {}
 
     def init_state(self, ctx: RunContext) -> Any:
         """The empty state."""

@@ -23,10 +23,15 @@ __all__ = ["ANALYZERS", "BUILTIN_ANALYZERS", "get_analyzer", "get_analyzer_class
 #: The built-in analyzers, in the order they register.
 BUILTIN_ANALYZERS = {
     "captum": "explainkit.cam.analyzer:CaptumAttributions",
+    "dissect": "explainkit.dissect.analyzer:NetworkDissection",
+    "discovery": "explainkit.discovery.analyzer:Discovery",
     "gradcam": "explainkit.cam.analyzer:GradCam",
+    "information": "explainkit.information.analyzer:FactorAnalysis",
     "invert": "explainkit.invert.analyzer:Invert",
     "performance": "explainkit.analyzers.performance:Performance",
     "prototypes": "explainkit.prototypes.analyzer:Prototypes",
+    "reliability": "explainkit.reliability.analyzer:LabelReliability",
+    "tcav": "explainkit.tcav.analyzer:Tcav",
 }
 
 

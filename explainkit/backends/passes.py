@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -31,7 +31,7 @@ from explainkit.errors import ConfigError
 from explainkit.hooks import capture_layers, frozen_parameters
 from explainkit.loading.handle import ModelHandle
 
-__all__ = ["merge_requests", "rows_per_pass", "run_passes"]
+__all__ = ["Captures", "merge_requests", "rows_per_pass", "run_passes"]
 
 #: Bytes a model pass over one chunk of rows may take on the CPU (the chunk size follows from it).
 PASS_MEMORY_BYTES = 512 * 2**20
@@ -99,7 +99,7 @@ def _one(handle: ModelHandle, x: torch.Tensor, req: PassRequest, labels: torch.T
         if req.input_gradient:
             leaf = x.detach().requires_grad_(True)
             stack.enter_context(torch.enable_grad())
-            cap = stack.enter_context(capture_layers(module, modules, clone_outputs=True)) if modules else None
+            cap = stack.enter_context(capture_layers(module, modules, clone=True)) if modules else None
         else:
             leaf = x
             stack.enter_context(torch.no_grad())
@@ -122,10 +122,33 @@ def _one(handle: ModelHandle, x: torch.Tensor, req: PassRequest, labels: torch.T
     return map_output(torch.Tensor.detach, output), result
 
 
+#: Analyzer name → layer → ``(module, transform)`` (see :meth:`~explainkit.analyzers.base.Analyzer.captures`).
+Captures = Mapping[str, Mapping[str, tuple[torch.nn.Module, Callable[[torch.Tensor], torch.Tensor]]]]
+
+
+@contextlib.contextmanager
+def _capturing(module: torch.nn.Module, captures: Captures | None, rows: int,
+               into: list[dict[str, dict[str, torch.Tensor]]]) -> Iterator[None]:
+    """Record the analyzers' ``captures`` (detached, transformed, trimmed to ``rows``) during the block."""
+    flat = {f"{a}\x00{layer}": spec for a, layers in (captures or {}).items() for layer, spec in layers.items()}
+    if not flat:
+        yield
+        return
+    with capture_layers(module, {k: m for k, (m, _) in flat.items()}, detach=True,
+                        transform={k: f for k, (_, f) in flat.items()}) as cap:
+        yield
+    got: dict[str, dict[str, torch.Tensor]] = {}
+    for k in flat:
+        a, layer = k.split("\x00", 1)
+        got.setdefault(a, {})[layer] = cap[k][:rows]
+    into.append(got)
+
+
 def run_passes(handle: ModelHandle, inputs: torch.Tensor, requests: Mapping[str, PassRequest],
                labels: torch.Tensor | None = None, *, rows: int | None = None,
-               amp: str | None = None) -> tuple[Any, dict[str, PassResult]]:
-    """The batch output and the shared pass of every target.
+               amp: str | None = None, captures: Captures | None = None
+               ) -> tuple[Any, dict[str, PassResult], dict[str, dict[str, torch.Tensor]]]:
+    """The batch output, the shared pass of every target, and the analyzers' captured layers.
 
     Parameters
     ----------
@@ -141,6 +164,9 @@ def run_passes(handle: ModelHandle, inputs: torch.Tensor, requests: Mapping[str,
         Rows per forward pass (default: all at once).
     amp : str, optional
         Autocast dtype on CUDA (:data:`AUTOCAST_DTYPES`).
+    captures : mapping, optional
+        Analyzer name → layer → ``(module, transform)``: layer outputs recorded (detached, passed
+        through the transform) during the batch's first pass, the one whose output is returned.
 
     Returns
     -------
@@ -148,27 +174,40 @@ def run_passes(handle: ModelHandle, inputs: torch.Tensor, requests: Mapping[str,
         The model output for ``inputs`` (detached; from the first target's pass).
     passes : dict of str to PassResult
         Per target, what was recorded.
+    captured : dict of str to dict of str to torch.Tensor
+        Analyzer name → layer → (B, ...) transformed output (empty without ``captures``).
     """
     b = inputs.shape[0]
     step = rows or b
     module = handle.module
     if labels is not None:
         labels = labels.to(inputs.device, non_blocking=True)  # once per batch, not per chunk
-    if not requests:
-        with torch.no_grad(), autocast(inputs.device, amp):
-            return _cat([handle.forward(inputs[s]) for s in _chunks(b, step)]), {}
     outputs: list[Any] = []
+    captured: list[dict[str, dict[str, torch.Tensor]]] = []
+    if not requests:
+        for s in _chunks(b, step):
+            with torch.no_grad(), autocast(inputs.device, amp), \
+                    _capturing(module, captures, s.stop - s.start, captured):
+                outputs.append(handle.forward(inputs[s]))
+        return _cat(outputs), {}, _cat_captured(captured)
     passes: dict[str, PassResult] = {}
     for n, (target, req) in enumerate(requests.items()):
         modules = dict(resolve_layers(module, list(req.layers))) if req.layers else {}
         parts = []
         for s in _chunks(b, step):
-            out, part = _one(handle, inputs[s], req, None if labels is None else labels[s], modules, amp)
+            with _capturing(module, captures if n == 0 else None, s.stop - s.start, captured):
+                out, part = _one(handle, inputs[s], req, None if labels is None else labels[s], modules, amp)
             if n == 0:
                 outputs.append(out)
             parts.append(part)
         passes[target] = _cat_results(parts)
-    return _cat(outputs), passes
+    return _cat(outputs), passes, _cat_captured(captured)
+
+
+def _cat_captured(parts: list[dict[str, dict[str, torch.Tensor]]]) -> dict[str, dict[str, torch.Tensor]]:
+    if len(parts) <= 1:
+        return parts[0] if parts else {}
+    return {a: {k: torch.cat([p[a][k] for p in parts]) for k in layers} for a, layers in parts[0].items()}
 
 
 def _cat_results(parts: list[PassResult]) -> PassResult:

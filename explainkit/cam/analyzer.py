@@ -272,6 +272,9 @@ class _AttributionAnalyzer(Analyzer):
         count is ambiguous (``grid=14|14`` on the command line).
     prefix_tokens : int, optional
         Tokens before the patch tokens (CLS, registers) of that layer; default 0 with ``grid``.
+    layout : str
+        How 4-D layer outputs are read: ``"auto"`` (decided from evidence, stopping when it is
+        ambiguous, see :func:`explainkit.adapters.infer_layout`), ``"nchw"`` or ``"nhwc"``.
     """
 
     #: The CAM-method kinds whose ``default`` methods run when none are named.
@@ -308,6 +311,8 @@ class _AttributionAnalyzer(Analyzer):
         "grid": Option("int", low=1, many=True, help="(h, w) patch grid of a token layer when the token count is "
                                                      "ambiguous, e.g. grid=14|14"),
         "prefix_tokens": Option("int", low=0, help="tokens before the patch tokens of that layer (with grid)"),
+        "layout": Option("choice", choices=("auto", "nchw", "nhwc"),
+                         help="channels first or last for 4-D layer outputs (auto: from evidence, never guessed)"),
     }
 
     def __init__(self, methods: Sequence[str] | None = None, layer: str | Sequence[str] | None = None,
@@ -318,7 +323,8 @@ class _AttributionAnalyzer(Analyzer):
                  sanity_images: int = 12, min_sanity_images: int = 6, sanity_steps: int = 3,
                  sanity_threshold: float = 0.5, n_examples: int = 6, pointing_tolerance: float | None = None,
                  batch_size: int | None = None, n_resamples: int = 1000, save_maps: bool = True,
-                 grid: Sequence[int] | None = None, prefix_tokens: int | None = None) -> None:
+                 grid: Sequence[int] | None = None, prefix_tokens: int | None = None,
+                 layout: str = "auto") -> None:
         self.methods = methods
         self.layer = layer
         self.target = target
@@ -343,8 +349,7 @@ class _AttributionAnalyzer(Analyzer):
         self.save_maps = save_maps
         self.grid = grid
         self.prefix_tokens = prefix_tokens
-        self.grid = grid
-        self.prefix_tokens = prefix_tokens
+        self.layout = layout
 
     # -- parameters -------------------------------------------------------------------------
     @classmethod
@@ -401,25 +406,18 @@ class _AttributionAnalyzer(Analyzer):
         }
 
     def _spatial_layout(self) -> str | SpatialLayout:
-        """``"auto"``, or the token layout given by ``grid`` / ``prefix_tokens``."""
+        """``layout``, or the token layout given by ``grid`` / ``prefix_tokens``."""
         if self.grid is None:
-            return "auto"
-        h, w = (int(v) for v in self.grid)
-        return SpatialLayout("tokens", int(self.prefix_tokens or 0), (h, w))
-
-    def _spatial_layout(self) -> str | SpatialLayout:
-        """``"auto"``, or the token layout given by ``grid`` / ``prefix_tokens``."""
-        if self.grid is None:
-            return "auto"
+            return self.layout
         h, w = (int(v) for v in self.grid)
         return SpatialLayout("tokens", int(self.prefix_tokens or 0), (h, w))
 
     def validate(self, ctx: RunContext) -> None:
         """Methods and their parameters, the rules across parameters, capabilities, labels and layers."""
         plan = self._plan()
-        if any(m.uses_layers for m, _ in plan) and not ctx.handle.module_hooks:
-            raise CapabilityError(f"{self.name}: CAM methods need module hooks, which this model does not allow; "
-                                  "use input-level methods (the captum analyzer)")
+        if any(m.hooks for m, _ in plan) and not ctx.handle.module_hooks:
+            raise CapabilityError(f"{self.name}: {', '.join(m.name for m, _ in plan if m.hooks)} need module hooks, "
+                                  "which this model does not allow; use captum's input-level methods")
         if self.target == "label" and not ctx.data.has_labels:
             raise ConfigError(f"{self.name}: target='label' needs a labelled probe set")
         if self.n_random == 1:
@@ -430,10 +428,8 @@ class _AttributionAnalyzer(Analyzer):
             raise ConfigError(f"{self.name}: grid must be two integers h|w, not {self.grid!r}")
         if self.prefix_tokens is not None and self.grid is None:
             raise ConfigError(f"{self.name}: prefix_tokens goes with grid=h|w")
-        if self.grid is not None and len(self.grid) != 2:
-            raise ConfigError(f"{self.name}: grid must be two integers h|w, not {self.grid!r}")
-        if self.prefix_tokens is not None and self.grid is None:
-            raise ConfigError(f"{self.name}: prefix_tokens goes with grid=h|w")
+        if self.grid is not None and self.layout != "auto":
+            raise ConfigError(f"{self.name}: grid=h|w is a token layout; it cannot go with layout={self.layout}")
         layer = self.layer if self.layer is not None else ctx.layer
         if layer is not None and any(m.uses_layers for m, _ in plan):
             resolve_layers(ctx.handle.module, [layer] if isinstance(layer, str) else list(layer))
@@ -482,7 +478,8 @@ class _AttributionAnalyzer(Analyzer):
             if self.target == "label":
                 classes = torch.where(batch.labels >= 0, batch.labels, classes)
         run = CamRun.create(ctx.handle, batch.inputs, layer=self._layer(ctx), targets=classes.tolist(),
-                            needs_layers=any(m.uses_layers for m, _ in plan), batch_size=self._rows(ctx),
+                            needs_layers=any(m.uses_layers for m, _ in plan), needs_hooks=any(m.hooks for m, _ in plan),
+                            batch_size=self._rows(ctx),
                             seed=ctx.seed, layout=self._spatial_layout())
         run.amp = ctx.autocast
         if shared is not None:
@@ -551,7 +548,7 @@ class _AttributionAnalyzer(Analyzer):
             masks = []
             for i in batch.indices:
                 raw = ctx.data.mask(int(i), mask_name)
-                masks.append(None if raw is None else render.mask_to_input(raw, prep))
+                masks.append(None if raw is None else prep.resize_mask(raw))
             for m, maps in res.maps.items():
                 out[m][mask_name] = metrics.pointing_game(maps, masks, tolerance=self.pointing_tolerance)
         return out
@@ -904,7 +901,7 @@ class GradCam(_AttributionAnalyzer):
                "Grad-CAM++ on request) with deletion/insertion, ROAD, pointing game, random-map test, sanity check")
     requires = frozenset({"module_hooks", "gradients"})
     run_by_default = True
-    method_kinds = ("gradient", "activation", "noise", "perturbation")
+    method_kinds = ("gradient", "activation", "noise", "perturbation", "backward")
 
 
 class CaptumAttributions(_AttributionAnalyzer):

@@ -2,7 +2,11 @@
 
 Every gradient-based method requested together is computed from **one** forward and **one**
 backward pass (the backward stops at the target layer); activation-only methods reuse the same
-forward; noise and perturbation methods add their own passes on top of it.
+forward; noise, perturbation and backward methods add their own passes on top of it.
+
+Two options apply to every method and are handled here: ``aug_smooth`` (test-time augmentation,
+:func:`augmentations`) and targets that expand one image into several explanations (every positive
+label of a multi-label model, :meth:`explainkit.adapters.Target.expand`).
 """
 
 from __future__ import annotations
@@ -14,20 +18,25 @@ from typing import Any
 import torch
 from torch import nn
 
-from explainkit.adapters import SpatialLayout
-from explainkit.cam.engine import CamRun
+from explainkit.adapters import SpatialLayout, Target, as_target
+from explainkit.cam.engine import CamRun, as_handle
 from explainkit.cam.methods import ONE_PASS_KINDS, CamMethod, get_method, list_methods
 from explainkit.cam.postprocess import combine_layers
 from explainkit.errors import ConfigError
+from explainkit.hooks import eval_mode
 from explainkit.loading.handle import ModelHandle
 
-__all__ = ["GRADIENT_METHODS", "INPUT_LAYER", "CamResult", "cam", "cams", "compute", "explain", "plan_methods"]
+__all__ = ["AUGMENTATIONS", "GRADIENT_METHODS", "INPUT_LAYER", "CamResult", "cam", "cams", "compute", "explain",
+           "plan_methods"]
 
 #: The methods :func:`cams` computes by default: every built-in method one forward + one backward pass gives
 #: (the registered ``gradient`` methods, then the ``activation`` ones).
 GRADIENT_METHODS = tuple(m for kind in ONE_PASS_KINDS for m in list_methods(kind))
 #: Pseudo layer name under which input-level (captum) methods store their raw map.
 INPUT_LAYER = "input"
+#: ``aug_smooth``'s test-time augmentations, ``(mirror left-right, brightness factor)``: those of
+#: pytorch-grad-cam (ttach's HorizontalFlip x Multiply([0.9, 1, 1.1]) on the model input).
+AUGMENTATIONS = tuple((flip, factor) for flip in (False, True) for factor in (0.9, 1.0, 1.1))
 
 
 @dataclass
@@ -49,6 +58,10 @@ class CamResult:
         (B,) explained class per image (None for non-class targets).
     scores : torch.Tensor
         (B,) target score of the clean inputs.
+    images : torch.Tensor or None
+        (B,) source image of each map: ``0 .. B-1``, except for targets that explain several
+        things per image (:class:`explainkit.adapters.MultiLabelTarget` without labels: one map
+        per positive label, ``images`` says whose).
     """
 
     maps: dict[str, torch.Tensor]
@@ -57,6 +70,7 @@ class CamResult:
     layouts: dict[str, SpatialLayout]
     classes: torch.Tensor | None
     scores: torch.Tensor
+    images: torch.Tensor | None = None
 
     def grid(self, method: str) -> tuple[int, int]:
         """(h, w) of ``method``'s first raw map: the map's native spatial structure."""
@@ -130,21 +144,26 @@ def compute(
         Method names (see :func:`explainkit.cam.list_methods`).
     layer : str, sequence of str or None
         Target layer(s) by dotted name; ``None``: :func:`explainkit.adapters.default_layer`.
-        Several layers: per-layer maps are normalised, then averaged (as pytorch-grad-cam).
+        Several layers (or a layer returning a mapping of tensors, such as an FPN backbone, one
+        map per entry): per-layer maps are normalised, then averaged (as pytorch-grad-cam).
     targets : Any
         ``None`` (predicted class), a class index, one index per image, a
-        :class:`explainkit.adapters.Target`, or a function of the output giving (B,) scores.
+        :class:`explainkit.adapters.Target` (segmentation region, detection boxes, multi-label,
+        binary ...), a function ``fn(output, rows)`` of the output giving one score per row
+        (``rows[j]``: the image of row ``j``), or one callable per image (pytorch-grad-cam's
+        convention).
     params : mapping, optional
-        Method name → its keyword parameters.
+        Method name → its keyword parameters (including ``eigen_smooth`` where declared and
+        ``aug_smooth`` for every method).
     batch_size : int
         Rows per extra forward pass (perturbation, noise and captum methods).
     seed : int
         Seed of every random draw (noise, baselines).
     layout : str or SpatialLayout
-        How to read the layer output as a map: ``"auto"`` infers NCHW, NHWC and ViT token grids
-        (grid and prefix tokens from the model, else from the token count and input aspect ratio);
-        ``"nchw"``, ``"nhwc"``, ``"tokens"`` force a kind; a
-        :class:`explainkit.adapters.SpatialLayout` gives it completely.
+        How to read the layer output as a map: ``"auto"`` decides from the module type, the input
+        size and, where needed, one probe at a second input size, and raises when that is not
+        conclusive (see :func:`explainkit.adapters.infer_layout`); ``"nchw"``, ``"nhwc"``,
+        ``"tokens"`` force a kind; a :class:`explainkit.adapters.SpatialLayout` gives it completely.
 
     Returns
     -------
@@ -154,20 +173,28 @@ def compute(
     Raises
     ------
     ConfigError
-        Unknown method/parameter/layer, bad inputs.
+        Unknown method/parameter/layer, bad inputs, an undecidable layout.
     CapabilityError
         Hooks or gradients needed but not available (e.g. CAMs on TorchScript).
     """
     plan = plan_methods(methods, params)
-    needs_layers = any(m.uses_layers for m, _ in plan)
-    run = CamRun.create(model, inputs, layer=layer, targets=targets, needs_layers=needs_layers,
-                        batch_size=batch_size, seed=seed, layout=layout)
+    handle = as_handle(model)
+    target = as_target(targets)
+    images = torch.arange(inputs.shape[0]) if isinstance(inputs, torch.Tensor) and inputs.dim() else None
+    expanded = _expand(handle, inputs, target)
+    if expanded is not None:
+        images, target = expanded
+        inputs = inputs[images.to(inputs.device)]
+        if not images.numel():
+            return _empty(plan, inputs)
+    run = CamRun.create(handle, inputs, layer=layer, targets=target, needs_layers=any(m.uses_layers for m, _ in plan),
+                        needs_hooks=any(m.hooks for m, _ in plan), batch_size=batch_size, seed=seed, layout=layout)
     run.record(gradients=any(m.uses_gradients for m, _ in plan))
-    return explain(run, plan, inputs.device)
+    return explain(run, plan, inputs.device, images=images)
 
 
-def explain(run: CamRun, plan: Sequence[tuple[CamMethod, dict[str, Any]]], device: torch.device | None = None
-            ) -> CamResult:
+def explain(run: CamRun, plan: Sequence[tuple[CamMethod, dict[str, Any]]], device: torch.device | None = None,
+            images: torch.Tensor | None = None) -> CamResult:
     """Every planned method on a recorded run (:meth:`CamRun.record` or :meth:`CamRun.adopt`).
 
     Parameters
@@ -175,9 +202,11 @@ def explain(run: CamRun, plan: Sequence[tuple[CamMethod, dict[str, Any]]], devic
     run : CamRun
         The run with its clean pass.
     plan : sequence of (CamMethod, dict)
-        Methods and parameters (:func:`plan_methods`).
+        Methods and parameters (:func:`plan_methods`; ``aug_smooth`` included).
     device : torch.device, optional
         Where the results go (default: the inputs' device).
+    images : torch.Tensor, optional
+        (B,) source image of each row (see :attr:`CamResult.images`; default: one row per image).
 
     Returns
     -------
@@ -185,23 +214,73 @@ def explain(run: CamRun, plan: Sequence[tuple[CamMethod, dict[str, Any]]], devic
         Maps, raw maps, layers, layouts, explained classes and scores.
     """
     device = device or run.inputs.device
-    raw: dict[str, dict[str, torch.Tensor]] = {}
-    for method, p in plan:
-        if method.uses_layers:
-            raw[method.name] = {name: method.compute(run.layers[name], run, **p) for name in run.layer_names}
-        else:
-            raw[method.name] = {INPUT_LAYER: method.compute(run, **p)}
-    maps = {name: combine_layers(list(per_layer.values()), run.size).to(device) for name, per_layer in raw.items()}
-    bound = run.bound
-    assert bound is not None and run.scores0 is not None
+    raw = {m.name: _raw(m, p, run) for m, p in plan}
+    maps = {m.name: combine_layers(list(raw[m.name].values()), run.size) for m, _ in plan}
+    maps.update({m.name: _augmented(m, p, run, maps[m.name]) for m, p in plan if p.get("aug_smooth")})
+    classes = run.classes
+    assert run.scores0 is not None
+    if images is None:
+        images = torch.arange(run.inputs.shape[0])
     return CamResult(
-        maps=maps,
+        maps={k: v.to(device) for k, v in maps.items()},
         raw={m: {k: v.to(device) for k, v in per.items()} for m, per in raw.items()},
         layers=list(run.layer_names),
         layouts={name: data.layout for name, data in run.layers.items()},
-        classes=None if bound.classes is None else bound.classes.to(device),
+        classes=None if classes is None else classes.to(device),
         scores=run.scores0.to(device),
+        images=images,
     )
+
+
+def _raw(method: CamMethod, params: Mapping[str, Any], run: CamRun) -> dict[str, torch.Tensor]:
+    """Layer (or ``"input"``) → raw map of one method on a recorded run."""
+    own = method.own_params(params)
+    if method.uses_layers:
+        return {name: method.compute(data, run, **own) for name, data in run.layers.items()}
+    return {INPUT_LAYER: method.compute(run, **own)}
+
+
+def _augmented(method: CamMethod, params: Mapping[str, Any], run: CamRun, plain: torch.Tensor) -> torch.Tensor:
+    """``aug_smooth``: the mean of the method's [0, 1] maps over :data:`AUGMENTATIONS`, each un-mirrored.
+
+    Every augmented copy is explained for the target bound on the clean images (mirrored with the
+    image for spatial targets: masks, boxes), not re-picked per copy as pytorch-grad-cam does with
+    ``targets=None``; the mean is not re-normalised (as pytorch-grad-cam). ``plain`` is the map of
+    the un-augmented run (the identity augmentation).
+    """
+    assert run.bound is not None
+    width = run.size[1]
+    total = torch.zeros(run.inputs.shape[0], *run.size, device=run.inputs.device)
+    for flip, factor in AUGMENTATIONS:
+        if not flip and factor == 1.0:
+            total += plain
+            continue
+        x = run.inputs.flip(-1) if flip else run.inputs
+        sub = CamRun(handle=run.handle, inputs=x * factor, target=run.target, layer_names=list(run.layer_names),
+                     batch_size=run.batch_size, seed=run.seed, layout=run.layout,
+                     bound=run.bound.mirrored(width) if flip else run.bound, amp=run.amp)
+        sub.record(gradients=method.uses_gradients)
+        maps = combine_layers(list(_raw(method, params, sub).values()), run.size)
+        total += maps.flip(-1) if flip else maps
+    return total / len(AUGMENTATIONS)
+
+
+def _expand(handle: ModelHandle, inputs: Any, target: Target) -> tuple[torch.Tensor, Target] | None:
+    """Run the clean forward for a target that may explain several things per image (else ``None``)."""
+    if type(target).expand is Target.expand or not isinstance(inputs, torch.Tensor) or inputs.dim() != 4:
+        return None
+    with eval_mode(handle.module), torch.no_grad():
+        output = handle.forward(inputs.detach().to(handle.device(), torch.float32))
+    return target.expand(output)
+
+
+def _empty(plan: list[tuple[CamMethod, dict[str, Any]]], inputs: torch.Tensor) -> CamResult:
+    """The result of an expansion with nothing to explain (no positive label anywhere)."""
+    shape = (0, *inputs.shape[-2:])
+    empty = torch.zeros(0, dtype=torch.long)
+    return CamResult(maps={m.name: torch.zeros(shape, device=inputs.device) for m, _ in plan},
+                     raw={m.name: {} for m, _ in plan}, layers=[], layouts={}, classes=empty,
+                     scores=torch.zeros(0), images=empty)
 
 
 def cam(
@@ -228,10 +307,9 @@ def cam(
     layer : str, sequence of str or None
         Target layer(s); ``None`` picks the last spatial layer (ViT/Swin: the last block's norm).
     method : str
-        ``gradcam``, ``gradcampp``, ``xgradcam``, ``layercam``, ``hirescam``,
-        ``gradcam_elementwise``, ``scorecam``, ``ablationcam``, ``eigencam``, ``eigengradcam``,
-        ``smoothgradcampp``, or an input-level method (``saliency``, ``integrated_gradients``,
-        ``smoothgrad``, ``occlusion``, ``gradient_shap``).
+        A registered method (:func:`~explainkit.cam.methods.list_methods`, or another spelling such
+        as ``grad-cam++``): a layer method such as ``gradcam`` or an input-level one such as
+        ``saliency``. docs/analyzers.md lists them with their parameters.
     targets : Any
         What to explain (``None``: the predicted class); see :func:`compute`.
     raw : bool
@@ -240,7 +318,8 @@ def cam(
     batch_size, seed, layout
         See :func:`compute`.
     **params
-        The method's own parameters (e.g. ``variant="channel_softmax"`` for Score-CAM).
+        The method's own parameters (e.g. ``variant="channel_softmax"`` for Score-CAM,
+        ``eigen_smooth=True``) and ``aug_smooth=True``.
 
     Returns
     -------

@@ -4,8 +4,9 @@ Saliency, Integrated Gradients, SmoothGrad (``NoiseTunnel`` over Saliency), Occl
 GradientSHAP attribute the target to input pixels, so they also explain TorchScript models
 (``handle.module_hooks`` False). Each returns a (B, H, W) map reduced over input channels:
 ``reduce="abs"`` (default) sums absolute attributions, ``reduce="sum"`` keeps the signed sum (the
-post-processing ReLU then keeps positive evidence). The class explained is the one bound on the
-clean pass; captum's own random draws run under a forked RNG seeded with ``run.seed``.
+post-processing ReLU then keeps positive evidence). What is attributed is the target bound on the
+clean pass (any target, per-image data included); captum's own random draws run under a forked RNG
+seeded with ``run.seed``.
 """
 
 from __future__ import annotations
@@ -15,30 +16,26 @@ from typing import Any
 
 import torch
 
-from explainkit.adapters import ClassLogit, SoftmaxProbability, select_logits
+from explainkit.adapters import ClassLogit
 from explainkit.cam.engine import CamRun
 from explainkit.cam.methods import register_method
 from explainkit.errors import ConfigError
 from explainkit.hooks import eval_mode
 from explainkit.options import Option
 
-__all__ = ["gradient_shap", "integrated_gradients", "occlusion", "saliency", "smoothgrad"]
+__all__ = ["REDUCE", "gradient_shap", "integrated_gradients", "occlusion", "reduce_channels", "saliency", "smoothgrad"]
 
 
-def _forward(run: CamRun) -> tuple[Callable[[torch.Tensor], torch.Tensor], Any]:
-    """Captum ``forward_func`` and ``target``: class scores with class indices, or the target itself."""
+def _forward(run: CamRun) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """Captum ``forward_func(x, rows)``: the bound target's (n,) scores, row ``j`` from image ``rows[j]``.
+
+    The image index travels as an additional forward argument, which captum expands exactly as it
+    expands the inputs (repeated for Integrated Gradients' steps, interleaved for NoiseTunnel and
+    GradientSHAP samples), so per-image targets stay with their image.
+    """
     assert run.bound is not None, "record() first"
     bound = run.bound
-    if bound.classes is None:
-        return (lambda x: bound.target(run.handle.forward(x))), None
-    key = bound.target.output_key
-    probs = isinstance(bound.target, SoftmaxProbability)
-
-    def fn(x: torch.Tensor) -> torch.Tensor:
-        logits = select_logits(run.handle.forward(x), key)
-        return torch.softmax(logits, dim=1) if probs else logits
-
-    return fn, bound.classes.tolist()
+    return lambda x, rows: bound(run.handle.forward(x), rows.cpu())
 
 
 #: ``reduce``: how attributions are summed over input channels.
@@ -46,7 +43,8 @@ REDUCE = Option("choice", choices=("abs", "sum"), help="sum of absolute attribut
 _SAMPLES = Option("int", low=1, help="noisy samples per image")
 
 
-def _reduce(attr: torch.Tensor, reduce: str) -> torch.Tensor:
+def reduce_channels(attr: torch.Tensor, reduce: str) -> torch.Tensor:
+    """(B, C, H, W) attributions → (B, H, W): the sum of absolute values (``"abs"``) or the signed sum."""
     attr = attr.detach()
     return (attr.abs() if reduce == "abs" else attr).sum(dim=1).float()
 
@@ -55,7 +53,7 @@ def _attribute(run: CamRun, make: Callable[[Callable], Any], reduce: str, *, nee
                **kwargs: Any) -> torch.Tensor:
     if needs_grad and not run.handle.gradients:
         raise ConfigError("this attribution needs gradients, which the model does not support; use occlusion")
-    fn, target = _forward(run)
+    fn = _forward(run)
     b = run.inputs.shape[0]
     step = max(1, min(int(run.batch_size), b))
     out = []
@@ -63,8 +61,8 @@ def _attribute(run: CamRun, make: Callable[[Callable], Any], reduce: str, *, nee
         torch.manual_seed(run.seed)
         for start in range(0, b, step):  # chunks of run.batch_size rows: bounded autograd graphs
             inputs = run.inputs[start:start + step].clone().requires_grad_(needs_grad)
-            part = None if target is None else target[start:start + step]
-            out.append(_reduce(make(fn).attribute(inputs, target=part, **kwargs), reduce))
+            rows = run.rows[start:start + step].to(inputs.device)
+            out.append(reduce_channels(make(fn).attribute(inputs, additional_forward_args=(rows,), **kwargs), reduce))
     return torch.cat(out)
 
 
@@ -73,7 +71,7 @@ def _attribute(run: CamRun, make: Callable[[Callable], Any], reduce: str, *, nee
 def saliency(run: CamRun, *, reduce: str = "abs") -> torch.Tensor:
     """Input gradient ``dy/dx`` (taken from the run when a shared pass already computed it)."""
     if run.input_gradient is not None and isinstance(run.target, ClassLogit) and run.target.output_key is None:
-        return _reduce(run.input_gradient, reduce)
+        return reduce_channels(run.input_gradient, reduce)
     from captum.attr import Saliency
 
     return _attribute(run, Saliency, reduce, abs=False)
@@ -103,7 +101,7 @@ def integrated_gradients(run: CamRun, *, n_steps: int = 16, reduce: str = "abs",
         return _attribute(run, IntegratedGradients, reduce, baselines=0.0, n_steps=int(n_steps),
                           internal_batch_size=max(1, int(run.batch_size)))
     batch = max(run.batch_size, run.inputs.shape[0])
-    fn, target = _forward(run)
+    fn = _forward(run)
     b = run.inputs.shape[0]
     out = torch.empty(run.inputs.shape[0], *run.inputs.shape[2:], device=run.inputs.device)
     used = torch.zeros(b, dtype=torch.long)
@@ -113,27 +111,18 @@ def integrated_gradients(run: CamRun, *, n_steps: int = 16, reduce: str = "abs",
         while todo.numel():
             rows = todo.to(run.inputs.device)
             x = run.inputs[rows].clone().requires_grad_(True)
-            tgt = None if target is None else [target[int(i)] for i in todo]
-            attr, delta = IntegratedGradients(fn).attribute(x, target=tgt, baselines=0.0, n_steps=steps,
-                                                            internal_batch_size=batch, return_convergence_delta=True)
+            attr, delta = IntegratedGradients(fn).attribute(x, baselines=0.0, n_steps=steps,
+                                                            additional_forward_args=(rows,), internal_batch_size=batch,
+                                                            return_convergence_delta=True)
             with torch.no_grad():
-                ends = fn(torch.cat([run.inputs[rows], torch.zeros_like(run.inputs[rows])]))
-            gap = _select(ends[: len(todo)], tgt) - _select(ends[len(todo):], tgt)
+                gap = fn(run.inputs[rows], rows) - fn(torch.zeros_like(run.inputs[rows]), rows)
             done = (delta.detach().abs().cpu() <= float(delta_tolerance) * gap.abs().cpu()) | (2 * steps > max_steps)
-            out[rows[done.to(rows.device)]] = _reduce(attr[done.to(attr.device)], reduce)
+            out[rows[done.to(rows.device)]] = reduce_channels(attr[done.to(attr.device)], reduce)
             used[todo[done]] = steps
             todo = todo[~done]
             steps *= 2
     run.cache["integrated_gradients_steps"] = used
     return out
-
-
-def _select(scores: torch.Tensor, target: list[int] | None) -> torch.Tensor:
-    """(n,) the target's column of (n, K) class scores (the scores themselves for non-class targets)."""
-    if target is None:
-        return scores.flatten()
-    idx = torch.as_tensor(target, dtype=torch.long, device=scores.device)
-    return scores.detach().gather(1, idx[:, None])[:, 0]
 
 
 @register_method("smoothgrad", "SmoothGrad (Smilkov et al., 2017; captum NoiseTunnel)", "input", options={

@@ -10,16 +10,17 @@ layer, no parameter ``.grad`` is ever written, and training flags are restored a
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from explainkit.adapters import (
     ClassLogit,
-    SoftmaxProbability,
     SpatialLayout,
     Target,
     as_target,
@@ -27,19 +28,20 @@ from explainkit.adapters import (
     infer_layout,
     map_output,
     resolve_layers,
-    select_logits,
     token_hints,
 )
 from explainkit.device import autocast
 from explainkit.errors import CapabilityError, ConfigError
-from explainkit.hooks import capture_layers, eval_mode
+from explainkit.hooks import capture_layers, eval_mode, tensor_mapping
 from explainkit.loading.handle import ModelHandle
 from explainkit.loading.loaders import wrap
 
-__all__ = ["BoundTarget", "CamRun", "LayerData", "as_handle", "chunks"]
+__all__ = ["CamRun", "LayerData", "as_handle", "chunks", "entry_name"]
 
 #: ``edit(name, output) -> output`` hook for interventions on a layer (see ``capture_layers``).
-Edit = Callable[[str, torch.Tensor], torch.Tensor]
+Edit = Callable[[str, Any], Any]
+#: Decided layouts per model, so the probe runs once per (layer, input shape): model → key → layout.
+_LAYOUTS: weakref.WeakKeyDictionary[nn.Module, dict[tuple, SpatialLayout]] = weakref.WeakKeyDictionary()
 
 
 def as_handle(model: nn.Module | ModelHandle) -> ModelHandle:
@@ -55,67 +57,34 @@ def chunks(total: int, size: int) -> Iterator[torch.Tensor]:
         yield torch.arange(start, min(total, start + size))
 
 
-class BoundTarget:
-    """A target whose class is frozen after the clean pass, scorable on perturbed copies.
-
-    ``PredictedClass`` would re-pick the argmax on every masked or noisy copy; binding keeps the
-    class explained on the clean image, so a copy of image ``b`` is scored on ``classes[b]``.
-
-    Parameters
-    ----------
-    target : Target
-        The user's target.
-    classes : torch.Tensor or None
-        (B,) explained class per image, or ``None`` for non-class targets.
-    """
-
-    def __init__(self, target: Target, classes: torch.Tensor | None) -> None:
-        self.target = target
-        self.classes = classes
-
-    @classmethod
-    def from_output(cls, target: Target, output: Any) -> BoundTarget:
-        """Bind ``target`` to the classes it picks on the clean ``output``."""
-        classes = target.classes(output)
-        return cls(target, None if classes is None else classes.detach())
-
-    def __call__(self, output: Any, rows: torch.Tensor) -> torch.Tensor:
-        """(n,) target scores of outputs whose row ``j`` comes from clean image ``rows[j]``."""
-        if self.classes is None:
-            return self.target(output)
-        cls = self.classes[rows.to(self.classes.device)]
-        key = self.target.output_key
-        if isinstance(self.target, SoftmaxProbability):
-            return SoftmaxProbability(cls, key)(output)
-        if isinstance(self.target, ClassLogit):
-            return ClassLogit(cls, key)(output)
-        return self.target(output)
-
-    def probability(self, output: Any, rows: torch.Tensor) -> torch.Tensor:
-        """(n,) softmax probability of the bound class (the target itself for non-class targets)."""
-        if self.classes is None:
-            return self(output, rows)
-        logits = select_logits(output, self.target.output_key)
-        cls = self.classes[rows.to(self.classes.device)].to(logits.device)
-        return torch.softmax(logits.float(), dim=1).gather(1, cls[:, None])[:, 0]
+def entry_name(layer: str, key: Any) -> str:
+    """Name of one entry of a layer that returns a mapping (``backbone[pool]``); the layer itself for ``None``."""
+    return layer if key is None else f"{layer}[{key}]"
 
 
 @dataclass
 class LayerData:
-    """What the clean pass recorded at one layer, read as (B, K, h, w) maps.
+    """What one pass recorded at one layer (or one entry of a layer returning a mapping), as maps.
 
     Attributes
     ----------
     name : str
-        Dotted layer name.
+        Dotted layer name, with ``[key]`` for an entry of a mapping output.
     layout : SpatialLayout
         How the raw output was turned into channels-first maps.
     activation : torch.Tensor
-        (B, K, h, w) activations.
+        (B, K, *spatial) activations.
     gradient : torch.Tensor or None
-        (B, K, h, w) gradient of the summed target scores (None when not computed).
+        (B, K, *spatial) gradient of the summed target scores (None when not computed).
     channel_axis : int
-        Axis of the channels in the layer's own output (1 for NCHW, -1 for NHWC / tokens).
+        Axis of the channels in the layer's own output (1 for channels-first, -1 otherwise).
+    module : str
+        Dotted name of the module (``name`` without the entry key).
+    key : Any
+        Entry of the module's mapping output, or ``None``.
+    hvp : torch.Tensor or None
+        (B, K, *spatial) Hessian of the summed target scores times the activations (second-order
+        passes only).
     """
 
     name: str
@@ -123,6 +92,17 @@ class LayerData:
     activation: torch.Tensor
     gradient: torch.Tensor | None
     channel_axis: int
+    module: str = ""
+    key: Any = None
+    hvp: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        self.module = self.module or self.name
+
+    @property
+    def spatial_dims(self) -> tuple[int, ...]:
+        """Axes of the spatial positions in :attr:`activation` (``(2, 3)`` for images)."""
+        return tuple(range(2, self.activation.dim()))
 
 
 @dataclass
@@ -130,7 +110,7 @@ class CamRun:
     """One explanation call: model, inputs, bound target and the recorded clean pass.
 
     Use :meth:`create`; then :meth:`record` once, then methods read :attr:`layers` and may call
-    :meth:`capture` (noisy copies) or :meth:`scores` (perturbed copies, chunked, no grad).
+    :meth:`capture` (copies with gradients) or :meth:`scores` (copies, chunked, no grad).
 
     Attributes
     ----------
@@ -146,10 +126,12 @@ class CamRun:
         Rows per forward pass for perturbed copies.
     seed : int
         Seed of every random draw.
+    layout : str or SpatialLayout
+        How layer outputs are read as maps (see :func:`explainkit.adapters.infer_layout`).
     layers : dict of str to LayerData
-        Filled by :meth:`record`.
-    bound : BoundTarget or None
-        Filled by :meth:`record`.
+        Filled by :meth:`record` (a layer returning a mapping gives one entry per key).
+    bound : Target or None
+        The target bound on the clean output (:meth:`explainkit.adapters.Target.bind`).
     scores0 : torch.Tensor or None
         (B,) clean target scores.
     cache : dict
@@ -169,7 +151,7 @@ class CamRun:
     seed: int = 0
     layout: str | SpatialLayout = "auto"
     layers: dict[str, LayerData] = field(default_factory=dict)
-    bound: BoundTarget | None = None
+    bound: Target | None = None
     scores0: torch.Tensor | None = None
     output: Any = None
     cache: dict[Any, Any] = field(default_factory=dict)
@@ -188,6 +170,7 @@ class CamRun:
         batch_size: int = 32,
         seed: int = 0,
         layout: str | SpatialLayout = "auto",
+        needs_hooks: bool = False,
     ) -> CamRun:
         """Validate the call and resolve layers (no model pass yet).
 
@@ -202,14 +185,16 @@ class CamRun:
         targets : Any
             Anything :func:`explainkit.adapters.as_target` accepts (``None``: predicted class).
         needs_layers : bool
-            Whether any requested method reads layer activations.
+            Whether any requested method reads target-layer activations.
         batch_size : int
             Rows per forward pass for perturbed copies.
         seed : int
             Seed for noise.
         layout : str or SpatialLayout
-            How to read the layer output as a map: ``"auto"`` (NCHW, NHWC or a ViT token grid from
-            :func:`explainkit.adapters.token_hints`), a forced kind, or an explicit layout.
+            How to read the layer output as a map: ``"auto"`` (decided from evidence, see
+            :func:`explainkit.adapters.infer_layout`), a forced kind, or an explicit layout.
+        needs_hooks : bool
+            Whether a method needs module hooks without target layers (FullGrad, Guided Backprop).
 
         Returns
         -------
@@ -226,12 +211,12 @@ class CamRun:
             raise ConfigError("batch_size must be at least 1")
         x = inputs.detach().to(handle.device(), torch.float32)
         names: list[str] = []
+        if (needs_layers or needs_hooks) and not handle.module_hooks:
+            raise CapabilityError(
+                "class-activation maps need module hooks, which this TorchScript model does not allow; "
+                "use an input-level method (saliency, integrated_gradients, smoothgrad, occlusion, gradient_shap)"
+            )
         if needs_layers:
-            if not handle.module_hooks:
-                raise CapabilityError(
-                    "class-activation maps need module hooks, which this TorchScript model does not allow; "
-                    "use an input-level method (saliency, integrated_gradients, smoothgrad, occlusion, gradient_shap)"
-                )
             if layer is None:
                 names = [default_layer(handle.module, tuple(x.shape[-2:]))]
             else:
@@ -265,19 +250,16 @@ class CamRun:
         """
         run = cls.create(model, inputs, layer=None, targets=list(classes), needs_layers=False,
                          batch_size=batch_size, seed=seed)
-        idx = torch.as_tensor(list(classes), dtype=torch.long, device=run.inputs.device)
-        run.bound = BoundTarget(run.target, idx)
+        run.bound = ClassLogit.bound_to(torch.as_tensor(list(classes), dtype=torch.long))
         return run
 
     def subset(self, rows: Sequence[int]) -> CamRun:
         """The same bound run restricted to some images (no layers recorded)."""
         assert self.bound is not None, "record() or for_classes() first"
         idx = torch.as_tensor(list(rows), dtype=torch.long)
-        classes = self.bound.classes
-        bound = BoundTarget(self.bound.target, None if classes is None else classes[idx.to(classes.device)])
         return CamRun(handle=self.handle, inputs=self.inputs[idx.to(self.inputs.device)], target=self.target,
-                      layer_names=[], batch_size=self.batch_size, seed=self.seed, layout=self.layout,
-                      bound=bound, amp=self.amp)
+                      layer_names=list(self.layer_names), batch_size=self.batch_size, seed=self.seed,
+                      layout=self.layout, bound=self.bound.select(idx), amp=self.amp)
 
     @property
     def size(self) -> tuple[int, int]:
@@ -288,6 +270,11 @@ class CamRun:
     def rows(self) -> torch.Tensor:
         """(B,) row indices of the clean batch."""
         return torch.arange(self.inputs.shape[0])
+
+    @property
+    def classes(self) -> torch.Tensor | None:
+        """(B,) explained class per image (``None`` for targets that are not a class)."""
+        return None if self.bound is None else self.bound.class_indices()
 
     def record(self, gradients: bool) -> None:
         """The clean pass: output, bound target, scores and (B, K, h, w) layer maps."""
@@ -313,15 +300,20 @@ class CamRun:
             (B, C, H, W) d(sum of the target logits)/d(input).
         """
         self.output = output
-        self.bound = BoundTarget(self.target, classes.detach())
+        self.bound = ClassLogit.bound_to(classes.detach())
         self.scores0 = self.bound(output, self.rows).detach()
         modules = dict(resolve_layers(self.handle.module, self.layer_names)) if self.layer_names else {}
-        self.layers = {name: self._layer_data(name, modules[name], outputs[name], gradients.get(name))
-                       for name in self.layer_names}
+        self.layers = {}
+        for name in self.layer_names:
+            grads = dict(_entries(gradients[name])) if name in gradients else {}
+            for key, out in _entries(outputs[name]):
+                data = self._layer_data(name, key, modules[name], out, grads.get(key), None)
+                self.layers[data.name] = data
         self.input_gradient = input_gradient
 
     def capture(
-        self, inputs: torch.Tensor, rows: torch.Tensor, *, gradients: bool
+        self, inputs: torch.Tensor, rows: torch.Tensor, *, gradients: bool, target: Target | None = None,
+        hvp: bool = False,
     ) -> tuple[Any, torch.Tensor, dict[str, LayerData]]:
         """One pass over ``inputs`` recording the target layers.
 
@@ -330,9 +322,13 @@ class CamRun:
         inputs : torch.Tensor
             (n, C, H, W) inputs (clean or perturbed copies).
         rows : torch.Tensor
-            (n,) clean image each row comes from (to score the bound class).
+            (n,) clean image each row comes from (passed to the target).
         gradients : bool
             Also compute d(sum of scores)/d(layer output), starting the graph at the layer.
+        target : Target, optional
+            A bound target to differentiate instead of the run's (e.g. Finer-CAM's contrast).
+        hvp : bool
+            Also compute each layer's Hessian-vector product ``H A`` (second-order backward).
 
         Returns
         -------
@@ -341,7 +337,7 @@ class CamRun:
         scores : torch.Tensor
             (n,) target scores.
         layers : dict of str to LayerData
-            Per layer maps.
+            Per layer (or mapping entry) maps.
         """
         module = self.handle.module
         modules = dict(resolve_layers(module, self.layer_names)) if self.layer_names else {}
@@ -350,46 +346,73 @@ class CamRun:
                 with torch.no_grad():
                     output = self.handle.forward(inputs)
                 self._bind(output)
-                return output, self.bound(output, rows).detach(), {}  # type: ignore[misc]
-            with capture_layers(module, modules, grad_from_layers=gradients, detach=not gradients) as cap:
+                return output, (target or self.bound)(output, rows).detach(), {}  # type: ignore[operator]
+            with capture_layers(module, modules, grad_from_layers=gradients, detach=not gradients,
+                                mappings=True) as cap:
                 with torch.no_grad():
                     output = self.handle.forward(inputs)
                 self._bind(output)
                 with torch.set_grad_enabled(gradients):
-                    scores = self.bound(output, rows)  # type: ignore[misc]
-                outs = [cap[name] for name in self.layer_names]
+                    scores = (target or self.bound)(output, rows)  # type: ignore[operator]
+                entries = [(name, key, t) for name in self.layer_names for key, t in _entries(cap[name])]
+                outs = [t for _, _, t in entries]
                 grads: Sequence[torch.Tensor | None] = [None] * len(outs)
+                hvps: list[torch.Tensor | None] = [None] * len(outs)
                 if gradients:
                     if not scores.requires_grad:
                         raise ConfigError(
-                            f"the target does not depend on layer(s) {', '.join(self.layer_names)}; "
-                            "pick a layer the output is computed from"
+                            f"the target score does not depend on layer(s) {', '.join(self.layer_names)} for any "
+                            "image (or no detection matched); pick a layer the output is computed from"
                         )
-                    grads = torch.autograd.grad(scores.sum(), outs, allow_unused=True)
-        layers = {name: self._layer_data(name, modules[name], out, g)
-                  for name, out, g in zip(self.layer_names, outs, grads)}
+                    grads = torch.autograd.grad(scores.sum(), outs, allow_unused=True, create_graph=hvp)
+                    if hvp:
+                        hvps = [_hvp(g, o) for g, o in zip(grads, outs)]
+        layers = {}
+        for (name, key, out), g, h in zip(entries, grads, hvps):
+            data = self._layer_data(name, key, modules[name], out, g, h)
+            layers[data.name] = data
         return map_output(torch.Tensor.detach, output), scores.detach(), layers
 
     def _bind(self, output: Any) -> None:
         if self.bound is None:
-            self.bound = BoundTarget.from_output(self.target, output)
+            self.bound = self.target.bind(output)
 
-    def _layer_data(self, name: str, module: nn.Module, out: torch.Tensor, grad: torch.Tensor | None) -> LayerData:
-        layout = self._layout(name, module, out)
+    def _layer_data(self, name: str, key: Any, module: nn.Module, out: torch.Tensor, grad: torch.Tensor | None,
+                    hvp: torch.Tensor | None) -> LayerData:
+        layout = self._layout(name, key, module, out)
         act = layout.apply(out.detach()).float()
         if grad is None and out.requires_grad:
             grad = torch.zeros_like(out)
         g = None if grad is None else layout.apply(grad.detach()).float()
-        return LayerData(name, layout, act, g, 1 if layout.kind == "nchw" else -1)
+        h = None if hvp is None else layout.apply(hvp.detach()).float()
+        return LayerData(entry_name(name, key), layout, act, g, layout.channel_axis, module=name, key=key, hvp=h)
 
-    def _layout(self, name: str, module: nn.Module, out: torch.Tensor) -> SpatialLayout:
+    def _layout(self, name: str, key: Any, module: nn.Module, out: torch.Tensor) -> SpatialLayout:
         if isinstance(self.layout, SpatialLayout):
             return self.layout
-        key = ("layout", name)
-        if key not in self.cache:
-            hints = token_hints(self.handle.module) if out.dim() == 3 else {}
-            self.cache[key] = infer_layout(out, module, input_size=self.size, layout=self.layout, **hints)
-        return self.cache[key]
+        root = self.handle.module
+        cache_key = (name, key, tuple(self.inputs.shape[1:]), tuple(out.shape[1:]), self.layout)
+        known = _LAYOUTS.setdefault(root, {})
+        if cache_key not in known:
+            hints = token_hints(root, self.size) if out.dim() == 3 else {}
+            known[cache_key] = infer_layout(
+                out, module if key is None else None, input_size=self.size, layout=self.layout,
+                probe=lambda: self._probe(name, key, module), name=repr(entry_name(name, key)), **hints)
+        return known[cache_key]
+
+    def _probe(self, name: str, key: Any, module: nn.Module) -> tuple[int, ...] | None:
+        """Output shape of a layer (entry) for the first image with its height doubled; None if the model refuses."""
+        x = self.inputs[:1]
+        bigger = F.interpolate(x, size=(2 * x.shape[-2], x.shape[-1]), mode="bilinear", align_corners=False)
+        try:
+            with eval_mode(self.handle.module), torch.no_grad(), capture_layers(
+                    self.handle.module, {name: module}, detach=True, stop_early=True, mappings=True) as cap:
+                cap.forward(self.handle.forward, bigger)
+            seen = cap[name]
+            out = seen if key is None else seen[key]
+        except Exception:  # a model that accepts one input size only gives no probe evidence
+            return None
+        return tuple(int(s) for s in out.shape)
 
     def scores(
         self,
@@ -398,6 +421,7 @@ class CamRun:
         *,
         probability: bool = False,
         edit: Edit | None = None,
+        layer: str | None = None,
         cpu: bool = True,
     ) -> torch.Tensor:
         """(n,) bound-target scores of one chunk of perturbed copies, under no_grad.
@@ -409,9 +433,12 @@ class CamRun:
         rows : torch.Tensor
             (n,) clean image of each copy.
         probability : bool
-            Softmax probability of the bound class instead of the target score.
+            Probability of the bound class (softmax; sigmoid for binary / multi-label targets)
+            instead of the target score.
         edit : callable, optional
-            Intervention on the (single) target layer's output (``capture_layers(edit=...)``).
+            Intervention on a target layer's output (``capture_layers(edit=...)``).
+        layer : str, optional
+            Module the edit applies to (default: the first target layer).
         cpu : bool
             Return the scores on the CPU (``False``: on the model's device, without a host sync).
 
@@ -426,10 +453,24 @@ class CamRun:
             if edit is None:
                 output = self.handle.forward(inputs)
             else:
-                modules = dict(resolve_layers(module, self.layer_names[:1]))
-                with capture_layers(module, modules, detach=True, edit=edit):
+                modules = dict(resolve_layers(module, [layer or self.layer_names[0]]))
+                with capture_layers(module, modules, detach=True, edit=edit, mappings=True):
                     output = self.handle.forward(inputs)
             fn = self.bound.probability if probability else self.bound
             out = fn(output, rows).float()
             return out.cpu() if cpu else out
 
+
+def _entries(out: Any) -> list[tuple[Any, torch.Tensor]]:
+    """``[(None, tensor)]`` for a tensor output, ``[(key, tensor), ...]`` for a mapping of tensors."""
+    if tensor_mapping(out):
+        return list(out.items())
+    return [(None, out)]
+
+
+def _hvp(grad: torch.Tensor | None, act: torch.Tensor) -> torch.Tensor:
+    """``H A``: the derivative of ``<grad, A>`` (A held fixed) with respect to ``A`` (zeros if independent)."""
+    if grad is None or not grad.requires_grad:
+        return torch.zeros_like(act)
+    (h,) = torch.autograd.grad(grad, act, grad_outputs=act.detach(), retain_graph=True, allow_unused=True)
+    return torch.zeros_like(act) if h is None else h

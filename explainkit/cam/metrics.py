@@ -221,7 +221,7 @@ def average_drop(run: CamRun, maps: torch.Tensor) -> dict[str, np.ndarray]:
 
 
 def road(run: CamRun, maps: torch.Tensor, *, levels: Sequence[float] = (0.2, 0.5, 0.8), noise: float = 0.01,
-         seed: int = 0) -> dict[str, np.ndarray]:
+         seed: int = 0, removal: str = "rank") -> dict[str, np.ndarray]:
     """ROAD: class probability after removing the most / least relevant pixels (imputed).
 
     Parameters
@@ -237,6 +237,10 @@ def road(run: CamRun, maps: torch.Tensor, *, levels: Sequence[float] = (0.2, 0.5
     seed : int
         Seed of the noise; the noise field depends on (seed, level, order) only, so a batch gives
         the same values as its images one by one.
+    removal : {"rank", "percentile"}
+        ``"rank"``: exactly ``round(p H W)`` pixels by rank (ties by position); ``"percentile"``:
+        the pixels at or above NumPy's (linearly interpolated) ``100 (1 - p)``-th percentile of the
+        map (MoRF) or of ``1 - map`` (LeRF), as pytorch-grad-cam.
 
     Returns
     -------
@@ -248,9 +252,12 @@ def road(run: CamRun, maps: torch.Tensor, *, levels: Sequence[float] = (0.2, 0.5
     lv = [float(p) for p in levels]
     if not lv or any(not 0 < p < 1 for p in lv):
         raise ConfigError("ROAD levels must be fractions strictly between 0 and 1")
+    if removal not in ("rank", "percentile"):
+        raise ConfigError(f"removal must be 'rank' or 'percentile', not {removal!r}")
     x = run.inputs
     b, c, h, w = x.shape
     ranks = _ranks(maps).cpu().numpy()
+    values = maps.detach().float().cpu().numpy().reshape(b, h * w)
     images = x.detach().cpu().double().numpy()
     curves = {}
     for order, name in ((0, "morf"), (1, "lerf")):
@@ -259,7 +266,11 @@ def road(run: CamRun, maps: torch.Tensor, *, levels: Sequence[float] = (0.2, 0.5
             k = round(p * h * w)
             field = np.random.default_rng([seed, j, order]).normal(0.0, noise, size=(c, h, w)) if noise else None
             for i in range(b):
-                remove = ranks[i] < k if order == 0 else ranks[i] >= h * w - k
+                if removal == "percentile":
+                    v = values[i] if order == 0 else 1 - values[i]
+                    remove = v >= np.percentile(v, round(100 * (1 - p), 9))
+                else:
+                    remove = ranks[i] < k if order == 0 else ranks[i] >= h * w - k
                 filled[i, j] = impute(images[i], remove.reshape(h, w), field)
         source = torch.from_numpy(filled).to(x.device).flatten(0, 1)
         probs = _perturbed_probs(run, len(lv), lambda rows, lev, s=source: s[(rows * len(lv) + lev).to(x.device)])

@@ -7,11 +7,13 @@ copies is never materialised, and every pass runs under ``torch.no_grad()``.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 
 from explainkit.cam.engine import CamRun, LayerData, chunks
-from explainkit.cam.methods import register_method
+from explainkit.cam.methods import EIGEN_SMOOTH, expand, register_method, weighted_sum
 from explainkit.options import Option
 
 __all__ = ["ablationcam", "scorecam"]
@@ -36,9 +38,10 @@ def _masks(acts: torch.Tensor, size: tuple[int, int], align_corners: bool, eps: 
                                      help="paper variant: softmax probability or the target score"),
                      "baseline": Option("choice", choices=("zeros",),
                                         help="paper variant: subtract the score of an all-zero input"),
+                     "eigen_smooth": EIGEN_SMOOTH,
                  })
 def scorecam(layer: LayerData, run: CamRun, *, variant: str = "paper", score: str = "probability",
-             baseline: str | None = None) -> torch.Tensor:
+             baseline: str | None = None, eigen_smooth: bool = False) -> torch.Tensor:
     """Score-CAM: weight each channel by the score of the input masked with that channel.
 
     ``M_k`` = activation map ``A^k`` upsampled bilinearly to the input size and min-max scaled
@@ -55,7 +58,8 @@ def scorecam(layer: LayerData, run: CamRun, *, variant: str = "paper", score: st
       makes any baseline subtraction irrelevant; offered for parity.
 
     The map is ``sum_k w_k A^k``. Cost: ``B * K`` extra forward passes in chunks of
-    ``run.batch_size``.
+    ``run.batch_size``; the target scores copy ``j`` as a copy of its own image (per-image targets
+    such as segmentation masks stay with their image for any ``batch_size``).
     """
     acts = layer.activation
     b, k = acts.shape[:2]
@@ -80,8 +84,10 @@ def scorecam(layer: LayerData, run: CamRun, *, variant: str = "paper", score: st
         ref = run.scores(torch.zeros_like(x), run.rows, probability=probability)
         weights = weights - ref[:, None]
     if not paper:
-        return _sequential_sum(torch.softmax(weights, dim=1).to(acts.device)[:, :, None, None] * acts)
-    return (weights.to(acts.device)[:, :, None, None] * acts).sum(dim=1)
+        weights = torch.softmax(weights, dim=1).to(acts.device)
+        if not eigen_smooth:
+            return _sequential_sum(expand(weights, acts) * acts)
+    return weighted_sum(weights.to(acts.device), acts, eigen_smooth)
 
 
 def _sequential_sum(terms: torch.Tensor) -> torch.Tensor:
@@ -99,8 +105,10 @@ def _sequential_sum(terms: torch.Tensor) -> torch.Tensor:
 
 @register_method("ablationcam", "Ablation-CAM (Desai & Ramaswamy, WACV 2020)", "perturbation", peer="AblationCAM",
                  aliases=("ablation-cam",),
-                 options={"ablation_value": Option("float", help="value an ablated channel is set to")})
-def ablationcam(layer: LayerData, run: CamRun, *, ablation_value: float = 0.0) -> torch.Tensor:
+                 options={"ablation_value": Option("float", help="value an ablated channel is set to"),
+                          "eigen_smooth": EIGEN_SMOOTH})
+def ablationcam(layer: LayerData, run: CamRun, *, ablation_value: float = 0.0,
+                eigen_smooth: bool = False) -> torch.Tensor:
     """Ablation-CAM: ``w_k = (y - y_k) / y``, ``y_k`` the score with channel ``k`` set to a value.
 
     Channel ``k`` of the target layer's output is replaced by ``ablation_value`` (0, as in the
@@ -124,11 +132,16 @@ def ablationcam(layer: LayerData, run: CamRun, *, ablation_value: float = 0.0) -
         rows, chans = idx // k, idx % k
         dev_chans = chans.to(x.device)
 
-        def edit(_name: str, out: torch.Tensor, chans: torch.Tensor = dev_chans) -> torch.Tensor:
-            out = out.clone()
-            out.movedim(axis, 1)[torch.arange(out.shape[0], device=out.device), chans] = ablation_value
-            return out
+        def ablate(t: torch.Tensor, chans: torch.Tensor = dev_chans) -> torch.Tensor:
+            t = t.clone()
+            t.movedim(axis, 1)[torch.arange(t.shape[0], device=t.device), chans] = ablation_value
+            return t
 
-        ablated[idx] = run.scores(x[rows.to(x.device)], rows, edit=edit)
+        def edit(_name: str, out: Any, ablate: Any = ablate) -> Any:
+            if layer.key is None:
+                return ablate(out)
+            return type(out)((key, ablate(v) if key == layer.key else v) for key, v in out.items())
+
+        ablated[idx] = run.scores(x[rows.to(x.device)], rows, edit=edit, layer=layer.module)
     weights = (y[:, None] - ablated.view(b, k)) / y[:, None]
-    return (weights.to(acts.device)[:, :, None, None] * acts).sum(dim=1)
+    return weighted_sum(weights.to(acts.device), acts, eigen_smooth)

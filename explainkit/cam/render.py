@@ -8,7 +8,7 @@ from PIL import Image
 from explainkit.loading.preprocessing import Preprocessing
 from explainkit.report.images import colorize, thumbnail, to_data_uri
 
-__all__ = ["THUMB_PX", "input_view", "mask_to_input", "overlay_uri", "quantize", "view_uri"]
+__all__ = ["THUMB_PX", "input_view", "overlay_uri", "quantize", "view_uri"]
 
 #: Side of the report thumbnails (the brief's limit is 160 px).
 THUMB_PX = 128
@@ -17,12 +17,6 @@ THUMB_PX = 128
 def input_view(image: Image.Image, prep: Preprocessing) -> np.ndarray:
     """The RGB image as the model sees it (resized / cropped to the input size), (H, W, 3) uint8."""
     return np.asarray(prep.resize_image(image), dtype=np.uint8)
-
-
-def mask_to_input(mask: np.ndarray, prep: Preprocessing) -> np.ndarray:
-    """A boolean mask at image resolution mapped to the model input's geometry, (H, W) bool."""
-    img = Image.fromarray(np.asarray(mask, dtype=np.uint8) * 255).convert("RGB")
-    return np.asarray(prep.resize_image(img))[..., 0] > 127
 
 
 def quantize(heat: np.ndarray) -> np.ndarray:

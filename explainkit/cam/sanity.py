@@ -30,6 +30,7 @@ from scipy import stats
 from torch import nn
 
 from explainkit.adapters import SpatialLayout, resolve_layers
+from explainkit.adapters.randomize import randomize_
 from explainkit.analyzers.metric import metric
 from explainkit.cam.api import compute
 from explainkit.cam.engine import as_handle
@@ -85,19 +86,6 @@ def randomization_units(handle: ModelHandle, inputs: torch.Tensor, layers: Seque
         return units, 1 if units else 0
     last = max(order.index(n) for n in layers if n in order)
     return units, sum(1 for n in order[last + 1:] if n in owners)
-
-
-def randomize_(module: nn.Module, seed: int) -> None:
-    """Re-initialise the parameters ``module`` owns directly (in place, seeded)."""
-    with torch.random.fork_rng(devices=[]), torch.no_grad():
-        torch.manual_seed(seed)
-        reset = getattr(module, "reset_parameters", None)
-        if callable(reset) and not isinstance(module, torch.jit.ScriptModule):
-            reset()
-            return
-        for p in module.parameters(recurse=False):
-            sd = float(p.detach().float().std()) if p.numel() > 1 else 0.0
-            p.normal_(0.0, sd if sd > 0 else 0.02)
 
 
 def _groups(units: list[str], n_above: int, steps: int) -> list[list[str]]:

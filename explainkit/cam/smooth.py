@@ -29,7 +29,7 @@ from __future__ import annotations
 import torch
 
 from explainkit.cam.engine import CamRun, LayerData, chunks
-from explainkit.cam.methods import register_method
+from explainkit.cam.methods import EIGEN_SMOOTH, register_method, weighted_sum
 from explainkit.options import Option
 
 __all__ = ["noisy_moments", "smoothgradcampp"]
@@ -96,10 +96,11 @@ def noisy_moments(run: CamRun, n_samples: int, noise_level: float, sigma: float 
                      "activations": Option("choice", choices=("clean", "noisy"),
                                            help="activations for S_k and the weighted sum"),
                      "eps": Option("float", low=0, help="added to alpha's denominator"),
+                     "eigen_smooth": EIGEN_SMOOTH,
                  })
 def smoothgradcampp(layer: LayerData, run: CamRun, *, n_samples: int = 16, noise_level: float = 0.15,
                     sigma: float | None = None, numerator: str = "grad2", activations: str = "clean",
-                    eps: float = 1e-6) -> torch.Tensor:
+                    eps: float = 1e-6, eigen_smooth: bool = False) -> torch.Tensor:
     """Smooth Grad-CAM++ (see the module docstring for the formula and the switches).
 
     Parameters
@@ -116,12 +117,14 @@ def smoothgradcampp(layer: LayerData, run: CamRun, *, n_samples: int = 16, noise
         Activations for ``S_k`` and the weighted sum.
     eps : float
         Added to alpha's denominator (as Grad-CAM++).
+    eigen_smooth : bool
+        First principal component of ``w_k A^k`` instead of the sum.
     """
     d1, d2, d3, noisy_act = noisy_moments(run, int(n_samples), float(noise_level), sigma)[layer.name]
     a = layer.activation if activations == "clean" else noisy_act
-    s = a.sum(dim=(2, 3), keepdim=True)
+    dims = layer.spatial_dims
+    s = a.sum(dim=dims, keepdim=True)
     num = d2 if numerator == "grad2" else d1
     alpha = num / (2 * d2 + s * d3 + eps)
     alpha = torch.where(d2 != 0, alpha, torch.zeros_like(alpha))
-    w = (alpha * torch.relu(d1)).sum(dim=(2, 3))
-    return (w[:, :, None, None] * a).sum(dim=1)
+    return weighted_sum((alpha * torch.relu(d1)).sum(dim=dims), a, eigen_smooth)

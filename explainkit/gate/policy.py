@@ -29,8 +29,8 @@ from explainkit.errors import ConfigError
 from explainkit.gate.kinds import get_check_kind, list_check_kinds
 from explainkit.options import REQUIRED, Option
 
-__all__ = ["CHECK_OPTIONS", "DEFAULT_OPTIONS", "POLICY_VERSION", "CheckSpec", "GateDefaults", "Policy", "Waiver",
-           "load_policy", "parse_policy"]
+__all__ = ["CHECK_OPTIONS", "DEFAULT_OPTIONS", "POLICY_VERSION", "WAIVER_OPTIONS", "CheckSpec", "GateDefaults",
+           "Policy", "Waiver", "load_policy", "parse_policy"]
 
 #: The policy schema version this explainkit reads.
 POLICY_VERSION = 1
@@ -42,27 +42,33 @@ _HEADER = re.compile(r"^[ \t]*\[\[?[ \t]*([^\]\s]+)[ \t]*\]\]?", re.MULTILINE)
 DEFAULT_OPTIONS: dict[str, Option] = {
     "alpha": Option("float", 0.05, low=0, high=1, low_open=True, high_open=True,
                     help="significance level of the tests, after the multiplicity correction"),
-    "seed": Option("int", 0, low=0, help="seed of every random choice (placements, samples, bootstrap)"),
+    "seed": Option("int", 0, low=0,
+                   help="seed of every random choice: image sample, placements, control pixels, bootstrap"),
     "on_inconclusive": Option("choice", "warn", ("warn", "fail"),
                               help="whether an INCONCLUSIVE gating check fails the run"),
     "multiplicity": Option("choice", "holm", ("holm", "bh", "by", "none"),
-                           help="correction across the policy's checks (Holm: family-wise error rate)"),
+                           help="correction across the policy's checks: holm (family-wise error), bh, by (false "
+                                "discovery rate), none"),
     "ci": Option("float", 0.95, low=0.5, high=1, high_open=True, help="confidence level of the intervals"),
     "n_resamples": Option("int", 2000, low=100, high=1_000_000, help="bootstrap resamples"),
     "min_images": Option("int", 10, low=2, help="fewer images than this is INCONCLUSIVE"),
     "max_images": Option("int", 200, low=1, help="images per check (a seeded random sample when more exist)"),
     "time_budget_s": Option("float", None, low=0, low_open=True,
-                            help="seconds per check; a sample cut short by it cannot PASS"),
+                            help="seconds per check; images run in a random order, so a cut sample is still random, "
+                                 "but it is INCONCLUSIVE, never PASS"),
 }
 
 #: Keys every check accepts (kinds add their own).
 CHECK_OPTIONS: dict[str, Option] = {
-    "id": Option("str", REQUIRED, help="stable check id (JUnit test name, waivers)"),
+    "id": Option("str", REQUIRED, help="stable id (letters, digits, . _ : -): JUnit test name, annotation title, "
+                                       "waivers"),
     "kind": Option("choice", REQUIRED, list_check_kinds, help="the check's kind (see the table of kinds)"),
-    "data": Option("dir", REQUIRED, help="probe image folder"),
+    "data": Option("dir", REQUIRED, help="probe image folder: an explainkit probe set (class folders or a flat folder; "
+                                      "concepts.csv, masks/<concept>/ where the kind needs them)"),
     "severity": Option("choice", None, ("error", "warning"),
-                       help="error: gates the run; warning: reported only (default per kind)"),
-    "tau": Option("float", None, low=0, low_open=True, help="materiality threshold of the effect"),
+                       help="error gates the run, warning is only reported (default: the kind's, below)"),
+    "tau": Option("float", None, low=0, low_open=True,
+                  help="materiality threshold, in the effect's unit (default: the kind's)"),
     "target_class": Option("class", None, help="class name or output index"),
     "seed": Option("int", None, low=0, help="overrides the defaults' seed"),
     "max_images": Option("int", None, low=1, help="overrides the defaults' max_images"),
@@ -70,9 +76,12 @@ CHECK_OPTIONS: dict[str, Option] = {
     "description": Option("str", "", help="free text shown in reports"),
 }
 
-_WAIVER_OPTIONS: dict[str, Option] = {
-    "check": Option("str", REQUIRED), "reason": Option("str", REQUIRED),
-    "expires": Option("date", REQUIRED), "owner": Option("str", None),
+#: Keys of a ``[[waivers]]`` table.
+WAIVER_OPTIONS: dict[str, Option] = {
+    "check": Option("str", REQUIRED, help="id of a check in this policy (one waiver per check)"),
+    "reason": Option("str", REQUIRED, help="why (shown in every output)"),
+    "expires": Option("date", REQUIRED, help="the waiver holds through this day; expired, it fails the run"),
+    "owner": Option("str", None, help="who answers for it"),
 }
 
 
@@ -356,7 +365,7 @@ def parse_policy(data: Mapping[str, Any], *, base_dir: str | Path = ".", name: s
     ids = [c.id for c in checks]
     for i, table in enumerate(raw_waivers):
         context = f"waiver #{i + 1}"
-        values = _read_table(table, _WAIVER_OPTIONS, loc, base, table_name="waivers", index=i, context=context)
+        values = _read_table(table, WAIVER_OPTIONS, loc, base, table_name="waivers", index=i, context=context)
         if values["check"] not in ids:
             raise loc.error(f"waiver for unknown check {values['check']!r} (checks: {', '.join(ids)})", "check",
                             "waivers", i, context)

@@ -24,15 +24,23 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from explainkit.adapters.layers import default_layer, resolve_layer
+from explainkit.adapters.activations import (
+    LOGITS,
+    POOLINGS,
+    TOKEN_OPTIONS,
+    Pooler,
+    batch_activations,
+    build_poolers,
+    check_layers,
+    layer_names,
+    learn_layouts,
+)
 from explainkit.analyzers.base import Analyzer, Batch, Finding, PassRequest, RecordState, RunContext, Section
 from explainkit.analyzers.metric import metric
 from explainkit.errors import ConfigError
-from explainkit.hooks import eval_mode
 from explainkit.invert.api import NeuronResult, label_neurons
 from explainkit.invert.concepts import ConceptMatrix
 from explainkit.invert.connection import batch_contributions, class_connection
-from explainkit.invert.extract import LOGITS, POOLINGS, TOKEN_OPTIONS, Pooler, batch_activations
 from explainkit.invert.search import MODES, SearchParams
 from explainkit.invert.significance import stratified_split, validate_decision
 from explainkit.options import Option
@@ -152,34 +160,13 @@ class Invert(Analyzer):
         if unknown:
             raise ConfigError(f"invert: artifact concept(s) {', '.join(unknown)} not in the probe set's concepts "
                               f"({', '.join(ctx.data.concept_names)})")
-        for name in self._layers(ctx, default=False):
-            if name != LOGITS:
-                resolve_layer(ctx.handle.module, name)
-
-    def _layers(self, ctx: RunContext, *, default: bool = True) -> list[str]:
-        """The layers asked for (the parameter, else the run's ``--layer``), else the model's default layer."""
-        layers = self.layer if self.layer is not None else ctx.layer
-        if layers is None:
-            if not default:
-                return []
-            input_size = tuple(ctx.handle.preprocessing.input_size) if ctx.handle.preprocessing else None
-            layers = default_layer(ctx.handle.module, input_size or (224, 224))
-        layers = [layers] if isinstance(layers, str) else list(layers)
-        if not layers:
-            raise ConfigError("invert: no layer given")
-        return layers
+        check_layers(ctx.handle, self.layer, ctx.layer)
 
     def prepare(self, ctx: RunContext) -> None:
         """Resolve the artifact concepts and build one activation pooler per layer."""
         self.artifacts_ = self._artifacts(ctx)
-        input_size = tuple(ctx.handle.preprocessing.input_size) if ctx.handle.preprocessing else None
-        self.poolers_: dict[str, Pooler] = {}
-        for name in self._layers(ctx):
-            module = None
-            if name != LOGITS:
-                name, module = resolve_layer(ctx.handle.module, name)
-            self.poolers_[name] = Pooler(name, module, pooling=self.pooling, tokens=self.tokens,
-                                         model=ctx.handle.module, input_size=input_size)
+        self.poolers_: dict[str, Pooler] = build_poolers(
+            ctx.handle, layer_names(ctx.handle, self.layer, ctx.layer), pooling=self.pooling, tokens=self.tokens)
         self.connect_ = (self.connection == "gradient" and bool(self.artifacts_)
                          and "gradients" in ctx.handle.capabilities)
 
@@ -225,7 +212,7 @@ class Invert(Analyzer):
     def finalize(self, ctx: RunContext, state: RecordState) -> Section:
         """Search, confirm and decide for every layer; collect artifact units; build the section."""
         idx = state.indices()
-        self._learn_layouts(ctx, int(idx[0]))
+        learn_layouts(ctx.handle, self.poolers_, ctx.load_images(idx[:1]))
         table = ConceptMatrix(ctx.data.concepts[idx], ctx.data.concept_names)
         seed = int(ctx.rng(self.name, "split").integers(0, 2**31))
         search_idx, confirm_idx = stratified_split(table.row_keys(), self.confirm_fraction, seed)
@@ -247,14 +234,6 @@ class Invert(Analyzer):
             thumbs = self._thumbnails(ctx, idx, acts, shown, f"l{li}", assets)
             layers.append(self._layer_record(name, pooler, results, thumbs))
         return self._section(ctx, layers, artifact_neurons, assets, seed, search_idx.size, confirm_idx.size)
-
-    def _learn_layouts(self, ctx: RunContext, index: int) -> None:
-        """Poolers that saw no batch here (other workers mapped them) learn their layout on one image."""
-        pending = {name: p for name, p in self.poolers_.items() if p.kind is None}
-        if pending:
-            inputs = ctx.handle.preprocess(ctx.load_images([index])).to(ctx.handle.device())
-            with eval_mode(ctx.handle.module):
-                batch_activations(ctx.handle, inputs, pending)
 
     def _artifact_neurons(self, ctx: RunContext, state: RecordState, layer: str,
                           results: list[NeuronResult]) -> list[dict[str, Any]]:

@@ -16,10 +16,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from explainkit.adapters.activations import Pooler
 from explainkit.adapters.targets import select_logits
 from explainkit.analyzers.metric import metric
 from explainkit.hooks import capture_layers
-from explainkit.invert.extract import Pooler
 from explainkit.loading.handle import ModelHandle
 
 __all__ = ["batch_contributions", "class_connection"]

@@ -70,7 +70,24 @@ class Preprocessing:
         PIL.Image.Image
             ``input_size`` RGB image.
         """
-        image = to_rgb(image) if image.mode != "RGB" else image
+        return self._fit(to_rgb(image) if image.mode != "RGB" else image)
+
+    def resize_mask(self, mask: np.ndarray) -> np.ndarray:
+        """A binary mask at image resolution mapped to the input's geometry like the image, (H, W) bool.
+
+        Parameters
+        ----------
+        mask : ndarray
+            (h, w) bool mask of the source image.
+
+        Returns
+        -------
+        ndarray
+            (H, W) bool: the mask resized (bilinear) and cropped as :meth:`resize_image` does, then > 0.5.
+        """
+        return np.asarray(self._fit(Image.fromarray(np.asarray(mask, dtype=np.uint8) * 255, "L"))) > 127
+
+    def _fit(self, image: Image.Image) -> Image.Image:
         h, w = self.input_size
         if self.resize == "stretch" or image.size == (w, h):
             return image.resize((w, h), Image.BILINEAR) if image.size != (w, h) else image
@@ -102,6 +119,12 @@ class Preprocessing:
         mean = torch.tensor(self.mean, dtype=unit.dtype, device=unit.device).view(1, 3, 1, 1)
         std = torch.tensor(self.std, dtype=unit.dtype, device=unit.device).view(1, 3, 1, 1)
         return (unit - mean) / std
+
+    def denormalize(self, x: torch.Tensor) -> torch.Tensor:
+        """Inverse of :meth:`normalize`: (B, 3, H, W) model input back to [0, 1] RGB."""
+        mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+        return x * std + mean
 
     def __call__(self, images: Sequence[Image.Image]) -> torch.Tensor:
         """Resize, scale and normalise: (B, 3, H, W) float32 model input."""

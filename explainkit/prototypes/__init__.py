@@ -5,6 +5,9 @@
 * :mod:`~explainkit.prototypes.adapters` — similarity maps for ProtoPNet-like layers, channels and
   exemplar prototypes.
 * :mod:`~explainkit.prototypes.importance` — local and streamed global importances.
+* :mod:`~explainkit.prototypes.decision` — how much each perturbation changes the decision.
+* :mod:`~explainkit.prototypes.calibration` — re-initialised copies, matched controls, the headline test.
+* :mod:`~explainkit.prototypes.relevance` — calibrated decision relevance and prototype importances.
 * :mod:`~explainkit.prototypes.statistics` — tests, generalisation, redundancy, verdicts.
 * :mod:`~explainkit.prototypes.analyzer` — the ``prototypes`` analyzer.
 """
@@ -18,22 +21,36 @@ from explainkit.prototypes.adapters import (
     kmeans_prototypes,
     patch_box,
 )
-from explainkit.prototypes.importance import LocalScores, SplitAccumulator, local_importance
+from explainkit.prototypes.calibration import compare_with_null, control_perturbations
+from explainkit.prototypes.decision import DecisionScores, decision_scores
+from explainkit.prototypes.importance import (
+    LocalScores,
+    SplitAccumulator,
+    local_importance,
+    perturbed_views,
+    score_views,
+)
 from explainkit.prototypes.perturb import CHARACTERISTICS, DEFAULT_CHARACTERISTICS, Perturbation, perturb
 
 __all__ = [
     "CHARACTERISTICS",
     "DEFAULT_CHARACTERISTICS",
     "ChannelPrototypes",
+    "DecisionScores",
     "LocalScores",
     "Perturbation",
     "PrototypeAdapter",
     "SplitAccumulator",
     "VectorPrototypes",
+    "compare_with_null",
+    "control_perturbations",
+    "decision_scores",
     "exemplar_prototypes",
     "find_prototype_tensor",
     "kmeans_prototypes",
     "local_importance",
     "patch_box",
     "perturb",
+    "perturbed_views",
+    "score_views",
 ]

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from explainkit.adapters import infer_layout, resolve_layer, token_hints
+from explainkit.adapters import SpatialLayout, infer_layout, resolve_layer, select_logits, token_hints
 from explainkit.errors import ConfigError
 from explainkit.hooks import capture_layers, eval_mode
 from explainkit.loading.handle import ModelHandle
@@ -40,6 +40,7 @@ __all__ = [
     "kmeans_prototypes",
     "patch_box",
     "read_latent",
+    "read_latent_and_output",
 ]
 
 #: Parameter/buffer names recognised as prototype tensors (last dotted component).
@@ -71,17 +72,42 @@ def read_latent(model: ModelHandle | nn.Module, x: torch.Tensor, layer: str, *, 
     torch.Tensor
         (B, D, h, w) latent map, detached.
     """
+    return _read(model, x, layer, layout, grid, prefix_tokens, full=False)[0]
+
+
+def read_latent_and_output(model: ModelHandle | nn.Module, x: torch.Tensor, layer: str, *, layout: str = "auto",
+                           grid: tuple[int, int] | None = None, prefix_tokens: int | None = None
+                           ) -> tuple[torch.Tensor, Any]:
+    """:func:`read_latent` from a complete forward pass, with the model's output.
+
+    Returns
+    -------
+    latent : torch.Tensor
+        (B, D, h, w) latent map, detached.
+    output : Any
+        What the model returned (no gradients).
+    """
+    return _read(model, x, layer, layout, grid, prefix_tokens, full=True)
+
+
+def _read(model: ModelHandle | nn.Module, x: torch.Tensor, layer: str, layout: str, grid: tuple[int, int] | None,
+          prefix_tokens: int | None, *, full: bool) -> tuple[torch.Tensor, Any]:
     root = _module(model)
     name, module = resolve_layer(root, layer)
     forward = model.forward if isinstance(model, ModelHandle) else root
-    with torch.no_grad(), capture_layers(root, {name: module}, detach=True, stop_early=True) as cap:
-        cap.forward(forward, x)
-    out = cap[name]
+    with torch.no_grad(), capture_layers(root, {name: module}, detach=True, stop_early=not full) as cap:
+        output = cap.forward(forward, x)
+    return latent_layout(root, module, cap[name], tuple(x.shape[-2:]), layout, grid, prefix_tokens).apply(
+        cap[name]).float(), output
+
+
+def latent_layout(root: nn.Module, module: nn.Module, out: torch.Tensor, input_size: tuple[int, ...], layout: str,
+                  grid: tuple[int, int] | None, prefix_tokens: int | None) -> SpatialLayout:
+    """How to read ``module``'s output ``out`` as a map (user settings first, then the model's token hints)."""
     hints = token_hints(root)
-    spatial = infer_layout(out, module, input_size=tuple(x.shape[-2:]), layout=layout,
-                           grid=grid or hints.get("grid"),
-                           prefix_tokens=prefix_tokens if prefix_tokens is not None else hints.get("prefix_tokens"))
-    return spatial.apply(out).float()
+    return infer_layout(out, module, input_size=(int(input_size[0]), int(input_size[1])), layout=layout,
+                        grid=grid or hints.get("grid"),
+                        prefix_tokens=prefix_tokens if prefix_tokens is not None else hints.get("prefix_tokens"))
 
 
 def patch_box(similarity_map: np.ndarray, input_size: tuple[int, int], percentile: float = 95.0
@@ -191,6 +217,39 @@ class PrototypeAdapter(ABC):
         idx = None if prototypes is None else torch.as_tensor(prototypes, dtype=torch.long)
         return self.similarity_from_latent(self.latent(model, x), idx)
 
+    def similarity_and_output(self, model: ModelHandle | nn.Module, x: torch.Tensor,
+                              prototypes: Sequence[int] | torch.Tensor | None = None) -> tuple[torch.Tensor, Any]:
+        """:meth:`similarity_maps` from a complete forward pass, with the model's output (for decisions)."""
+        idx = None if prototypes is None else torch.as_tensor(prototypes, dtype=torch.long)
+        z, output = read_latent_and_output(model, x, self.layer, layout=self.layout, grid=self.grid,
+                                           prefix_tokens=self.prefix_tokens)
+        return self.similarity_from_latent(z, idx), output
+
+    def contributions(self, model: ModelHandle | nn.Module, x: torch.Tensor, targets: torch.Tensor,
+                      best: torch.Tensor, prototypes: Sequence[int] | None = None) -> torch.Tensor | None:
+        """Each prototype's additive contribution to the target logit (see :mod:`explainkit.prototypes.decision`).
+
+        Parameters
+        ----------
+        model : ModelHandle or torch.nn.Module
+            The model.
+        x : torch.Tensor
+            (B, 3, H, W) preprocessed original images.
+        targets : torch.Tensor
+            (B,) target classes.
+        best : torch.Tensor
+            (B, P') each prototype's best similarity on the images.
+        prototypes : sequence of int, optional
+            Which prototypes (default all).
+
+        Returns
+        -------
+        torch.Tensor or None
+            (B, P') contributions in logit units, or ``None`` when the adapter has no link to the
+            decision (prototypes are then weighted equally).
+        """
+        return None
+
     def patch_box(self, model: ModelHandle | nn.Module, x: torch.Tensor, prototype: int,
                   percentile: float = 95.0) -> tuple[int, int, int, int]:
         """Where ``prototype`` matches on one image: :func:`patch_box` of its similarity map.
@@ -264,6 +323,7 @@ class VectorPrototypes(PrototypeAdapter):
         if classes is not None and len(classes) != v.shape[0]:
             raise ConfigError(f"{len(classes)} prototype classes given for {v.shape[0]} prototypes")
         self.prototype_vectors = v
+        self.head_weight: torch.Tensor | None = None
         self.similarity = similarity
         self.classes = None if classes is None else [None if c is None else int(c) for c in classes]
         self.source = source
@@ -287,6 +347,14 @@ class VectorPrototypes(PrototypeAdapter):
     def prototype_class(self, p: int) -> int | None:
         """See :meth:`PrototypeAdapter.prototype_class`."""
         return None if self.classes is None else self.classes[p]
+
+    def contributions(self, model: ModelHandle | nn.Module, x: torch.Tensor, targets: torch.Tensor,
+                      best: torch.Tensor, prototypes: Sequence[int] | None = None) -> torch.Tensor | None:
+        """``W[t, p] * s_p(x)`` with the class head found by :meth:`from_model` (``None`` without one)."""
+        if self.head_weight is None:
+            return None
+        w = self.head_weight if prototypes is None else self.head_weight[:, torch.as_tensor(prototypes)]
+        return w.to(best.device, best.dtype)[targets.to(best.device)] * best
 
     def vectors(self) -> torch.Tensor:
         """(P, D·k·k) prototype vectors."""
@@ -348,6 +416,7 @@ class VectorPrototypes(PrototypeAdapter):
         if layer is None:
             layer = _latent_layer_before(model, owner_name, int(vectors.shape[1]), input_size)
         adapter = cls(layer, vectors, similarity, classes, source=f"model tensor {name}", **layout)
+        adapter.head_weight = _class_head(root, int(vectors.shape[0]))
         return adapter.bind(model, input_size)
 
 
@@ -367,6 +436,14 @@ def find_prototype_tensor(model: nn.Module) -> str | None:
     if len(found) > 1:
         raise ConfigError(f"several prototype tensors ({', '.join(found)}); name one with prototype_tensor=")
     return found[0] if found else None
+
+
+def _class_head(root: nn.Module, n_prototypes: int) -> torch.Tensor | None:
+    """(K, P) weight of the linear layer from similarities to classes (ProtoPNet's ``last_layer``), if unique."""
+    heads = [(n, m) for n, m in root.named_modules() if isinstance(m, nn.Linear) and m.in_features == n_prototypes]
+    named = [h for h in heads if h[0].rpartition(".")[2] == "last_layer"]
+    chosen = named if len(named) == 1 else heads
+    return chosen[0][1].weight.detach().float().cpu().clone() if len(chosen) == 1 else None
 
 
 def _guess_similarity(owner: nn.Module, root: nn.Module) -> str:
@@ -451,6 +528,25 @@ class ChannelPrototypes(PrototypeAdapter):
         if prototypes is not None:
             chans = chans[prototypes.to(z.device)]
         return z.index_select(1, chans)
+
+    def contributions(self, model: ModelHandle | nn.Module, x: torch.Tensor, targets: torch.Tensor,
+                      best: torch.Tensor, prototypes: Sequence[int] | None = None) -> torch.Tensor | None:
+        """Gradient × activation of the target logit at the layer, summed over locations, per channel."""
+        if isinstance(model, ModelHandle) and not model.gradients:
+            return None
+        root = _module(model)
+        name, module = resolve_layer(root, self.layer)
+        forward = model.forward if isinstance(model, ModelHandle) else root
+        with torch.no_grad(), capture_layers(root, {name: module}, grad_from_layers=True) as cap:
+            logits = select_logits(forward(x))
+            leaf = cap[name]
+            (grad,) = torch.autograd.grad(logits.gather(1, targets[:, None].to(logits.device)).sum(), leaf)
+        spatial = latent_layout(root, module, leaf, tuple(x.shape[-2:]), self.layout, self.grid, self.prefix_tokens)
+        per_channel = spatial.apply(leaf.detach().float() * grad.float()).sum(dim=(2, 3))  # (B, D)
+        chans = torch.as_tensor(self.channels or [], dtype=torch.long)
+        if prototypes is not None:
+            chans = chans[torch.as_tensor(prototypes, dtype=torch.long)]
+        return per_channel[:, chans.to(per_channel.device)]
 
     def describe(self) -> dict[str, Any]:
         """JSON-ready description."""

@@ -8,6 +8,13 @@ ProtoTree, TesNet-like) are read through their prototype tensor; ordinary CNNs a
 channel-as-prototype or exemplar (latent-cell / k-means) prototypes, see
 :mod:`explainkit.prototypes.adapters`.
 
+These raw importances are not comparable across characteristics (a contrast change moves almost every
+activation of any network). The headline — what the model relies on — is the calibrated decision
+relevance of :mod:`explainkit.prototypes.relevance`: the change of log p(target) under each
+perturbation, a matched control subtracted, divided by the perturbation's dose in re-initialised
+copies of the architecture and compared with the copies (:mod:`explainkit.prototypes.calibration`);
+"relies most on X" only when X is significantly ahead (docs/prototypes.md).
+
 Images: every image costs the original and each perturbed copy through the model, so the analyzer
 measures a sequential sample (:mod:`explainkit.stats.sequential`): images enter in a seeded hash
 order of their ids, ``min_images`` in the main pass, then doubling in follow-up rounds until the 95 %
@@ -24,16 +31,20 @@ tests and local examples use "test" images.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
+from scipy import stats
 
 from explainkit.adapters import default_layer, resolve_layer
+from explainkit.adapters.randomize import RANDOMIZERS
 from explainkit.analyzers.base import Analyzer, Batch, Finding, RoundRequest, RunContext, Section
 from explainkit.analyzers.metric import metric
 from explainkit.errors import ConfigError
+from explainkit.loading.handle import ModelHandle
 from explainkit.options import Option
 from explainkit.prototypes.adapters import (
     ChannelPrototypes,
@@ -43,14 +54,24 @@ from explainkit.prototypes.adapters import (
     find_prototype_tensor,
     kmeans_prototypes,
 )
+from explainkit.prototypes.calibration import (
+    CALIBRATIONS,
+    NullComparison,
+    control_perturbations,
+    null_adapter,
+    null_handles,
+)
+from explainkit.prototypes.decision import DecisionRows
 from explainkit.prototypes.importance import (
     WEIGHTS,
     SplitAccumulator,
-    local_importance,
+    perturbed_views,
     relative_drop,
     resolve_weight,
+    score_views,
 )
 from explainkit.prototypes.perturb import CHARACTERISTICS, DEFAULT_CHARACTERISTICS, make_perturbations
+from explainkit.prototypes.relevance import decision_relevance, prototype_relevance
 from explainkit.prototypes.similarity import SIMILARITIES
 from explainkit.prototypes.statistics import (
     GlobalScores,
@@ -69,6 +90,15 @@ from explainkit.stats.streaming import poisson_counts
 __all__ = ["Prototypes"]
 
 ADAPTERS = ("auto", "vectors", "channels", "exemplars", "kmeans")
+TARGETS = ("auto", "predicted")
+#: Probe images whose latent cells become the exemplar prototypes of re-initialised copies.
+NULL_IMAGES = 16
+DECISION_UNIT = ("nats per unit dose: |change of log p(target class)| ÷ the perturbation's relative strength in "
+                 "re-initialised copies, minus the same for the copies")
+CALIBRATED_UNIT = ("importance ÷ (the model's mean |change| × the re-initialised copies' relative |change| for the "
+                   "characteristic); 1 = as in an untrained network")
+#: How the units are written inside a headline sentence.
+SHORT_UNITS = {DECISION_UNIT: "nats per unit dose, calibrated", CALIBRATED_UNIT: "× an untrained network"}
 SPLITS = ("train", "test")
 #: Most images used to fit k-means prototypes.
 KMEANS_IMAGES = 256
@@ -140,6 +170,22 @@ class Prototypes(Analyzer):
         token count is ambiguous (``grid=14|14`` on the command line).
     prefix_tokens : int, optional
         Tokens before the patch tokens of that layer (CLS, registers).
+    calibration : str
+        ``"reinit"`` (compare with ``null_models`` copies whose parameters are re-initialised; see
+        :mod:`explainkit.prototypes.calibration`) or ``"none"`` (no copies: the decision relevance is
+        not divided by a dose and has no null, so an untrained model may get a confident headline).
+    null_models : int
+        Re-initialised copies (at least 2, so the null has a spread).
+    null_init : str
+        How copies are re-initialised: ``"permute"`` (every parameter tensor's values shuffled:
+        the weight statistics stay, the structure goes) or ``"reset"`` (each layer's
+        ``reset_parameters``).
+    controls : bool
+        Subtract matched controls (the contrast perturbation's chroma part, i.e. saturation at
+        the same factor) before ranking.
+    target : str
+        Class whose decision is followed: ``"auto"`` (the label where the probe set has one the
+        model knows, else the predicted class) or ``"predicted"``.
     """
 
     name = "prototypes"
@@ -181,6 +227,14 @@ class Prototypes(Analyzer):
         "grid": Option("int", low=1, many=True, help="(h, w) patch grid of a token latent layer when the token "
                                                      "count is ambiguous, e.g. grid=14|14"),
         "prefix_tokens": Option("int", low=0, help="tokens before the patch tokens of that layer"),
+        "calibration": Option("choice", choices=CALIBRATIONS, help="'reinit': compare with re-initialised copies of "
+                                                                    "the model; 'none': no copies (no dose, no null)"),
+        "null_models": Option("int", low=2, high=32, help="re-initialised copies (calibration='reinit')"),
+        "null_init": Option("choice", choices=tuple(RANDOMIZERS), help="how copies are re-initialised: 'permute' "
+                                                                      "each parameter's values or 'reset' them"),
+        "controls": Option("bool", help="subtract matched controls (contrast: saturation at the same factor)"),
+        "target": Option("choice", choices=TARGETS, help="class whose decision is followed: 'auto' (label, else "
+                                                         "predicted) or 'predicted'"),
     }
 
     def __init__(self, adapter: str = "auto", layer: str | None = None, prototype_tensor: str | None = None,
@@ -191,7 +245,9 @@ class Prototypes(Analyzer):
                  readout: str = "fixed", weight: str = "auto", train_fraction: float = 0.5, n_resamples: int = 200,
                  sample_size: int = 256, alpha: float = 0.05, redundancy_tolerance: float = 0.05,
                  local_images: int = 3, max_shown: int = 8, images: int = 256, min_images: int = 64,
-                 precision: float = 0.1, grid: Sequence[int] | None = None, prefix_tokens: int | None = None) -> None:
+                 precision: float = 0.1, grid: Sequence[int] | None = None, prefix_tokens: int | None = None,
+                 calibration: str = "reinit", null_models: int = 3, null_init: str = "permute", controls: bool = True,
+                 target: str = "auto") -> None:
         self.adapter = adapter
         self.layer = layer
         self.prototype_tensor = prototype_tensor
@@ -218,6 +274,11 @@ class Prototypes(Analyzer):
         self.precision = precision
         self.grid = grid
         self.prefix_tokens = prefix_tokens
+        self.calibration = calibration
+        self.null_models = null_models
+        self.null_init = null_init
+        self.controls = controls
+        self.target = target
 
     # ------------------------------------------------------------------ setup
 
@@ -252,22 +313,44 @@ class Prototypes(Analyzer):
             raise ConfigError(f"prototypes: bad prototype indices {bad[:5] or ids[:5]} (the model has {total})")
         self.prototype_ids_ = ids
         self.perturbations_ = make_perturbations(tuple(self.characteristics), self.perturbation_params, jpeg=self.jpeg)
+        controls, self.control_pairs_ = control_perturbations(self.perturbations_) if self.controls else ([], [])
+        self.views_ = [*self.perturbations_, *controls]
         self.weight_rule_ = resolve_weight(self.weight, self.adapter_)
         order = priority_order(ctx.data.ids, ctx.seed, self.name)
         self.position_ = np.empty(len(order), dtype=np.int64)
         self.position_[order] = np.arange(len(order))
         self.order_ = order
+        self.nulls_ = self._null_models(ctx)
 
     def _schedule(self, n_all: int) -> SampleSchedule:
         return SampleSchedule(int(self.min_images), int(self.images) or n_all, float(self.precision) or None,
                               "each characteristic's mean local importance (mean over prototypes, per image), "
                               "relative to the largest mean")
+    def _null_models(self, ctx: RunContext) -> list[tuple[ModelHandle, PrototypeAdapter, str]]:
+        """Re-initialised copies with the adapter to read them and its weight rule (seeded: every worker agrees)."""
+        if self.calibration == "none":
+            return []
+        seed = int(ctx.rng(self.name, "null").integers(2**31))
+        order = ctx.rng(self.name, "null_cells").permutation(len(ctx.data))[:NULL_IMAGES]
+        inputs = ctx.handle.preprocess(ctx.load_images(sorted(int(i) for i in order))).to(ctx.device)
+        out = []
+        for j, handle in enumerate(null_handles(ctx.handle, self.null_models, seed, self.null_init)):
+            handle.to(ctx.device)
+            adapter = null_adapter(self.adapter_, handle, inputs, seed + j)
+            rule = self.weight_rule_ if adapter is self.adapter_ else resolve_weight("auto", adapter)
+            out.append((handle, adapter, rule))
+        return out
 
     def init_state(self, ctx: RunContext) -> dict[str, Any]:
-        """Empty sums for the prototypes asked for, the sample's moments, cost and log."""
-        return {**{s: SplitAccumulator.empty(len(self.prototype_ids_), len(self.perturbations_), self.n_resamples,
-                                             self.sample_size) for s in SPLITS},
-                "moments": Moments(), "cost": (0.0, 0), "log": None}
+        """Empty sums (prototypes, copies), per-image decision changes, and the sample's moments, cost and log."""
+        v = len(self.views_)
+        return {
+            **{s: SplitAccumulator.empty(len(self.prototype_ids_), v, self.n_resamples, self.sample_size)
+               for s in SPLITS},
+            "null": [SplitAccumulator.empty(a.num_prototypes, v, 0, 0) for _, a, _ in self.nulls_],
+            "decision": DecisionRows.empty(v, len(self.nulls_)),
+            "moments": Moments(), "cost": (0.0, 0), "log": None,
+        }
 
     def _build_adapter(self, ctx: RunContext) -> PrototypeAdapter:
         handle = ctx.handle
@@ -313,7 +396,7 @@ class Prototypes(Analyzer):
     # ------------------------------------------------------------------ map / merge
 
     def map(self, ctx: RunContext, batch: Batch) -> dict[str, Any]:
-        """Local importances of the batch's sample images (originals and perturbed copies in one pass), per split."""
+        """Local importances and decision changes of the batch's sample images, for the model and each copy."""
         request = ctx.round_request(self.name)
         lo, hi = request.payload if request is not None else (0, self._schedule(len(ctx.data)).first(len(ctx.data)))
         pos = self.position_[batch.indices]
@@ -326,23 +409,47 @@ class Prototypes(Analyzer):
         return state
 
     def _measure(self, ctx: RunContext, batch: Batch) -> dict[str, Any]:
-        scores = local_importance(self.adapter_, ctx.handle, batch.images, self.perturbations_, ctx.handle.preprocess,
-                                  prototypes=self.prototype_ids_, readout=self.readout, device=ctx.device,
-                                  max_batch=min(ctx.handle.static_batch or ctx.rows, ctx.rows))
+        """Local importances and decision changes of the images, for the model and each copy, on the same views."""
+        b = len(batch)
+        x = perturbed_views(batch.images, self.views_, ctx.handle.preprocess).to(ctx.device)
+        labels = self._targets(ctx, batch.indices)
+        step = min(ctx.handle.static_batch or ctx.rows, ctx.rows)
+        scores = score_views(self.adapter_, ctx.handle, x, b, prototypes=self.prototype_ids_, readout=self.readout,
+                             max_batch=step, decision=True, labels=labels)
+        decision = scores.decision
+        assert decision is not None
         is_train = np.array([self._is_train(ctx, i) for i in batch.indices], dtype=bool)
         state = self.init_state(ctx)
-        state["moments"] = Moments.of(scores.delta.mean(axis=1))
+        state["moments"] = Moments.of(scores.delta[..., : len(self.perturbations_)].mean(axis=1))
         for split, mask in (("train", is_train), ("test", ~is_train)):
             if mask.any():
                 idx = batch.indices[mask]
                 counts = poisson_counts([ctx.rng(self.name, "boot", int(i)) for i in idx], self.n_resamples)
                 priority = np.array([ctx.rng(self.name, "sample", int(i)).random() for i in idx])
                 state[split] = state[split].add(scores.subset(mask), idx, self.weight_rule_, counts, priority)
+        null_dlogp = np.zeros((b, len(self.nulls_), len(self.views_)))
+        for j, (handle, adapter, rule) in enumerate(self.nulls_):
+            ns = score_views(adapter, handle, x, b, readout=self.readout, max_batch=step, decision=True,
+                             labels=decision.target)
+            state["null"][j] = state["null"][j].add(ns, batch.indices, rule, np.zeros((0, b)), np.zeros(b))
+            assert ns.decision is not None
+            null_dlogp[:, j] = ns.decision.delta_log_prob
+        state["decision"] = DecisionRows(np.asarray(batch.indices, np.int64), decision.target,
+                                         decision.delta_log_prob, decision.delta_logit, null_dlogp)
         return state
 
+    def _targets(self, ctx: RunContext, indices: np.ndarray) -> np.ndarray | None:
+        """Target class per image in the model's output order (-1: the predicted class)."""
+        if self.target == "predicted" or not ctx.data.has_labels:
+            return None
+        return np.array([self._model_label(ctx, int(i)) for i in indices], np.int64)
+
     def merge(self, a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
-        """Merge split by split; moments and costs add; the sampling log is the planner's."""
-        return {**{s: a[s].merge(b[s]) for s in SPLITS}, "moments": a["moments"].merge(b["moments"]),
+        """Merge split by split, copy by copy, the per-image rows, moments and costs; the log is the planner's."""
+        return {**{s: a[s].merge(b[s]) for s in SPLITS},
+                "null": [x.merge(y) for x, y in zip(a["null"], b["null"])],
+                "decision": a["decision"].merge(b["decision"]),
+                "moments": a["moments"].merge(b["moments"]),
                 "cost": (a["cost"][0] + b["cost"][0], a["cost"][1] + b["cost"][1]), "log": a["log"] or b["log"]}
 
     def _widths(self, moments: Moments) -> list[float]:
@@ -368,14 +475,22 @@ class Prototypes(Analyzer):
     # ------------------------------------------------------------------ finalize
 
     def finalize(self, ctx: RunContext, state: dict[str, Any]) -> Section:
-        """Global scores, tests, generalisation, redundancy, verdicts, images."""
+        """Global scores, tests, generalisation, redundancy, verdicts, images; calibrated relevance and headline."""
         names = [p.name for p in self.perturbations_]
-        scores = {s: global_scores(state[s]) for s in SPLITS}
+        c = len(names)
+        scores = {s: _first_columns(global_scores(state[s]), c) for s in SPLITS}
         primary = "train" if state["train"].n else "test"
         sample = state["test"].sample if len(state["test"].sample) else state[primary].sample
+        if sample.delta is not None:
+            sample = dataclasses.replace(sample, delta=sample.delta[..., :c])
         tests = local_tests(sample.delta) if len(sample) else None
         unit = self.adapter_.unit
-        records = [self._record(j, names, scores, tests, unit, ctx) for j in range(len(self.prototype_ids_))]
+        seed = int(ctx.rng(self.name, "ranking").integers(2**31))
+        proto = prototype_relevance(state["train"].merge(state["test"]), state["null"], names, self.control_pairs_,
+                                    seed=seed, alpha=self.alpha)
+        decision = decision_relevance(state["decision"], names, self.control_pairs_, proto["profile"],
+                                      proto["profiles"], alpha=self.alpha)
+        records = [self._record(j, names, scores, tests, unit, ctx, proto) for j in range(len(self.prototype_ids_))]
         ranking = self._ranking(scores[primary], names, unit, ctx)
         both = state["train"].n > 1 and state["test"].n > 1
         general = generalisation(scores["train"].score, scores["test"].score, names) if both else None
@@ -387,10 +502,15 @@ class Prototypes(Analyzer):
             records[j]["chart"] = _chart([(f"{c} ({split})", records[j][f"global_{split}"][c])
                                           for c in names for split in SPLITS if state[split].n])
         local = self._local_examples(ctx, sample, names, unit, assets)
-        top = ranking[0]["characteristic"] if ranking and ranking[0]["value"]["value"] is not None else None
         significant = int(np.sum(tests["q"] < self.alpha)) if tests is not None else 0
+        relies = _headline(decision["overall"], DECISION_UNIT, "the model relies", len(self.nulls_))
+        responds = _headline(proto["comparison"], CALIBRATED_UNIT, "its prototypes respond", len(self.nulls_), "to")
+        calibrated_ranking = _comparison_rows(proto["comparison"], CALIBRATED_UNIT, len(records))
+        decision_data = self._decision_data(decision, ctx, relies)
         summary = {
-            "prototypes": len(records), "adapter": self.adapter_.kind, "top_characteristic": top,
+            "prototypes": len(records), "adapter": self.adapter_.kind,
+            "top_characteristic": relies["characteristic"] if relies["status"] == "ahead" else None,
+            "headline": relies["statement"], "relies_on": relies, "prototypes_respond_to": responds,
             "significant_pairs": significant,
             "train_test_rank_correlation": _rho_metric(general["pooled"]) if general else None,
         }
@@ -403,16 +523,72 @@ class Prototypes(Analyzer):
                                                              self._widths(state["moments"]), len(ctx.data)),
             "units": {"local": f"{unit} (original − perturbed, at the original best location)",
                       "relative": "fraction of the original similarity (relative drop)",
-                      "global": f"{unit}, {self.weight_rule_}-weighted mean of local importances over a split"},
+                      "global": f"{unit}, {self.weight_rule_}-weighted mean of local importances over a split",
+                      "calibrated": CALIBRATED_UNIT, "decision": DECISION_UNIT},
+            "calibration": self._calibration_data(proto, names),
+            "decision": decision_data,
+            "calibrated_ranking": calibrated_ranking,
+            "calibrated_chart": _chart([(r["characteristic"], r["value"]) for r in calibrated_ranking]),
+            "decision_chart": _chart([(r["characteristic"], r["value"]) for r in decision_data["overall"]["ranking"]]),
             "ranking": ranking, "ranking_chart": _chart([(r["characteristic"], r["value"]) for r in ranking]),
             "table_rows": TABLE_ROWS, "prototypes": records, "generalisation": general, "redundancy": redundancy,
             "local_examples": local, "shown": shown, "notes": self._notes(),
         }
-        return self.section(summary=summary, data=data, findings=self._findings(records, ranking, redundancy),
+        return self.section(summary=summary, data=data, findings=self._findings(records, relies, responds, redundancy),
                             assets=assets)
 
+    def _calibration_data(self, proto: dict[str, Any], names: list[str]) -> dict[str, Any]:
+        profiles = proto["profiles"]
+        k = profiles.shape[0]
+        null_profile = {name: metric(proto["profile"][i] if k else None, _t_interval(profiles[:, i]) if k > 1 else None,
+                                     n=k, unit="re-initialised copies' mean |local change| of the characteristic / "
+                                     "their mean over characteristics", higher_is_better=None)
+                        for i, name in enumerate(names)}
+        factor = {p.name: p.params.get("factor") for p in self.perturbations_}
+        return {
+            "method": self.calibration, "null_models": len(self.nulls_), "null_init": self.null_init,
+            "null_adapter": self.nulls_[0][1].describe() if self.nulls_ else None,
+            "controls": [{"characteristic": names[k], "control": self.views_[j].name, "factor": factor[names[k]]}
+                         for k, j in self.control_pairs_],
+            "null_profile": null_profile,
+            "model_sensitivity": metric(proto["sensitivity"], n=None, unit=f"{self.adapter_.unit} (the model's "
+                                        "mean |local change| over characteristics)", higher_is_better=None),
+            "decision_weights": "gradient × activation" if self.adapter_.kind == "channels" else (
+                "last-layer weight × similarity" if getattr(self.adapter_, "head_weight", None) is not None
+                else "equal (no link from the prototypes to the decision)"),
+        }
+
+    def _decision_data(self, decision: dict[str, Any], ctx: RunContext, relies_headline: dict[str, Any]
+                       ) -> dict[str, Any]:
+        names = [p.name for p in self.perturbations_]
+        class_names = ctx.class_names
+        views = [p.name for p in self.views_]
+        labels = [*views[: len(names)], *(f"{v} (control)" for v in views[len(names):])]
+        per_class = []
+        for g, k in enumerate(decision["classes"]):
+            n = int(decision["counts"][g])
+            comp = decision["per_class"][g]
+            raw = {key: {label: metric(decision[key][g, i], _se_interval(decision[key][g, i],
+                                                                          decision[f"{key}_se"][g, i], n),
+                                       n=n, unit=unit, higher_is_better=None)
+                         for i, label in enumerate(labels)}
+                   for key, unit in (("raw_log_prob", "nats (drop of log p(target))"),
+                                     ("raw_logit", "logit (drop of the target logit)"))}
+            per_class.append({
+                "class": int(k), "class_name": class_names[k] if 0 <= k < len(class_names) else None, "n": n,
+                "ranking": _comparison_rows(comp, DECISION_UNIT, n),
+                "headline": _headline(comp, DECISION_UNIT, "for this class the model relies", len(self.nulls_)),
+                "log_prob_drop": raw["raw_log_prob"], "logit_drop": raw["raw_logit"],
+            })
+        overall = decision["overall"]
+        n_all = int(np.sum(decision["counts"]))
+        return {"target": self.target, "unit": DECISION_UNIT, "per_class": per_class,
+                "overall": {"ranking": _comparison_rows(overall, DECISION_UNIT, n_all),
+                            "headline": relies_headline,
+                            "n": n_all}}
+
     def _record(self, j: int, names: list[str], scores: dict[str, GlobalScores], tests: dict | None, unit: str,
-                ctx: RunContext) -> dict[str, Any]:
+                ctx: RunContext, proto: dict[str, Any]) -> dict[str, Any]:
         pid = self.prototype_ids_[j]
         cls = self.adapter_.prototype_class(pid)
         class_names = ctx.class_names
@@ -429,6 +605,10 @@ class Prototypes(Analyzer):
             rec[f"relative_{split}"] = {c: metric(g.relative[j, k], n=g.n, unit="fraction of original similarity",
                                                   higher_is_better=None) for k, c in enumerate(names)}
             rec[f"mean_weight_{split}"] = _float(g.mean_weight[j])
+        rec["calibrated"] = {c: metric(proto["calibrated"][j, k], (proto["ci_low"][j, k], proto["ci_high"][j, k]),
+                                       n=scores["train"].n + scores["test"].n, unit=CALIBRATED_UNIT,
+                                       higher_is_better=None) for k, c in enumerate(names)}
+        rec["decision_weight"] = _float(proto["weights"][j])
         if tests is not None:
             rec["tests"] = {c: {"n": int(tests["n"][j, k]), "median": _float(tests["median"][j, k]),
                                 "effect_size": _float(tests["effect_size"][j, k]),
@@ -523,21 +703,15 @@ class Prototypes(Analyzer):
             })
         return out
 
-    def _findings(self, records: list[dict[str, Any]], ranking: list[dict[str, Any]], redundancy: dict[str, Any]
-                  ) -> list[Finding]:
-        findings = []
+    def _findings(self, records: list[dict[str, Any]], relies: dict[str, Any], responds: dict[str, Any],
+                  redundancy: dict[str, Any]) -> list[Finding]:
         counts: dict[str, int] = {}
         for r in records:
             counts[r["verdict"]] = counts.get(r["verdict"], 0) + 1
-        common = max(counts.items(), key=lambda kv: kv[1]) if counts else None
-        if ranking and ranking[0]["value"]["value"] is not None and common:
-            top = ranking[0]
-            findings.append(Finding(
-                "info",
-                f"prototypes rely most on {top['characteristic']} (mean global importance "
-                f"{top['value']['value']:.3g}); most common verdict: '{common[0]}' ({common[1]} of {len(records)})",
-                self.name, {"ranking": [r["characteristic"] for r in ranking], "verdicts": counts},
-            ))
+        findings = [
+            Finding("info", relies["statement"], self.name, {"headline": relies}),
+            Finding("info", responds["statement"], self.name, {"headline": responds, "verdicts": counts}),
+        ]
         groups = redundancy["vector_groups"] + redundancy["explanation_groups"]
         if groups:
             findings.append(Finding(
@@ -581,3 +755,74 @@ def _chart(rows: list[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
 def _rho_metric(r: dict[str, Any]) -> dict[str, Any]:
     return metric(r["rho"], (r["ci_low"], r["ci_high"]) if r["ci_low"] is not None else None, n=r["n"],
                   unit="Spearman rho", higher_is_better=True, p=r["p"])
+
+
+def _first_columns(g: GlobalScores, c: int) -> GlobalScores:
+    """The global scores of the C characteristics (drops the control views)."""
+    return dataclasses.replace(g, score=g.score[:, :c], ci_low=g.ci_low[:, :c], ci_high=g.ci_high[:, :c],
+                               relative=g.relative[:, :c])
+
+
+def _t_interval(v: np.ndarray, confidence: float = 0.95) -> tuple[float, float]:
+    """Student-t interval of the mean of a few values."""
+    v = v[np.isfinite(v)]
+    if v.size < 2:
+        return (float("nan"), float("nan"))
+    half = float(stats.t.ppf(0.5 + confidence / 2, v.size - 1) * v.std(ddof=1) / np.sqrt(v.size))
+    return (float(v.mean()) - half, float(v.mean()) + half)
+
+
+def _se_interval(mean: float, se: float, n: int, confidence: float = 0.95) -> tuple[float, float] | None:
+    """Student-t interval from a mean and its standard error."""
+    if n < 2:
+        return None
+    half = float(stats.t.ppf(0.5 + confidence / 2, n - 1) * se)
+    return (float(mean) - half, float(mean) + half)
+
+
+def _comparison_rows(comp: NullComparison, unit: str, n: int) -> list[dict[str, Any]]:
+    """Characteristics by calibrated value: the value (CI), the model's raw statistic and the copies' mean."""
+    rows = []
+    for i in comp.order:
+        rows.append({"characteristic": comp.names[i],
+                     "value": metric(comp.value[i], (comp.ci_low[i], comp.ci_high[i]), n=n, unit=unit,
+                                     higher_is_better=None),
+                     "model": _float(comp.model[i]),
+                     "null_mean": _float(comp.null[:, i].mean()) if comp.null.shape[0] else None})
+    return rows
+
+
+def _headline(comp: NullComparison, unit: str, subject: str, n_null: int, preposition: str = "on") -> dict[str, Any]:
+    """The headline in words, only as strong as the test allows (see :func:`compare_with_null`).
+
+    ``subject`` and ``preposition`` start the sentence ("the model relies" "on"); ``n_null`` re-initialised
+    copies were compared.
+    """
+    top = comp.order[0]
+    first = comp.names[top]
+    value = f"{comp.value[top]:.3g} [{comp.ci_low[top]:.3g}, {comp.ci_high[top]:.3g}] {SHORT_UNITS[unit]}"
+    comparisons = [{**c, "difference": metric(c["difference"], (c["ci_low"], c["ci_high"]), unit=unit,
+                                              higher_is_better=None)} for c in comp.comparisons]
+    for c in comparisons:
+        c.pop("ci_low")
+        c.pop("ci_high")
+
+    def diff(c: dict[str, Any]) -> str:
+        d = c["difference"]
+        return (f"{first} − {c['other']} = {d['value']:.3g} [{d['ci_low']:.3g}, {d['ci_high']:.3g}], "
+                f"Holm p = {c['p_holm']:.2g}")
+
+    against = f"against {n_null} re-initialised copies of the architecture" if n_null else "(uncalibrated)"
+    if comp.status == "none":
+        statement = (f"{subject} {preposition} no characteristic {against}: the largest value, {first} {value}, is not "
+                     "significantly above 0")
+    elif comp.status == "ahead":
+        runner = comparisons[0] if comparisons else None
+        statement = f"{subject} most {preposition} {first} ({value}" + (f"; {diff(runner)})" if runner else ")")
+    else:
+        tied = [c for c in comparisons if not c["significant"]]
+        statement = (f"{subject} {preposition} no single characteristic: {' and '.join(comp.tied)} tie "
+                     f"({first} {value}; " + "; ".join(diff(c) for c in tied) + ")")
+    return {"status": comp.status, "characteristic": first if comp.status != "none" else None,
+            "tied": comp.tied, "statement": statement, "comparisons": comparisons,
+            "correction": f"Holm over the {len(comparisons)} comparisons of the first with each other characteristic"}

@@ -35,9 +35,11 @@ import torch
 from PIL import Image
 from torch import nn
 
+from explainkit.adapters import select_logits
 from explainkit.errors import ConfigError
 from explainkit.loading.handle import ModelHandle
 from explainkit.prototypes.adapters import PrototypeAdapter
+from explainkit.prototypes.decision import DecisionScores, decision_scores, resolve_targets
 from explainkit.prototypes.perturb import Perturbation
 
 __all__ = [
@@ -46,8 +48,10 @@ __all__ = [
     "LocalScores",
     "SplitAccumulator",
     "local_importance",
+    "perturbed_views",
     "relative_drop",
     "resolve_weight",
+    "score_views",
     "similarity_weight",
 ]
 
@@ -92,17 +96,24 @@ class LocalScores:
         (B, P, C) original minus perturbed similarity at that location, per characteristic.
     grid : tuple of int
         (h, w) of the similarity maps.
+    decision : DecisionScores or None
+        Decision changes (when asked for).
+    contribution : ndarray or None
+        (B, P) each prototype's contribution to the target logit (when the adapter has one).
     """
 
     similarity: np.ndarray
     location: np.ndarray
     delta: np.ndarray
     grid: tuple[int, int]
+    decision: DecisionScores | None = None
+    contribution: np.ndarray | None = None
 
     def subset(self, mask: np.ndarray) -> LocalScores:
         """The scores of the images selected by the (B,) boolean ``mask``."""
-        return LocalScores(self.similarity[mask], self.location[mask], self.delta[mask], self.grid)
-
+        return LocalScores(self.similarity[mask], self.location[mask], self.delta[mask], self.grid,
+                           None if self.decision is None else self.decision.subset(mask),
+                           None if self.contribution is None else self.contribution[mask])
 
 
 def relative_drop(delta: np.ndarray, similarity: np.ndarray) -> np.ndarray:
@@ -125,6 +136,27 @@ def relative_drop(delta: np.ndarray, similarity: np.ndarray) -> np.ndarray:
         return np.where(s > 0, np.asarray(delta, np.float64) / np.where(s > 0, s, 1.0), np.nan)
 
 
+def perturbed_views(images: Sequence[Image.Image], perturbations: Sequence[Perturbation],
+                    preprocess: Callable[[Sequence[Image.Image]], torch.Tensor]) -> torch.Tensor:
+    """Model inputs of the originals followed by every perturbed copy.
+
+    Parameters
+    ----------
+    images : sequence of PIL.Image.Image
+        B original images at source resolution.
+    perturbations : sequence of Perturbation
+        The C perturbations, applied at source resolution before ``preprocess``.
+    preprocess : callable
+        Images → (N, 3, H, W) model inputs.
+
+    Returns
+    -------
+    torch.Tensor
+        (B (1 + C), 3, H, W): the B originals, then B images per perturbation.
+    """
+    return preprocess(list(images) + [p(im) for p in perturbations for im in images])
+
+
 def local_importance(
     adapter: PrototypeAdapter,
     model: ModelHandle | nn.Module,
@@ -136,6 +168,8 @@ def local_importance(
     readout: str = "fixed",
     device: torch.device | str = "cpu",
     max_batch: int | None = None,
+    decision: bool = False,
+    labels: np.ndarray | None = None,
 ) -> LocalScores:
     """Local importances of a batch: the originals and all perturbed copies go through the model together.
 
@@ -151,14 +185,54 @@ def local_importance(
         The C characteristics, applied at source resolution before ``preprocess``.
     preprocess : callable
         Images → (N, 3, H, W) model inputs (the model's own preprocessing).
+    prototypes, readout, device, max_batch, decision, labels
+        See :func:`score_views`.
+
+    Returns
+    -------
+    LocalScores
+        Similarities, locations and (B, P, C) deltas (and decision changes when asked for).
+    """
+    x = perturbed_views(images, perturbations, preprocess)
+    return score_views(adapter, model, x.to(device), len(images), prototypes=prototypes, readout=readout,
+                       max_batch=max_batch, decision=decision, labels=labels)
+
+
+def score_views(
+    adapter: PrototypeAdapter,
+    model: ModelHandle | nn.Module,
+    x: torch.Tensor,
+    n_images: int,
+    *,
+    prototypes: Sequence[int] | None = None,
+    readout: str = "fixed",
+    max_batch: int | None = None,
+    decision: bool = False,
+    labels: np.ndarray | torch.Tensor | None = None,
+) -> LocalScores:
+    """Local importances (and decision changes) of prepared views (:func:`perturbed_views`).
+
+    Parameters
+    ----------
+    adapter : PrototypeAdapter
+        Gives the similarity maps.
+    model : ModelHandle or torch.nn.Module
+        The model (in eval mode).
+    x : torch.Tensor
+        (B (1 + C), 3, H, W) originals then perturbed copies, on the model's device.
+    n_images : int
+        B.
     prototypes : sequence of int, optional
         Only these prototypes (default all).
     readout : str
         ``"fixed"`` (the original best location) or ``"max"`` (best location of the perturbed map).
-    device : torch.device or str
-        Where the model runs.
     max_batch : int, optional
-        At most this many inputs per forward pass (default all B·(1 + C) at once).
+        At most this many inputs per forward pass (default all at once).
+    decision : bool
+        Also run the model to its output: the target's log-probability and logit changes
+        (:mod:`explainkit.prototypes.decision`) and the prototypes' contributions to the target.
+    labels : array, optional
+        (B,) target classes in the model's output order (-1: the predicted class).
 
     Returns
     -------
@@ -167,12 +241,19 @@ def local_importance(
     """
     if readout not in ("fixed", "max"):
         raise ConfigError(f"readout must be 'fixed' or 'max', not {readout!r}")
-    b, c = len(images), len(perturbations)
-    views = list(images) + [p(im) for p in perturbations for im in images]
-    x = preprocess(views).to(device)
+    b = n_images
+    c = len(x) // b - 1
     step = max_batch or len(x)
+    chunks, logits = [], []
     with torch.no_grad():
-        maps = torch.cat([adapter.similarity_maps(model, x[i : i + step], prototypes) for i in range(0, len(x), step)])
+        for i in range(0, len(x), step):
+            if decision:
+                maps, output = adapter.similarity_and_output(model, x[i : i + step], prototypes)
+                logits.append(select_logits(output).float())
+            else:
+                maps = adapter.similarity_maps(model, x[i : i + step], prototypes)
+            chunks.append(maps)
+    maps = torch.cat(chunks)
     grid = (int(maps.shape[2]), int(maps.shape[3]))
     flat = maps.flatten(2).float()  # (B (1 + C), P, h w)
     s0, loc = flat[:b].max(dim=2)  # first maximum on ties
@@ -182,7 +263,14 @@ def local_importance(
     else:
         sc = perturbed.amax(dim=3)
     delta = (s0[None] - sc).permute(1, 2, 0)  # (B, P, C)
-    return LocalScores(s0.cpu().numpy(), loc.cpu().numpy(), delta.cpu().numpy(), grid)
+    scores = LocalScores(s0.cpu().numpy(), loc.cpu().numpy(), delta.cpu().numpy(), grid)
+    if decision:
+        z = torch.cat(logits)
+        targets = resolve_targets(z[:b], labels)
+        scores.decision = decision_scores(z, targets, b)
+        contrib = adapter.contributions(model, x[:b], targets, s0, prototypes)
+        scores.contribution = None if contrib is None else contrib.detach().cpu().numpy().astype(np.float64)
+    return scores
 
 
 @dataclass
@@ -249,6 +337,11 @@ class SplitAccumulator:
         (P,) sum of weight × original similarity (denominator of the relative view).
     sum_wd : ndarray
         (P, C) sum of weight × local importance.
+    sum_wabs : ndarray
+        (P, C) sum of weight × absolute local importance (the null level of re-initialised copies).
+    sum_contrib : ndarray
+        (P,) sum of the positive part of each prototype's contribution to the target logit (0
+        when the adapter has no link to the decision).
     boot_w, boot_wd : ndarray
         (R, P) and (R, P, C) the same sums with Poisson(1) bootstrap counts per image.
     best_similarity, best_index, best_location : ndarray
@@ -261,6 +354,8 @@ class SplitAccumulator:
     sum_w: np.ndarray
     sum_ws: np.ndarray
     sum_wd: np.ndarray
+    sum_wabs: np.ndarray
+    sum_contrib: np.ndarray
     boot_w: np.ndarray
     boot_wd: np.ndarray
     best_similarity: np.ndarray
@@ -272,7 +367,8 @@ class SplitAccumulator:
     def empty(cls, n_prototypes: int, n_characteristics: int, n_resamples: int, sample_size: int) -> SplitAccumulator:
         """All-zero sums for P prototypes, C characteristics and R bootstrap resamples."""
         p, c, r = n_prototypes, n_characteristics, n_resamples
-        return cls(0, np.zeros(p), np.zeros(p), np.zeros((p, c)), np.zeros((r, p)), np.zeros((r, p, c)),
+        return cls(0, np.zeros(p), np.zeros(p), np.zeros((p, c)), np.zeros((p, c)), np.zeros(p), np.zeros((r, p)),
+                   np.zeros((r, p, c)),
                    np.full(p, -np.inf), np.full(p, -1, np.int64), np.zeros(p, np.int64), LocalSample(sample_size))
 
     def add(self, scores: LocalScores, indices: np.ndarray, weight_rule: str, boot_counts: np.ndarray,
@@ -301,9 +397,10 @@ class SplitAccumulator:
         d = scores.delta.astype(np.float64)  # (B, P, C)
         wd = w[..., None] * d
         counts = boot_counts.astype(np.float64)
+        contrib = np.zeros(w.shape[1]) if scores.contribution is None else np.maximum(scores.contribution, 0).sum(0)
         batch = SplitAccumulator(
-            len(indices), w.sum(0), (w * scores.similarity).sum(0), wd.sum(0),
-            counts @ w, np.einsum("rb,bpc->rpc", counts, wd),
+            len(indices), w.sum(0), (w * scores.similarity).sum(0), wd.sum(0), (w[..., None] * np.abs(d)).sum(0),
+            contrib, counts @ w, np.einsum("rb,bpc->rpc", counts, wd),
             *_best(scores, indices), LocalSample(self.sample.capacity),
         )
         keep = np.lexsort((indices, priorities))[: self.sample.capacity]
@@ -318,6 +415,7 @@ class SplitAccumulator:
         best = _better(other.best_similarity, other.best_index, self.best_similarity, self.best_index)
         return SplitAccumulator(
             self.n + other.n, self.sum_w + other.sum_w, self.sum_ws + other.sum_ws, self.sum_wd + other.sum_wd,
+            self.sum_wabs + other.sum_wabs, self.sum_contrib + other.sum_contrib,
             self.boot_w + other.boot_w, self.boot_wd + other.boot_wd,
             np.where(best, other.best_similarity, self.best_similarity),
             np.where(best, other.best_index, self.best_index),

@@ -15,7 +15,7 @@ from explainkit.report.jsonify import jsonable
 __all__ = ["SCHEMA_VERSION", "Report"]
 
 #: Version of the report's JSON schema (``explainkit/report/schema/report.schema.json``).
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"
 
 
 class Report:

@@ -53,6 +53,8 @@ CHECK_KINDS: Registry[type[CheckKind]] = Registry("check kind", check=_check, bu
     "randomisation": "explainkit.gate.kinds.randomisation:Randomisation",
     "removal": "explainkit.gate.kinds.removal:Removal",
     "slice_gap": "explainkit.gate.kinds.slice_gap:SliceGap",
+    "slice_shift": "explainkit.gate.kinds.slice_shift:SliceShift",
+    "transform": "explainkit.gate.kinds.transform:Transform",
 })
 
 

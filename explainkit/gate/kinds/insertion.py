@@ -30,8 +30,8 @@ from explainkit.gate.kinds.artifact import (
     control_colours,
     placements,
 )
-from explainkit.gate.kinds.base import CheckContext, CheckKind, Measurement, concept_name
-from explainkit.gate.kinds.interventions import DEFAULT_TAU, EFFECTS, paired_result, run_paired
+from explainkit.gate.kinds.base import CheckContext, Measurement, concept_name
+from explainkit.gate.kinds.interventions import EFFECT_OPTION, InterventionKind, paired_result, run_paired
 from explainkit.options import REQUIRED, Option
 
 __all__ = ["SHUFFLED_PIXELS_NOTE", "Insertion", "without_artifact"]
@@ -59,7 +59,7 @@ def without_artifact(cc: CheckContext, concept: str | None) -> tuple[np.ndarray,
     return np.flatnonzero(keep), int((~keep).sum())
 
 
-class Insertion(CheckKind):
+class Insertion(InterventionKind):
     """Counterfactual artifact insertion with a control patch (the gate's primary test)."""
 
     name = "insertion"
@@ -67,19 +67,15 @@ class Insertion(CheckKind):
     default_severity = "error"
     needs_target = True
     options: ClassVar[Mapping[str, Option]] = {
-        "artifact": Option("file", REQUIRED, help="RGBA template; alpha = where it is pasted"),
+        "artifact": Option("file", REQUIRED, help="RGBA template; alpha = where it is pasted (partial alpha blends)"),
         "placement": Option("choice", "random", PLACEMENTS, help="where the artifact goes"),
         "repeats": Option("int", 3, low=1, high=64, help="placements per image (averaged within the image)"),
-        "control": Option("choice", "mean_patch", CONTROLS, help="the control patch"),
-        "effect": Option("choice", "logit_shift", tuple(EFFECTS), help="what is compared"),
+        "control": Option("choice", "mean_patch", CONTROLS,
+                          help="the control: the same shape at the same places (see Controls)"),
+        "effect": EFFECT_OPTION,
         "concept": Option("str", None, help="concept marking images that already carry the artifact (left out); "
                                             "default: the template's file name without extension"),
     }
-
-    @classmethod
-    def default_tau(cls, options: dict[str, Any]) -> float:
-        """1 logit, 5 percentage points of probability, or 5 % of images flipped."""
-        return DEFAULT_TAU[options["effect"]]
 
     def prepare(self, cc: CheckContext) -> None:
         """Load the template, resolve the target and find images without the artifact."""

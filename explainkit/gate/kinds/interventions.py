@@ -16,8 +16,9 @@ unit). ``sign`` is +1 for insertion (reliance raises the target score) and -1 fo
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -26,21 +27,35 @@ from tqdm import tqdm
 from explainkit.adapters.targets import select_logits
 from explainkit.analyzers.metric import metric
 from explainkit.errors import ConfigError, ExplainkitError, RuntimeAnalysisError
-from explainkit.gate.kinds.base import CheckContext, Measurement, paired_measurement
+from explainkit.gate.kinds.base import CheckContext, CheckKind, Measurement, paired_measurement
+from explainkit.options import Option
 from explainkit.report.images import thumbnail, to_data_uri
 from explainkit.stats import bootstrap_ci
 
-__all__ = ["DEFAULT_TAU", "EFFECTS", "PairedValues", "Variants", "forward_logits", "paired_result", "run_paired",
-           "target_scores", "to_pil"]
+__all__ = ["DEFAULT_TAU", "EFFECTS", "EFFECT_OPTION", "InterventionKind", "PairedValues", "Variants",
+           "forward_logits", "paired_result", "run_paired", "target_scores", "to_pil"]
 
 #: Effect name → unit of the target score difference.
 EFFECTS = {"logit_shift": "logit", "prob_shift": "probability", "flip_rate": "fraction of images"}
 #: Materiality thresholds when the policy gives no ``tau``.
 DEFAULT_TAU = {"logit_shift": 1.0, "prob_shift": 0.05, "flip_rate": 0.05}
+#: The ``effect`` policy key of the intervention kinds.
+EFFECT_OPTION = Option("choice", "logit_shift", tuple(EFFECTS),
+                       help="logit_shift: the target logit; prob_shift: its softmax probability; flip_rate: the "
+                            "fraction of images predicted as the target")
 
 #: ``variants(images, indices, ids) -> (treated, control)``: images (b, 3, H, W) in [0, 1] on the
 #: device; treated (b, Rt, 3, H, W) and control (b, Rc, 3, H, W).
 Variants = Callable[[torch.Tensor, np.ndarray, list[str]], tuple[torch.Tensor, torch.Tensor]]
+
+
+class InterventionKind(CheckKind):
+    """Base of the paired intervention kinds: their ``effect`` key sets the default ``tau``."""
+
+    @classmethod
+    def default_tau(cls, options: Mapping[str, Any]) -> float:
+        """1 logit, 5 percentage points of probability, or 5 % of images flipped (:data:`DEFAULT_TAU`)."""
+        return DEFAULT_TAU[options["effect"]]
 
 
 def target_scores(logits: torch.Tensor, target: int, effect: str) -> torch.Tensor:

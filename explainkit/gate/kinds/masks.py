@@ -8,7 +8,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from explainkit.cam.render import mask_to_input
 from explainkit.errors import ConfigError
 from explainkit.gate.kinds.base import CheckContext
 from explainkit.options import Option
@@ -59,7 +58,7 @@ def input_masks(cc: CheckContext, indices: np.ndarray, concept: str) -> dict[int
         raw = cc.run.data.mask(int(i), concept)
         if raw is None:
             continue
-        mask = torch.from_numpy(mask_to_input(raw, prep))
+        mask = torch.from_numpy(prep.resize_mask(raw))
         if bool(mask.any()):
             out[int(i)] = mask.to(cc.run.device)
     return out

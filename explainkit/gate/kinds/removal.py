@@ -19,8 +19,8 @@ import numpy as np
 import torch
 
 from explainkit.errors import ConfigError, DataError
-from explainkit.gate.kinds.base import CheckContext, CheckKind, Measurement, concept_name
-from explainkit.gate.kinds.interventions import DEFAULT_TAU, EFFECTS, paired_result, run_paired
+from explainkit.gate.kinds.base import CheckContext, Measurement, concept_name
+from explainkit.gate.kinds.interventions import EFFECT_OPTION, InterventionKind, paired_result, run_paired
 from explainkit.gate.kinds.masks import MASK_OPTIONS, images_with_mask, input_masks, require_mask_source
 from explainkit.options import Option
 
@@ -106,7 +106,7 @@ def shifted_mask(mask: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
     return best
 
 
-class Removal(CheckKind):
+class Removal(InterventionKind):
     """Remove the artifact from images that carry it (evidence; warns by default)."""
 
     name = "removal"
@@ -114,15 +114,12 @@ class Removal(CheckKind):
     needs_target = True
     options: ClassVar[Mapping[str, Option]] = {
         **MASK_OPTIONS,
-        "fill": Option("choice", "inpaint", FILLS, help="how the artifact region is filled"),
+        "fill": Option("choice", "inpaint", FILLS,
+                       help="how the artifact region is filled: inpaint (OpenCV Telea), mean_patch (mean colour of a "
+                            "2-pixel ring around it), grey_patch"),
         "repeats": Option("int", 3, low=1, high=64, help="control regions per image"),
-        "effect": Option("choice", "logit_shift", tuple(EFFECTS), help="what is compared"),
+        "effect": EFFECT_OPTION,
     }
-
-    @classmethod
-    def default_tau(cls, options: dict[str, Any]) -> float:
-        """As for insertion."""
-        return DEFAULT_TAU[options["effect"]]
 
     @classmethod
     def validate_options(cls, options: dict[str, Any]) -> None:

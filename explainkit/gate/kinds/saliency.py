@@ -20,8 +20,8 @@ __all__ = ["SALIENCY_OPTIONS", "SaliencyKind"]
 
 #: Policy keys of the saliency-based kinds.
 SALIENCY_OPTIONS: dict[str, Option] = {
-    "method": Option("str", "gradcam", help="explanation method of explainkit.cam (gradcam, gradcampp, layercam, "
-                                            "saliency, integrated_gradients, ...)"),
+    "method": Option("str", "gradcam", help="explanation method: any name explainkit.cam accepts (docs/analyzers.md), "
+                                            "CAM or input-level"),
     "layer": Option("str", None, help="target layer of CAM methods (default: the model's last spatial layer)"),
 }
 

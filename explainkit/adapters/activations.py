@@ -1,8 +1,9 @@
-"""Streaming activation extraction: one number per unit and image, never whole feature maps.
+"""Streaming activation extraction, shared by the concept families (INVERT, Network Dissection, ...).
 
 A :class:`Pooler` turns a layer output into (B, D) inside the forward hook
 (``capture_layers(detach=True, transform=poolers, stop_early=True)``), so only N×D values are kept
-for a probe set, never N×D×H×W:
+for a probe set, never N×D×H×W; :meth:`Pooler.maps` instead returns the (B, D, h, w) maps for the
+methods that need where a unit fires (Network Dissection):
 
 * spatial maps (B, C, H, W) or channels-last (B, H, W, C): spatial ``mean`` (default, as INVERT's
   authors did for ResNet ``avgpool``) or ``max`` per channel;
@@ -22,13 +23,16 @@ import numpy as np
 import torch
 from torch import nn
 
+from explainkit.adapters.layers import default_layer, resolve_layer
+from explainkit.adapters.layout import infer_layout
 from explainkit.adapters.targets import select_logits
-from explainkit.adapters.tokens import SpatialLayout, infer_layout, token_hints
+from explainkit.adapters.tokens import SpatialLayout, token_hints
 from explainkit.errors import ConfigError
 from explainkit.hooks import capture_layers, eval_mode
 from explainkit.loading.handle import ModelHandle
 
-__all__ = ["LOGITS", "POOLINGS", "TOKEN_OPTIONS", "Pooler", "batch_activations", "extract_activations"]
+__all__ = ["LOGITS", "POOLINGS", "TOKEN_OPTIONS", "Pooler", "batch_activations", "build_poolers",
+           "check_layers", "extract_activations", "layer_names", "learn_layouts"]
 
 #: Layer name meaning "the model's logits" (one unit per class).
 LOGITS = "@logits"
@@ -80,7 +84,8 @@ class Pooler:
         if t.dim() == 2:
             self.kind = "logits" if self.layer == LOGITS else "units"
         elif t.dim() == 4:
-            self.kind, self.layout = "spatial", infer_layout(t, self.module)
+            self.kind, self.layout = "spatial", infer_layout(t, self.module, input_size=self.input_size,
+                                                             name=repr(self.layer))
         elif t.dim() == 3:
             self.kind = "tokens"
             try:
@@ -96,7 +101,7 @@ class Pooler:
                 )
         else:
             raise ConfigError(
-                f"layer {self.layer!r} outputs shape {tuple(t.shape)}; INVERT needs (B, D) units, (B, C, H, W) "
+                f"layer {self.layer!r} outputs shape {tuple(t.shape)}; expected (B, D) units, (B, C, H, W) "
                 "maps or (B, T, C) tokens"
             )
 
@@ -116,6 +121,21 @@ class Pooler:
         if self.kind is None:
             self._learn(t)
         return self._reduce(t.float(), self.pooling).float()
+
+    def maps(self, t: torch.Tensor) -> torch.Tensor:
+        """(B, D, h, w) float32 unit maps of a spatial or token-grid layer output (channels first).
+
+        Raises
+        ------
+        ConfigError
+            For layers without a spatial layout ((B, D) units, logits, tokens without a grid).
+        """
+        if self.kind is None:
+            self._learn(t)
+        if self.kind not in ("spatial", "tokens") or (self.kind == "tokens" and self.layout.grid is None):  # type: ignore[union-attr]
+            raise ConfigError(f"layer {self.layer!r} has no spatial maps (outputs {tuple(t.shape)}); pick a "
+                              "convolutional layer or a ViT block with a patch grid")
+        return self.layout.apply(t.float()).float()  # type: ignore[union-attr]
 
     def contribution(self, value: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
         """Gradient × activation summed over the positions the pooling reads: (B, D).
@@ -141,8 +161,8 @@ class Pooler:
 
 
 def batch_activations(handle: ModelHandle, inputs: torch.Tensor, poolers: Mapping[str, Pooler],
-                      logits: torch.Tensor | None = None) -> dict[str, np.ndarray]:
-    """Pooled activations of one batch for every layer in ``poolers``.
+                      logits: torch.Tensor | None = None, *, spatial: bool = False) -> dict[str, np.ndarray]:
+    """Pooled activations (or unit maps) of one batch for every layer in ``poolers``.
 
     Parameters
     ----------
@@ -154,18 +174,25 @@ def batch_activations(handle: ModelHandle, inputs: torch.Tensor, poolers: Mappin
         Layer name → pooler; :data:`LOGITS` reads ``logits``.
     logits : torch.Tensor, optional
         (B, K) logits of ``inputs`` when already computed (else the pass runs to the end).
+    spatial : bool
+        Return each layer's (B, D, h, w) unit maps (:meth:`Pooler.maps`) instead of pooled values.
 
     Returns
     -------
     dict of str to ndarray
-        Layer name → (B, D) float32.
+        Layer name → (B, D) float32, or (B, D, h, w) with ``spatial``.
     """
-    hooked = {name: p for name, p in poolers.items() if name != LOGITS}
+    if spatial and LOGITS in poolers:
+        raise ConfigError("the logits have no spatial maps")
+    for name, p in poolers.items():  # the layout is decided with the actual input size as evidence
+        if name != LOGITS:
+            p.input_size = p.input_size or tuple(int(s) for s in inputs.shape[-2:])
+    hooked = {name: (p.maps if spatial else p) for name, p in poolers.items() if name != LOGITS}
     out: dict[str, np.ndarray] = {}
     need_logits = LOGITS in poolers and logits is None
     with torch.no_grad():
         if hooked:
-            layers = {name: p.module for name, p in hooked.items()}
+            layers = {name: poolers[name].module for name in hooked}
             with capture_layers(handle.module, layers, detach=True, transform=hooked,
                                 stop_early=not need_logits) as cap:
                 output = cap.forward(handle.forward, inputs)
@@ -177,6 +204,104 @@ def batch_activations(handle: ModelHandle, inputs: torch.Tensor, poolers: Mappin
     if LOGITS in poolers:
         out[LOGITS] = poolers[LOGITS](logits.detach()).cpu().numpy()
     return out
+
+
+def learn_layouts(handle: ModelHandle, poolers: Mapping[str, Pooler], images: Sequence[Any]) -> None:
+    """Let poolers that saw no batch (other workers mapped them) learn their layout on ``images``.
+
+    Parameters
+    ----------
+    handle : ModelHandle
+        The model.
+    poolers : mapping of str to Pooler
+        Layer → pooler; those with a known layout are left alone.
+    images : sequence of PIL.Image.Image
+        One or a few probe images.
+    """
+    pending = {name: p for name, p in poolers.items() if p.kind is None}
+    if pending:
+        inputs = handle.preprocess(list(images)).to(handle.device())
+        with eval_mode(handle.module):
+            batch_activations(handle, inputs, pending)
+
+
+def layer_names(handle: ModelHandle, layers: str | Sequence[str] | None, run_layer: str | None = None, *,
+                default: bool = True) -> list[str]:
+    """The layers an analyzer works on: its parameter, else the run's ``--layer``, else the model's default.
+
+    Parameters
+    ----------
+    handle : ModelHandle
+        The model.
+    layers : str, sequence of str or None
+        The analyzer's ``layer`` parameter.
+    run_layer : str, optional
+        The run-wide layer (``--layer``).
+    default : bool
+        Fall back to the model's last spatial layer (:func:`~explainkit.adapters.layers.default_layer`,
+        which may run the model once); ``False`` returns ``[]`` instead.
+
+    Returns
+    -------
+    list of str
+        Layer names (unresolved) or :data:`LOGITS`.
+
+    Raises
+    ------
+    ConfigError
+        An empty list.
+    """
+    chosen = layers if layers is not None else run_layer
+    if chosen is None:
+        if not default:
+            return []
+        input_size = tuple(handle.preprocessing.input_size) if handle.preprocessing is not None else None
+        chosen = default_layer(handle.module, input_size or (224, 224))
+    names = [chosen] if isinstance(chosen, str) else list(chosen)
+    if not names:
+        raise ConfigError("no layer given")
+    return names
+
+
+def check_layers(handle: ModelHandle, layers: str | Sequence[str] | None, run_layer: str | None = None) -> None:
+    """Raise :class:`ConfigError` unless every layer asked for (not the model default) resolves; no side effects."""
+    for name in layer_names(handle, layers, run_layer, default=False):
+        if name != LOGITS:
+            resolve_layer(handle.module, name)
+
+
+def build_poolers(handle: ModelHandle, layers: Sequence[str], *, pooling: str = "mean", tokens: str = "cls"
+                  ) -> dict[str, Pooler]:
+    """One :class:`Pooler` per layer, keyed by the resolved dotted name.
+
+    Parameters
+    ----------
+    handle : ModelHandle
+        The model.
+    layers : sequence of str
+        Layer names or :data:`LOGITS` (see :func:`layer_names`).
+    pooling, tokens : str
+        See :class:`Pooler`.
+
+    Returns
+    -------
+    dict of str to Pooler
+        Resolved layer name → pooler, in the given order.
+
+    Raises
+    ------
+    ConfigError
+        Unknown layers.
+    """
+    input_size = tuple(handle.preprocessing.input_size) if handle.preprocessing is not None else None
+    poolers: dict[str, Pooler] = {}
+    for name in layers:
+        module = None
+        if name != LOGITS:
+            name, module = resolve_layer(handle.module, name)
+        poolers[name] = Pooler(name, module, pooling=pooling, tokens=tokens, model=handle.module,
+                               input_size=input_size)
+    return poolers
 
 
 def extract_activations(handle: ModelHandle, images: Any, layers: Sequence[str], *, pooling: str = "mean",
@@ -203,16 +328,7 @@ def extract_activations(handle: ModelHandle, images: Any, layers: Sequence[str],
     representations : dict of str to dict
         Layer → :meth:`Pooler.describe` record.
     """
-    from explainkit.adapters.layers import resolve_layer
-
-    poolers = {}
-    input_size = handle.preprocessing.input_size if handle.preprocessing is not None else None
-    for name in layers:
-        module = None
-        if name != LOGITS:
-            name, module = resolve_layer(handle.module, name)
-        poolers[name] = Pooler(name, module, pooling=pooling, tokens=tokens, model=handle.module,
-                               input_size=input_size)
+    poolers = build_poolers(handle, layers, pooling=pooling, tokens=tokens)
     device = handle.device()
     chunks: dict[str, list[np.ndarray]] = {name: [] for name in poolers}
     with eval_mode(handle.module):
