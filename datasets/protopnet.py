@@ -26,7 +26,7 @@ from explainkit.errors import ConfigError, DataError
 from explainkit.loading.preprocessing import Preprocessing
 from explainkit.models import SYNTHETIC_PREPROCESSING, TinyProtoPNet
 
-__all__ = ["ProtoPNetLoss", "push_prototypes", "train_protopnet"]
+__all__ = ["ProtoPNetLoss", "Stage", "pretrain_stage", "push_prototypes", "run_stage", "train_protopnet"]
 
 _log = logging.getLogger(__name__)
 
@@ -73,7 +73,9 @@ StepLoss = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tens
 
 
 @dataclass
-class _Stage:
+class Stage:
+    """One training stage: its parameters, learning rate and per-batch loss (AdamW, one-cycle schedule)."""
+
     name: str
     epochs: int
     params: list[nn.Parameter]
@@ -84,8 +86,9 @@ class _Stage:
     history: list[dict] = field(default_factory=list)
 
 
-def _run_stage(model: nn.Module, stage: _Stage, x: torch.Tensor, y: torch.Tensor, *, batch_size: int,
-               gen: torch.Generator, flip: bool, augment: Augment | None) -> None:
+def run_stage(model: nn.Module, stage: Stage, x: torch.Tensor, y: torch.Tensor, *, batch_size: int,
+              gen: torch.Generator, flip: bool, augment: Augment | None) -> None:
+    """Train ``stage`` on (N, 3, H, W) inputs ``x`` and (N,) labels ``y``; appends to ``stage.history``."""
     if stage.epochs <= 0:
         return
     opt = torch.optim.AdamW(stage.params, lr=stage.lr, weight_decay=stage.weight_decay)
@@ -113,16 +116,25 @@ def _run_stage(model: nn.Module, stage: _Stage, x: torch.Tensor, y: torch.Tensor
         _log.info("%s epoch %d loss %.4f acc %.3f", stage.name, epoch + 1, record["loss"], record["train_accuracy"])
 
 
-def _stages(model: TinyProtoPNet, loss: ProtoPNetLoss, n_classes: int, epochs: tuple[int, int, int],
-            lrs: tuple[float, float]) -> list[_Stage]:
-    """Backbone pre-training (GAP + linear head, cross-entropy), joint ProtoPNet stage, last-layer stage."""
-    head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(model.add_on[0].in_channels, n_classes))
-    identity = model.prototype_class_identity
-    last = list(model.last_layer.parameters())
+def pretrain_stage(features: nn.Module, channels: int, n_classes: int, epochs: int, lr: float) -> Stage:
+    """Backbone pre-training with a temporary global-average-pool + linear head and cross-entropy.
+
+    Stands in for the ImageNet-pretrained backbones of the reference prototype networks.
+    """
+    head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, n_classes))
 
     def pretrain(xb: torch.Tensor, yb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        logits = head(model.features(xb))
+        logits = head(features(xb))
         return F.cross_entropy(logits, yb), logits
+
+    return Stage("pretrain", epochs, [*features.parameters(), *head.parameters()], lr, pretrain, weight_decay=1e-4)
+
+
+def _stages(model: TinyProtoPNet, loss: ProtoPNetLoss, n_classes: int, epochs: tuple[int, int, int],
+            lrs: tuple[float, float]) -> list[Stage]:
+    """Backbone pre-training, joint ProtoPNet stage, last-layer stage."""
+    identity = model.prototype_class_identity
+    last = list(model.last_layer.parameters())
 
     def joint(xb: torch.Tensor, yb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logits, min_d = model.forward_with_distances(xb)
@@ -133,12 +145,11 @@ def _stages(model: TinyProtoPNet, loss: ProtoPNetLoss, n_classes: int, epochs: t
         return loss.last_layer(logits, yb, model.last_layer.weight, identity), logits
 
     return [
-        _Stage("pretrain", epochs[0], [*model.features.parameters(), *head.parameters()], lrs[0], pretrain,
-               weight_decay=1e-4),
-        _Stage("joint", epochs[1], [p for p in model.parameters() if all(p is not q for q in last)], lrs[0], joint,
-               weight_decay=1e-4),
+        pretrain_stage(model.features, model.add_on[0].in_channels, n_classes, epochs[0], lrs[0]),
+        Stage("joint", epochs[1], [p for p in model.parameters() if all(p is not q for q in last)], lrs[0], joint,
+              weight_decay=1e-4),
         # frozen features keep the batch-norm statistics they had at the push
-        _Stage("last_layer", epochs[2], last, lrs[1], last_layer, train_mode=False),
+        Stage("last_layer", epochs[2], last, lrs[1], last_layer, train_mode=False),
     ]
 
 
@@ -254,9 +265,9 @@ def train_protopnet(
     stages = _stages(model, loss or ProtoPNetLoss(), n_classes, (pretrain_epochs, epochs, last_layer_epochs),
                      (lr, last_layer_lr))
     run = {"batch_size": batch_size, "gen": gen, "flip": flip, "augment": augment}
-    _run_stage(model, stages[0], x, y, **run)
-    _run_stage(model, stages[1], x, y, **run)
+    run_stage(model, stages[0], x, y, **run)
+    run_stage(model, stages[1], x, y, **run)
     model.push_locations_ = push_prototypes(model, x, y)
-    _run_stage(model, stages[2], x, y, **run)
+    run_stage(model, stages[2], x, y, **run)
     model.eval()
     return TrainResult(model, [r for s in stages for r in s.history], time.perf_counter() - start)

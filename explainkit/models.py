@@ -1,8 +1,12 @@
-"""Small reference models: the demo classifier and a ProtoPNet-like network for tests and demos.
+"""Small reference models: the demo classifier, a ProtoPNet-like network and the seed papers' prototype models.
 
 Their factories are the ``explainkit:`` architectures (``--arch explainkit:tiny_cnn(num_classes=3)``,
 see :data:`explainkit.loading.arch.EXPLAINKIT_ARCHITECTURES`), which a model file's metadata, a config
 file or the environment may also name.
+The prototype models' layers and equations are the prototypes family's library
+(:mod:`explainkit.prototypes.models`); the factories here put them on TinyCNN blocks for 64 px
+synthetic worlds: ``case_based_net``, ``st_protopnet``, ``tversky_net``, ``hopfield_net``,
+``cbc_net``, ``prob_psenn``.
 """
 
 from __future__ import annotations
@@ -12,9 +16,21 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from explainkit.prototypes.models.casebased import CaseBasedNet
+from explainkit.prototypes.models.cbc import CBCNet
+from explainkit.prototypes.models.common import class_specific_head
+from explainkit.prototypes.models.hopfield import HopfieldNet
+from explainkit.prototypes.models.probpsenn import ProbPSENN
+from explainkit.prototypes.models.stprotopnet import STProtoPNet
+from explainkit.prototypes.models.tversky import TverskyNet
 from explainkit.prototypes.similarity import log_similarity, squared_l2_distances
 
-__all__ = ["PrototypeLayer", "TinyCNN", "TinyProtoPNet", "tiny_cnn", "tiny_protopnet"]
+__all__ = ["PROTOTYPE_MODELS", "PrototypeLayer", "TinyCNN", "TinyProtoPNet", "case_based_net", "cbc_net",
+           "hopfield_net", "prob_psenn", "st_protopnet", "tiny_cnn", "tiny_protopnet", "tversky_net"]
+
+#: The factories of the seed papers' prototype models.
+PROTOTYPE_MODELS = ("case_based_net", "st_protopnet", "tversky_net", "hopfield_net", "cbc_net", "prob_psenn")
+WIDTHS = (16, 32, 64, 64)
 
 #: Preprocessing of the synthetic worlds (images already at 64 px, values scaled to [-1, 1]).
 SYNTHETIC_PREPROCESSING = {"input_size": (64, 64), "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)}
@@ -124,12 +140,8 @@ class TinyProtoPNet(nn.Module):
             nn.Conv2d(prototype_dim, prototype_dim, 1), nn.Sigmoid(),
         )
         self.prototype_layer = PrototypeLayer(num_prototypes, prototype_dim)
-        self.last_layer = nn.Linear(num_prototypes, num_classes, bias=False)
-        identity = torch.zeros(num_prototypes, num_classes)
-        identity[torch.arange(num_prototypes), torch.arange(num_prototypes) // prototypes_per_class] = 1
+        identity, self.last_layer = class_specific_head(num_classes, prototypes_per_class)
         self.register_buffer("prototype_class_identity", identity, persistent=False)
-        with torch.no_grad():
-            self.last_layer.weight.copy_(1.5 * identity.t() - 0.5)
         self.explainkit_preprocessing = dict(SYNTHETIC_PREPROCESSING)
 
     def latent(self, x: torch.Tensor) -> torch.Tensor:
@@ -153,3 +165,68 @@ def tiny_protopnet(num_classes: int = 3, prototypes_per_class: int = 4, prototyp
     """Factory for :class:`TinyProtoPNet` (``--arch explainkit:tiny_protopnet``)."""
     return TinyProtoPNet(num_classes=num_classes, prototypes_per_class=prototypes_per_class,
                          prototype_dim=prototype_dim, widths=tuple(widths))
+
+
+
+def _synthetic(model: nn.Module, input_size: int = 64) -> nn.Module:
+    model.explainkit_preprocessing = dict(SYNTHETIC_PREPROCESSING, input_size=(input_size, input_size))
+    return model
+
+
+def case_based_net(num_classes: int = 3, num_prototypes: int = 15, channels: Sequence[int] = (32, 32, 32, 10),
+                   image_size: int = 64) -> CaseBasedNet:
+    """The case-based prototype autoencoder of Li et al. (2018).
+
+    See :class:`~explainkit.prototypes.models.casebased.CaseBasedNet`.
+    """
+    return _synthetic(CaseBasedNet(num_classes, num_prototypes, tuple(channels), image_size), image_size)
+
+
+def st_protopnet(num_classes: int = 3, prototypes_per_class: int = 4, prototype_dim: int = 32,
+                 widths: Sequence[int] = WIDTHS, similarity: str = "projection") -> STProtoPNet:
+    """ST-ProtoPNet (Wang et al. 2023) on TinyCNN blocks.
+
+    See :class:`~explainkit.prototypes.models.stprotopnet.STProtoPNet`.
+    """
+    return _synthetic(STProtoPNet(TinyCNN(num_classes, widths).features, widths[-1], num_classes,
+                                  prototypes_per_class, prototype_dim, similarity))
+
+
+def tversky_net(num_classes: int = 3, latent_dim: int = 32, num_features: int = 16, intersection: str = "product",
+                difference: str = "ignorematch", widths: Sequence[int] = WIDTHS) -> TverskyNet:
+    """A Tversky projection head (Doumbouya et al. 2025) on TinyCNN blocks.
+
+    See :class:`~explainkit.prototypes.models.tversky.TverskyNet`.
+    """
+    return _synthetic(TverskyNet(TinyCNN(num_classes, widths).features, widths[-1], num_classes, latent_dim,
+                                 num_features, intersection, difference))
+
+
+def hopfield_net(num_classes: int = 3, patterns_per_class: int = 4, latent_dim: int = 32, beta: float | None = None,
+                 widths: Sequence[int] = WIDTHS) -> HopfieldNet:
+    """A Hopfield association prototype layer (Ramsauer et al. 2021) on TinyCNN blocks.
+
+    See :class:`~explainkit.prototypes.models.hopfield.HopfieldNet`.
+    """
+    return _synthetic(HopfieldNet(TinyCNN(num_classes, widths).features, widths[-1], num_classes, patterns_per_class,
+                                  latent_dim, beta))
+
+
+def cbc_net(num_classes: int = 3, num_components: int = 9, latent_dim: int = 32, head: str = "cbc",
+            sigma: float = 1.0, priors: bool = False, widths: Sequence[int] = WIDTHS) -> CBCNet:
+    """RBF detection with a CBC or RBF head (Saralajew et al. 2019, 2025) on TinyCNN blocks.
+
+    See :class:`~explainkit.prototypes.models.cbc.CBCNet`.
+    """
+    return _synthetic(CBCNet(TinyCNN(num_classes, widths).features, widths[-1], num_classes, num_components,
+                             latent_dim, head, sigma, priors))
+
+
+def prob_psenn(num_classes: int = 3, prototypes_per_class: int = 4, prototype_dim: int = 32, eval_samples: int = 16,
+               sample_seed: int = 0, widths: Sequence[int] = WIDTHS) -> ProbPSENN:
+    """Prob-PSENN (Vadillo et al. 2024) on TinyCNN blocks.
+
+    See :class:`~explainkit.prototypes.models.probpsenn.ProbPSENN`.
+    """
+    return _synthetic(ProbPSENN(TinyCNN(num_classes, widths).features, widths[-1], num_classes, prototypes_per_class,
+                                prototype_dim, eval_samples, sample_seed))

@@ -49,7 +49,9 @@ _PREFIXES = ("module.", "_orig_mod.")
 #: The ``explainkit:NAME`` architectures: these factories only, never other attributes of their module.
 EXPLAINKIT_ARCHITECTURES: Registry[Callable[..., nn.Module]] = Registry(
     "explainkit architecture",
-    builtins={"tiny_cnn": "explainkit.models:tiny_cnn", "tiny_protopnet": "explainkit.models:tiny_protopnet"},
+    builtins={name: f"explainkit.models:{name}" for name in (
+        "tiny_cnn", "tiny_protopnet", "case_based_net", "st_protopnet", "tversky_net", "hopfield_net", "cbc_net",
+        "prob_psenn")},
 )
 
 #: Architecture sources a config file, the environment or model metadata may name.
@@ -264,7 +266,7 @@ def build_arch(spec: ArchSpec) -> nn.Module:
         if spec.source == "explainkit":
             return EXPLAINKIT_ARCHITECTURES.get(spec.name)(**spec.kwargs)
         try:
-            module = importlib.import_module(spec.source)
+            module = importlib.import_module("explainkit.models" if spec.source == "explainkit" else spec.source)
         except ImportError as exc:
             raise ConfigError(f"--arch {spec}: cannot import {spec.source!r} ({exc})") from None
         factory = getattr(module, spec.name, None)

@@ -4,6 +4,12 @@
   saturation, brightness) as in-memory image perturbations (:func:`explainkit.perturb`).
 * :mod:`~explainkit.prototypes.adapters` — similarity maps for ProtoPNet-like layers, channels and
   exemplar prototypes.
+* :mod:`~explainkit.prototypes.registry` — adapter kinds (generic ones in
+  :mod:`~explainkit.prototypes.kinds`, one per prototype model in
+  :mod:`~explainkit.prototypes.model_adapters`), picked by ``adapter="auto"``.
+* :mod:`~explainkit.prototypes.models` — reference implementations of the seed papers' prototype
+  models (case-based autoencoder, ST-ProtoPNet, Tversky, Hopfield, RBF/CBC, Prob-PSENN);
+  :mod:`~explainkit.prototypes.explanation` — their own explanations in the report.
 * :mod:`~explainkit.prototypes.importance` — local and streamed global importances.
 * :mod:`~explainkit.prototypes.decision` — how much each perturbation changes the decision.
 * :mod:`~explainkit.prototypes.calibration` — re-initialised copies, matched controls, the headline test.
@@ -31,10 +37,12 @@ from explainkit.prototypes.importance import (
     score_views,
 )
 from explainkit.prototypes.perturb import CHARACTERISTICS, DEFAULT_CHARACTERISTICS, Perturbation, perturb
+from explainkit.prototypes.registry import AdapterKind, get_adapter_kind, list_adapter_kinds, register_adapter_kind
 
 __all__ = [
     "CHARACTERISTICS",
     "DEFAULT_CHARACTERISTICS",
+    "AdapterKind",
     "ChannelPrototypes",
     "DecisionScores",
     "LocalScores",
@@ -47,10 +55,13 @@ __all__ = [
     "decision_scores",
     "exemplar_prototypes",
     "find_prototype_tensor",
+    "get_adapter_kind",
     "kmeans_prototypes",
+    "list_adapter_kinds",
     "local_importance",
     "patch_box",
     "perturb",
     "perturbed_views",
+    "register_adapter_kind",
     "score_views",
 ]

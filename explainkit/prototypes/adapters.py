@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import cv2
 import numpy as np
@@ -31,6 +31,9 @@ from explainkit.hooks import capture_layers, eval_mode
 from explainkit.loading.handle import ModelHandle
 from explainkit.prototypes.similarity import NONNEGATIVE, SIMILARITIES, similarity
 
+if TYPE_CHECKING:
+    from explainkit.prototypes.explanation import ModelExplanation
+
 __all__ = [
     "ChannelPrototypes",
     "PrototypeAdapter",
@@ -41,6 +44,7 @@ __all__ = [
     "patch_box",
     "read_latent",
     "read_latent_and_output",
+    "read_latents",
 ]
 
 #: Parameter/buffer names recognised as prototype tensors (last dotted component).
@@ -72,7 +76,16 @@ def read_latent(model: ModelHandle | nn.Module, x: torch.Tensor, layer: str, *, 
     torch.Tensor
         (B, D, h, w) latent map, detached.
     """
-    return _read(model, x, layer, layout, grid, prefix_tokens, full=False)[0]
+    return read_latents(model, x, [layer], layout=layout, grid=grid, prefix_tokens=prefix_tokens)[0]
+
+
+def read_latents(model: ModelHandle | nn.Module, x: torch.Tensor, layers: Sequence[str], *, layout: str = "auto",
+                 grid: tuple[int, int] | None = None, prefix_tokens: int | None = None) -> list[torch.Tensor]:
+    """The outputs of several ``layers`` in one pass (stopped once all fired), as (B, D_i, h, w) maps.
+
+    See :func:`read_latent` for the parameters; every layer is read with the same layout.
+    """
+    return _read(model, x, layers, layout, grid, prefix_tokens, full=False)[0]
 
 
 def read_latent_and_output(model: ModelHandle | nn.Module, x: torch.Tensor, layer: str, *, layout: str = "auto",
@@ -87,18 +100,20 @@ def read_latent_and_output(model: ModelHandle | nn.Module, x: torch.Tensor, laye
     output : Any
         What the model returned (no gradients).
     """
-    return _read(model, x, layer, layout, grid, prefix_tokens, full=True)
+    latents, output = _read(model, x, [layer], layout, grid, prefix_tokens, full=True)
+    return latents[0], output
 
 
-def _read(model: ModelHandle | nn.Module, x: torch.Tensor, layer: str, layout: str, grid: tuple[int, int] | None,
-          prefix_tokens: int | None, *, full: bool) -> tuple[torch.Tensor, Any]:
+def _read(model: ModelHandle | nn.Module, x: torch.Tensor, layers: Sequence[str], layout: str,
+          grid: tuple[int, int] | None, prefix_tokens: int | None, *, full: bool) -> tuple[list[torch.Tensor], Any]:
     root = _module(model)
-    name, module = resolve_layer(root, layer)
+    resolved = dict(resolve_layer(root, name) for name in layers)
     forward = model.forward if isinstance(model, ModelHandle) else root
-    with torch.no_grad(), capture_layers(root, {name: module}, detach=True, stop_early=not full) as cap:
+    with torch.no_grad(), capture_layers(root, resolved, detach=True, stop_early=not full) as cap:
         output = cap.forward(forward, x)
-    return latent_layout(root, module, cap[name], tuple(x.shape[-2:]), layout, grid, prefix_tokens).apply(
-        cap[name]).float(), output
+    size = tuple(x.shape[-2:])
+    return [latent_layout(root, module, cap[name], size, layout, grid, prefix_tokens).apply(cap[name]).float()
+            for name, module in resolved.items()], output
 
 
 def latent_layout(root: nn.Module, module: nn.Module, out: torch.Tensor, input_size: tuple[int, ...], layout: str,
@@ -281,11 +296,14 @@ class PrototypeAdapter(ABC):
         """(P, F) flattened prototype vectors (for redundancy checks), or ``None``."""
         return None
 
+    def explanation(self) -> ModelExplanation | None:
+        """The model's own explanation (prototype models of :mod:`explainkit.prototypes.models`), or ``None``."""
+        return None
+
     def describe(self) -> dict[str, Any]:
         """JSON-ready description."""
         return {"kind": self.kind, "layer": self.layer, "num_prototypes": self.num_prototypes,
                 "similarity_unit": self.unit, "nonnegative": self.nonnegative}
-
 
 
 class VectorPrototypes(PrototypeAdapter):

@@ -39,21 +39,14 @@ from typing import Any, ClassVar
 import numpy as np
 from scipy import stats
 
-from explainkit.adapters import default_layer, resolve_layer
+from explainkit.adapters import resolve_layer
 from explainkit.adapters.randomize import RANDOMIZERS
 from explainkit.analyzers.base import Analyzer, Batch, Finding, RoundRequest, RunContext, Section
 from explainkit.analyzers.metric import metric
 from explainkit.errors import ConfigError
 from explainkit.loading.handle import ModelHandle
 from explainkit.options import Option
-from explainkit.prototypes.adapters import (
-    ChannelPrototypes,
-    PrototypeAdapter,
-    VectorPrototypes,
-    exemplar_prototypes,
-    find_prototype_tensor,
-    kmeans_prototypes,
-)
+from explainkit.prototypes.adapters import PrototypeAdapter
 from explainkit.prototypes.calibration import (
     CALIBRATIONS,
     NullComparison,
@@ -62,6 +55,7 @@ from explainkit.prototypes.calibration import (
     null_handles,
 )
 from explainkit.prototypes.decision import DecisionRows
+from explainkit.prototypes.explanation import ExplanationBatch, ExplanationContext
 from explainkit.prototypes.importance import (
     WEIGHTS,
     SplitAccumulator,
@@ -71,6 +65,13 @@ from explainkit.prototypes.importance import (
     score_views,
 )
 from explainkit.prototypes.perturb import CHARACTERISTICS, DEFAULT_CHARACTERISTICS, make_perturbations
+from explainkit.prototypes.registry import (
+    AdapterKind,
+    AdapterRequest,
+    detect_adapter_kind,
+    get_adapter_kind,
+    list_adapter_kinds,
+)
 from explainkit.prototypes.relevance import decision_relevance, prototype_relevance
 from explainkit.prototypes.similarity import SIMILARITIES
 from explainkit.prototypes.statistics import (
@@ -89,7 +90,6 @@ from explainkit.stats.streaming import poisson_counts
 
 __all__ = ["Prototypes"]
 
-ADAPTERS = ("auto", "vectors", "channels", "exemplars", "kmeans")
 TARGETS = ("auto", "predicted")
 #: Probe images whose latent cells become the exemplar prototypes of re-initialised copies.
 NULL_IMAGES = 16
@@ -100,8 +100,6 @@ CALIBRATED_UNIT = ("importance ÷ (the model's mean |change| × the re-initialis
 #: How the units are written inside a headline sentence.
 SHORT_UNITS = {DECISION_UNIT: "nats per unit dose, calibrated", CALIBRATED_UNIT: "× an untrained network"}
 SPLITS = ("train", "test")
-#: Most images used to fit k-means prototypes.
-KMEANS_IMAGES = 256
 #: Most prototypes listed in the HTML table (the JSON has all).
 TABLE_ROWS = 256
 
@@ -112,9 +110,12 @@ class Prototypes(Analyzer):
     Parameters
     ----------
     adapter : str
-        ``"auto"`` (the model's prototype tensor if it has one, else channels), ``"vectors"``,
-        ``"channels"``, ``"exemplars"`` (latent cells given in ``exemplar_cells``) or ``"kmeans"``
-        (``per_class`` k-means centres of each class's latent cells from "train" images).
+        ``"auto"`` (the model's own kind when a registered adapter recognises it, e.g. a prototype
+        model of :mod:`explainkit.prototypes.models`; else its prototype tensor if it has one; else
+        channels), ``"vectors"``, ``"channels"``, ``"exemplars"`` (latent cells given in
+        ``exemplar_cells``), ``"kmeans"`` (``per_class`` k-means centres of each class's latent
+        cells from "train" images) or a model kind (``case_based``, ``st_protopnet``, ``tversky``,
+        ``hopfield``, ``cbc``, ``prob_psenn``; see :mod:`explainkit.prototypes.registry`).
     layer : str, optional
         Latent layer (default: the run's ``--layer``; for prototype networks the layer before the
         prototypes; otherwise the default layer of the architecture).
@@ -186,6 +187,9 @@ class Prototypes(Analyzer):
     target : str
         Class whose decision is followed: ``"auto"`` (the label where the probe set has one the
         model knows, else the predicted class) or ``"predicted"``.
+    model_options : dict, optional
+        Options of the model-specific adapter (e.g. ``{"samples": 8}`` for ``prob_psenn``; each
+        kind lists its keys in its registry entry).
     """
 
     name = "prototypes"
@@ -194,7 +198,8 @@ class Prototypes(Analyzer):
     requires = frozenset({"module_hooks", "images"})
     run_by_default = True
     options: ClassVar[Mapping[str, Option]] = {
-        "adapter": Option("choice", choices=ADAPTERS, help="how prototypes are read from the model"),
+        "adapter": Option("choice", choices=lambda: ("auto", *list_adapter_kinds()),
+                          help="how prototypes are read from the model (a registered adapter kind)"),
         "layer": Option("str", help="latent layer (default: the run's --layer, else found from the model)"),
         "prototype_tensor": Option("str", help="dotted name of the prototype tensor (default: found automatically)"),
         "similarity": Option("choice", choices=("auto", *SIMILARITIES), help="distance → similarity of vector, "
@@ -235,6 +240,8 @@ class Prototypes(Analyzer):
         "controls": Option("bool", help="subtract matched controls (contrast: saturation at the same factor)"),
         "target": Option("choice", choices=TARGETS, help="class whose decision is followed: 'auto' (label, else "
                                                          "predicted) or 'predicted'"),
+        "model_options": Option("mapping", help="options of the model-specific adapter kind (e.g. prob_psenn: "
+                                                "samples, seed)"),
     }
 
     def __init__(self, adapter: str = "auto", layer: str | None = None, prototype_tensor: str | None = None,
@@ -247,7 +254,7 @@ class Prototypes(Analyzer):
                  local_images: int = 3, max_shown: int = 8, images: int = 256, min_images: int = 64,
                  precision: float = 0.1, grid: Sequence[int] | None = None, prefix_tokens: int | None = None,
                  calibration: str = "reinit", null_models: int = 3, null_init: str = "permute", controls: bool = True,
-                 target: str = "auto") -> None:
+                 target: str = "auto", model_options: dict[str, Any] | None = None) -> None:
         self.adapter = adapter
         self.layer = layer
         self.prototype_tensor = prototype_tensor
@@ -279,6 +286,7 @@ class Prototypes(Analyzer):
         self.null_init = null_init
         self.controls = controls
         self.target = target
+        self.model_options = model_options
 
     # ------------------------------------------------------------------ setup
 
@@ -298,14 +306,18 @@ class Prototypes(Analyzer):
         layer = self.layer or ctx.layer
         if layer is not None:
             resolve_layer(ctx.handle.module, layer)
+        self._kind(ctx).resolve_options(self.model_options)
 
     def prepare(self, ctx: RunContext) -> None:
-        """Fit what ``map`` needs: ``adapter_``, ``prototype_ids_``, ``perturbations_``, ``weight_rule_``, ``order_``.
+        """Fit what ``map`` needs: the adapter, the model's explanation part, prototype ids, perturbations.
 
+        Sets ``adapter_``, ``explanation_``, ``prototype_ids_``, ``perturbations_``, ``weight_rule_`` and the
+        sample order ``order_``;
         k-means and exemplar prototypes are fitted on the run's data. Deterministic: every worker that
         prepares the run fits the same.
         """
         self.adapter_ = self._build_adapter(ctx)
+        self.explanation_ = self.adapter_.explanation()
         total = self.adapter_.num_prototypes
         ids = list(range(total)) if self.prototypes is None else [int(p) for p in self.prototypes]
         bad = [p for p in ids if not 0 <= p < total]
@@ -342,7 +354,10 @@ class Prototypes(Analyzer):
         return out
 
     def init_state(self, ctx: RunContext) -> dict[str, Any]:
-        """Empty sums (prototypes, copies), per-image decision changes, and the sample's moments, cost and log."""
+        """Empty sums of the prototypes, copies, decision changes, model explanation and the sample's bookkeeping.
+
+        The bookkeeping: the sample's moments, its measured cost and the sampling log.
+        """
         v = len(self.views_)
         return {
             **{s: SplitAccumulator.empty(len(self.prototype_ids_), v, self.n_resamples, self.sample_size)
@@ -350,36 +365,17 @@ class Prototypes(Analyzer):
             "null": [SplitAccumulator.empty(a.num_prototypes, v, 0, 0) for _, a, _ in self.nulls_],
             "decision": DecisionRows.empty(v, len(self.nulls_)),
             "moments": Moments(), "cost": (0.0, 0), "log": None,
+            "model": self.explanation_.init_state() if self.explanation_ is not None else None,
         }
 
+    def _kind(self, ctx: RunContext) -> AdapterKind:
+        """The adapter kind asked for, or the one ``auto`` detects on the model."""
+        return get_adapter_kind(self.adapter if self.adapter != "auto" else detect_adapter_kind(ctx.handle.module))
+
     def _build_adapter(self, ctx: RunContext) -> PrototypeAdapter:
-        handle = ctx.handle
-        size = handle.require_preprocessing().input_size
-        kind = self.adapter
-        if kind == "auto":
-            kind = "vectors" if find_prototype_tensor(handle.module) is not None else "channels"
-        layer = self.layer or ctx.layer
-        tokens = {"grid": None if self.grid is None else tuple(int(v) for v in self.grid),
-                  "prefix_tokens": self.prefix_tokens}
-        if kind == "vectors":
-            return VectorPrototypes.from_model(handle, tensor=self.prototype_tensor, layer=layer,
-                                               similarity=self.similarity, input_size=size, **tokens)
-        layer = layer or default_layer(handle.module, size)
-        if kind == "channels":
-            return ChannelPrototypes(layer, self.channels, self.softmax, **tokens).bind(handle, size)
-        similarity = "log" if self.similarity == "auto" else self.similarity
-        if kind == "exemplars":
-            cells = [tuple(int(v) for v in c) for c in self.exemplar_cells or []]
-            inputs = handle.preprocess(ctx.load_images([c[0] for c in cells])).to(ctx.device)
-            classes = [self._model_label(ctx, c[0]) for c in cells]
-            return exemplar_prototypes(handle, inputs, [(k, r, col) for k, (_, r, col) in enumerate(cells)], layer,
-                                       similarity=similarity, classes=classes, **tokens)
-        train = [i for i in range(len(ctx.data)) if self._is_train(ctx, i)][:KMEANS_IMAGES]
-        inputs = handle.preprocess(ctx.load_images(train)).to(ctx.device)
-        labels = np.array([self._model_label(ctx, i) for i in train])
-        return kmeans_prototypes(handle, inputs, labels, layer, per_class=self.per_class, similarity=similarity,
-                                 seed=int(ctx.rng(self.name, "kmeans").integers(2**31)), batch_size=ctx.batch_size,
-                                 **tokens)
+        request = AdapterRequest(ctx, self.layer or ctx.layer, self.get_params(), lambda i: self._is_train(ctx, i),
+                                 lambda i: self._model_label(ctx, i))
+        return self._kind(ctx).build(request)
 
     @staticmethod
     def _model_label(ctx: RunContext, i: int) -> int:
@@ -411,7 +407,8 @@ class Prototypes(Analyzer):
     def _measure(self, ctx: RunContext, batch: Batch) -> dict[str, Any]:
         """Local importances and decision changes of the images, for the model and each copy, on the same views."""
         b = len(batch)
-        x = perturbed_views(batch.images, self.views_, ctx.handle.preprocess).to(ctx.device)
+        inputs = perturbed_views(batch.images, self.views_, ctx.handle.preprocess)
+        x = inputs.to(ctx.device)
         labels = self._targets(ctx, batch.indices)
         step = min(ctx.handle.static_batch or ctx.rows, ctx.rows)
         scores = score_views(self.adapter_, ctx.handle, x, b, prototypes=self.prototype_ids_, readout=self.readout,
@@ -421,6 +418,11 @@ class Prototypes(Analyzer):
         is_train = np.array([self._is_train(ctx, i) for i in batch.indices], dtype=bool)
         state = self.init_state(ctx)
         state["moments"] = Moments.of(scores.delta[..., : len(self.perturbations_)].mean(axis=1))
+        if self.explanation_ is not None:  # sees the originals and the characteristics' copies (no controls)
+            c = len(self.perturbations_)
+            state["model"] = self.explanation_.map(ExplanationBatch(
+                ctx, batch, inputs[: b * (1 + c)], scores, self.prototype_ids_, self.perturbations_, self.readout,
+                self.weight_rule_))
         for split, mask in (("train", is_train), ("test", ~is_train)):
             if mask.any():
                 idx = batch.indices[mask]
@@ -445,10 +447,14 @@ class Prototypes(Analyzer):
         return np.array([self._model_label(ctx, int(i)) for i in indices], np.int64)
 
     def merge(self, a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
-        """Merge split by split, copy by copy, the per-image rows, moments and costs; the log is the planner's."""
+        """Merge split by split, copy by copy, the per-image rows, the model explanation, moments and costs.
+
+        The sampling log is the planner's (set on the merged state by :meth:`next_round`).
+        """
         return {**{s: a[s].merge(b[s]) for s in SPLITS},
                 "null": [x.merge(y) for x, y in zip(a["null"], b["null"])],
                 "decision": a["decision"].merge(b["decision"]),
+                "model": self.explanation_.merge(a["model"], b["model"]) if self.explanation_ is not None else None,
                 "moments": a["moments"].merge(b["moments"]),
                 "cost": (a["cost"][0] + b["cost"][0], a["cost"][1] + b["cost"][1]), "log": a["log"] or b["log"]}
 
@@ -475,7 +481,7 @@ class Prototypes(Analyzer):
     # ------------------------------------------------------------------ finalize
 
     def finalize(self, ctx: RunContext, state: dict[str, Any]) -> Section:
-        """Global scores, tests, generalisation, redundancy, verdicts, images; calibrated relevance and headline."""
+        """Scores, tests, generalisation, redundancy, verdicts, images, headline, the model's own explanation."""
         names = [p.name for p in self.perturbations_]
         c = len(names)
         scores = {s: _first_columns(global_scores(state[s]), c) for s in SPLITS}
@@ -534,6 +540,9 @@ class Prototypes(Analyzer):
             "table_rows": TABLE_ROWS, "prototypes": records, "generalisation": general, "redundancy": redundancy,
             "local_examples": local, "shown": shown, "notes": self._notes(),
         }
+        if self.explanation_ is not None:  # the model's own explanation (prototype models only)
+            data["model_explanation"] = self.explanation_.section(
+                ExplanationContext(ctx, records, self.prototype_ids_, names, unit, assets), state["model"])
         return self.section(summary=summary, data=data, findings=self._findings(records, relies, responds, redundancy),
                             assets=assets)
 

@@ -52,6 +52,7 @@ __all__ = [
     "relative_drop",
     "resolve_weight",
     "score_views",
+    "scores_from_maps",
     "similarity_weight",
 ]
 
@@ -157,6 +158,43 @@ def perturbed_views(images: Sequence[Image.Image], perturbations: Sequence[Pertu
     return preprocess(list(images) + [p(im) for p in perturbations for im in images])
 
 
+def _check_readout(readout: str) -> None:
+    if readout not in ("fixed", "max"):
+        raise ConfigError(f"readout must be 'fixed' or 'max', not {readout!r}")
+
+
+def scores_from_maps(maps: torch.Tensor, n_images: int, readout: str = "fixed") -> LocalScores:
+    """Local importances from the similarity maps of :func:`perturbed_views`.
+
+    Parameters
+    ----------
+    maps : torch.Tensor
+        (B·(1 + C), P, h, w) similarity maps, originals first.
+    n_images : int
+        B.
+    readout : str
+        ``"fixed"`` (the original best location) or ``"max"`` (best location of the perturbed map).
+
+    Returns
+    -------
+    LocalScores
+        Similarities, locations and (B, P, C) deltas.
+    """
+    _check_readout(readout)
+    b = n_images
+    c = maps.shape[0] // b - 1
+    grid = (int(maps.shape[2]), int(maps.shape[3]))
+    flat = maps.flatten(2).float()  # (B (1 + C), P, h w)
+    s0, loc = flat[:b].max(dim=2)  # first maximum on ties
+    perturbed = flat[b:].reshape(c, b, flat.shape[1], flat.shape[2])
+    if readout == "fixed":
+        sc = perturbed.gather(3, loc[None, :, :, None].expand(c, -1, -1, 1)).squeeze(3)
+    else:
+        sc = perturbed.amax(dim=3)
+    delta = (s0[None] - sc).permute(1, 2, 0)  # (B, P, C)
+    return LocalScores(s0.cpu().numpy(), loc.cpu().numpy(), delta.cpu().numpy(), grid)
+
+
 def local_importance(
     adapter: PrototypeAdapter,
     model: ModelHandle | nn.Module,
@@ -239,10 +277,8 @@ def score_views(
     LocalScores
         Similarities, locations and (B, P, C) deltas.
     """
-    if readout not in ("fixed", "max"):
-        raise ConfigError(f"readout must be 'fixed' or 'max', not {readout!r}")
+    _check_readout(readout)
     b = n_images
-    c = len(x) // b - 1
     step = max_batch or len(x)
     chunks, logits = [], []
     with torch.no_grad():
@@ -253,21 +289,12 @@ def score_views(
             else:
                 maps = adapter.similarity_maps(model, x[i : i + step], prototypes)
             chunks.append(maps)
-    maps = torch.cat(chunks)
-    grid = (int(maps.shape[2]), int(maps.shape[3]))
-    flat = maps.flatten(2).float()  # (B (1 + C), P, h w)
-    s0, loc = flat[:b].max(dim=2)  # first maximum on ties
-    perturbed = flat[b:].reshape(c, b, flat.shape[1], flat.shape[2])
-    if readout == "fixed":
-        sc = perturbed.gather(3, loc[None, :, :, None].expand(c, -1, -1, 1)).squeeze(3)
-    else:
-        sc = perturbed.amax(dim=3)
-    delta = (s0[None] - sc).permute(1, 2, 0)  # (B, P, C)
-    scores = LocalScores(s0.cpu().numpy(), loc.cpu().numpy(), delta.cpu().numpy(), grid)
+    scores = scores_from_maps(torch.cat(chunks), b, readout)
     if decision:
         z = torch.cat(logits)
         targets = resolve_targets(z[:b], labels)
         scores.decision = decision_scores(z, targets, b)
+        s0 = torch.as_tensor(scores.similarity, device=x.device)
         contrib = adapter.contributions(model, x[:b], targets, s0, prototypes)
         scores.contribution = None if contrib is None else contrib.detach().cpu().numpy().astype(np.float64)
     return scores
