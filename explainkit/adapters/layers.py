@@ -98,20 +98,22 @@ def _known_family_layer(root: nn.Module) -> str | None:
     return None
 
 
-def default_layer(root: nn.Module, input_size: tuple[int, int] = (224, 224)) -> str:
+def default_layer(root: nn.Module, input_size: tuple[int, ...] = (224, 224), channels: int = 3) -> str:
     """The layer explanations use when none is given: the last spatial layer.
 
     Known families get the layer the literature uses (ViT: the last block's ``norm1``; Swin: the
     last block's ``norm1``). Otherwise a dry forward pass on a zero image finds the last module
-    (in completion order) whose output is a 4-D map larger than 1×1 (pooling layers excluded), or
-    else a token sequence.
+    (in completion order) whose output is a map of the input's rank (4-D for images, 5-D for
+    volumes) larger than 1×1 in height and width (pooling layers excluded), or else a token sequence.
 
     Parameters
     ----------
     root : torch.nn.Module
         The model.
     input_size : tuple of int
-        ``(H, W)`` for the dry run.
+        ``(H, W)`` (or ``(D, H, W)`` for volume models) for the dry run.
+    channels : int
+        Input channels of the dry run's zero input.
 
     Returns
     -------
@@ -130,7 +132,7 @@ def default_layer(root: nn.Module, input_size: tuple[int, int] = (224, 224)) -> 
         return known
     modules = {n: m for n, m in root.named_modules() if n}
     device = next((p.device for p in root.parameters()), torch.device("cpu"))
-    x = torch.zeros(1, 3, *input_size, device=device)
+    x = torch.zeros(1, channels, *input_size, device=device)
     with eval_mode(root), torch.no_grad(), capture_layers(
         root, modules, detach=True, transform=lambda t: torch.empty(t.shape, device="meta"),
         tensors_only=False,
@@ -148,13 +150,13 @@ def default_layer(root: nn.Module, input_size: tuple[int, int] = (224, 224)) -> 
     raise ConfigError(f"no spatial layer found in {type(root).__name__}; pass --layer NAME")
 
 
-def _is_spatial_map(shape: torch.Size, module: nn.Module, input_size: tuple[int, int]) -> bool:
-    """A 4-D output larger than 1×1 in every layout the evidence allows (module type, input size)."""
-    if len(shape) != 4:
+def _is_spatial_map(shape: torch.Size, module: nn.Module, input_size: tuple[int, ...]) -> bool:
+    """A map of the input's rank, over 1×1 in height and width in every layout the evidence allows."""
+    if len(shape) != len(input_size) + 2:
         return False
     by_module = module_evidence(module, shape)
     kinds = {by_module} if by_module else (layout_candidates(shape, input_size) or {"nchw", "nhwc"})
-    return all(min(shape[2:] if k == FIRST else shape[1:3]) > 1 for k in kinds)
+    return all(min((shape[2:] if k == FIRST else shape[1:-1])[-2:]) > 1 for k in kinds)
 
 
 def _probe(root: nn.Module, x: torch.Tensor) -> None:

@@ -26,12 +26,17 @@ from explainkit.errors import ConfigError
 from explainkit.hooks import eval_mode
 from explainkit.loading.handle import ModelHandle
 
-__all__ = ["AUGMENTATIONS", "GRADIENT_METHODS", "INPUT_LAYER", "CamResult", "cam", "cams", "compute", "explain",
-           "plan_methods"]
+__all__ = [
+    "AUGMENTATIONS", "GRADIENT_METHODS", "INPUT_LAYER", "VOLUME_KINDS", "CamResult", "cam", "cams", "compute",
+    "explain", "plan_methods",
+]
 
 #: The methods :func:`cams` computes by default: every built-in method one forward + one backward pass gives
 #: (the registered ``gradient`` methods, then the ``activation`` ones).
 GRADIENT_METHODS = tuple(m for kind in ONE_PASS_KINDS for m in list_methods(kind))
+#: Method kinds that run on (B, C, D, H, W) volumes (their formulas sum over every spatial axis and
+#: upsample trilinearly); input-level and guided methods are image-only.
+VOLUME_KINDS = ("gradient", "activation", "perturbation")
 #: Pseudo layer name under which input-level (captum) methods store their raw map.
 INPUT_LAYER = "input"
 #: ``aug_smooth``'s test-time augmentations, ``(mirror left-right, brightness factor)``: those of
@@ -46,7 +51,7 @@ class CamResult:
     Attributes
     ----------
     maps : dict of str to torch.Tensor
-        Method → (B, H, W) heatmap in [0, 1] at input resolution.
+        Method → (B, H, W) heatmap in [0, 1] at input resolution ((B, D, H, W) for volumes).
     raw : dict of str to dict of str to torch.Tensor
         Method → layer → (B, h, w) raw map (signed, un-normalised, feature resolution); input-level
         methods use the layer name ``"input"``.
@@ -72,10 +77,10 @@ class CamResult:
     scores: torch.Tensor
     images: torch.Tensor | None = None
 
-    def grid(self, method: str) -> tuple[int, int]:
-        """(h, w) of ``method``'s first raw map: the map's native spatial structure."""
+    def grid(self, method: str) -> tuple[int, ...]:
+        """(h, w) (volumes: (d, h, w)) of ``method``'s first raw map: the map's native spatial structure."""
         first = next(iter(self.raw[method].values()))
-        return int(first.shape[-2]), int(first.shape[-1])
+        return tuple(int(s) for s in first.shape[1:])
 
 
 def plan_methods(methods: Sequence[str], params: Mapping[str, Mapping[str, Any]] | None
@@ -139,7 +144,7 @@ def compute(
     model : torch.nn.Module or ModelHandle
         The model (in-memory modules are used as they are; their training flags are restored).
     inputs : torch.Tensor
-        (B, C, H, W) preprocessed inputs.
+        (B, C, H, W) preprocessed inputs, or (B, C, D, H, W) volumes (methods of :data:`VOLUME_KINDS`).
     methods : sequence of str
         Method names (see :func:`explainkit.cam.list_methods`).
     layer : str, sequence of str or None
@@ -178,6 +183,7 @@ def compute(
         Hooks or gradients needed but not available (e.g. CAMs on TorchScript).
     """
     plan = plan_methods(methods, params)
+    _check_volume_methods(plan, inputs)
     handle = as_handle(model)
     target = as_target(targets)
     images = torch.arange(inputs.shape[0]) if isinstance(inputs, torch.Tensor) and inputs.dim() else None
@@ -232,6 +238,17 @@ def explain(run: CamRun, plan: Sequence[tuple[CamMethod, dict[str, Any]]], devic
     )
 
 
+def _check_volume_methods(plan: list[tuple[CamMethod, dict[str, Any]]], inputs: Any) -> None:
+    """Refuse methods that are image-only (and ``aug_smooth``) on (B, C, D, H, W) volumes."""
+    if not isinstance(inputs, torch.Tensor) or inputs.dim() != 5:
+        return
+    bad = [m.name for m, p in plan if m.kind not in VOLUME_KINDS or p.get("aug_smooth")]
+    if bad:
+        ok = ", ".join(n for k in VOLUME_KINDS for n in list_methods(k))
+        raise ConfigError(f"method(s) {', '.join(bad)} do not run on volumes (or aug_smooth was asked); "
+                          f"volume methods: {ok}")
+
+
 def _raw(method: CamMethod, params: Mapping[str, Any], run: CamRun) -> dict[str, torch.Tensor]:
     """Layer (or ``"input"``) → raw map of one method on a recorded run."""
     own = method.own_params(params)
@@ -267,7 +284,7 @@ def _augmented(method: CamMethod, params: Mapping[str, Any], run: CamRun, plain:
 
 def _expand(handle: ModelHandle, inputs: Any, target: Target) -> tuple[torch.Tensor, Target] | None:
     """Run the clean forward for a target that may explain several things per image (else ``None``)."""
-    if type(target).expand is Target.expand or not isinstance(inputs, torch.Tensor) or inputs.dim() != 4:
+    if type(target).expand is Target.expand or not isinstance(inputs, torch.Tensor) or inputs.dim() not in (4, 5):
         return None
     with eval_mode(handle.module), torch.no_grad():
         output = handle.forward(inputs.detach().to(handle.device(), torch.float32))
@@ -276,7 +293,7 @@ def _expand(handle: ModelHandle, inputs: Any, target: Target) -> tuple[torch.Ten
 
 def _empty(plan: list[tuple[CamMethod, dict[str, Any]]], inputs: torch.Tensor) -> CamResult:
     """The result of an expansion with nothing to explain (no positive label anywhere)."""
-    shape = (0, *inputs.shape[-2:])
+    shape = (0, *inputs.shape[2:])
     empty = torch.zeros(0, dtype=torch.long)
     return CamResult(maps={m.name: torch.zeros(shape, device=inputs.device) for m, _ in plan},
                      raw={m.name: {} for m, _ in plan}, layers=[], layouts={}, classes=empty,
@@ -303,7 +320,7 @@ def cam(
     model : torch.nn.Module or ModelHandle
         The model.
     inputs : torch.Tensor
-        (B, C, H, W) preprocessed inputs.
+        (B, C, H, W) preprocessed inputs, or (B, C, D, H, W) volumes (methods of :data:`VOLUME_KINDS`).
     layer : str, sequence of str or None
         Target layer(s); ``None`` picks the last spatial layer (ViT/Swin: the last block's norm).
     method : str
@@ -324,7 +341,7 @@ def cam(
     Returns
     -------
     torch.Tensor or dict of str to torch.Tensor
-        (B, H, W) float maps in [0, 1] at input resolution, or raw maps.
+        (B, H, W) (volumes: (B, D, H, W)) float maps in [0, 1] at input resolution, or raw maps.
 
     Examples
     --------

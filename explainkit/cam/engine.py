@@ -117,7 +117,7 @@ class CamRun:
     handle : ModelHandle
         The model.
     inputs : torch.Tensor
-        (B, C, H, W) inputs on the model's device.
+        (B, C, H, W) inputs (or (B, C, D, H, W) volumes) on the model's device.
     target : Target
         The user's target.
     layer_names : list of str
@@ -179,7 +179,7 @@ class CamRun:
         model : torch.nn.Module or ModelHandle
             The model.
         inputs : torch.Tensor
-            (B, C, H, W) preprocessed inputs.
+            (B, C, H, W) preprocessed images, or (B, C, D, H, W) volumes (Conv3d models).
         layer : str, sequence of str or None
             Target layer(s); ``None`` picks :func:`explainkit.adapters.default_layer`.
         targets : Any
@@ -202,9 +202,9 @@ class CamRun:
             The prepared call.
         """
         handle = as_handle(model)
-        if not isinstance(inputs, torch.Tensor) or inputs.dim() != 4:
+        if not isinstance(inputs, torch.Tensor) or inputs.dim() not in (4, 5):
             shape = tuple(inputs.shape) if isinstance(inputs, torch.Tensor) else type(inputs).__name__
-            raise ConfigError(f"inputs must be a (B, C, H, W) tensor, got {shape}")
+            raise ConfigError(f"inputs must be a (B, C, H, W) image or (B, C, D, H, W) volume tensor, got {shape}")
         if inputs.shape[0] == 0:
             raise ConfigError("inputs hold no image")
         if int(batch_size) < 1:
@@ -218,7 +218,7 @@ class CamRun:
             )
         if needs_layers:
             if layer is None:
-                names = [default_layer(handle.module, tuple(x.shape[-2:]))]
+                names = [default_layer(handle.module, tuple(x.shape[2:]), channels=int(x.shape[1]))]
             else:
                 names = [layer] if isinstance(layer, str) else list(layer)
                 if not names:
@@ -262,9 +262,9 @@ class CamRun:
                       layout=self.layout, bound=self.bound.select(idx), amp=self.amp)
 
     @property
-    def size(self) -> tuple[int, int]:
-        """(H, W) of the inputs."""
-        return int(self.inputs.shape[-2]), int(self.inputs.shape[-1])
+    def size(self) -> tuple[int, ...]:
+        """Spatial size of the inputs: (H, W), or (D, H, W) for volumes."""
+        return tuple(int(s) for s in self.inputs.shape[2:])
 
     @property
     def rows(self) -> torch.Tensor:
@@ -401,9 +401,10 @@ class CamRun:
         return known[cache_key]
 
     def _probe(self, name: str, key: Any, module: nn.Module) -> tuple[int, ...] | None:
-        """Output shape of a layer (entry) for the first image with its height doubled; None if the model refuses."""
+        """Output shape of a layer (entry) for the first input with its first spatial axis doubled; None if refused."""
         x = self.inputs[:1]
-        bigger = F.interpolate(x, size=(2 * x.shape[-2], x.shape[-1]), mode="bilinear", align_corners=False)
+        size = (2 * x.shape[2], *x.shape[3:])
+        bigger = F.interpolate(x, size=size, mode="bilinear" if x.dim() == 4 else "trilinear", align_corners=False)
         try:
             with eval_mode(self.handle.module), torch.no_grad(), capture_layers(
                     self.handle.module, {name: module}, detach=True, stop_early=True, mappings=True) as cap:

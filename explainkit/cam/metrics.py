@@ -282,16 +282,17 @@ def road(run: CamRun, maps: torch.Tensor, *, levels: Sequence[float] = (0.2, 0.5
 
 def pointing_game(maps: torch.Tensor | np.ndarray, masks: Sequence[np.ndarray | None], *,
                   tolerance: float | None = None) -> dict[str, np.ndarray]:
-    """Pointing game hits and energy share per image.
+    """Pointing game hits and energy share per image (or volume).
 
     Parameters
     ----------
     maps : torch.Tensor or ndarray
-        (B, H, W) non-negative maps.
+        (B, H, W) non-negative maps, or (B, D, H, W) volume maps.
     masks : sequence of ndarray or None
-        B boolean (H, W) masks at the map's resolution; ``None`` where the image has none.
+        B boolean masks of the map's spatial shape; ``None`` where the image has none.
     tolerance : float, optional
-        Hit radius in pixels; default 15 px at 224 px scaled to the map size.
+        Hit radius in pixels (voxels): a hit is a maximum within this Euclidean distance of a mask
+        pixel; default 15 px at 224 px, scaled by the largest spatial axis.
 
     Returns
     -------
@@ -300,23 +301,25 @@ def pointing_game(maps: torch.Tensor | np.ndarray, masks: Sequence[np.ndarray | 
         inside the mask (NaN without a mask or for an all-zero map).
     """
     arr = maps.detach().cpu().double().numpy() if isinstance(maps, torch.Tensor) else np.asarray(maps, np.float64)
-    b, h, w = arr.shape
+    if arr.ndim not in (3, 4):
+        raise ConfigError(f"maps must be (B, H, W) or (B, D, H, W), got {arr.shape}")
+    b, spatial = arr.shape[0], arr.shape[1:]
     if len(masks) != b:
         raise ConfigError(f"got {len(masks)} masks for {b} maps")
-    tol = 15.0 * max(h, w) / 224.0 if tolerance is None else float(tolerance)
+    tol = 15.0 * max(spatial) / 224.0 if tolerance is None else float(tolerance)
     hit = np.full(b, np.nan)
     energy = np.full(b, np.nan)
     for i, m in enumerate(masks):
         if m is None:
             continue
         m = np.asarray(m, dtype=bool)
-        if m.shape != (h, w):
-            raise ConfigError(f"mask of shape {m.shape} does not match the map {(h, w)}")
+        if m.shape != spatial:
+            raise ConfigError(f"mask of shape {m.shape} does not match the map {spatial}")
         if not m.any():
             continue
-        py, px = np.unravel_index(int(np.argmax(arr[i])), (h, w))
-        ys, xs = np.nonzero(m)
-        hit[i] = float(np.min((ys - py) ** 2 + (xs - px) ** 2) <= tol * tol)
+        peak = np.asarray(np.unravel_index(int(np.argmax(arr[i])), spatial))
+        inside = np.argwhere(m)
+        hit[i] = float(np.min(((inside - peak) ** 2).sum(axis=1)) <= tol * tol)
         total = arr[i].sum()
         if total > 0:
             energy[i] = float(arr[i][m].sum() / total)

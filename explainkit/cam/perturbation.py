@@ -10,19 +10,22 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from explainkit.cam.engine import CamRun, LayerData, chunks
 from explainkit.cam.methods import EIGEN_SMOOTH, expand, register_method, weighted_sum
+from explainkit.cam.postprocess import interpolate
 from explainkit.options import Option
 
 __all__ = ["ablationcam", "scorecam"]
 
 
-def _masks(acts: torch.Tensor, size: tuple[int, int], align_corners: bool, eps: float) -> torch.Tensor:
-    """(n, h, w) activation maps → (n, H, W) masks min-max scaled to [0, 1] (constant maps → 0)."""
+def _masks(acts: torch.Tensor, size: tuple[int, ...], align_corners: bool, eps: float) -> torch.Tensor:
+    """(n, *spatial) activation maps → (n, *size) masks min-max scaled to [0, 1] (constant maps → 0).
+
+    Bilinear for images, trilinear for volumes.
+    """
     # (1, n, h, w): the same kernel path as interpolating a (B, K, h, w) stack at once
-    up = F.interpolate(acts[None], size=size, mode="bilinear", align_corners=align_corners)[0]
+    up = interpolate(acts[None], size, align_corners=align_corners)[0]
     flat = up.flatten(1)
     lo = flat.min(dim=1, keepdim=True).values
     hi = flat.max(dim=1, keepdim=True).values
@@ -74,7 +77,8 @@ def scorecam(layer: LayerData, run: CamRun, *, variant: str = "paper", score: st
         if paper:
             flat = maps.flatten(1)
             constant = (flat.max(dim=1).values == flat.min(dim=1).values)
-            masks = torch.where(constant[:, None, None], torch.zeros_like(masks), torch.nan_to_num(masks))
+            flat_const = constant.view(-1, *[1] * (masks.dim() - 1))
+            masks = torch.where(flat_const, torch.zeros_like(masks), torch.nan_to_num(masks))
         s = run.scores(x[rows.to(x.device)] * masks[:, None], rows, probability=probability)
         if paper:
             s = torch.where(constant.cpu(), torch.zeros_like(s), s)

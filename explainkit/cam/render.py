@@ -1,4 +1,4 @@
-"""Report images for explanation maps: the model's view of an image and heatmap overlays."""
+"""Report images for explanation maps: the model's view of an image, heatmap overlays, volume slices."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from PIL import Image
 from explainkit.loading.preprocessing import Preprocessing
 from explainkit.report.images import colorize, thumbnail, to_data_uri
 
-__all__ = ["THUMB_PX", "input_view", "overlay_uri", "quantize", "view_uri"]
+__all__ = ["PLANES", "THUMB_PX", "input_view", "overlay_uri", "quantize", "slice_views", "view_uri"]
 
 #: Side of the report thumbnails (the brief's limit is 160 px).
 THUMB_PX = 128
@@ -41,3 +41,46 @@ def overlay_uri(view: np.ndarray, heat_u8: np.ndarray) -> str:
     alpha = (0.15 + 0.65 * heat)[..., None]
     blend = np.asarray(base, np.float64) * (1 - alpha) + colour * alpha
     return to_data_uri(Image.fromarray(blend.round().astype(np.uint8), "RGB"), "jpeg", quality=88)
+
+
+#: The orthogonal planes of :func:`slice_views`: name → the (D, H, W) axis held fixed.
+PLANES = {"axial": 0, "coronal": 1, "sagittal": 2}
+
+
+def _grey(plane: np.ndarray) -> np.ndarray:
+    """A 2-D slice min-max scaled to an (h, w, 3) uint8 grey image (a constant slice is black)."""
+    lo, hi = float(plane.min()), float(plane.max())
+    scaled = (plane - lo) / (hi - lo) if hi > lo else np.zeros_like(plane)
+    return np.repeat(quantize(scaled)[..., None], 3, axis=2)
+
+
+def slice_views(volume: np.ndarray, heat: np.ndarray, at: tuple[int, int, int] | None = None
+                ) -> list[dict[str, object]]:
+    """Overlays of a volume map on three orthogonal slices through one voxel.
+
+    Parameters
+    ----------
+    volume : ndarray
+        (D, H, W) intensities (one channel of the model input).
+    heat : ndarray
+        (D, H, W) map in [0, 1].
+    at : tuple of int, optional
+        (d, h, w) voxel the slices pass through; default the map's maximum (first in C order).
+
+    Returns
+    -------
+    list of dict
+        Per plane of :data:`PLANES`: ``plane``, ``index`` (the fixed coordinate) and ``uri`` (JPEG data
+        URI of the map over the grey slice, at most :data:`THUMB_PX` px).
+    """
+    volume, heat = np.asarray(volume, np.float64), np.asarray(heat, np.float64)
+    if volume.ndim != 3 or volume.shape != heat.shape:
+        raise ValueError(f"slice views need (D, H, W) volume and map of one shape, got {volume.shape}, {heat.shape}")
+    point = tuple(int(i) for i in (np.unravel_index(int(np.argmax(heat)), heat.shape) if at is None else at))
+    views = []
+    for plane, axis in PLANES.items():
+        index = point[axis]
+        grey = _grey(np.take(volume, index, axis=axis))
+        views.append({"plane": plane, "index": index,
+                      "uri": overlay_uri(grey, quantize(np.take(heat, index, axis=axis)))})
+    return views

@@ -43,8 +43,8 @@ __all__ = [
     "kmeans_prototypes",
     "patch_box",
     "read_latent",
-    "read_latent_and_output",
     "read_latents",
+    "read_latents_and_output",
 ]
 
 #: Parameter/buffer names recognised as prototype tensors (last dotted component).
@@ -88,20 +88,19 @@ def read_latents(model: ModelHandle | nn.Module, x: torch.Tensor, layers: Sequen
     return _read(model, x, layers, layout, grid, prefix_tokens, full=False)[0]
 
 
-def read_latent_and_output(model: ModelHandle | nn.Module, x: torch.Tensor, layer: str, *, layout: str = "auto",
-                           grid: tuple[int, int] | None = None, prefix_tokens: int | None = None
-                           ) -> tuple[torch.Tensor, Any]:
-    """:func:`read_latent` from a complete forward pass, with the model's output.
+def read_latents_and_output(model: ModelHandle | nn.Module, x: torch.Tensor, layers: Sequence[str], *,
+                            layout: str = "auto", grid: tuple[int, int] | None = None,
+                            prefix_tokens: int | None = None) -> tuple[list[torch.Tensor], Any]:
+    """:func:`read_latents` from a complete forward pass, with the model's output.
 
     Returns
     -------
-    latent : torch.Tensor
-        (B, D, h, w) latent map, detached.
+    latents : list of torch.Tensor
+        (B, D_i, h, w) latent map of each layer, detached.
     output : Any
         What the model returned (no gradients).
     """
-    latents, output = _read(model, x, [layer], layout, grid, prefix_tokens, full=True)
-    return latents[0], output
+    return _read(model, x, layers, layout, grid, prefix_tokens, full=True)
 
 
 def _read(model: ModelHandle | nn.Module, x: torch.Tensor, layers: Sequence[str], layout: str,
@@ -189,9 +188,14 @@ class PrototypeAdapter(ABC):
     default_weight: str = "softplus"
     unit: str = "similarity"
 
+    def latent_layers(self) -> list[str]:
+        """Layers whose outputs, concatenated along channels, are the latent map (default: ``layer``)."""
+        return [self.layer]
+
     def latent(self, model: ModelHandle | nn.Module, x: torch.Tensor) -> torch.Tensor:
-        """(B, D, h, w) latent map of inputs ``x``."""
-        return read_latent(model, x, self.layer, layout=self.layout, grid=self.grid, prefix_tokens=self.prefix_tokens)
+        """(B, D, h, w) latent map of inputs ``x`` (the pass stops once every latent layer has fired)."""
+        return torch.cat(read_latents(model, x, self.latent_layers(), layout=self.layout, grid=self.grid,
+                                      prefix_tokens=self.prefix_tokens), dim=1)
 
     def bind(self, model: ModelHandle | nn.Module, input_size: tuple[int, int]) -> PrototypeAdapter:
         """Resolve the layer and check the adapter against a dry pass on a zero image; returns ``self``."""
@@ -236,9 +240,9 @@ class PrototypeAdapter(ABC):
                               prototypes: Sequence[int] | torch.Tensor | None = None) -> tuple[torch.Tensor, Any]:
         """:meth:`similarity_maps` from a complete forward pass, with the model's output (for decisions)."""
         idx = None if prototypes is None else torch.as_tensor(prototypes, dtype=torch.long)
-        z, output = read_latent_and_output(model, x, self.layer, layout=self.layout, grid=self.grid,
-                                           prefix_tokens=self.prefix_tokens)
-        return self.similarity_from_latent(z, idx), output
+        zs, output = read_latents_and_output(model, x, self.latent_layers(), layout=self.layout, grid=self.grid,
+                                             prefix_tokens=self.prefix_tokens)
+        return self.similarity_from_latent(torch.cat(zs, dim=1), idx), output
 
     def contributions(self, model: ModelHandle | nn.Module, x: torch.Tensor, targets: torch.Tensor,
                       best: torch.Tensor, prototypes: Sequence[int] | None = None) -> torch.Tensor | None:

@@ -20,7 +20,7 @@ from torch import nn
 from explainkit.analyzers.metric import metric
 from explainkit.errors import ConfigError
 from explainkit.loading.handle import ModelHandle
-from explainkit.prototypes.adapters import PrototypeAdapter, read_latents
+from explainkit.prototypes.adapters import PrototypeAdapter
 from explainkit.prototypes.explanation import ExplanationContext, ModelExplanation
 from explainkit.prototypes.model_adapters._common import has_tensors, identity_classes
 from explainkit.prototypes.models.stprotopnet import BRANCHES, boundary_distance
@@ -82,9 +82,9 @@ class STPrototypes(PrototypeAdapter):
         """``support`` or ``trivial``."""
         return BRANCHES[p // self.per_set]
 
-    def latent(self, model: ModelHandle | nn.Module, x: torch.Tensor) -> torch.Tensor:
-        """Both add-on outputs, concatenated along channels: (B, 2D, h, w)."""
-        return torch.cat(read_latents(model, x, self.layers), dim=1)
+    def latent_layers(self) -> list[str]:
+        """Both add-on layers: the latent map is (B, 2D, h, w), support channels first."""
+        return self.layers
 
     def _check_latent(self, z: torch.Tensor) -> None:
         d = int(self.sets[BRANCHES[0]].shape[1])
