@@ -50,6 +50,14 @@ _SEVERITY = {"never": set(), "error": {"error"}, "warning": {"error", "warning"}
               help="Reuse cached per-batch activations (INVERT) across runs; folder: --cache-dir.")
 @click.option("--cache-dir", "cache_dir", type=click.Path(file_okay=False), envvar="EXPLAINKIT_CACHE_DIR",
               help="Cache folder (implies --cache; default ~/.cache/explainkit). Share it between workers.")
+@click.option("--time-budget", "time_budget", envvar="EXPLAINKIT_TIME_BUDGET", metavar="DURATION",
+              help="Wall-clock budget of the run (e.g. 10m, 1h30m, 90s): analyzers size their samples to fit "
+                   "and say in the report what they cut. Default: no budget (sample sizes by precision only).")
+@click.option("--autocast", type=click.Choice(["bfloat16", "float16"]), envvar="EXPLAINKIT_AUTOCAST",
+              help="Model passes under CUDA autocast (statistics stay float32); ignored on the CPU.")
+@click.option("--progress-interval", "progress_interval", type=click.FloatRange(0), default=30.0,
+              show_default=True, envvar="EXPLAINKIT_PROGRESS_INTERVAL",
+              help="Seconds between progress lines when stderr is not a terminal.")
 @click.pass_context
 def analyze(ctx: click.Context, model: str, config: str | None, data: str | None, **opts) -> int:
     """Run analyzers on MODEL over a probe set; write report.json and report.html."""
@@ -61,7 +69,7 @@ def analyze(ctx: click.Context, model: str, config: str | None, data: str | None
     handle = load_handle(model, opts)
     probe = load_probe(data, opts)
     resolved = parameter_sources(ctx, {"model": model, "data": data, "config": config, "layer": layer,
-                                       **{k: v for k, v in opts.items() if k != "progress"}})
+                                       **{k: v for k, v in opts.items() if k not in ("progress", "progress_interval")}})
     resolved["analyzers"] = {"value": [[n, p] for n, p in specs] if specs else "defaults",
                              "source": "command line" if ctx.params.get("analyzers") else
                              ("config file" if specs else "default")}
@@ -71,6 +79,7 @@ def analyze(ctx: click.Context, model: str, config: str | None, data: str | None
         asset_budget_bytes=int(opts["asset_budget_mb"] * 1024 * 1024),
         backend=opts["backend"], backend_options=backend_settings(opts, resolved),
         cache=opts["cache_dir"] or opts["cache"], params=config_file.get("analyzer"),
+        time_budget=opts["time_budget"], progress_interval=opts["progress_interval"], autocast=opts["autocast"],
     )
     if opts["backend"] == "torchrun" and os.environ.get("RANK", "0") != "0":
         return ExitCode.OK  # rank 0 reports

@@ -166,7 +166,8 @@ def output_options(default_out: str) -> Callable[[Callable], Callable]:
             click.option("--asset-budget-mb", "asset_budget_mb", type=click.FloatRange(0.1), default=20.0,
                          show_default=True, help="Size budget for images embedded in the report."),
             click.option("--progress/--no-progress", default=None,
-                         help="Progress bar on stderr (default: when a TTY)."),
+                         help="Progress on stderr (default: a bar on a terminal, else one line per phase "
+                              "at intervals)."),
         ])
 
     return add

@@ -15,16 +15,18 @@ from typing import Any
 from explainkit.analyzers.registry import get_analyzer_class
 from explainkit.errors import ConfigError
 
-__all__ = ["ANALYZE_KEYS", "COMMAND_LINE_ONLY", "load_config", "parse_analyzer_spec", "parse_value"]
+__all__ = ["ANALYZE_KEYS", "COMMAND_LINE_ONLY", "load_config", "parse_analyzer_spec", "parse_duration", "parse_value"]
 
 #: Keys allowed at the top level of an ``analyze`` config file (same names as the CLI options).
 ANALYZE_KEYS = frozenset({
     "data", "concepts", "descriptions", "arch", "analyzers", "layer", "out", "device", "batch_size",
     "seed", "input_size", "mean", "std", "resize", "class_names", "output_key", "format",
     "skip_bad", "follow_symlinks", "fail_on", "asset_budget_mb", "backend", "workers", "gpus_per_worker",
+    "time_budget", "autocast",
 })
 #: Options that choose code to run: only ever accepted on the command line, never from a file.
 COMMAND_LINE_ONLY = {"trust": "--trust", "allow_classes": "--allow-classes"}
+_DURATION = re.compile(r"(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s?)?")
 _TABLES = frozenset({"analyzer"})
 
 
@@ -81,6 +83,30 @@ def load_config(path: str | Path, allowed: frozenset[str] = ANALYZE_KEYS) -> tup
         if key not in allowed:
             raise ConfigError(f"{where}: unknown key {key!r} (allowed: {', '.join(sorted(allowed))})")
     return data, origins
+
+
+def parse_duration(value: str | float | int) -> float:
+    """Seconds from ``90``, ``"90s"``, ``"10m"``, ``"1h30m"``, ``"1.5h"`` (a number is seconds).
+
+    Raises
+    ------
+    ConfigError
+        Not a positive duration.
+    """
+    if isinstance(value, bool):
+        raise ConfigError(f"bad duration {value!r}")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    else:
+        text = str(value).strip().lower().replace(" ", "")
+        match = _DURATION.fullmatch(text)
+        if not text or not match or not any(match.groups()):
+            raise ConfigError(f"bad duration {value!r}: expected e.g. 90s, 10m, 1h30m")
+        h, m, s = (float(g) if g else 0.0 for g in match.groups())
+        seconds = 3600 * h + 60 * m + s
+    if not seconds > 0 or seconds != seconds or seconds == float("inf"):
+        raise ConfigError(f"bad duration {value!r}: must be positive")
+    return seconds
 
 
 def parse_value(text: str) -> Any:

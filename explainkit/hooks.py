@@ -16,7 +16,9 @@ from torch import nn
 
 from explainkit.errors import ConfigError
 
-__all__ = ["LayerCapture", "capture_layers", "edit_outputs", "eval_mode", "hook_count", "tensor_mapping"]
+__all__ = [
+    "LayerCapture", "capture_layers", "edit_outputs", "eval_mode", "frozen_parameters", "hook_count", "tensor_mapping",
+]
 
 
 def hook_count(module: nn.Module) -> int:
@@ -50,6 +52,34 @@ def eval_mode(module: nn.Module) -> Iterator[nn.Module]:
     finally:
         for m, flag in flags:
             m.training = flag
+
+
+@contextmanager
+def frozen_parameters(module: nn.Module) -> Iterator[nn.Module]:
+    """Turn off ``requires_grad`` of every parameter of ``module`` and restore the flags afterwards.
+
+    Input and activation gradients do not need parameter gradients; with the parameters frozen,
+    autograd neither computes nor saves what only they would need, so a backward pass to the input
+    costs less time and memory. No ``.grad`` is written either way.
+
+    Parameters
+    ----------
+    module : torch.nn.Module
+        The model.
+
+    Yields
+    ------
+    torch.nn.Module
+        The same module.
+    """
+    flags = [(p, p.requires_grad) for p in module.parameters()]
+    for p, _ in flags:
+        p.requires_grad_(False)
+    try:
+        yield module
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
 
 
 class _StopForward(Exception):

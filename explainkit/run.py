@@ -12,21 +12,25 @@ import time
 import tomllib
 from collections.abc import Iterable, Mapping, Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
 from explainkit.adapters.layers import resolve_layer
-from explainkit.analyzers.base import Analyzer, Finding, RunContext, require
+from explainkit.analyzers.base import Analyzer, Finding, Round, RoundRequest, RunContext, TimeBudget, require
 from explainkit.analyzers.registry import get_analyzer, get_analyzer_class, list_analyzers
-from explainkit.backends import RunPlan, get_backend, guard, label_map
+from explainkit.backends import Backend, Outcome, RunPlan, get_backend, guard, label_map
+from explainkit.backends.passes import merge_requests, rows_per_pass
 from explainkit.backends.plan import validate_output
+from explainkit.backends.progress import DEFAULT_INTERVAL_S, Progress
 from explainkit.cache import ActivationCache
+from explainkit.config import parse_duration
 from explainkit.data.probe import ProbeSet
-from explainkit.device import resolve_device
+from explainkit.device import AUTOCAST_DTYPES, resolve_device
 from explainkit.discovery.policy import PolicyDraft, draft_policy, policy_context, write_policy
 from explainkit.errors import ConfigError, RuntimeAnalysisError
 from explainkit.gate.policy import parse_policy
@@ -40,6 +44,10 @@ __all__ = ["AnalyzerSpec", "DiscoveryResult", "analyze", "build_analyzers", "dis
 
 #: An analyzer given by name, ``(name, params)``, ``{"name": ..., **params}`` or an instance.
 AnalyzerSpec = str | tuple[str, Mapping[str, Any]] | Mapping[str, Any] | Analyzer
+#: Most follow-up rounds a run makes (a safety net; sample stages double, so few are ever needed).
+MAX_ROUNDS = 12
+#: Share of a time budget kept for finalize (reports, sanity checks) when rounds are planned.
+FINALIZE_RESERVE = 0.15
 
 
 def build_analyzers(specs: Iterable[AnalyzerSpec]) -> list[Analyzer]:
@@ -132,6 +140,9 @@ def analyze(
     backend_options: Mapping[str, Any] | None = None,
     cache: bool | str | Path | None = None,
     params: Mapping[str, Mapping[str, Any]] | None = None,
+    time_budget: float | str | None = None,
+    progress_interval: float = DEFAULT_INTERVAL_S,
+    autocast: str | None = None,
 ) -> Report:
     """Run analyzers over a probe set and return the report.
 
@@ -160,7 +171,9 @@ def analyze(
     layer : str, optional
         Default target layer for layer-based analyzers that were not given one.
     progress : bool or None
-        Progress bar on stderr; ``None`` shows it only when stderr is a terminal.
+        Progress on stderr: ``None`` a bar on a terminal and one line per phase at most every
+        ``progress_interval`` seconds otherwise (CI logs); ``True`` a bar even when not a terminal;
+        ``False`` nothing.
     config : mapping, optional
         The resolved configuration to record in the report.
     asset_budget_bytes : int, optional
@@ -177,6 +190,14 @@ def analyze(
     params : mapping, optional
         Analyzer name → parameters for the analyzers picked by default (the config file's
         ``[analyzer.NAME]`` tables when ``analyzers`` is not given).
+    time_budget : float or str, optional
+        Wall-clock budget of the whole run in seconds, or text such as ``"10m"``: analyzers size
+        their samples (metric stages, sanity checks, prototype images) to fit and report what they
+        cut. ``None``: sample sizes follow the precision rules only (deterministic).
+    progress_interval : float
+        Least seconds between two progress lines when stderr is not a terminal.
+    autocast : {"bfloat16", "float16"}, optional
+        Run model passes under CUDA autocast (statistics stay float32); ignored on the CPU.
 
     Returns
     -------
@@ -191,8 +212,13 @@ def analyze(
         When the model or an analyzer fails while running (exit code 3).
     """
     t0 = time.perf_counter()
+    budget = None if time_budget is None else TimeBudget(parse_duration(time_budget))
     if batch_size < 1:
         raise ConfigError("batch size must be at least 1")
+    if autocast is not None and autocast not in AUTOCAST_DTYPES:
+        raise ConfigError(f"autocast must be one of {', '.join(AUTOCAST_DTYPES)}, not {autocast!r}")
+    if not progress_interval >= 0:
+        raise ConfigError("progress interval must be >= 0 seconds")
     runner = get_backend(backend, **(backend_options or {}))
     token, owner = runner.output_role()
     staged = StagedDir(out, token=token, owner=owner) if out is not None else None  # before any model pass
@@ -213,39 +239,82 @@ def analyze(
         layer = resolve_layer(handle.module, layer)[0]
     dev = resolve_device(device)
     labels_to_outputs, label_mapping = label_map(handle, probe)
+    shape = (3, *handle.require_preprocessing().input_size)
     with staged or nullcontext():
         ctx = RunContext(handle=handle, data=probe, device=dev, seed=seed, batch_size=batch_size,
                          out_dir=staged.path if staged else None, config=dict(config or {}), layer=layer,
-                         cache=store)
+                         cache=store, budget=budget, autocast=autocast,
+                         pass_rows=rows_per_pass(batch_size, shape, dev, gradients=False),
+                         grad_rows=rows_per_pass(batch_size, shape, dev, gradients=True))
         skipped: list[Finding] = []
         instances = _keep_runnable(instances, ctx, "validate", explicit, skipped)  # no model pass yet
         validate_output(handle, probe, dev)  # the first one: (B, K) logits
         instances = _keep_runnable(instances, ctx, "prepare", explicit, skipped)
         _seed_all(seed)
         timings: dict[str, float] = {"setup": time.perf_counter() - t0}
+        requests = {a.name: guard(a, "pass_request", a.pass_request, ctx) for a in instances}
         plan = RunPlan(handle=handle, probe=probe, analyzers=instances, label_map=labels_to_outputs,
-                       progress=progress)
+                       progress=progress, passes=merge_requests(list(requests.values())),
+                       pass_rows=ctx.gradient_rows, progress_interval=progress_interval)
         outcome = runner.run(plan, ctx)
-        states = outcome.states
-        for key, value in outcome.timings.items():
-            timings[key] = timings.get(key, 0.0) + value
+        _add_timings(timings, outcome, "")
+        states = _rounds(runner, plan, ctx, outcome, requests, timings)
         sections = []
         for a in instances:
             t = time.perf_counter()
+            step = Progress(f"finalize {a.name}", 0, enabled=progress if outcome.is_writer else False,
+                            interval=progress_interval)
             sections.append(guard(a, "finalize", a.finalize, ctx, states[a.name]))
-            timings[a.name] = timings.get(a.name, 0.0) + time.perf_counter() - t
+            step.close()
+            timings[f"{a.name}:finalize"] = time.perf_counter() - t
         timings["total"] = time.perf_counter() - t0
         report = build_report(
             kind="analysis", sections=sections, handle=handle, data=probe, seed=seed, device=dev,
             batch_size=batch_size, timings=timings,
-            config={**dict(config or {}), "backend": outcome.describe,
-                    "cache": None if store is None else str(store.root)},
+            config={"autocast": autocast, **dict(config or {}), "backend": outcome.describe,
+                    "cache": None if store is None else str(store.root),
+                    "time_budget_s": None if budget is None else budget.seconds},
             label_mapping=label_mapping, asset_budget_bytes=asset_budget_bytes, findings=skipped,
         )
         if staged is not None and outcome.is_writer:
             report.save(staged.path)
             staged.commit()
     return report
+
+
+def _add_timings(timings: dict[str, float], outcome: Outcome, suffix: str) -> None:
+    for key, value in outcome.timings.items():
+        name = f"{key}{suffix}"
+        timings[name] = timings.get(name, 0.0) + value
+
+
+def _rounds(runner: Backend, plan: RunPlan, ctx: RunContext, outcome: Outcome,
+            requests: Mapping[str, Any], timings: dict[str, float]) -> dict[str, Any]:
+    """Follow-up rounds until no analyzer asks for more (:meth:`Analyzer.next_round`); the merged states."""
+    states = dict(outcome.states)
+    planners = [a for a in plan.analyzers if type(a).next_round is not Analyzer.next_round]
+    for number in range(1, MAX_ROUNDS + 1):
+        allowance = None
+        if ctx.budget is not None and planners:
+            left = ctx.budget.remaining() - FINALIZE_RESERVE * ctx.budget.seconds
+            allowance = max(0.0, left) / len(planners)
+        wanted: dict[str, RoundRequest] = {}
+        for a in planners:
+            req = guard(a, "next_round", a.next_round, ctx, states[a.name], number, allowance)
+            if req is not None and req.indices:
+                wanted[a.name] = req
+        if not wanted:
+            break
+        members = [a for a in plan.analyzers if a.name in wanted]
+        indices = np.array(sorted({int(i) for r in wanted.values() for i in r.indices}), dtype=np.int64)
+        sub = replace(
+            plan, analyzers=members, indices=indices, phase=f"round {number} ({', '.join(wanted)})",
+            passes=merge_requests([requests.get(a.name) for a in members]))
+        more = runner.run(sub, replace(ctx, round=Round(number, wanted)))
+        _add_timings(timings, more, ":rounds")
+        for a in members:
+            states[a.name] = guard(a, "merge", a.merge, states[a.name], more.states[a.name])
+    return states
 
 
 @dataclass

@@ -25,6 +25,13 @@ from explainkit.report import schema_path
 from explainkit.report.jsonify import jsonable
 from explainkit.run import build_analyzers, resolve_device
 
+#: Perturbation metrics rank pixels by the map: the last-bit differences above can reorder two nearly
+#: equal pixels across a deletion step, which moves a curve point by the probability change of one pixel
+#: (measured 2e-5 on one image of the demo world); everything else is continuous in the maps. The
+#: prototypes analyzer sends its perturbed copies through the model in chunks of the pass rows, whose
+#: composition depends on the batch: float32 rounding of its bootstrap CIs measured up to 1.3e-6.
+RANKED = {"gradcam": 1e-3, "captum": 1e-3, "prototypes": 1e-5}
+
 
 def assert_same_json(a, b, path="", rel=1e-6):
     """Equal JSON values; floats up to float32 rounding (a batch of 1 and a batch of 5 round convolutions
@@ -107,7 +114,7 @@ def test_merge_of_random_partitions_equals_serial(mapped, data):
     perm = data.draw(st.permutations(list(range(len(parts)))))
     merged = merge_states(plan, [parts[i] for i in perm])
     for a in plan.analyzers:
-        assert_same_json(a.finalize(ctx, merged[a.name]).to_dict(), finals[a.name], a.name)
+        assert_same_json(a.finalize(ctx, merged[a.name]).to_dict(), finals[a.name], a.name, RANKED.get(a.name, 1e-6))
 
 
 def test_unknown_backend_and_torchrun_outside_torchrun(setup):

@@ -46,9 +46,10 @@ def test_section_is_valid_and_complete(report, probe):
         assert 0 <= m["vs_random"]["p"] <= m["vs_random"]["p_holm"] <= 1
         assert m["sanity"]["verdict"] in ("PASS", "FAIL", "INCONCLUSIVE")
         assert m["pointing"]["stamp"]["hit_rate"]["ci_method"] == "Wilson"
-    per = data["per_image"]
-    assert len(per["ids"]) == len(probe) == len(per["metrics"]["gradcam"]["deletion"]) == 60
-    assert sum(v is not None for v in per["metrics"]["gradcam"]["deletion"]) == 10
+    per, sample = data["per_image"], data["sample_metrics"]
+    assert len(per["ids"]) == len(probe) == len(per["pointing"]["stamp"]["gradcam"]) == 60
+    assert len(sample["ids"]) == len(sample["metrics"]["gradcam"]["deletion"]) == 10
+    assert data["sampling"]["metrics"]["n"] == 10 and data["sampling"]["road"]["n"] == 3
     assert len(data["examples"]) == 4 and sum(bool(e["artifacts"]) for e in data["examples"]) == 2
     assert sec["summary"]["methods"] == 4
 
@@ -79,7 +80,8 @@ def test_results_do_not_depend_on_batching(probe, demo_model_path):
     spec = ("gradcam", {**CHEAP, "metric_images": 6, "methods": ["gradcam", "layercam"], "sanity": False})
     a = explainkit.analyze(handle, sub, [spec], batch_size=7, progress=False).section("gradcam")
     b = explainkit.analyze(handle, sub, [spec], batch_size=20, progress=False).section("gradcam")
-    assert a["data"]["per_image"] == b["data"]["per_image"] or _close(a["data"]["per_image"], b["data"]["per_image"])
+    for key in ("per_image", "sample_metrics"):
+        assert a["data"][key] == b["data"][key] or _close(a["data"][key], b["data"][key])
     assert [m["vs_random"]["p"] for m in a["data"]["methods"]] == pytest.approx(
         [m["vs_random"]["p"] for m in b["data"]["methods"]], rel=1e-6)
 
@@ -114,7 +116,7 @@ def test_captum_explains_torchscript_models(probe, demo_model_path, tmp_path):
 
 
 @pytest.mark.parametrize(("params", "message"), [
-    ({"n_random": 5}, "n_random must be 0"),
+    ({"n_random": 1}, "n_random must be 0"),
     ({"road_levels": (0.5, 1.0)}, "road_levels"),
     ({"methods": ["nope"]}, r"methods\[0\] must be one of 'gradcam'"),
     ({"method_params": {"gradcampp": {"bogus": 1}}, "methods": ["gradcampp"]}, "no parameter bogus"),

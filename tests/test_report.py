@@ -34,7 +34,8 @@ def test_schema_and_provenance(report):
     jsonschema.validate(doc, SCHEMA)
     prov = doc["provenance"]
     assert prov["seed"] == 7 and prov["versions"]["torch"]
-    assert prov["config"] == {"k": "v", "backend": {"name": "serial", "workers": 1}, "cache": None}
+    assert prov["config"] == {"k": "v", "backend": {"name": "serial", "workers": 1}, "cache": None,
+                              "autocast": None, "time_budget_s": None}
     assert prov["model"]["sha256"] == explainkit.loading.file_sha256(prov["model"]["source"])
     assert prov["model"]["preprocessing"]["sources"]["input_size"] == "safetensors metadata"
     assert prov["data"]["manifest_sha256"] == explainkit.ProbeSet.from_folder(prov["data"]["root"]).manifest_hash()
@@ -142,3 +143,16 @@ def test_atomic_save_leaves_old_file_on_failure(report, tmp_path, monkeypatch):
         rep.save(tmp_path)
     assert (tmp_path / "report.json").read_text() == before
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_embedded_json_copy_is_bounded():
+    """The HTML page embeds the report's JSON whole when small, else without the sections' data."""
+    from explainkit.report.html import embedded_data
+
+    small = {"provenance": {"seed": 1}, "assets": {"a": "data:..."}, "findings": [],
+             "sections": [{"analyzer": "x", "summary": {"n": 1}, "data": {"per_image": list(range(10))}}]}
+    assert embedded_data(small) == {k: v for k, v in small.items() if k != "assets"}
+    big = {**small, "sections": [{**small["sections"][0], "data": {"per_image": list(range(100_000))}}]}
+    got = embedded_data(big, limit=100_000)
+    assert got["sections"] == [{"analyzer": "x", "summary": {"n": 1}}] and "report.json" in got["data_omitted"]
+    assert "assets" not in got and got["provenance"] == {"seed": 1}

@@ -15,6 +15,7 @@ from explainkit.adapters.targets import (
     Target,
     as_target,
     check_logits,
+    map_output,
     select_logits,
 )
 from explainkit.adapters.tokens import SpatialLayout, token_hints
@@ -36,6 +37,7 @@ __all__ = [
     "check_logits",
     "default_layer",
     "infer_layout",
+    "map_output",
     "resolve_layer",
     "resolve_layers",
     "select_dense",

@@ -40,6 +40,7 @@ __all__ = [
     "Target",
     "as_target",
     "check_logits",
+    "map_output",
     "output_rows",
     "pick_tensor",
     "select_logits",
@@ -47,6 +48,20 @@ __all__ = [
 ]
 
 _DICT_KEYS = ("logits", "out", "output", "scores")
+
+
+def map_output(fn: Callable[[torch.Tensor], torch.Tensor], output: Any) -> Any:
+    """``fn`` applied to every tensor of a model output (tensors, tuples, lists and dicts of them).
+
+    Other values are returned unchanged; containers keep their type and keys.
+    """
+    if isinstance(output, torch.Tensor):
+        return fn(output)
+    if isinstance(output, tuple | list):
+        return type(output)(map_output(fn, o) for o in output)
+    if isinstance(output, dict):
+        return {k: map_output(fn, v) for k, v in output.items()}
+    return output
 
 
 def pick_tensor(output: Any, key: str | int | None = None, keys: Sequence[str] = _DICT_KEYS,

@@ -15,6 +15,20 @@ An analyzer
   associative, commutative :meth:`Analyzer.merge`; :meth:`Analyzer.finalize` turns the merged
   state into a :class:`Section` (a JSON-ready dict plus image assets and findings).
 
+Two optional hooks let analyzers share model passes and sample what is expensive:
+
+* :meth:`Analyzer.pass_request` declares what the runner's **shared pass** of every batch should
+  record (layer outputs, their gradients, the input gradient, for the predicted class or the
+  label): the runner runs one forward and one backward per batch for every analyzer together and
+  hands the results over in :attr:`Batch.passes`, so two analyzers that explain the same class
+  never pay for the same pass twice;
+* :meth:`Analyzer.next_round` asks, after the probe set was mapped and merged, for one more
+  **round** over a subset of images (e.g. the next stage of a metric sample whose confidence
+  interval is still too wide); the backend maps those images (sharded as usual) with
+  :attr:`RunContext.round` set, and the states merge into the first. Rounds repeat until no
+  analyzer asks for more; :attr:`RunContext.budget` (``--time-budget``) lets analyzers plan
+  their sample sizes to fit the time left.
+
 The probe set therefore never has to fit in memory, and any execution backend that can map
 batches and merge states reproduces the serial result.
 """
@@ -22,6 +36,7 @@ batches and merge states reproduces the serial result.
 from __future__ import annotations
 
 import hashlib
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +47,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from explainkit.adapters.targets import take_rows
 from explainkit.cache import ActivationCache
 from explainkit.data.probe import ProbeSet
 from explainkit.errors import CapabilityError
@@ -39,10 +55,118 @@ from explainkit.loading.handle import ModelHandle
 from explainkit.options import Option, bind_options, check_values
 from explainkit.report.section import Finding, Section
 
-__all__ = ["Analyzer", "Batch", "Finding", "RecordState", "RunContext", "Section"]
+__all__ = ["Analyzer", "Batch", "Finding", "PassRequest", "PassResult", "RecordState", "Round", "RoundRequest",
+           "RunContext", "Section", "TimeBudget"]
 
 #: Data requirements an analyzer may declare next to handle capabilities.
 DATA_REQUIREMENTS = ("labels", "concepts", "masks", "images")
+#: Classes a shared pass can explain: the predicted class, or the label where known (else predicted).
+PASS_TARGETS = ("predicted", "label")
+
+
+@dataclass(frozen=True)
+class PassRequest:
+    """What an analyzer wants recorded in the shared model pass of every batch.
+
+    Attributes
+    ----------
+    layers : tuple of str
+        Canonical layer names (:func:`explainkit.adapters.resolve_layers`) whose outputs are recorded.
+    gradients : bool
+        Also the gradient of the summed target logits with respect to those outputs.
+    input_gradient : bool
+        Also the gradient with respect to the (preprocessed) input.
+    target : {"predicted", "label"}
+        The logit differentiated per image: the predicted class, or the label where the probe set
+        has one (else the predicted class).
+    """
+
+    layers: tuple[str, ...] = ()
+    gradients: bool = False
+    input_gradient: bool = False
+    target: str = "predicted"
+
+    def __post_init__(self) -> None:
+        if self.target not in PASS_TARGETS:
+            raise ValueError(f"pass target must be one of {PASS_TARGETS}, not {self.target!r}")
+
+    def union(self, other: PassRequest) -> PassRequest:
+        """Both requests in one pass (same target)."""
+        if other.target != self.target:
+            raise ValueError("requests for different targets need separate passes")
+        layers = tuple(dict.fromkeys((*self.layers, *other.layers)))
+        return PassRequest(layers, self.gradients or other.gradients, self.input_gradient or other.input_gradient,
+                           self.target)
+
+    @property
+    def needs_backward(self) -> bool:
+        """Whether the pass differentiates anything."""
+        return self.input_gradient or (self.gradients and bool(self.layers))
+
+
+@dataclass
+class PassResult:
+    """What the shared pass recorded for one target (tensors on the run's device, detached).
+
+    Attributes
+    ----------
+    classes : torch.Tensor
+        (B,) int64 class whose logit was differentiated.
+    activations : dict of str to torch.Tensor
+        Layer → its output as the layer returned it (e.g. (B, K, h, w) or (B, T, D)).
+    gradients : dict of str to torch.Tensor
+        Layer → d(sum of the B target logits)/d(output), same shape (only with ``gradients``).
+    input_gradient : torch.Tensor or None
+        (B, C, H, W) d(sum of target logits)/d(input) (only with ``input_gradient``).
+    """
+
+    classes: torch.Tensor
+    activations: dict[str, torch.Tensor] = field(default_factory=dict)
+    gradients: dict[str, torch.Tensor] = field(default_factory=dict)
+    input_gradient: torch.Tensor | None = None
+
+
+@dataclass(frozen=True)
+class RoundRequest:
+    """One analyzer's request for another round over some images.
+
+    Attributes
+    ----------
+    indices : tuple of int
+        Probe-set indices to map again.
+    payload : Any
+        What :meth:`Analyzer.map` needs to know in that round (picklable; e.g. the stage number).
+    """
+
+    indices: tuple[int, ...]
+    payload: Any = None
+
+
+@dataclass(frozen=True)
+class Round:
+    """A follow-up round: its number (1 = the first after the main pass) and every analyzer's request."""
+
+    number: int
+    requests: Mapping[str, RoundRequest]
+
+
+@dataclass(frozen=True)
+class TimeBudget:
+    """The wall-clock budget of a run (``--time-budget``), from the run's start (``time.time()``).
+
+    Wall-clock time (not a monotonic clock) so that workers of a distributed run agree.
+    """
+
+    seconds: float
+    started: float = field(default_factory=time.time)
+
+    def elapsed(self) -> float:
+        """Seconds since the run started."""
+        return time.time() - self.started
+
+    def remaining(self) -> float:
+        """Seconds left (negative when overrun)."""
+        return self.seconds - self.elapsed()
 
 
 @dataclass
@@ -67,6 +191,9 @@ class Batch:
         The model output for ``inputs`` (no gradients), as the model returns it.
     logits : torch.Tensor
         (B, K) logits selected from ``output``.
+    passes : dict of str to PassResult
+        The shared pass per target (``"predicted"``, ``"label"``) when analyzers requested one
+        (:meth:`Analyzer.pass_request`).
     captured : dict of str to dict of str to torch.Tensor
         Analyzer name → layer → the layer's output during that same forward pass, detached and
         passed through the transform the analyzer gave in :meth:`Analyzer.captures` (empty for
@@ -81,10 +208,27 @@ class Batch:
     concepts: np.ndarray | None
     output: Any
     logits: torch.Tensor
+    passes: dict[str, PassResult] = field(default_factory=dict)
     captured: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    def select(self, rows: Sequence[int]) -> Batch:
+        """The batch restricted to ``rows`` (positions in this batch), the shared passes and captures included."""
+        idx = torch.as_tensor(list(rows), dtype=torch.long)
+        return Batch(
+            indices=self.indices[idx.numpy()], ids=[self.ids[int(j)] for j in idx],
+            inputs=self.inputs[idx.to(self.inputs.device)], images=[self.images[int(j)] for j in idx],
+            labels=self.labels[idx], concepts=None if self.concepts is None else self.concepts[idx.numpy()],
+            output=take_rows(self.output, idx), logits=self.logits[idx.to(self.logits.device)],
+            passes={t: PassResult(p.classes[idx.to(p.classes.device)],
+                                  {k: take_rows(v, idx) for k, v in p.activations.items()},
+                                  {k: take_rows(v, idx) for k, v in p.gradients.items()},
+                                  None if p.input_gradient is None else take_rows(p.input_gradient, idx))
+                    for t, p in self.passes.items()},
+            captured={a: {k: take_rows(v, idx) for k, v in layers.items()} for a, layers in self.captured.items()},
+        )
 
 
 @dataclass
@@ -92,7 +236,12 @@ class RunContext:
     """Everything an analyzer may read during a run (read-only by convention).
 
     ``layer`` is the run-wide default target layer (``--layer``) for analyzers not given one;
-    ``cache`` (when set) stores the map states of analyzers that opt in (:meth:`Analyzer.map_cache_key`).
+    ``cache`` (when set) stores the map states of analyzers that opt in (:meth:`Analyzer.map_cache_key`);
+    ``budget`` is the run's time budget (``None``: unlimited); ``round`` is set while a follow-up
+    round maps (:meth:`Analyzer.next_round`); ``autocast`` names a lower-precision dtype for model
+    passes on CUDA (``"bfloat16"``, ``"float16"``; statistics stay float32); ``pass_rows`` is how
+    many rows an extra forward pass (without gradients) should hold at most (bounded memory on the
+    CPU; the batch size elsewhere), ``grad_rows`` the same for a pass that backpropagates to the input.
     """
 
     handle: ModelHandle
@@ -104,6 +253,25 @@ class RunContext:
     config: dict[str, Any] = field(default_factory=dict)
     layer: str | None = None
     cache: ActivationCache | None = None
+    budget: TimeBudget | None = None
+    round: Round | None = None
+    autocast: str | None = None
+    pass_rows: int | None = None
+    grad_rows: int | None = None
+
+    @property
+    def rows(self) -> int:
+        """Rows per extra forward pass without gradients (``pass_rows``, else the batch size)."""
+        return int(self.pass_rows or self.batch_size)
+
+    @property
+    def gradient_rows(self) -> int:
+        """Rows per extra pass with a whole autograd graph (``grad_rows``, else the batch size)."""
+        return int(self.grad_rows or self.batch_size)
+
+    def round_request(self, name: str) -> RoundRequest | None:
+        """Analyzer ``name``'s request in the current round (``None`` in the main pass)."""
+        return None if self.round is None else self.round.requests.get(name)
 
     @property
     def class_names(self) -> tuple[str, ...]:
@@ -311,6 +479,36 @@ class Analyzer:
     def map(self, ctx: RunContext, batch: Batch) -> Any:
         """The state of one batch."""
         raise NotImplementedError
+
+    def pass_request(self, ctx: RunContext) -> PassRequest | None:
+        """What the shared pass of every batch should record for this analyzer (after :meth:`prepare`).
+
+        The runner merges the requests of all analyzers per target and runs one forward (and, when
+        anything is differentiated, one backward) per batch; :meth:`map` finds the results in
+        ``batch.passes[request.target]``. ``None`` (the default): nothing beyond the batch output.
+        """
+        return None
+
+    def next_round(self, ctx: RunContext, state: Any, number: int, allowance_s: float | None
+                   ) -> RoundRequest | None:
+        """After the main pass (and each round), the images to map once more, or ``None`` when done.
+
+        Called on every worker's copy of the merged state, so it must be deterministic in ``state``
+        (and, with a time budget, in ``allowance_s``). In the round, :meth:`map` sees
+        ``ctx.round_request(self.name)`` and returns a state that merges into ``state``.
+
+        Parameters
+        ----------
+        ctx : RunContext
+            The run.
+        state : Any
+            The merged state so far.
+        number : int
+            The round to plan (1, 2, ...).
+        allowance_s : float or None
+            Seconds this analyzer may spend on the round (``None``: no time budget).
+        """
+        return None
 
     def map_cache_key(self, ctx: RunContext) -> dict[str, Any] | None:
         """What :meth:`map` depends on besides the model, data, preprocessing and seed, or ``None``.

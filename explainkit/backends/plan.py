@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -11,16 +11,16 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
-from tqdm import tqdm
 
 from explainkit._prefetch import prefetch
 from explainkit.adapters.targets import check_logits
-from explainkit.analyzers.base import Analyzer, Batch, RunContext
+from explainkit.analyzers.base import Analyzer, Batch, PassRequest, RunContext
 from explainkit.backends.mapcache import MapCache
+from explainkit.backends.passes import Captures, run_passes
+from explainkit.backends.progress import DEFAULT_INTERVAL_S, Progress
 from explainkit.data.probe import ProbeSet
 from explainkit.errors import DataError, ExplainkitError, RuntimeAnalysisError
-from explainkit.hooks import capture_layers, eval_mode
+from explainkit.hooks import eval_mode
 from explainkit.loading.handle import ModelHandle
 
 _log = logging.getLogger(__name__)
@@ -31,13 +31,29 @@ __all__ = ["Outcome", "RunPlan", "guard", "label_map", "make_batch", "map_shard"
 
 @dataclass
 class RunPlan:
-    """The checked, ready-to-run description of an analysis (picklable for remote workers)."""
+    """The checked, ready-to-run description of an analysis (picklable for remote workers).
+
+    ``passes`` are the merged shared-pass requests per target (:func:`~explainkit.backends.passes.
+    merge_requests`), run in chunks of ``pass_rows`` rows; ``indices`` restricts a follow-up round
+    to some samples (``None``: every sample); ``phase`` names the pass in progress lines.
+    """
 
     handle: ModelHandle
     probe: ProbeSet
     analyzers: list[Analyzer]
     label_map: np.ndarray | None
     progress: bool | None = None
+    passes: dict[str, PassRequest] = field(default_factory=dict)
+    pass_rows: int | None = None
+    indices: np.ndarray | None = None
+    phase: str = "analyze"
+    progress_interval: float = DEFAULT_INTERVAL_S
+
+    def sample_indices(self) -> np.ndarray:
+        """The samples this plan maps, in order."""
+        if self.indices is None:
+            return np.arange(len(self.probe), dtype=np.int64)
+        return np.asarray(self.indices, dtype=np.int64)
 
 
 @dataclass
@@ -102,30 +118,17 @@ def label_map(handle: ModelHandle, data: ProbeSet) -> tuple[np.ndarray | None, s
     return np.array([handle.class_names.index(c) for c in data.class_names]), "by class name"
 
 
-#: Analyzer name → layer → ``(module, transform)`` (see :meth:`Analyzer.captures`).
-Captures = dict[str, dict[str, tuple[nn.Module, Callable[[torch.Tensor], torch.Tensor]]]]
-
-
-def _forward(handle: ModelHandle, inputs: torch.Tensor, captures: Captures | None = None
-             ) -> tuple[Any, dict[str, dict[str, torch.Tensor]]]:
-    """The model output, and the captured layer outputs of the same pass (trimmed to the batch)."""
-    flat = {f"{a}\x00{layer}": spec for a, layers in (captures or {}).items() for layer, spec in layers.items()}
+def _forward(handle: ModelHandle, inputs: torch.Tensor, passes: dict[str, PassRequest] | None = None,
+             labels: torch.Tensor | None = None, *, rows: int | None = None, amp: str | None = None,
+             captures: Captures | None = None
+             ) -> tuple[Any, dict[str, Any], dict[str, dict[str, torch.Tensor]]]:
+    """The batch's shared pass (:func:`run_passes`; the plain forward pass without requests), errors mapped."""
     try:
-        with torch.no_grad():
-            if not flat:
-                return handle.forward(inputs), {}
-            with capture_layers(handle.module, {k: m for k, (m, _) in flat.items()}, detach=True,
-                                transform={k: f for k, (_, f) in flat.items()}) as cap:
-                output = handle.forward(inputs)
+        return run_passes(handle, inputs, passes or {}, labels, rows=rows, amp=amp, captures=captures)
     except ExplainkitError:
         raise
     except Exception as exc:
         raise RuntimeAnalysisError(f"the model failed on a batch of {len(inputs)} images: {exc}") from exc
-    captured: dict[str, dict[str, torch.Tensor]] = {}
-    for k in flat:
-        a, layer = k.split("\x00", 1)
-        captured.setdefault(a, {})[layer] = cap[k][: inputs.shape[0]]
-    return output, captured
 
 
 def validate_output(handle: ModelHandle, probe: ProbeSet, device: torch.device) -> None:
@@ -147,7 +150,7 @@ def validate_output(handle: ModelHandle, probe: ProbeSet, device: torch.device) 
     inputs = handle.preprocess([probe.load_image(int(i)) for i in indices]).to(device)
     handle.to(device)
     with eval_mode(handle.module):
-        output, _ = _forward(handle, inputs)
+        output, _, _ = _forward(handle, inputs)
     if handle.class_names:
         check_logits(output, len(indices), len(handle.class_names))
     elif probe.class_names:
@@ -157,28 +160,30 @@ def validate_output(handle: ModelHandle, probe: ProbeSet, device: torch.device) 
 
 
 def make_batch(handle: ModelHandle, probe: ProbeSet, indices: np.ndarray, images: list,
-               inputs: torch.Tensor, label_map: np.ndarray | None, captures: Captures | None = None) -> Batch:
-    """Run the plain forward pass for a batch and package what analyzers see.
+               inputs: torch.Tensor, label_map: np.ndarray | None,
+               passes: dict[str, PassRequest] | None = None, *, rows: int | None = None,
+               amp: str | None = None, captures: Captures | None = None) -> Batch:
+    """Run the batch's shared pass (the plain forward pass when nothing else is requested) and package it.
 
-    Layers named in ``captures`` are recorded during this same pass (``Batch.captured``).
+    Layers named in ``captures`` are recorded during the pass whose output the batch holds (``Batch.captured``).
     """
-    output, captured = _forward(handle, inputs, captures)
+    labels = probe.labels[indices]
+    if label_map is not None:
+        labels = np.where(labels >= 0, label_map[np.clip(labels, 0, None)], -1)
+    label_t = torch.as_tensor(labels, dtype=torch.long)
+    output, results, captured = _forward(handle, inputs, passes, label_t, rows=rows, amp=amp, captures=captures)
     logits = check_logits(output, len(images))
     if not torch.isfinite(logits).all():
         bad = [probe.ids[int(indices[i])] for i in torch.nonzero(~torch.isfinite(logits).all(1)).flatten()[:3]]
         raise RuntimeAnalysisError(f"the model produced non-finite outputs (NaN/inf) for {', '.join(bad)}")
-    labels = probe.labels[indices]
-    if label_map is not None:
-        labels = np.where(labels >= 0, label_map[np.clip(labels, 0, None)], -1)
     return Batch(
         indices=indices, ids=[probe.ids[int(i)] for i in indices], inputs=inputs, images=images,
-        labels=torch.as_tensor(labels, dtype=torch.long),
-        concepts=None if probe.concepts is None else probe.concepts[indices],
-        output=output, logits=logits, captured=captured,
+        labels=label_t, concepts=None if probe.concepts is None else probe.concepts[indices],
+        output=output, logits=logits, passes=results, captured=captured,
     )
 
 
-def map_shard(plan: RunPlan, ctx: RunContext, indices: Sequence[int], *, desc: str = "analyze"
+def map_shard(plan: RunPlan, ctx: RunContext, indices: Sequence[int], *, desc: str | None = None
               ) -> tuple[dict[str, Any], dict[str, float]]:
     """Map the samples at ``indices`` through every analyzer and merge per analyzer.
 
@@ -190,8 +195,8 @@ def map_shard(plan: RunPlan, ctx: RunContext, indices: Sequence[int], *, desc: s
         The context of this worker (its device).
     indices : sequence of int
         The shard, in order.
-    desc : str
-        Progress-bar label.
+    desc : str, optional
+        Progress label (default: the plan's phase).
 
     Returns
     -------
@@ -204,7 +209,7 @@ def map_shard(plan: RunPlan, ctx: RunContext, indices: Sequence[int], *, desc: s
     timings = {"forward": 0.0, **{a.name: 0.0 for a in plan.analyzers}}
     states = {a.name: a.init_state(ctx) for a in plan.analyzers}
     indices = np.asarray(indices, dtype=np.int64)
-    cache = MapCache(plan, ctx)
+    cache = MapCache(plan, ctx if ctx.round is None else dataclasses.replace(ctx, cache=None))  # rounds: never
     todo = []
     for start in range(0, len(indices), ctx.batch_size):
         chunk = indices[start : start + ctx.batch_size]
@@ -217,15 +222,26 @@ def map_shard(plan: RunPlan, ctx: RunContext, indices: Sequence[int], *, desc: s
             todo.append((chunk, ids, hits))
     prep = handle.require_preprocessing()
     captures = {a.name: c for a in plan.analyzers if (c := a.captures(ctx))}
-    loaded = prefetch((chunk, ids, hits, images, prep(images)) for chunk, ids, hits in todo
+    cuda = ctx.device.type == "cuda"
+
+    def staged(images: list) -> torch.Tensor:
+        x = prep(images)
+        return x.pin_memory() if cuda else x
+
+    loaded = prefetch((chunk, ids, hits, images, staged(images)) for chunk, ids, hits in todo
                       for _, images in probe.iter_batches(ctx.batch_size, chunk))
     handle.to(ctx.device)
+    if cuda:
+        handle.module.to(memory_format=torch.channels_last)
+    progress = Progress(desc or plan.phase, sum(len(c) for c, _, _ in todo), enabled=plan.progress,
+                        interval=plan.progress_interval)
     with eval_mode(handle.module):
-        for chunk, ids, hits, images, inputs in tqdm(
-                loaded, total=len(todo), file=sys.stderr, desc=desc, unit="batch", leave=False,
-                disable=None if plan.progress is None else not plan.progress):
+        for chunk, ids, hits, images, inputs in loaded:
             t = time.perf_counter()
-            batch = make_batch(handle, probe, chunk, images, inputs.to(ctx.device), plan.label_map, captures)
+            x = inputs.to(ctx.device, non_blocking=True)
+            batch = make_batch(handle, probe, chunk, images, x.contiguous(memory_format=torch.channels_last) if cuda
+                               else x, plan.label_map, plan.passes, rows=plan.pass_rows, amp=ctx.autocast,
+                               captures=captures)
             timings["forward"] += time.perf_counter() - t
             for a in plan.analyzers:
                 t = time.perf_counter()
@@ -235,6 +251,8 @@ def map_shard(plan: RunPlan, ctx: RunContext, indices: Sequence[int], *, desc: s
                     cache.put(a.name, ids, part)
                 states[a.name] = a.merge(states[a.name], part)
                 timings[a.name] += time.perf_counter() - t
+            progress.update(len(chunk))
+    progress.close()
     return states, timings
 
 

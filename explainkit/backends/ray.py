@@ -98,8 +98,9 @@ class RayBackend(Backend):
             import dataclasses
 
             blob = pickle.dumps((dataclasses.replace(plan, progress=False), dataclasses.replace(ctx, device=device)))
-            ds = ray.data.from_items([{"index": i} for i in range(len(plan.probe))],
-                                     override_num_blocks=max(1, min(len(plan.probe), self.workers * 4)))
+            samples = plan.sample_indices()
+            ds = ray.data.from_items([{"index": int(i)} for i in samples],
+                                     override_num_blocks=max(1, min(len(samples), self.workers * 4)))
             out = ds.map_batches(_MapActor, fn_constructor_kwargs={"blob": blob}, batch_size=ctx.batch_size,
                                  batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=self.workers),
                                  num_gpus=self.gpus_per_worker, num_cpus=self.cpus_per_worker)

@@ -15,6 +15,6 @@ class SerialBackend(Backend):
     name = "serial"
 
     def run(self, plan: RunPlan, ctx: RunContext) -> Outcome:
-        """Map all samples in sorted-id order."""
-        states, timings = map_shard(plan, ctx, range(len(plan.probe)))
+        """Map the plan's samples (every sample, or a round's) in sorted-id order."""
+        states, timings = map_shard(plan, ctx, plan.sample_indices())
         return Outcome(states, timings, True, {"name": self.name, "workers": 1})

@@ -71,8 +71,9 @@ class TorchrunBackend(Backend):
                 local = int(os.environ.get("LOCAL_RANK", rank))
                 ctx = dataclasses.replace(ctx, device=torch.device("cuda", local))
                 torch.cuda.set_device(ctx.device)
-            states, timings = map_shard(plan, ctx, shard_indices(len(plan.probe), rank, world),
-                                        desc=f"analyze[rank {rank}]")
+            samples = plan.sample_indices()
+            states, timings = map_shard(plan, ctx, samples[shard_indices(len(samples), rank, world)],
+                                        desc=f"{plan.phase}[rank {rank}]")
             gathered: list = [None] * world
             dist.all_gather_object(gathered, (states, timings))
             merged = merge_states(plan, [g[0] for g in gathered])

@@ -28,7 +28,7 @@ from explainkit.loading.handle import ModelHandle
 
 __all__ = [
     "AUGMENTATIONS", "GRADIENT_METHODS", "INPUT_LAYER", "VOLUME_KINDS", "CamResult", "cam", "cams", "compute",
-    "plan_methods",
+    "explain", "plan_methods",
 ]
 
 #: The methods :func:`cams` computes by default: every built-in method one forward + one backward pass gives
@@ -196,12 +196,37 @@ def compute(
     run = CamRun.create(handle, inputs, layer=layer, targets=target, needs_layers=any(m.uses_layers for m, _ in plan),
                         needs_hooks=any(m.hooks for m, _ in plan), batch_size=batch_size, seed=seed, layout=layout)
     run.record(gradients=any(m.uses_gradients for m, _ in plan))
+    return explain(run, plan, inputs.device, images=images)
+
+
+def explain(run: CamRun, plan: Sequence[tuple[CamMethod, dict[str, Any]]], device: torch.device | None = None,
+            images: torch.Tensor | None = None) -> CamResult:
+    """Every planned method on a recorded run (:meth:`CamRun.record` or :meth:`CamRun.adopt`).
+
+    Parameters
+    ----------
+    run : CamRun
+        The run with its clean pass.
+    plan : sequence of (CamMethod, dict)
+        Methods and parameters (:func:`plan_methods`; ``aug_smooth`` included).
+    device : torch.device, optional
+        Where the results go (default: the inputs' device).
+    images : torch.Tensor, optional
+        (B,) source image of each row (see :attr:`CamResult.images`; default: one row per image).
+
+    Returns
+    -------
+    CamResult
+        Maps, raw maps, layers, layouts, explained classes and scores.
+    """
+    device = device or run.inputs.device
     raw = {m.name: _raw(m, p, run) for m, p in plan}
     maps = {m.name: combine_layers(list(raw[m.name].values()), run.size) for m, _ in plan}
     maps.update({m.name: _augmented(m, p, run, maps[m.name]) for m, p in plan if p.get("aug_smooth")})
-    device = inputs.device
     classes = run.classes
     assert run.scores0 is not None
+    if images is None:
+        images = torch.arange(run.inputs.shape[0])
     return CamResult(
         maps={k: v.to(device) for k, v in maps.items()},
         raw={m: {k: v.to(device) for k, v in per.items()} for m, per in raw.items()},
@@ -250,7 +275,7 @@ def _augmented(method: CamMethod, params: Mapping[str, Any], run: CamRun, plain:
         x = run.inputs.flip(-1) if flip else run.inputs
         sub = CamRun(handle=run.handle, inputs=x * factor, target=run.target, layer_names=list(run.layer_names),
                      batch_size=run.batch_size, seed=run.seed, layout=run.layout,
-                     bound=run.bound.mirrored(width) if flip else run.bound)
+                     bound=run.bound.mirrored(width) if flip else run.bound, amp=run.amp)
         sub.record(gradients=method.uses_gradients)
         maps = combine_layers(list(_raw(method, params, sub).values()), run.size)
         total += maps.flip(-1) if flip else maps

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from explainkit.adapters import ClassLogit
 from explainkit.cam.engine import CamRun
 from explainkit.cam.methods import register_method
 from explainkit.errors import ConfigError
@@ -52,31 +53,76 @@ def _attribute(run: CamRun, make: Callable[[Callable], Any], reduce: str, *, nee
                **kwargs: Any) -> torch.Tensor:
     if needs_grad and not run.handle.gradients:
         raise ConfigError("this attribution needs gradients, which the model does not support; use occlusion")
+    fn = _forward(run)
+    b = run.inputs.shape[0]
+    step = max(1, min(int(run.batch_size), b))
+    out = []
     with eval_mode(run.handle.module), torch.random.fork_rng(devices=[]):
         torch.manual_seed(run.seed)
-        inputs = run.inputs.clone().requires_grad_(needs_grad)
-        attr = make(_forward(run)).attribute(inputs, additional_forward_args=(run.rows.to(inputs.device),), **kwargs)
-    return reduce_channels(attr, reduce)
+        for start in range(0, b, step):  # chunks of run.batch_size rows: bounded autograd graphs
+            inputs = run.inputs[start:start + step].clone().requires_grad_(needs_grad)
+            rows = run.rows[start:start + step].to(inputs.device)
+            out.append(reduce_channels(make(fn).attribute(inputs, additional_forward_args=(rows,), **kwargs), reduce))
+    return torch.cat(out)
 
 
 @register_method("saliency", "Saliency (Simonyan et al., 2014; captum)", "input", default=True,
                  options={"reduce": REDUCE})
 def saliency(run: CamRun, *, reduce: str = "abs") -> torch.Tensor:
-    """Input gradient ``dy/dx``."""
+    """Input gradient ``dy/dx`` (taken from the run when a shared pass already computed it)."""
+    if run.input_gradient is not None and isinstance(run.target, ClassLogit) and run.target.output_key is None:
+        return reduce_channels(run.input_gradient, reduce)
     from captum.attr import Saliency
 
     return _attribute(run, Saliency, reduce, abs=False)
 
 
 @register_method("integrated_gradients", "Integrated Gradients (Sundararajan et al., 2017; captum)", "input",
-                 aliases=("ig",), default=True,
-                 options={"n_steps": Option("int", low=1, help="Gauss–Legendre points"), "reduce": REDUCE})
-def integrated_gradients(run: CamRun, *, n_steps: int = 16, reduce: str = "abs") -> torch.Tensor:
-    """Integrated Gradients from an all-zero baseline (Gauss–Legendre, ``n_steps`` points)."""
+                 aliases=("ig",), options={
+                     "n_steps": Option("int", low=1, help="Gauss–Legendre points (the first try with delta_tolerance)"),
+                     "reduce": REDUCE,
+                     "delta_tolerance": Option("float", low=0, low_open=True,
+                                               help="double the steps per image until |convergence delta| <= this "
+                                                    "fraction of |f(x) - f(0)| (default: fixed n_steps)"),
+                     "max_steps": Option("int", low=1, help="most steps with delta_tolerance"),
+                 })
+def integrated_gradients(run: CamRun, *, n_steps: int = 16, reduce: str = "abs", delta_tolerance: float | None = None,
+                         max_steps: int = 128) -> torch.Tensor:
+    """Integrated Gradients from an all-zero baseline (Gauss–Legendre, ``n_steps`` points).
+
+    With ``delta_tolerance``, the number of steps is tied to captum's convergence delta
+    (completeness error ``sum(attributions) - (f(x) - f(0))``): each image starts at ``n_steps``
+    and doubles until ``|delta| <= delta_tolerance * |f(x) - f(0)|`` or ``max_steps``; the steps
+    each image needed are left in ``run.cache["integrated_gradients_steps"]``.
+    """
     from captum.attr import IntegratedGradients
 
-    return _attribute(run, IntegratedGradients, reduce, baselines=0.0, n_steps=int(n_steps),
-                      internal_batch_size=max(run.batch_size, run.inputs.shape[0]))
+    if delta_tolerance is None:
+        return _attribute(run, IntegratedGradients, reduce, baselines=0.0, n_steps=int(n_steps),
+                          internal_batch_size=max(1, int(run.batch_size)))
+    batch = max(run.batch_size, run.inputs.shape[0])
+    fn = _forward(run)
+    b = run.inputs.shape[0]
+    out = torch.empty(run.inputs.shape[0], *run.inputs.shape[2:], device=run.inputs.device)
+    used = torch.zeros(b, dtype=torch.long)
+    todo = torch.arange(b)
+    steps = int(n_steps)
+    with eval_mode(run.handle.module):
+        while todo.numel():
+            rows = todo.to(run.inputs.device)
+            x = run.inputs[rows].clone().requires_grad_(True)
+            attr, delta = IntegratedGradients(fn).attribute(x, baselines=0.0, n_steps=steps,
+                                                            additional_forward_args=(rows,), internal_batch_size=batch,
+                                                            return_convergence_delta=True)
+            with torch.no_grad():
+                gap = fn(run.inputs[rows], rows) - fn(torch.zeros_like(run.inputs[rows]), rows)
+            done = (delta.detach().abs().cpu() <= float(delta_tolerance) * gap.abs().cpu()) | (2 * steps > max_steps)
+            out[rows[done.to(rows.device)]] = reduce_channels(attr[done.to(attr.device)], reduce)
+            used[todo[done]] = steps
+            todo = todo[~done]
+            steps *= 2
+    run.cache["integrated_gradients_steps"] = used
+    return out
 
 
 @register_method("smoothgrad", "SmoothGrad (Smilkov et al., 2017; captum NoiseTunnel)", "input", options={

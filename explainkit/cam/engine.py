@@ -26,9 +26,11 @@ from explainkit.adapters import (
     as_target,
     default_layer,
     infer_layout,
+    map_output,
     resolve_layers,
     token_hints,
 )
+from explainkit.device import autocast
 from explainkit.errors import CapabilityError, ConfigError
 from explainkit.hooks import capture_layers, eval_mode, tensor_mapping
 from explainkit.loading.handle import ModelHandle
@@ -134,6 +136,11 @@ class CamRun:
         (B,) clean target scores.
     cache : dict
         Per-call cache shared by methods (e.g. noisy-gradient moments).
+    input_gradient : torch.Tensor or None
+        (B, C, H, W) gradient of the summed target scores with respect to the inputs, when a shared
+        pass recorded it (:meth:`adopt`); input-gradient methods then reuse it.
+    amp : str or None
+        Autocast dtype of :meth:`scores` passes on CUDA (:data:`explainkit.device.AUTOCAST_DTYPES`).
     """
 
     handle: ModelHandle
@@ -148,6 +155,8 @@ class CamRun:
     scores0: torch.Tensor | None = None
     output: Any = None
     cache: dict[Any, Any] = field(default_factory=dict)
+    input_gradient: torch.Tensor | None = None
+    amp: str | None = None
 
     @classmethod
     def create(
@@ -250,7 +259,7 @@ class CamRun:
         idx = torch.as_tensor(list(rows), dtype=torch.long)
         return CamRun(handle=self.handle, inputs=self.inputs[idx.to(self.inputs.device)], target=self.target,
                       layer_names=list(self.layer_names), batch_size=self.batch_size, seed=self.seed,
-                      layout=self.layout, bound=self.bound.select(idx))
+                      layout=self.layout, bound=self.bound.select(idx), amp=self.amp)
 
     @property
     def size(self) -> tuple[int, ...]:
@@ -272,6 +281,35 @@ class CamRun:
         if gradients and not self.handle.gradients:
             raise CapabilityError("gradient-based methods need a model that supports gradients")
         self.output, self.scores0, self.layers = self.capture(self.inputs, self.rows, gradients=gradients)
+
+    def adopt(self, output: Any, classes: torch.Tensor, outputs: dict[str, torch.Tensor],
+              gradients: dict[str, torch.Tensor], input_gradient: torch.Tensor | None = None) -> None:
+        """Take the clean pass from a shared pass that already ran (instead of :meth:`record`).
+
+        Parameters
+        ----------
+        output : Any
+            The model output of :attr:`inputs`.
+        classes : torch.Tensor
+            (B,) the class whose logit was differentiated (the run's target must be those classes).
+        outputs : dict of str to torch.Tensor
+            Raw output of every target layer.
+        gradients : dict of str to torch.Tensor
+            d(sum of the target logits)/d(output) per layer (missing: not computed).
+        input_gradient : torch.Tensor, optional
+            (B, C, H, W) d(sum of the target logits)/d(input).
+        """
+        self.output = output
+        self.bound = ClassLogit.bound_to(classes.detach())
+        self.scores0 = self.bound(output, self.rows).detach()
+        modules = dict(resolve_layers(self.handle.module, self.layer_names)) if self.layer_names else {}
+        self.layers = {}
+        for name in self.layer_names:
+            grads = dict(_entries(gradients[name])) if name in gradients else {}
+            for key, out in _entries(outputs[name]):
+                data = self._layer_data(name, key, modules[name], out, grads.get(key), None)
+                self.layers[data.name] = data
+        self.input_gradient = input_gradient
 
     def capture(
         self, inputs: torch.Tensor, rows: torch.Tensor, *, gradients: bool, target: Target | None = None,
@@ -333,7 +371,7 @@ class CamRun:
         for (name, key, out), g, h in zip(entries, grads, hvps):
             data = self._layer_data(name, key, modules[name], out, g, h)
             layers[data.name] = data
-        return _detach(output), scores.detach(), layers
+        return map_output(torch.Tensor.detach, output), scores.detach(), layers
 
     def _bind(self, output: Any) -> None:
         if self.bound is None:
@@ -385,6 +423,7 @@ class CamRun:
         probability: bool = False,
         edit: Edit | None = None,
         layer: str | None = None,
+        cpu: bool = True,
     ) -> torch.Tensor:
         """(n,) bound-target scores of one chunk of perturbed copies, under no_grad.
 
@@ -401,15 +440,17 @@ class CamRun:
             Intervention on a target layer's output (``capture_layers(edit=...)``).
         layer : str, optional
             Module the edit applies to (default: the first target layer).
+        cpu : bool
+            Return the scores on the CPU (``False``: on the model's device, without a host sync).
 
         Returns
         -------
         torch.Tensor
-            (n,) float scores on the CPU.
+            (n,) float32 scores.
         """
         assert self.bound is not None, "record() first"
         module = self.handle.module
-        with eval_mode(module), torch.no_grad():
+        with eval_mode(module), torch.no_grad(), autocast(inputs.device, self.amp):
             if edit is None:
                 output = self.handle.forward(inputs)
             else:
@@ -417,7 +458,8 @@ class CamRun:
                 with capture_layers(module, modules, detach=True, edit=edit, mappings=True):
                     output = self.handle.forward(inputs)
             fn = self.bound.probability if probability else self.bound
-            return fn(output, rows).float().cpu()
+            out = fn(output, rows).float()
+            return out.cpu() if cpu else out
 
 
 def _entries(out: Any) -> list[tuple[Any, torch.Tensor]]:
@@ -433,13 +475,3 @@ def _hvp(grad: torch.Tensor | None, act: torch.Tensor) -> torch.Tensor:
         return torch.zeros_like(act)
     (h,) = torch.autograd.grad(grad, act, grad_outputs=act.detach(), retain_graph=True, allow_unused=True)
     return torch.zeros_like(act) if h is None else h
-
-
-def _detach(output: Any) -> Any:
-    if isinstance(output, torch.Tensor):
-        return output.detach()
-    if isinstance(output, tuple | list):
-        return type(output)(_detach(o) for o in output)
-    if isinstance(output, dict):
-        return {k: _detach(v) for k, v in output.items()}
-    return output

@@ -21,6 +21,7 @@ probability of the explained class (the target score itself for non-class target
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -30,18 +31,16 @@ from explainkit.cam.engine import CamRun, chunks
 from explainkit.cam.imputation import impute
 from explainkit.errors import ConfigError
 
-__all__ = ["average_drop", "deletion_insertion", "pointing_game", "road"]
+__all__ = ["Faithfulness", "average_drop", "deletion_insertion", "faithfulness", "pointing_game", "road"]
 
 
 def _perturbed_probs(run: CamRun, levels: int, build: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
                      ) -> torch.Tensor:
-    """(B, levels) class probabilities of ``build(rows, level_index) -> (n, C, H, W)`` copies."""
+    """(B, levels) class probabilities of ``build(rows, level_index) -> (n, C, H, W)`` copies (on the CPU)."""
     b = run.inputs.shape[0]
-    out = torch.empty(b * levels)
-    for idx in chunks(b * levels, run.batch_size):
-        rows, lev = idx // levels, idx % levels
-        out[idx] = run.scores(build(rows, lev), rows, probability=True)
-    return out.view(b, levels)
+    parts = [run.scores(build(idx // levels, idx % levels), idx // levels, probability=True, cpu=False)
+             for idx in chunks(b * levels, run.batch_size)]
+    return (torch.cat(parts) if parts else torch.empty(0)).cpu().view(b, levels)
 
 
 def _ranks(maps: torch.Tensor) -> torch.Tensor:
@@ -51,6 +50,128 @@ def _ranks(maps: torch.Tensor) -> torch.Tensor:
     ranks = torch.empty_like(order)
     ranks.scatter_(1, order, torch.arange(flat.shape[1], device=flat.device).expand_as(order))
     return ranks
+
+
+@dataclass
+class Faithfulness:
+    """Deletion / insertion curves and Average Drop of M maps for each of B images.
+
+    Attributes
+    ----------
+    deletion, insertion : ndarray
+        (M, B) AUCs over the fraction of pixels changed.
+    deletion_curve, insertion_curve : ndarray
+        (M, B, steps + 1) class probabilities.
+    fractions : ndarray
+        (steps + 1,) exact fractions changed.
+    clean : ndarray
+        (B,) probability of the clean image (Average Drop's ``Y``).
+    masked : ndarray
+        (M, B) probability of the image multiplied by the map (``O``; NaN where not asked).
+    drop, increase : ndarray
+        (M, B) ``max(0, Y - O) / Y`` and ``1[O > Y]`` (NaN where not asked).
+    """
+
+    deletion: np.ndarray
+    insertion: np.ndarray
+    deletion_curve: np.ndarray
+    insertion_curve: np.ndarray
+    fractions: np.ndarray
+    clean: np.ndarray
+    masked: np.ndarray
+    drop: np.ndarray
+    increase: np.ndarray
+
+
+def faithfulness(run: CamRun, maps: torch.Tensor, *, steps: int = 16, average_drop: Sequence[bool] | bool = True,
+                 blur_kernel: int = 11, blur_sigma: float = 5.0) -> Faithfulness:
+    """Deletion / insertion curves (and Average Drop) of several maps per image, in shared forward passes.
+
+    Every perturbed copy of every map and image goes into one stream of forward passes of
+    ``run.batch_size`` rows, so small sets of images still fill the passes. The curve ends are the
+    same for every map of an image and run once: deletion starts at the clean image and ends at the
+    all-zero input, insertion starts at the blurred image and ends at the clean one (which is also
+    Average Drop's reference ``Y``).
+
+    Parameters
+    ----------
+    run : CamRun
+        A run bound to the explained classes (inputs, batch size).
+    maps : torch.Tensor
+        (M, B, H, W) maps at input resolution (e.g. several methods and random baselines).
+    steps : int
+        Number of equal fractions (curves have ``steps + 1`` points, 0 to 100 %).
+    average_drop : bool or sequence of bool
+        Whether to score the input multiplied by each map (one flag per map, or one for all).
+    blur_kernel, blur_sigma : int, float
+        Insertion's starting image (reflect-padded Gaussian blur).
+
+    Returns
+    -------
+    Faithfulness
+        Curves, AUCs and Average Drop / Increase in Confidence.
+    """
+    if steps < 1:
+        raise ConfigError("deletion/insertion steps must be at least 1")
+    x = run.inputs
+    dev = x.device
+    n_maps, b, h, w = maps.shape
+    flags = [bool(average_drop)] * n_maps if isinstance(average_drop, bool) else [bool(f) for f in average_drop]
+    ad_maps = torch.tensor([m for m, f in enumerate(flags) if f], dtype=torch.long)
+    ranks = _ranks(maps.to(dev).reshape(n_maps * b, h, w)).to(torch.int32).view(n_maps, b, h * w)
+    counts = torch.round(torch.linspace(0, h * w, steps + 1)).long().to(dev)
+    blurred = TF.gaussian_blur(x, [blur_kernel, blur_kernel], [blur_sigma, blur_sigma])
+    inner = steps - 1
+    # The job stream: clean, blurred and zero images (B each), then deletion and insertion at the inner
+    # levels of every map (M * B * inner each), then the map-multiplied images of Average Drop.
+    sizes = [b, b, b, n_maps * b * inner, n_maps * b * inner, len(ad_maps) * b]
+    starts = np.cumsum([0, *sizes])
+    ad_stack = maps[ad_maps.to(maps.device)].to(dev, x.dtype)  # (M_ad, B, H, W)
+
+    def build(start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Inputs and source images of jobs ``[start, stop)`` (index arithmetic on the device: no host sync)."""
+        parts, rows = [], []
+        for kind in range(6):
+            lo, hi = max(start, int(starts[kind])), min(stop, int(starts[kind + 1]))
+            if lo >= hi:
+                continue
+            sel = torch.arange(lo - int(starts[kind]), hi - int(starts[kind]), device=dev)
+            if kind < 3:
+                img = sel
+                parts.append(x[img] if kind == 0 else blurred[img] if kind == 1 else torch.zeros_like(x[img]))
+            elif kind < 5:
+                m, rest = sel // (b * inner), sel % (b * inner)
+                img, lev = rest // inner, rest % inner + 1
+                mask = (ranks[m, img] < counts[lev][:, None]).view(-1, 1, h, w).to(x.dtype)
+                parts.append(x[img] * (1 - mask) if kind == 3 else blurred[img] * (1 - mask) + x[img] * mask)
+            else:
+                img = sel % b
+                parts.append(x[img] * ad_stack[sel // b, img][:, None])
+            rows.append(img)
+        return torch.cat(parts), torch.cat(rows)
+
+    total = int(starts[-1])
+    step = max(1, int(run.batch_size))
+    probs = [run.scores(*build(a, min(total, a + step)), probability=True, cpu=False) for a in range(0, total, step)]
+    p = torch.cat(probs).double().cpu()
+    clean, blur, zero = (p[int(starts[k]):int(starts[k + 1])] for k in range(3))
+    dele = torch.empty(n_maps, b, steps + 1, dtype=torch.float64)
+    ins = torch.empty_like(dele)
+    dele[:, :, 0], dele[:, :, steps] = clean, zero
+    ins[:, :, 0], ins[:, :, steps] = blur, clean
+    if inner:
+        dele[:, :, 1:steps] = p[int(starts[3]):int(starts[4])].view(n_maps, b, inner)
+        ins[:, :, 1:steps] = p[int(starts[4]):int(starts[5])].view(n_maps, b, inner)
+    masked = torch.full((n_maps, b), float("nan"), dtype=torch.float64)
+    masked[ad_maps] = p[int(starts[5]):].view(len(ad_maps), b)
+    drop = torch.clamp(clean - masked, min=0) / clean.clamp_min(1e-12)
+    increase = torch.where(masked.isnan(), masked, (masked > clean).double())
+    fractions = counts.cpu().double() / (h * w)
+    return Faithfulness(
+        deletion=torch.trapezoid(dele, fractions).numpy(), insertion=torch.trapezoid(ins, fractions).numpy(),
+        deletion_curve=dele.numpy(), insertion_curve=ins.numpy(), fractions=fractions.numpy(),
+        clean=clean.numpy(), masked=masked.numpy(), drop=drop.numpy(), increase=increase.numpy(),
+    )
 
 
 def deletion_insertion(run: CamRun, maps: torch.Tensor, *, steps: int = 16, blur_kernel: int = 11,
@@ -74,36 +195,10 @@ def deletion_insertion(run: CamRun, maps: torch.Tensor, *, steps: int = 16, blur
         ``deletion``, ``insertion`` (B,) AUCs; ``deletion_curve``, ``insertion_curve`` (B, steps+1);
         ``fractions`` (steps+1,).
     """
-    if steps < 1:
-        raise ConfigError("deletion/insertion steps must be at least 1")
-    x = run.inputs
-    h, w = x.shape[-2:]
-    ranks = _ranks(maps.to(x.device))
-    counts = torch.round(torch.linspace(0, h * w, steps + 1)).long()
-    blurred = TF.gaussian_blur(x, [blur_kernel, blur_kernel], [blur_sigma, blur_sigma])
-
-    def mask(rows: torch.Tensor, lev: torch.Tensor) -> torch.Tensor:
-        r = rows.to(x.device)
-        return (ranks[r] < counts.to(x.device)[lev.to(x.device)][:, None]).view(-1, 1, h, w).to(x.dtype)
-
-    def deleted(rows: torch.Tensor, lev: torch.Tensor) -> torch.Tensor:
-        return x[rows.to(x.device)] * (1 - mask(rows, lev))
-
-    def inserted(rows: torch.Tensor, lev: torch.Tensor) -> torch.Tensor:
-        m = mask(rows, lev)
-        r = rows.to(x.device)
-        return blurred[r] * (1 - m) + x[r] * m
-
-    fractions = counts.double() / (h * w)
-    dele = _perturbed_probs(run, steps + 1, deleted).double()
-    ins = _perturbed_probs(run, steps + 1, inserted).double()
-    return {
-        "deletion": torch.trapezoid(dele, fractions).numpy(),
-        "insertion": torch.trapezoid(ins, fractions).numpy(),
-        "deletion_curve": dele.numpy(),
-        "insertion_curve": ins.numpy(),
-        "fractions": fractions.numpy(),
-    }
+    f = faithfulness(run, maps[None], steps=steps, average_drop=False, blur_kernel=blur_kernel,
+                     blur_sigma=blur_sigma)
+    return {"deletion": f.deletion[0], "insertion": f.insertion[0], "deletion_curve": f.deletion_curve[0],
+            "insertion_curve": f.insertion_curve[0], "fractions": f.fractions}
 
 
 def average_drop(run: CamRun, maps: torch.Tensor) -> dict[str, np.ndarray]:
@@ -121,13 +216,8 @@ def average_drop(run: CamRun, maps: torch.Tensor) -> dict[str, np.ndarray]:
     dict
         ``drop`` (B,) ``max(0, Y - O) / Y``; ``increase`` (B,) 0/1; ``clean`` Y and ``masked`` O.
     """
-    x = run.inputs
-    m = maps.to(x.device, x.dtype)[:, None]
-    clean = _perturbed_probs(run, 1, lambda rows, lev: x[rows.to(x.device)])[:, 0].double()
-    masked = _perturbed_probs(run, 1, lambda rows, lev: x[rows.to(x.device)] * m[rows.to(x.device)])[:, 0].double()
-    drop = torch.clamp(clean - masked, min=0) / clean.clamp_min(1e-12)
-    return {"drop": drop.numpy(), "increase": (masked > clean).double().numpy(),
-            "clean": clean.numpy(), "masked": masked.numpy()}
+    f = faithfulness(run, maps[None], steps=1)
+    return {"drop": f.drop[0], "increase": f.increase[0], "clean": f.clean, "masked": f.masked[0]}
 
 
 def road(run: CamRun, maps: torch.Tensor, *, levels: Sequence[float] = (0.2, 0.5, 0.8), noise: float = 0.01,

@@ -35,7 +35,7 @@ from explainkit.adapters.activations import (
     layer_names,
     learn_layouts,
 )
-from explainkit.analyzers.base import Analyzer, Batch, Finding, RecordState, RunContext, Section
+from explainkit.analyzers.base import Analyzer, Batch, Finding, PassRequest, RecordState, RunContext, Section
 from explainkit.analyzers.metric import metric
 from explainkit.errors import ConfigError
 from explainkit.invert.api import NeuronResult, label_neurons
@@ -171,10 +171,32 @@ class Invert(Analyzer):
                          and "gradients" in ctx.handle.capabilities)
 
     # -- per batch ---------------------------------------------------------------------------
+    def pass_request(self, ctx: RunContext) -> PassRequest | None:
+        """The layers' outputs (and, for artifact connections, their gradients toward the predicted class)."""
+        layers = tuple(name for name in self.poolers_ if name != LOGITS)
+        return PassRequest(layers=layers, gradients=self.connect_) if layers else None
+
     def map(self, ctx: RunContext, batch: Batch) -> RecordState:
-        """Pooled activations (and contributions toward the predicted class) of one batch."""
+        """Pooled activations (and contributions toward the predicted class) of one batch.
+
+        Read from the runner's shared pass when it recorded the layers, else from own passes.
+        """
+        shared = batch.passes.get("predicted")
+        hooked = [name for name in self.poolers_ if name != LOGITS]
+        if shared is not None and all(n in shared.activations for n in hooked) and (
+                not self.connect_ or all(n in shared.gradients for n in hooked)):
+            acts = {name: self.poolers_[name](shared.activations[name]).cpu().numpy() for name in hooked}
+            if LOGITS in self.poolers_:
+                acts[LOGITS] = self.poolers_[LOGITS](batch.logits.detach()).cpu().numpy()
+            cols: dict[str, Any] = {f"act:{name}": a for name, a in acts.items()}
+            if self.connect_:
+                predicted = shared.classes.cpu().numpy().astype(np.int64)
+                for name in hooked:
+                    con = self.poolers_[name].contribution(shared.activations[name], shared.gradients[name])
+                    cols[f"con:{name}"], cols[f"pred:{name}"] = con.cpu().numpy().astype(np.float32), predicted
+            return RecordState.from_batch(batch.indices, **cols)
         acts = batch_activations(ctx.handle, batch.inputs, self.poolers_, logits=batch.logits)
-        cols: dict[str, Any] = {f"act:{name}": a for name, a in acts.items()}
+        cols = {f"act:{name}": a for name, a in acts.items()}
         if self.connect_:
             for name, pooler in self.poolers_.items():
                 if name != LOGITS:

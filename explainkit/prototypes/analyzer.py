@@ -15,6 +15,13 @@ perturbation, a matched control subtracted, divided by the perturbation's dose i
 copies of the architecture and compared with the copies (:mod:`explainkit.prototypes.calibration`);
 "relies most on X" only when X is significantly ahead (docs/prototypes.md).
 
+Images: every image costs the original and each perturbed copy through the model, so the analyzer
+measures a sequential sample (:mod:`explainkit.stats.sequential`): images enter in a seeded hash
+order of their ids, ``min_images`` in the main pass, then doubling in follow-up rounds until the 95 %
+CI half-width of each characteristic's mean local importance (averaged over prototypes, per image)
+is at most ``precision`` times the largest such mean, or ``images`` are measured, or the time budget
+is spent. ``data.sampling`` reports n and why.
+
 Train vs test: the reference computes global explanations on the model's training and test sets.
 From one probe set the analyzer draws a seeded split: image ``i`` is in "train" with probability
 ``train_fraction``, decided by a generator derived from ``(seed, i)`` alone, so the split does not
@@ -25,6 +32,7 @@ tests and local examples use "test" images.
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Mapping, Sequence
 from functools import partial
 from typing import Any, ClassVar
@@ -35,7 +43,7 @@ from scipy import stats
 
 from explainkit.adapters import resolve_layer
 from explainkit.adapters.randomize import RANDOMIZERS
-from explainkit.analyzers.base import Analyzer, Batch, Finding, RunContext, Section
+from explainkit.analyzers.base import Analyzer, Batch, Finding, RoundRequest, RunContext, Section
 from explainkit.analyzers.metric import metric
 from explainkit.errors import ConfigError
 from explainkit.loading.handle import ModelHandle
@@ -80,6 +88,7 @@ from explainkit.prototypes.statistics import (
 from explainkit.prototypes.visuals import PATCH_SIDE, VIEW_SIDE, prototype_box, views, with_box
 from explainkit.report.images import thumbnail, to_data_uri
 from explainkit.stats import bootstrap_ci
+from explainkit.stats.sequential import Moments, SampleLog, SampleSchedule, priority_order
 from explainkit.stats.streaming import poisson_counts
 
 __all__ = ["Prototypes"]
@@ -153,6 +162,13 @@ class Prototypes(Analyzer):
         Test images shown with a local explanation.
     max_shown : int
         Prototypes shown with patches in the HTML report (the most present ones).
+    images : int
+        Most images measured (0: every image).
+    min_images : int
+        First stage of the image sample (always measured).
+    precision : float
+        Target 95 % CI half-width of every characteristic's mean local importance, as a fraction of
+        the largest mean (0: grow to ``images``).
     grid : sequence of int, optional
         (h, w) patch grid of a token latent layer (ViT) when the model does not declare it and the
         token count is ambiguous (``grid=14|14`` on the command line).
@@ -212,6 +228,10 @@ class Prototypes(Analyzer):
                                                             "near-identical"),
         "local_images": Option("int", low=0, help="test images shown with a local explanation"),
         "max_shown": Option("int", low=0, help="prototypes shown with patches in the HTML report"),
+        "images": Option("int", low=0, help="most images measured (0: every image)"),
+        "min_images": Option("int", low=2, help="first stage of the image sample"),
+        "precision": Option("float", low=0, help="target CI half-width of each characteristic's mean local "
+                                                 "importance, as a fraction of the largest mean (0: grow to images)"),
         "grid": Option("int", low=1, many=True, help="(h, w) patch grid of a token latent layer when the token "
                                                      "count is ambiguous, e.g. grid=14|14"),
         "prefix_tokens": Option("int", low=0, help="tokens before the patch tokens of that layer"),
@@ -243,11 +263,11 @@ class Prototypes(Analyzer):
                  perturbation_params: dict[str, dict[str, float]] | None = None, jpeg: bool = False,
                  readout: str = "fixed", weight: str = "auto", train_fraction: float = 0.5, n_resamples: int = 200,
                  sample_size: int = 256, alpha: float = 0.05, redundancy_tolerance: float = 0.05,
-                 local_images: int = 3, max_shown: int = 8, grid: Sequence[int] | None = None,
-                 prefix_tokens: int | None = None, calibration: str = "reinit", null_models: int = 3,
-                 null_init: str = "permute", controls: bool = True, target: str = "auto",
-                 parts: list[str] | None = None, part_threshold: float = 0.8, part_noise: float = 0.2,
-                 part_clip: float = 0.25, part_half_size: float | None = None,
+                 local_images: int = 3, max_shown: int = 8, images: int = 256, min_images: int = 64,
+                 precision: float = 0.1, grid: Sequence[int] | None = None, prefix_tokens: int | None = None,
+                 calibration: str = "reinit", null_models: int = 3, null_init: str = "permute", controls: bool = True,
+                 target: str = "auto", parts: list[str] | None = None, part_threshold: float = 0.8,
+                 part_noise: float = 0.2, part_clip: float = 0.25, part_half_size: float | None = None,
                  model_options: dict[str, Any] | None = None) -> None:
         self.adapter = adapter
         self.layer = layer
@@ -270,6 +290,9 @@ class Prototypes(Analyzer):
         self.redundancy_tolerance = redundancy_tolerance
         self.local_images = local_images
         self.max_shown = max_shown
+        self.images = images
+        self.min_images = min_images
+        self.precision = precision
         self.grid = grid
         self.prefix_tokens = prefix_tokens
         self.calibration = calibration
@@ -311,7 +334,8 @@ class Prototypes(Analyzer):
     def prepare(self, ctx: RunContext) -> None:
         """Fit what ``map`` needs: the adapter, the model's explanation part, prototype ids, perturbations.
 
-        Sets ``adapter_``, ``explanation_``, ``prototype_ids_``, ``perturbations_`` and ``weight_rule_``;
+        Sets ``adapter_``, ``explanation_``, ``prototype_ids_``, ``perturbations_``, ``weight_rule_`` and the
+        sample order ``order_``;
         k-means and exemplar prototypes are fitted on the run's data. Deterministic: every worker that
         prepares the run fits the same.
         """
@@ -327,8 +351,16 @@ class Prototypes(Analyzer):
         controls, self.control_pairs_ = control_perturbations(self.perturbations_) if self.controls else ([], [])
         self.views_ = [*self.perturbations_, *controls]
         self.weight_rule_ = resolve_weight(self.weight, self.adapter_)
+        order = priority_order(ctx.data.ids, ctx.seed, self.name)
+        self.position_ = np.empty(len(order), dtype=np.int64)
+        self.position_[order] = np.arange(len(order))
+        self.order_ = order
         self.nulls_ = self._null_models(ctx)
 
+    def _schedule(self, n_all: int) -> SampleSchedule:
+        return SampleSchedule(int(self.min_images), int(self.images) or n_all, float(self.precision) or None,
+                              "each characteristic's mean local importance (mean over prototypes, per image), "
+                              "relative to the largest mean")
     def _null_models(self, ctx: RunContext) -> list[tuple[ModelHandle, PrototypeAdapter, str]]:
         """Re-initialised copies with the adapter to read them and its weight rule (seeded: every worker agrees)."""
         if self.calibration == "none":
@@ -345,13 +377,17 @@ class Prototypes(Analyzer):
         return out
 
     def init_state(self, ctx: RunContext) -> dict[str, Any]:
-        """Empty sums: prototypes asked for, copies, per-image decision changes, the model's explanation."""
+        """Empty sums of the prototypes, copies, decision changes, model explanation and the sample's bookkeeping.
+
+        The bookkeeping: the sample's moments, its measured cost and the sampling log.
+        """
         v = len(self.views_)
         return {
             **{s: SplitAccumulator.empty(len(self.prototype_ids_), v, self.n_resamples, self.sample_size)
                for s in SPLITS},
             "null": [SplitAccumulator.empty(a.num_prototypes, v, 0, 0) for _, a, _ in self.nulls_],
             "decision": DecisionRows.empty(v, len(self.nulls_)),
+            "moments": Moments(), "cost": (0.0, 0), "log": None,
             "model": self.explanation_.init_state() if self.explanation_ is not None else None,
             "parts": PartRows.empty(len(self.parts or ()), len(self.prototype_ids_)),
         }
@@ -380,18 +416,32 @@ class Prototypes(Analyzer):
     # ------------------------------------------------------------------ map / merge
 
     def map(self, ctx: RunContext, batch: Batch) -> dict[str, Any]:
-        """Local importances and decision changes of the batch, for the model and each copy, on the same views."""
+        """Local importances and decision changes of the batch's sample images, for the model and each copy."""
+        request = ctx.round_request(self.name)
+        lo, hi = request.payload if request is not None else (0, self._schedule(len(ctx.data)).first(len(ctx.data)))
+        pos = self.position_[batch.indices]
+        rows = [j for j, p in enumerate(pos) if lo <= p < hi]
+        if not rows:
+            return self.init_state(ctx)
+        t = time.perf_counter()
+        state = self._measure(ctx, batch.select(rows) if len(rows) < len(batch) else batch)
+        state["cost"] = (time.perf_counter() - t, len(rows))
+        return state
+
+    def _measure(self, ctx: RunContext, batch: Batch) -> dict[str, Any]:
+        """Local importances and decision changes of the images, for the model and each copy, on the same views."""
         b = len(batch)
         inputs = perturbed_views(batch.images, self.views_, ctx.handle.preprocess)
         x = inputs.to(ctx.device)
         labels = self._targets(ctx, batch.indices)
-        step = ctx.handle.static_batch
+        step = min(ctx.handle.static_batch or ctx.rows, ctx.rows)
         scores = score_views(self.adapter_, ctx.handle, x, b, prototypes=self.prototype_ids_, readout=self.readout,
                              max_batch=step, decision=True, labels=labels)
         decision = scores.decision
         assert decision is not None
         is_train = np.array([self._is_train(ctx, i) for i in batch.indices], dtype=bool)
         state = self.init_state(ctx)
+        state["moments"] = Moments.of(scores.delta[..., : len(self.perturbations_)].mean(axis=1))
         if self.explanation_ is not None:  # sees the originals and the characteristics' copies (no controls)
             c = len(self.perturbations_)
             state["model"] = self.explanation_.map(ExplanationBatch(
@@ -446,12 +496,37 @@ class Prototypes(Analyzer):
         return np.array([self._model_label(ctx, int(i)) for i in indices], np.int64)
 
     def merge(self, a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
-        """Merge split by split, copy by copy, the per-image rows and the model explanation's states."""
+        """Merge split by split, copy by copy, the per-image rows, the model explanation, moments and costs.
+
+        The sampling log is the planner's (set on the merged state by :meth:`next_round`).
+        """
         return {**{s: a[s].merge(b[s]) for s in SPLITS},
                 "null": [x.merge(y) for x, y in zip(a["null"], b["null"])],
                 "decision": a["decision"].merge(b["decision"]),
                 "model": self.explanation_.merge(a["model"], b["model"]) if self.explanation_ is not None else None,
-                "parts": a["parts"].merge(b["parts"])}
+                "parts": a["parts"].merge(b["parts"]),
+                "moments": a["moments"].merge(b["moments"]),
+                "cost": (a["cost"][0] + b["cost"][0], a["cost"][1] + b["cost"][1]), "log": a["log"] or b["log"]}
+
+    def _widths(self, moments: Moments) -> list[float]:
+        """CI half-widths of the characteristics' means relative to the largest |mean|."""
+        if moments.n < 2:
+            return [np.inf]
+        scale = float(np.max(np.abs(moments.mean())))
+        return (moments.half_width() / scale).tolist() if scale > 0 else [np.inf]
+
+    def next_round(self, ctx: RunContext, state: dict[str, Any], number: int, allowance_s: float | None
+                   ) -> RoundRequest | None:
+        """The next stage of the image sample while the characteristics' means are not precise enough."""
+        n_all = len(ctx.data)
+        n = state["train"].n + state["test"].n
+        state["log"] = state["log"] or SampleLog()
+        seconds, done = state["cost"]
+        size = self._schedule(n_all).advance(state["log"], n, self._widths(state["moments"]), n_all,
+                                             cost_per_image=seconds / done if done else None, allowance_s=allowance_s)
+        if size is None:
+            return None
+        return RoundRequest(tuple(sorted(int(i) for i in self.order_[n:size])), (n, size))
 
     # ------------------------------------------------------------------ finalize
 
@@ -500,6 +575,8 @@ class Prototypes(Analyzer):
             "perturbations": [p.describe() for p in self.perturbations_],
             "readout": self.readout, "weight": self.weight_rule_, "primary_split": primary,
             "splits": {s: {"n_images": state[s].n, "local_sample": len(state[s].sample)} for s in SPLITS},
+            "sampling": self._schedule(len(ctx.data)).report(state["log"], state["train"].n + state["test"].n,
+                                                             self._widths(state["moments"]), len(ctx.data)),
             "units": {"local": f"{unit} (original − perturbed, at the original best location)",
                       "relative": "fraction of the original similarity (relative drop)",
                       "global": f"{unit}, {self.weight_rule_}-weighted mean of local importances over a split",

@@ -7,6 +7,7 @@ from anywhere) is dropped with one warning.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from collections.abc import Mapping
@@ -16,7 +17,11 @@ from typing import Any
 from jinja2 import Environment, PackageLoader, StrictUndefined, TemplateNotFound, select_autoescape
 from markupsafe import Markup
 
-__all__ = ["register_section_template", "render_body", "render_html", "safe_assets"]
+__all__ = ["EMBED_BYTES", "embedded_data", "register_section_template", "render_body", "render_html", "safe_assets"]
+
+#: Largest JSON copy of the report embedded in the HTML page; above it the page embeds the report
+#: without the sections' ``data`` (per-unit and per-image tables stay in ``report.json``).
+EMBED_BYTES = 2 * 2**20
 
 #: Analyzer name → Jinja source of its section (plugins without a template file; see
 #: :func:`register_section_template`).
@@ -91,8 +96,20 @@ def _context(report: dict[str, Any]) -> dict[str, Any]:
     prov = report.get("provenance", {})
     title = (prov.get("model") or {}).get("source") or "in-memory model"
     return {"report": report, "prov": prov, "section_html": sections_html, "asset": top_asset,
-            "title": title,
-            "data_without_assets": {k: v for k, v in report.items() if k != "assets"}}
+            "title": title, "data_without_assets": embedded_data(report)}
+
+
+def embedded_data(report: dict[str, Any], limit: int = EMBED_BYTES) -> dict[str, Any]:
+    """The copy of the report embedded in the HTML page: all of it but the assets, within ``limit`` bytes.
+
+    A report whose JSON is larger (a ResNet-50's 2,048 units in several analyzers) is embedded without
+    the sections' ``data``, with ``"data_omitted"`` naming where the full document is.
+    """
+    doc = {k: v for k, v in report.items() if k != "assets"}
+    if len(json.dumps(doc, separators=(",", ":"), default=str)) <= limit:
+        return doc
+    return {**doc, "sections": [{k: v for k, v in s.items() if k != "data"} for s in doc.get("sections", [])],
+            "data_omitted": f"section data above {limit // 2**20} MiB: see report.json next to this page"}
 
 
 def render_html(report: dict[str, Any]) -> str:

@@ -1,0 +1,237 @@
+"""The shared model pass of a batch: one forward (and one backward) for every analyzer together.
+
+Analyzers declare what they need (:meth:`~explainkit.analyzers.base.Analyzer.pass_request`): layer
+outputs, their gradients, the input gradient, for the predicted class or the label. The runner
+merges the requests per target and runs, per batch and target, one forward pass with the layers
+hooked and, when anything is differentiated, one ``torch.autograd.grad`` of the summed target
+logits. Input gradients need the whole graph (the parameters are frozen meanwhile, so nothing
+that only parameter gradients need is computed or kept); layer gradients alone start the graph at
+the first hooked layer, so the layers below cost no more than inference. The first target's
+forward pass is also the batch's plain forward pass (its output is what every analyzer sees).
+
+Rows go through in chunks of ``rows`` so that the autograd graph of a large model never holds
+more than ``rows`` images; on CUDA the inputs are channels-last and the forward may run under
+autocast, while logits, scores and recorded tensors are float32.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
+
+import torch
+
+from explainkit.adapters.layers import resolve_layers
+from explainkit.adapters.targets import map_output, select_logits
+from explainkit.analyzers.base import PASS_TARGETS, PassRequest, PassResult
+from explainkit.device import autocast
+from explainkit.errors import ConfigError
+from explainkit.hooks import capture_layers, frozen_parameters
+from explainkit.loading.handle import ModelHandle
+
+__all__ = ["Captures", "merge_requests", "rows_per_pass", "run_passes"]
+
+#: Bytes a model pass over one chunk of rows may take on the CPU (the chunk size follows from it).
+PASS_MEMORY_BYTES = 512 * 2**20
+#: Rough activation bytes per input byte of one image in a forward pass without / with autograd
+#: (measured on ResNet-50 at 224 px: about 25 MB and 110 MB per image).
+ACTIVATION_FACTOR = {False: 40, True: 200}
+
+
+def merge_requests(requests: Sequence[PassRequest | None]) -> dict[str, PassRequest]:
+    """Requests merged per target, the predicted class first."""
+    merged: dict[str, PassRequest] = {}
+    for r in requests:
+        if r is not None:
+            merged[r.target] = merged[r.target].union(r) if r.target in merged else r
+    return {t: merged[t] for t in PASS_TARGETS if t in merged}
+
+
+def rows_per_pass(batch_size: int, input_shape: Sequence[int], device: torch.device, *, gradients: bool) -> int:
+    """Rows per model pass: the batch on accelerators; on the CPU as many as fit :data:`PASS_MEMORY_BYTES`.
+
+    Parameters
+    ----------
+    batch_size : int
+        The run's batch size (the most rows).
+    input_shape : sequence of int
+        (C, H, W) of one input.
+    device : torch.device
+        Where the model runs.
+    gradients : bool
+        Whether the pass keeps an autograd graph.
+    """
+    if device.type != "cpu":
+        return int(batch_size)
+    per_row = 4 * math.prod(int(s) for s in input_shape) * ACTIVATION_FACTOR[gradients]
+    return max(1, min(int(batch_size), PASS_MEMORY_BYTES // max(1, per_row)))
+
+
+def _chunks(total: int, rows: int) -> Iterator[slice]:
+    for start in range(0, total, max(1, rows)):
+        yield slice(start, min(total, start + max(1, rows)))
+
+
+def _classes(logits: torch.Tensor, target: str, labels: torch.Tensor | None) -> torch.Tensor:
+    predicted = logits.detach().argmax(1)
+    if target == "label" and labels is not None:
+        lab = labels.to(predicted.device)
+        return torch.where(lab >= 0, lab, predicted)
+    return predicted
+
+
+def _one(handle: ModelHandle, x: torch.Tensor, req: PassRequest, labels: torch.Tensor | None,
+         modules: Mapping[str, torch.nn.Module], amp: str | None) -> tuple[Any, PassResult]:
+    """One chunk of one target: output and what the request asked for."""
+    module = handle.module
+    grads_at = list(req.layers) if req.gradients else []
+    if not req.needs_backward:
+        with torch.no_grad(), autocast(x.device, amp), (
+                capture_layers(module, modules, detach=True) if modules else contextlib.nullcontext()) as cap:
+            output = handle.forward(x)
+        logits = select_logits(output).float()
+        acts = {name: cap[name].float() for name in req.layers} if modules else {}
+        return output, PassResult(_classes(logits, req.target, labels), acts)
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(frozen_parameters(module))
+        if req.input_gradient:
+            leaf = x.detach().requires_grad_(True)
+            stack.enter_context(torch.enable_grad())
+            cap = stack.enter_context(capture_layers(module, modules, clone=True)) if modules else None
+        else:
+            leaf = x
+            stack.enter_context(torch.no_grad())
+            cap = stack.enter_context(capture_layers(module, modules, grad_from_layers=True))
+        with autocast(x.device, amp):
+            output = handle.forward(leaf)
+        logits = select_logits(output).float()
+        classes = _classes(logits, req.target, labels)
+        score = logits.gather(1, classes[:, None]).sum()
+        outs = [cap[name] for name in req.layers] if cap is not None else []
+        wrt = ([leaf] if req.input_gradient else []) + [o for name, o in zip(req.layers, outs) if name in grads_at]
+        if not score.requires_grad:
+            raise ConfigError(f"the model's output does not depend on layer(s) {', '.join(req.layers)}; "
+                              "pick layers the output is computed from")
+        grads = list(torch.autograd.grad(score, wrt, allow_unused=True))
+    grads = [torch.zeros_like(t) if g is None else g for t, g in zip(wrt, grads)]
+    input_grad = grads.pop(0).float() if req.input_gradient else None
+    result = PassResult(classes, {name: o.detach().float() for name, o in zip(req.layers, outs)},
+                        {name: g.detach().float() for name, g in zip(grads_at, grads)}, input_grad)
+    return map_output(torch.Tensor.detach, output), result
+
+
+#: Analyzer name → layer → ``(module, transform)`` (see :meth:`~explainkit.analyzers.base.Analyzer.captures`).
+Captures = Mapping[str, Mapping[str, tuple[torch.nn.Module, Callable[[torch.Tensor], torch.Tensor]]]]
+
+
+@contextlib.contextmanager
+def _capturing(module: torch.nn.Module, captures: Captures | None, rows: int,
+               into: list[dict[str, dict[str, torch.Tensor]]]) -> Iterator[None]:
+    """Record the analyzers' ``captures`` (detached, transformed, trimmed to ``rows``) during the block."""
+    flat = {f"{a}\x00{layer}": spec for a, layers in (captures or {}).items() for layer, spec in layers.items()}
+    if not flat:
+        yield
+        return
+    with capture_layers(module, {k: m for k, (m, _) in flat.items()}, detach=True,
+                        transform={k: f for k, (_, f) in flat.items()}) as cap:
+        yield
+    got: dict[str, dict[str, torch.Tensor]] = {}
+    for k in flat:
+        a, layer = k.split("\x00", 1)
+        got.setdefault(a, {})[layer] = cap[k][:rows]
+    into.append(got)
+
+
+def run_passes(handle: ModelHandle, inputs: torch.Tensor, requests: Mapping[str, PassRequest],
+               labels: torch.Tensor | None = None, *, rows: int | None = None,
+               amp: str | None = None, captures: Captures | None = None
+               ) -> tuple[Any, dict[str, PassResult], dict[str, dict[str, torch.Tensor]]]:
+    """The batch output, the shared pass of every target, and the analyzers' captured layers.
+
+    Parameters
+    ----------
+    handle : ModelHandle
+        The model (in eval mode).
+    inputs : torch.Tensor
+        (B, C, H, W) preprocessed inputs on the model's device.
+    requests : mapping of str to PassRequest
+        Merged requests per target (:func:`merge_requests`); may be empty.
+    labels : torch.Tensor, optional
+        (B,) labels in the model's output indices (-1 unknown), for the ``label`` target.
+    rows : int, optional
+        Rows per forward pass (default: all at once).
+    amp : str, optional
+        Autocast dtype on CUDA (:data:`AUTOCAST_DTYPES`).
+    captures : mapping, optional
+        Analyzer name → layer → ``(module, transform)``: layer outputs recorded (detached, passed
+        through the transform) during the batch's first pass, the one whose output is returned.
+
+    Returns
+    -------
+    output : Any
+        The model output for ``inputs`` (detached; from the first target's pass).
+    passes : dict of str to PassResult
+        Per target, what was recorded.
+    captured : dict of str to dict of str to torch.Tensor
+        Analyzer name → layer → (B, ...) transformed output (empty without ``captures``).
+    """
+    b = inputs.shape[0]
+    step = rows or b
+    module = handle.module
+    if labels is not None:
+        labels = labels.to(inputs.device, non_blocking=True)  # once per batch, not per chunk
+    outputs: list[Any] = []
+    captured: list[dict[str, dict[str, torch.Tensor]]] = []
+    if not requests:
+        for s in _chunks(b, step):
+            with torch.no_grad(), autocast(inputs.device, amp), \
+                    _capturing(module, captures, s.stop - s.start, captured):
+                outputs.append(handle.forward(inputs[s]))
+        return _cat(outputs), {}, _cat_captured(captured)
+    passes: dict[str, PassResult] = {}
+    for n, (target, req) in enumerate(requests.items()):
+        modules = dict(resolve_layers(module, list(req.layers))) if req.layers else {}
+        parts = []
+        for s in _chunks(b, step):
+            with _capturing(module, captures if n == 0 else None, s.stop - s.start, captured):
+                out, part = _one(handle, inputs[s], req, None if labels is None else labels[s], modules, amp)
+            if n == 0:
+                outputs.append(out)
+            parts.append(part)
+        passes[target] = _cat_results(parts)
+    return _cat(outputs), passes, _cat_captured(captured)
+
+
+def _cat_captured(parts: list[dict[str, dict[str, torch.Tensor]]]) -> dict[str, dict[str, torch.Tensor]]:
+    if len(parts) <= 1:
+        return parts[0] if parts else {}
+    return {a: {k: torch.cat([p[a][k] for p in parts]) for k in layers} for a, layers in parts[0].items()}
+
+
+def _cat_results(parts: list[PassResult]) -> PassResult:
+    if len(parts) == 1:
+        return parts[0]
+    first = parts[0]
+    return PassResult(
+        torch.cat([p.classes for p in parts]),
+        {k: torch.cat([p.activations[k] for p in parts]) for k in first.activations},
+        {k: torch.cat([p.gradients[k] for p in parts]) for k in first.gradients},
+        None if first.input_gradient is None else torch.cat([p.input_gradient for p in parts]),  # type: ignore[misc]
+    )
+
+
+def _cat(outputs: list[Any]) -> Any:
+    """Concatenate chunk outputs along the batch axis (tensors, tuples, lists, dicts of them)."""
+    if len(outputs) == 1:
+        return outputs[0]
+    first = outputs[0]
+    if isinstance(first, torch.Tensor):
+        return torch.cat(outputs) if first.dim() else first
+    if isinstance(first, tuple | list):
+        return type(first)(_cat([o[i] for o in outputs]) for i in range(len(first)))
+    if isinstance(first, dict):
+        return {k: _cat([o[k] for o in outputs]) for k in first}
+    return first
+
