@@ -132,7 +132,7 @@ class CBCNet(nn.Module):
     feature_channels : int
         C.
     num_classes : int
-        C.
+        Number of classes.
     num_components : int
         K (shared by all classes).
     latent_dim : int
