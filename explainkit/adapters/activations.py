@@ -209,20 +209,16 @@ def batch_activations(handle: ModelHandle, inputs: torch.Tensor, poolers: Mappin
         The model.
     inputs : torch.Tensor
         (B, 3, H, W) preprocessed inputs on the model's device.
-    poolers : mapping of str to Pooler
-        Layer name → pooler; :data:`LOGITS` reads ``logits``.
+    poolers, spatial
+        As for :func:`pool_outputs`.
     logits : torch.Tensor, optional
         (B, K) logits of ``inputs`` when already computed (else the pass runs to the end).
-    spatial : bool
-        Return each layer's (B, D, h, w) unit maps (:meth:`Pooler.maps`) instead of pooled values.
 
     Returns
     -------
     dict of str to ndarray
-        Layer name → (B, D) float32, or (B, D, h, w) with ``spatial``.
+        As :func:`pool_outputs`.
     """
-    if spatial and LOGITS in poolers:
-        raise ConfigError("the logits have no spatial maps")
     for name, p in poolers.items():  # the layout is decided with the actual input size as evidence
         if name != LOGITS:
             p.input_size = p.input_size or tuple(int(s) for s in inputs.shape[-2:])

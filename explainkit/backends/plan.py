@@ -19,6 +19,7 @@ from explainkit.backends.mapcache import MapCache
 from explainkit.backends.passes import merge_requests, run_passes
 from explainkit.backends.progress import DEFAULT_INTERVAL_S, Progress
 from explainkit.data.probe import ProbeSet
+from explainkit.device import release_host_memory
 from explainkit.errors import DataError, ExplainkitError, RuntimeAnalysisError
 from explainkit.hooks import eval_mode
 from explainkit.loading.handle import ModelHandle
@@ -248,6 +249,7 @@ def map_shard(plan: RunPlan, ctx: RunContext, indices: Sequence[int], *, desc: s
                     cache.put(a.name, ids, part)
                 states[a.name] = a.merge(states[a.name], part)
                 timings[a.name] += time.perf_counter() - t
+                release_host_memory()  # the step's freed activations, before the next one allocates others
             progress.update(len(chunk))
     progress.close()
     return states, timings
