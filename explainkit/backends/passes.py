@@ -6,7 +6,8 @@ merges the requests per target and runs, per batch and target, one forward pass 
 hooked and, when anything is differentiated, one ``torch.autograd.grad`` of the summed target
 logits. Input gradients need the whole graph (the parameters are frozen meanwhile, so nothing
 that only parameter gradients need is computed or kept); layer gradients alone start the graph at
-the first hooked layer, so the layers below cost no more than inference. The first target's
+the first layer whose gradient some analyzer asked for, so the layers below cost no more than
+inference (layers recorded without a gradient never extend the graph). The first target's
 forward pass is also the batch's plain forward pass (its output is what every analyzer sees).
 
 Rows go through in chunks of ``rows`` so that the autograd graph of a large model never holds
