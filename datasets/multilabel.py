@@ -31,7 +31,7 @@ from torch import nn
 from explainkit.errors import ConfigError
 
 __all__ = ["LABELS", "SEGMENTATION_CLASSES", "MultiLabelWorldSpec", "colour_detector", "colour_segmenter",
-           "generate_multilabel_world", "label_maps", "write_probe_folders"]
+           "generate_multilabel_world", "label_maps", "write_probe_folder", "write_probe_folders"]
 
 LABELS = ("red", "green", "blue")
 _GRID = 4
@@ -155,32 +155,50 @@ def colour_segmenter() -> nn.Module:
     return _Segmenter().eval()
 
 
-def write_probe_folders(root: str | Path, spec: MultiLabelWorldSpec) -> dict[str, Path]:
-    """Write the world as a multi-label and a segmentation probe folder under ``root``.
+def write_probe_folder(root: str | Path, spec: MultiLabelWorldSpec, task: str) -> Path:
+    """Write the world as one probe folder ``root``.
+
+    Parameters
+    ----------
+    root : str or Path
+        The folder (created).
+    spec : MultiLabelWorldSpec
+        The world.
+    task : {"multilabel", "segmentation"}
+        ``"multilabel"``: images, a multi-hot ``labels.csv`` and ``masks/<label>/``; ``"segmentation"``:
+        the images, ``labels/<image>.png`` (0 background, ``c + 1`` label ``c``) and ``classes.txt``.
 
     Returns
     -------
-    dict of str to Path
-        ``"multilabel"``: images, a multi-hot ``labels.csv`` and ``masks/<label>/``;
-        ``"segmentation"``: the same images, ``labels/<image>.png`` and ``classes.txt``.
+    Path
+        ``root``.
     """
+    if task not in ("multilabel", "segmentation"):
+        raise ConfigError(f"the multi-label world is written for 'multilabel' or 'segmentation', not {task!r}")
     images, labels, masks = generate_multilabel_world(spec)
-    truth = label_maps(masks)
     root = Path(root)
-    multi, seg = root / "multilabel", root / "segmentation"
-    for folder in (multi, seg / "labels", *(multi / "masks" / name for name in LABELS)):
-        folder.mkdir(parents=True, exist_ok=True)
+    root.mkdir(parents=True, exist_ok=True)
+    truth = label_maps(masks)
     rows = ["path," + ",".join(LABELS)]
     for i in range(spec.n):
         name = f"img_{i:04d}.png"
-        im = Image.fromarray(np.round(images[i].transpose(1, 2, 0) * 255).astype(np.uint8))
-        im.save(multi / name)
-        im.save(seg / name)
-        Image.fromarray(truth[i].astype(np.uint8)).save(seg / "labels" / name)
+        Image.fromarray(np.round(images[i].transpose(1, 2, 0) * 255).astype(np.uint8)).save(root / name)
         rows.append(name + "," + ",".join(str(int(v)) for v in labels[i]))
+        if task == "segmentation":
+            (root / "labels").mkdir(exist_ok=True)
+            Image.fromarray(truth[i].astype(np.uint8)).save(root / "labels" / name)
+            continue
         for label in LABELS:
             if masks[label][i] is not None:
-                Image.fromarray(masks[label][i].astype(np.uint8) * 255).save(multi / "masks" / label / name)
-    (multi / "labels.csv").write_text("\n".join(rows) + "\n")
-    (seg / "classes.txt").write_text("\n".join(SEGMENTATION_CLASSES) + "\n")
-    return {"multilabel": multi, "segmentation": seg}
+                (root / "masks" / label).mkdir(parents=True, exist_ok=True)
+                Image.fromarray(masks[label][i].astype(np.uint8) * 255).save(root / "masks" / label / name)
+    if task == "segmentation":
+        (root / "classes.txt").write_text("\n".join(SEGMENTATION_CLASSES) + "\n")
+    else:
+        (root / "labels.csv").write_text("\n".join(rows) + "\n")
+    return root
+
+
+def write_probe_folders(root: str | Path, spec: MultiLabelWorldSpec) -> dict[str, Path]:
+    """Both probe folders of the world, ``root/multilabel`` and ``root/segmentation`` (:func:`write_probe_folder`)."""
+    return {task: write_probe_folder(Path(root) / task, spec, task) for task in ("multilabel", "segmentation")}

@@ -118,6 +118,8 @@ def test_segmentation_world_identity_model(worlds):
     assert objects and all(rows[c]["energy"]["value"] == pytest.approx(1.0) for c in objects)
     assert d["cams"]["examples"] and report.to_dict()["provenance"]["data"]["task"] == "segmentation"
     assert report.to_dict()["provenance"]["config"]["task"] == "segmentation"
+    html = report.to_html()
+    assert "mIoU (4 classes, n=10 images)" in html and "CAMs against the truth" in html and "data:image/" in html
 
 
 def test_segmentation_metrics_equal_an_independent_computation(worlds, tmp_path):
@@ -196,6 +198,7 @@ def test_multilabel_world(worlds):
     assert d["map"]["value"] == 1.0 and d["macro_f1"]["value"] == 1.0 and d["map"]["n"] == 10
     rows = d["cams"]["localisation"]
     assert rows and all(r["energy"]["value"] == pytest.approx(1.0) for r in rows)  # maps of label c on object c
+    assert "mAP (3 labels, n=10 images)" in report.to_html()
 
 
 def test_multilabel_ap_and_f1_equal_scikit_learn(worlds):
@@ -225,7 +228,7 @@ def test_task_decides_which_analyzers_run(worlds, small_world):
     skipped = [f["message"] for f in report.to_dict()["findings"] if "skipped" in f["message"]]
     assert any(m.startswith("gradcam skipped: gradcam reads the outputs of classification models; this is a "
                             "segmentation model") for m in skipped)
-    with pytest.raises(CapabilityError, match="analyzer 'gradcam' cannot run here.*analyzers that can: segmentation"):
+    with pytest.raises(CapabilityError, match=r"analyzer 'gradcam' cannot run here.*analyzers that can: segmentation"):
         explainkit.analyze(_seg_handle(), worlds["segmentation"], ["gradcam"], progress=False)
     with pytest.raises(ConfigError, match="task must be one of 'classification', 'segmentation', 'multilabel'"):
         explainkit.analyze(_seg_handle(), worlds["segmentation"], task="detection", progress=False)
@@ -312,6 +315,9 @@ def test_cli_segmentation_run_task_flag_and_gate(worlds, fcn_file, tmp_path):
     code, out = _cli(["analyze", fcn_file, "--data", worlds["segmentation"], "--out", tmp_path / "o2",
                       "--task", "nonsense"])
     assert code == 2 and "task must be one of 'classification', 'segmentation', 'multilabel'" in out
+    for task in ("segmentation", "multilabel"):
+        code, out = _cli(["world", tmp_path / task, "--task", task, "--n-images", 3, "--size", 16])
+        assert code == 0 and ProbeSet.from_folder(tmp_path / task).task == task
     ring = tmp_path / "ring.png"
     Image.new("RGBA", (8, 8), (0, 230, 230, 255)).save(ring)
     policy = tmp_path / "policy.toml"
