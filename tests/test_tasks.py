@@ -122,34 +122,16 @@ def test_segmentation_world_identity_model(worlds):
     assert "mIoU (4 classes, n=10 images)" in html and "CAMs against the truth" in html and "data:image/" in html
 
 
-def test_segmentation_metrics_equal_an_independent_computation(worlds, tmp_path):
-    """A random FCN; classes.txt in another order than the model's outputs (matched by name)."""
-    root = tmp_path / "seg"
-    root.mkdir()
-    order = ["blue", "background", "red", "green"]  # probe index k → SEGMENTATION_CLASSES index
-    to_model = np.array([SEGMENTATION_CLASSES.index(c) for c in order])
-    (root / "labels").mkdir()
-    (root / "classes.txt").write_text("\n".join(order) + "\n")
-    src = worlds["segmentation"]
-    truth = {}
-    for f in sorted(src.glob("*.png")):
-        (root / f.name).write_bytes(f.read_bytes())
-        model_lab = np.asarray(Image.open(src / "labels" / f.name)).astype(np.int64)
-        probe_lab = np.argsort(to_model)[model_lab]
-        probe_lab[0, :3] = 255  # ignored pixels
-        Image.fromarray(probe_lab.astype(np.uint8)).save(root / "labels" / f.name)
-        truth[f.name] = np.where(probe_lab == 255, -1, model_lab)
-    torch.manual_seed(0)
-    model = tiny_fcn(num_classes=4, width=8).eval()
-    report = explainkit.analyze(_seg_handle(model), root, [("segmentation", {**LIGHT, "n_examples": 0})],
+def _check_against_independent_count(handle, root, truth, **params):
+    """Run ``segmentation`` and compare its numbers with a pixel count from the model's argmax and ``truth``."""
+    report = explainkit.analyze(handle, root, [("segmentation", {**LIGHT, "n_examples": 0, **params})],
                                 progress=False, batch_size=3)
     d = _section(report, "segmentation")["data"]
     conf = np.zeros((4, 4), np.int64)
     with torch.no_grad():
         for name, t in truth.items():
-            x = torch.from_numpy(np.asarray(Image.open(root / name).convert("RGB"), np.float32) / 255).permute(2, 0, 1)
-            pred = model(x[None])["out"][0].argmax(0).numpy()
-            np.add.at(conf, (t[t >= 0], pred[t >= 0]), 1)
+            pred = handle.module(handle.preprocess([Image.open(root / name).convert("RGB")]))["out"][0].argmax(0)
+            np.add.at(conf, (t[t >= 0], pred.numpy()[t >= 0]), 1)
     assert d["confusion"]["matrix"] == conf.tolist()
     inter = np.diag(conf)
     want = inter / (conf.sum(0) + conf.sum(1) - inter)
@@ -157,6 +139,50 @@ def test_segmentation_metrics_equal_an_independent_computation(worlds, tmp_path)
     np.testing.assert_allclose([got[c] for c in SEGMENTATION_CLASSES], want, rtol=1e-12)
     assert d["pixel_accuracy"]["value"] == pytest.approx(inter.sum() / conf.sum())
     assert d["pixel_accuracy"]["pixels"] == conf.sum()
+    return d
+
+
+def _reordered_probe(src, root):
+    """The world's segmentation folder with classes.txt in another order than the model's outputs, a few ignored
+    pixels; returns image name → truth in model output indices (-1 ignored)."""
+    order = ["blue", "background", "red", "green"]  # probe index k → SEGMENTATION_CLASSES index
+    to_model = np.array([SEGMENTATION_CLASSES.index(c) for c in order])
+    (root / "labels").mkdir(parents=True)
+    (root / "classes.txt").write_text("\n".join(order) + "\n")
+    truth = {}
+    for f in sorted(src.glob("*.png")):
+        (root / f.name).write_bytes(f.read_bytes())
+        model_lab = np.asarray(Image.open(src / "labels" / f.name)).astype(np.int64)
+        probe_lab = np.argsort(to_model)[model_lab]
+        probe_lab[0, :3] = 255
+        Image.fromarray(probe_lab.astype(np.uint8)).save(root / "labels" / f.name)
+        truth[f.name] = np.where(probe_lab == 255, -1, model_lab)
+    return truth
+
+
+def test_segmentation_metrics_equal_an_independent_computation(worlds, tmp_path):
+    """A random FCN; classes.txt in another order than the model's outputs (matched by name)."""
+    truth = _reordered_probe(worlds["segmentation"], tmp_path / "seg")
+    torch.manual_seed(0)
+    _check_against_independent_count(_seg_handle(tiny_fcn(num_classes=4, width=8).eval()), tmp_path / "seg", truth)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("factory", "layer"), [("lraspp_mobilenet_v3_large", None),
+                                                ("fcn_resnet50", "backbone.layer4"),
+                                                ("deeplabv3_mobilenet_v3_large", None)])
+def test_torchvision_segmentation_models(worlds, tmp_path, factory, layer):
+    """Models as torchvision builds them (dict output, OrderedDict backbones), untrained: the metrics equal the
+    independent count and the region CAMs run at the default or a backbone layer."""
+    import torchvision
+
+    truth = _reordered_probe(worlds["segmentation"], tmp_path / "seg")
+    torch.manual_seed(0)
+    model = getattr(torchvision.models.segmentation, factory)(weights=None, weights_backbone=None, num_classes=4)
+    handle = explainkit.wrap(model.eval(), class_names=list(SEGMENTATION_CLASSES), **PREP)
+    d = _check_against_independent_count(handle, tmp_path / "seg", truth, n_examples=1, layer=layer)
+    assert d["cams"]["examples"] and (layer is None or d["cams"]["layer"] == layer)
+    assert all(r["method"] == "gradcam" for r in d["cams"]["localisation"])
 
 
 def test_batches_and_partitions_give_the_same_sections(worlds):
