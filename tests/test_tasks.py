@@ -218,8 +218,9 @@ def test_batches_and_partitions_give_the_same_sections(worlds):
 
 def test_multilabel_world(worlds):
     handle = explainkit.wrap(colour_detector(), class_names=list(LABELS), **PREP)
-    report = explainkit.analyze(handle, worlds["multilabel"], [("multilabel", {**LIGHT, "n_examples": 3})],
+    report = explainkit.analyze(handle, worlds["multilabel"], [("multilabel", {**LIGHT, "n_examples": 3}), "dissect"],
                                 progress=False, batch_size=4)
+    assert _section(report, "dissect")["summary"]["units"] == 3  # activations and masks only: runs on any task
     d = _section(report, "multilabel")["data"]
     assert d["map"]["value"] == 1.0 and d["macro_f1"]["value"] == 1.0 and d["map"]["n"] == 10
     rows = d["cams"]["localisation"]
