@@ -32,7 +32,14 @@ from explainkit.loading.preprocessing import Preprocessing
 from explainkit.models import tiny_cnn, tiny_fcn
 from explainkit.report import schema_path
 from explainkit.stats.streaming import percentile_interval
-from explainkit.tasks import confusion_matrix, iou, multilabel_scores, pixel_accuracy, segmentation_scores
+from explainkit.tasks import (
+    class_counts,
+    confusion_matrix,
+    iou,
+    multilabel_scores,
+    pixel_accuracy,
+    segmentation_scores,
+)
 
 SIZE = 32
 LIGHT = {"n_resamples": 200, "n_examples": 2}
@@ -69,7 +76,7 @@ def test_segmentation_bootstrap_equals_a_direct_resampling():
     rng = np.random.default_rng(3)
     conf = rng.integers(0, 20, size=(7, 3, 3))
     conf[:, 2, :] = 0  # class 2 never true: it counts only where predicted
-    s = segmentation_scores(conf, n_resamples=300, seed=11)
+    s = segmentation_scores(class_counts(conf), n_resamples=300, seed=11)
     np.testing.assert_allclose(s.iou, iou(conf.sum(0)))
     draws = np.random.default_rng(11).integers(0, 7, size=(300, 7))
     reps = np.array([iou(conf[d].sum(0)) for d in draws])

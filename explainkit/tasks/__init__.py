@@ -17,11 +17,12 @@ analyzer
 from explainkit.tasks.multilabel import MultiLabelScores, average_precision, f1_scores, multilabel_scores
 from explainkit.tasks.segmentation import (
     SegmentationScores,
+    class_counts,
     confusion_matrix,
     iou,
     pixel_accuracy,
     segmentation_scores,
 )
 
-__all__ = ["MultiLabelScores", "SegmentationScores", "average_precision", "confusion_matrix", "f1_scores", "iou",
-           "multilabel_scores", "pixel_accuracy", "segmentation_scores"]
+__all__ = ["MultiLabelScores", "SegmentationScores", "average_precision", "class_counts", "confusion_matrix",
+           "f1_scores", "iou", "multilabel_scores", "pixel_accuracy", "segmentation_scores"]

@@ -31,7 +31,7 @@ from explainkit.errors import CapabilityError, DataError
 from explainkit.options import Option
 from explainkit.tasks.multilabel import multilabel_scores
 from explainkit.tasks.regions import RegionMaps, example_indices, explain_regions, localise, render_examples
-from explainkit.tasks.segmentation import confusion_matrix, segmentation_scores
+from explainkit.tasks.segmentation import class_counts, confusion_matrix, segmentation_scores
 
 __all__ = ["MultiLabelQuality", "SegmentationQuality"]
 
@@ -141,7 +141,7 @@ class SegmentationQuality(_RegionCams):
         self.lookup_[: len(self.columns_)] = self.columns_
 
     def map(self, ctx: RunContext, batch: Batch) -> RecordState:
-        """Per image: the (K, K) pixel confusion matrix; the region CAMs of example images."""
+        """Per image: class counts and the non-zero cells of the pixel confusion matrix; region CAMs of examples."""
         scores = batch.logits.detach().float()
         size = tuple(batch.inputs.shape[-2:])
         if tuple(scores.shape[-2:]) != size:
@@ -149,14 +149,16 @@ class SegmentationQuality(_RegionCams):
         pred = scores.argmax(1).cpu().numpy()
         k = int(scores.shape[1])
         prep = ctx.handle.require_preprocessing()
-        confusions, cams = [], []
+        counts, cells, cams = [], [], []
         for j, i in enumerate(int(i) for i in batch.indices):
             truth = self.lookup_[prep.resize_label_map(ctx.data.label_map(i))]
             if truth[truth != LABEL_IGNORE].max(initial=0) >= k:
                 raise DataError(f"label map of {ctx.data.ids[i]} names class {int(truth.max())}; the model has {k}")
-            confusions.append(confusion_matrix(pred[j], truth, k))
+            conf = confusion_matrix(pred[j], truth, k)
+            counts.append(class_counts(conf))
+            cells.append(np.column_stack([*np.nonzero(conf), conf[conf > 0]]))  # (m, 3): true, predicted, pixels
             cams.append(self._explain(ctx, batch, j, truth) if i in self.examples_ else None)
-        return RecordState.from_batch(batch.indices, confusion=np.stack(confusions), cams=cams)
+        return RecordState.from_batch(batch.indices, counts=np.stack(counts), cells=cells, cams=cams)
 
     def _explain(self, ctx: RunContext, batch: Batch, j: int, truth: np.ndarray) -> RegionMaps | None:
         classes = [int(c) for c in np.unique(truth) if c != LABEL_IGNORE]
@@ -174,13 +176,16 @@ class SegmentationQuality(_RegionCams):
 
     def finalize(self, ctx: RunContext, state: RecordState) -> Section:
         """IoU per class, mIoU, pixel accuracy with CIs; the localisation of the region CAMs."""
-        confusions = state.stacked("confusion")
         seed = int(ctx.rng(self.name).integers(0, 2**31))
-        s = segmentation_scores(confusions, n_resamples=self.n_resamples, seed=seed)
-        names = self._names(ctx, s.confusion.shape[0])
+        s = segmentation_scores(state.stacked("counts"), n_resamples=self.n_resamples, seed=seed)
+        k = s.counts.shape[1]
+        confusion = np.zeros((k, k), np.int64)
+        for cell in state.column("cells"):
+            np.add.at(confusion, (cell[:, 0], cell[:, 1]), cell[:, 2])
+        names = self._names(ctx, k)
         n = s.n_images
-        per_class = [{"class": names[c], "support_pixels": int(s.confusion[c].sum()),
-                      "predicted_pixels": int(s.confusion[:, c].sum()), "in_mean": bool(s.counted[c]),
+        per_class = [{"class": names[c], "support_pixels": int(s.counts[1, c]),
+                      "predicted_pixels": int(s.counts[2, c]), "in_mean": bool(s.counted[c]),
                       "iou": metric(s.iou[c], (s.iou_ci[0, c], s.iou_ci[1, c]), n=n, unit="IoU",
                                     higher_is_better=True)}
                      for c in range(len(names)) if s.counted[c] or c in set(self.columns_.tolist())]
@@ -197,7 +202,7 @@ class SegmentationQuality(_RegionCams):
         section = self.section(
             summary={"miou": miou, "pixel_accuracy": acc},
             data={"miou": miou, "pixel_accuracy": acc, "per_class": per_class,
-                  "confusion": {"classes": names, "matrix": s.confusion.tolist(), "rows": "true class",
+                  "confusion": {"classes": names, "matrix": confusion.tolist(), "rows": "true class",
                                 "columns": "predicted class", "unit": "pixels"},
                   "cams": cams,
                   "notes": f"IoU = TP / (TP + FP + FN) of the pixel confusion matrix summed over the {n} images "
