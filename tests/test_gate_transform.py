@@ -288,10 +288,8 @@ def test_planted_background_and_cast_fail_and_the_clean_twin_does_not(tmp_path, 
         for twin in (False, True):
             handle = _model(tmp_path / f"train-{kind}-{twin}", seed, kind, (0.5, 0.5) if twin else (0.9, 0.05))
             gap, low, high = _native_gap(handle, root)
-            print(kind, seed, 'twin' if twin else 'biased', 'observed gap', gap, low, high)
             expected = {"pass", "inconclusive"} if twin else {"fail"}
             # the gate's rule on the observed gap (tau = 1 logit, the default): fail iff the CI lies above tau
             assert (low <= 1.0) if twin else (low > 1.0), (kind, twin, gap, low, high)
             for c in explainkit.check(handle, policy).checks:
-                print(' ', c['id'], c['status'], c['effect'])
                 assert c["status"] in expected, (kind, twin, c["id"], c["effect"], c["status"], gap)
