@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from explainkit.adapters.input_kind import bind_input
 from explainkit.adapters.layers import resolve_layer
 from explainkit.analyzers.base import Analyzer, Finding, Round, RoundRequest, RunContext, TimeBudget, require
 from explainkit.analyzers.registry import get_analyzer, get_analyzer_class, list_analyzers
@@ -29,7 +30,9 @@ from explainkit.backends.plan import validate_output
 from explainkit.backends.progress import DEFAULT_INTERVAL_S, Progress
 from explainkit.cache import ActivationCache
 from explainkit.config import parse_duration
+from explainkit.data.open import Probe, open_probe
 from explainkit.data.probe import ProbeSet
+from explainkit.data.volumes import VolumeSet
 from explainkit.device import AUTOCAST_DTYPES, resolve_device
 from explainkit.discovery.policy import PolicyDraft, draft_policy, policy_context, write_policy
 from explainkit.errors import ConfigError, RuntimeAnalysisError
@@ -118,6 +121,13 @@ def _keep_runnable(instances: list[Analyzer], ctx: RunContext, step: str, explic
     return kept
 
 
+def _kind_skipped(name: str, kind: str) -> Finding:
+    """The info finding of a default analyzer left out because it does not read this kind of sample."""
+    reads = sorted(get_analyzer_class(name).inputs)
+    return Finding("info", f"{name} skipped: it reads {' or '.join(reads)}, and these probe data are {kind}",
+                   name, {"reason": f"reads {' or '.join(reads)}, not {kind}"})
+
+
 def _seed_all(seed: int) -> None:
     random.seed(seed)
     torch.manual_seed(seed)
@@ -125,7 +135,7 @@ def _seed_all(seed: int) -> None:
 
 def analyze(
     handle: ModelHandle | nn.Module,
-    data: ProbeSet | str | Path,
+    data: Probe | str | Path,
     analyzers: Sequence[AnalyzerSpec] | None = None,
     *,
     out: str | Path | None = None,
@@ -150,8 +160,11 @@ def analyze(
     ----------
     handle : ModelHandle or torch.nn.Module
         The model (modules are wrapped with :func:`explainkit.wrap`; give preprocessing there).
-    data : ProbeSet or path
-        The probe images.
+    data : ProbeSet, VolumeSet or path
+        The probe images, or volumes ((C, D, H, W) ``.npy`` / NIfTI files, see
+        :mod:`explainkit.data.volumes`) for a volume model; a path is read by
+        :func:`explainkit.data.open.open_probe`. On volumes the analyzers that read images only are
+        left out with an info finding saying so.
     analyzers : sequence, optional
         Names, ``(name, params)``, ``{"name": ..., **params}`` or instances. By default every
         analyzer marked ``run_by_default`` whose requirements the model and data meet; a default
@@ -224,9 +237,13 @@ def analyze(
     staged = StagedDir(out, token=token, owner=owner) if out is not None else None  # before any model pass
     store = _open_cache(cache)
     handle = wrap(handle) if not isinstance(handle, ModelHandle) else handle
-    probe = data if isinstance(data, ProbeSet) else ProbeSet.from_folder(data)
+    probe = data if isinstance(data, ProbeSet | VolumeSet) else open_probe(data)
+    handle = bind_input(handle, probe)
     runnable = [n for n in list_analyzers() if not get_analyzer_class(n)().missing_requirements(handle, probe)]
     explicit = analyzers is not None
+    other_kind = [] if explicit else [_kind_skipped(n, probe.kind) for n in list_analyzers()
+                                      if get_analyzer_class(n).run_by_default
+                                      and probe.kind not in get_analyzer_class(n).inputs]
     if analyzers is None:
         analyzers = [(n, (params or {}).get(n, {})) for n in runnable if get_analyzer_class(n).run_by_default]
     instances = build_analyzers(analyzers)
@@ -239,14 +256,15 @@ def analyze(
         layer = resolve_layer(handle.module, layer)[0]
     dev = resolve_device(device)
     labels_to_outputs, label_mapping = label_map(handle, probe)
-    shape = (3, *handle.require_preprocessing().input_size)
+    prep = handle.require_preprocessing()
+    shape = (prep.channels, *prep.input_size)
     with staged or nullcontext():
         ctx = RunContext(handle=handle, data=probe, device=dev, seed=seed, batch_size=batch_size,
                          out_dir=staged.path if staged else None, config=dict(config or {}), layer=layer,
                          cache=store, budget=budget, autocast=autocast,
                          pass_rows=rows_per_pass(batch_size, shape, dev, gradients=False),
                          grad_rows=rows_per_pass(batch_size, shape, dev, gradients=True))
-        skipped: list[Finding] = []
+        skipped: list[Finding] = other_kind
         instances = _keep_runnable(instances, ctx, "validate", explicit, skipped)  # no model pass yet
         validate_output(handle, probe, dev)  # the first one: (B, K) logits
         instances = _keep_runnable(instances, ctx, "prepare", explicit, skipped)

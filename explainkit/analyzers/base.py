@@ -59,7 +59,7 @@ __all__ = ["Analyzer", "Batch", "Finding", "PassRequest", "PassResult", "RecordS
            "RunContext", "Section", "TimeBudget"]
 
 #: Data requirements an analyzer may declare next to handle capabilities.
-DATA_REQUIREMENTS = ("labels", "concepts", "masks", "images")
+DATA_REQUIREMENTS = ("labels", "concepts", "masks", "images", "volumes")
 #: Classes a shared pass can explain: the predicted class, or the label where known (else predicted).
 PASS_TARGETS = ("predicted", "label")
 
@@ -409,6 +409,9 @@ class Analyzer:
     requires: ClassVar[frozenset[str]] = frozenset()
     #: Whether ``analyze`` runs it when no analyzer is named (and its requirements are met).
     run_by_default: ClassVar[bool] = False
+    #: The kinds of probe sample it reads (``ProbeSet.kind``: ``"images"``; ``VolumeSet.kind``:
+    #: ``"volumes"``, (C, D, H, W) arrays fed as stored); on other data it is skipped with that reason.
+    inputs: ClassVar[frozenset[str]] = frozenset({"images"})
     #: The declared parameters (defaults filled from ``__init__`` when the class is defined).
     options: ClassVar[Mapping[str, Option]] = {}
 
@@ -436,15 +439,18 @@ class Analyzer:
     def missing_requirements(self, handle: ModelHandle, data: ProbeSet | None) -> list[str]:
         """Requirements not met by ``handle`` and ``data`` (empty when the analyzer can run)."""
         have = set(handle.capabilities)
+        wrong_kind = []
         if data is not None:
-            have.add("images")
+            have.add(data.kind)
             if data.has_labels:
                 have.add("labels")
             if data.concepts is not None:
                 have.add("concepts")
             if data.mask_names():
                 have.add("masks")
-        return sorted(self.requires - have)
+            if data.kind not in self.inputs:
+                wrong_kind = [" or ".join(sorted(self.inputs))]
+        return sorted(self.requires - have) + wrong_kind
 
     def validate(self, ctx: RunContext) -> None:
         """Rules across parameters and against the run's model and data, after :meth:`check_params`.

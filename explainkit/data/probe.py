@@ -29,7 +29,7 @@ import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 from PIL import Image
@@ -77,6 +77,9 @@ class ProbeSet:
     skipped : list of BadRow
         Rows dropped with ``skip_bad=True``.
     """
+
+    #: The kind of sample (analyzers declare the kinds they read in ``Analyzer.inputs``).
+    kind: ClassVar[str] = "images"
 
     root: Path
     ids: list[str]
