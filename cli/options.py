@@ -14,6 +14,7 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
+from explainkit.adapters.input_kind import refuse_image_preprocessing
 from explainkit.backends import list_backends
 from explainkit.config import load_config
 from explainkit.data.open import Probe, open_probe
@@ -212,8 +213,11 @@ def load_probe(data: str | None, opts: dict[str, Any]) -> Probe:
     """The probe images or volumes, from ``--data`` and the data options (``--data`` is required)."""
     if not data:
         raise click.UsageError("--data is required (or set 'data' in the config file)")
-    return open_probe(data, concepts=opts["concepts"], descriptions=opts["descriptions"],
-                                skip_bad=opts["skip_bad"], follow_symlinks=opts["follow_symlinks"])
+    probe = open_probe(data, concepts=opts["concepts"], descriptions=opts["descriptions"],
+                       skip_bad=opts["skip_bad"], follow_symlinks=opts["follow_symlinks"])
+    if probe.kind == "volumes":
+        refuse_image_preprocessing([k for k in ("input_size", "mean", "std", "resize") if opts.get(k)])
+    return probe
 
 
 def parameter_sources(ctx: click.Context, params: dict[str, Any]) -> dict[str, dict[str, Any]]:

@@ -22,7 +22,7 @@ from explainkit.errors import ConfigError, DataError
 from explainkit.loading.handle import ModelHandle
 from explainkit.loading.volume_input import VolumeInput
 
-__all__ = ["InputEvidence", "bind_input", "input_evidence"]
+__all__ = ["InputEvidence", "bind_input", "input_evidence", "refuse_image_preprocessing"]
 
 #: Layer classes that take (B, C, D, H, W) inputs.
 VOLUME_LAYERS = frozenset({"Conv3d", "ConvTranspose3d", "LazyConv3d", "BatchNorm3d", "InstanceNorm3d", "MaxPool3d",
@@ -99,9 +99,14 @@ def input_evidence(module: nn.Module) -> InputEvidence:
     return InputEvidence(tuple(volume), tuple(image), channels)
 
 
-def _refuse_image_options(handle: ModelHandle) -> None:
-    prep = handle.preprocessing
-    given = sorted(k for k, v in (getattr(prep, "sources", None) or {}).items() if v == "explicit")
+def refuse_image_preprocessing(given: Sequence[str]) -> None:
+    """Stop a volume run to which image preprocessing options (``input_size``, ``mean``, ...) were given.
+
+    Raises
+    ------
+    ConfigError
+        When ``given`` names any option (as ``--input-size``).
+    """
     if given:
         raise ConfigError(f"{', '.join('--' + k.replace('_', '-') for k in given)}: image preprocessing does not "
                           "apply to volumes (they reach the model as stored); leave it out")
@@ -143,7 +148,8 @@ def bind_input(handle: ModelHandle, data: _Samples) -> ModelHandle:
     if evidence.kind == "images":
         raise ConfigError(f"the probe data are volumes (C, D, H, W) but the model reads images (2-D layers such as "
                           f"{evidence.image_layers[0]!r}, no 3-D layer)")
-    _refuse_image_options(handle)
+    sources = getattr(handle.preprocessing, "sources", None) or {}
+    refuse_image_preprocessing(sorted(k for k, v in sources.items() if v == "explicit"))
     shape: Sequence[int] = data.sample_shape()  # every header checked before the first model pass
     if evidence.first_channels is not None and evidence.first_channels != shape[0]:
         raise DataError(f"the volumes have {shape[0]} channel(s) ({data.ids[0]} is {tuple(shape)}) but the model's "

@@ -67,6 +67,9 @@ def _open_npy(path: Path) -> np.ndarray:
     try:
         arr = np.load(path, mmap_mode="r", allow_pickle=False)
     except ValueError as exc:  # object arrays need pickle: refused
+        if "object" in str(exc).lower() or "pickle" in str(exc).lower():
+            raise DataError(f"cannot read {path.name}: it holds Python objects (a pickle), and volumes are read "
+                            "with allow_pickle=False") from None
         raise DataError(f"cannot read {path.name}: {exc}") from None
     except OSError as exc:
         raise DataError(f"cannot read {path.name}: {exc.strerror or exc}") from None
