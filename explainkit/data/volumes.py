@@ -193,6 +193,9 @@ class VolumeSet:
     concepts: ClassVar[None] = None
     concept_names: ClassVar[tuple[str, ...]] = ()
     artifact_concepts: ClassVar[tuple[str, ...]] = ()
+    #: Volume folders label classes only (no multi-hot table, no label maps).
+    multilabels: ClassVar[None] = None
+    has_label_maps: ClassVar[bool] = False
 
     root: Path
     ids: list[str]
@@ -208,6 +211,11 @@ class VolumeSet:
     def has_labels(self) -> bool:
         """Whether every volume has a class label."""
         return len(self) > 0 and bool(np.all(self.labels >= 0))
+
+    @property
+    def task(self) -> str | None:
+        """``"classification"`` when every volume has a label, else ``None`` (as :attr:`ProbeSet.task`)."""
+        return "classification" if self.has_labels else None
 
     @property
     def skipped(self) -> list:
