@@ -24,8 +24,9 @@ import torch
 from explainkit.cam import compute
 from explainkit.cam.localisation import localisation_table
 from explainkit.cli.main import main
-from explainkit.data.volumes import VolumeSet
-from explainkit.datasets.volumes import VolumeWorldSpec, lesion_detector, write_volume_world
+from explainkit.data.open import open_probe
+from explainkit.data.volumes import VolumeSet, read_volume, read_volume_shape
+from explainkit.datasets.volumes import VolumeWorldSpec, generate_volume_world, lesion_detector, write_volume_world
 from explainkit.loading.save import save_model
 from explainkit.report import schema_path
 
@@ -119,3 +120,37 @@ def test_volumes_of_one_run_must_have_one_shape(tmp_path):
     np.save(folder / "b.npy", np.zeros((2, 4, 4, 4), np.float32))
     with pytest.raises(Exception, match=r"b\.npy is \(2, 4, 4, 4\).*a\.npy is \(1, 4, 4, 4\)"):
         VolumeSet.from_folder(folder).sample_shape()
+
+
+def test_header_shapes_match_the_read_volumes(tmp_path):
+    """read_volume_shape (headers only, checked before the first pass) agrees with read_volume for every layout."""
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "a.npy", rng.normal(size=(3, 4, 5)).astype(np.float32))
+    np.save(tmp_path / "b.npy", rng.normal(size=(2, 3, 4, 5)).astype(np.float32))
+    files = ["a.npy", "b.npy"]
+    nib = pytest.importorskip("nibabel")
+    nib.save(nib.Nifti1Image(rng.normal(size=(5, 4, 3)).astype(np.float32), np.eye(4)), str(tmp_path / "c.nii.gz"))
+    nib.save(nib.Nifti1Image(rng.normal(size=(5, 4, 3, 2)).astype(np.float32), np.eye(4)), str(tmp_path / "d.nii"))
+    files += ["c.nii.gz", "d.nii"]
+    for name in files:
+        assert read_volume_shape(tmp_path / name) == read_volume(tmp_path / name).shape, name
+
+
+def test_nifti_volumes_through_analyze(tmp_path):
+    """A NIfTI volume folder is recognised by open_probe and runs (performance) through the command line."""
+    nib = pytest.importorskip("nibabel")
+    data = tmp_path / "nii"
+    volumes, _, _ = generate_volume_world(VolumeWorldSpec(n=4, size=12))
+    data.mkdir()
+    for i, vol in enumerate(volumes):  # (1, D, H, W) -> NIfTI voxel axes (i, j, k) = (W, H, D)
+        nib.save(nib.Nifti1Image(vol[0].transpose(2, 1, 0), np.eye(4)), str(data / f"v{i}.nii.gz"))
+    (data / "labels.csv").write_text("path,label\n" + "".join(f"v{i}.nii.gz,{('healthy', 'lesion')[i % 2]}\n"
+                                                            for i in range(4)))
+    assert isinstance(open_probe(data), VolumeSet)
+    assert np.array_equal(VolumeSet.from_folder(data).stack(), volumes)
+    model = save_model(lesion_detector(), tmp_path / "m.safetensors", arch=ARCH, class_names=["healthy", "lesion"])
+    out = tmp_path / "out"
+    assert main(["analyze", str(model), "--data", str(data), "--arch", ARCH, "--analyzer",
+                 "performance:n_resamples=100", "--out", str(out), "--no-progress"]) == 0
+    doc = json.loads((out / "report.json").read_text())
+    assert doc["provenance"]["data"]["n_volumes"] == 4 and doc["sections"][0]["data"]["accuracy"]["n"] == 4

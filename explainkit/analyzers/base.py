@@ -181,8 +181,9 @@ class Batch:
         (B,) stable sample ids (relative paths).
     inputs : torch.Tensor
         (B, 3, H, W) preprocessed model inputs on the run's device.
-    images : list of PIL.Image.Image
-        The B original RGB images at source resolution.
+    images : list of PIL.Image.Image or list of ndarray
+        The B original samples: RGB images at source resolution, or (C, D, H, W) float32 volumes
+        (``ctx.data.kind == "volumes"``; ``inputs`` is then (B, C, D, H, W)).
     labels : torch.Tensor
         (B,) int64 class labels, -1 when unknown (CPU).
     concepts : ndarray or None

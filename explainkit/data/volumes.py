@@ -26,14 +26,14 @@ the runner and the analyzers use (``kind``, ``ids``, ``labels``, ``load_image``,
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 
-from explainkit.data.probe import _Containment
+from explainkit.data.probe import ProbeSet, _Containment
 from explainkit.data.tables import BadRow, read_labels_csv
 from explainkit.errors import DataError
 
@@ -230,15 +230,9 @@ class VolumeSet:
         """Sample ``i`` as the runner reads any probe sample: here the (C, D, H, W) float32 volume."""
         return self.load(i)
 
-    def iter_batches(self, batch_size: int, indices: Sequence[int] | None = None
-                     ) -> Iterator[tuple[np.ndarray, list[np.ndarray]]]:
-        """Yield ``(indices, volumes)`` chunks of at most ``batch_size`` (C, D, H, W) volumes."""
-        if batch_size < 1:
-            raise DataError("batch size must be at least 1")
-        order = np.arange(len(self)) if indices is None else np.asarray(indices, dtype=np.int64)
-        for start in range(0, len(order), batch_size):
-            chunk = order[start : start + batch_size]
-            yield chunk, [self.load(int(i)) for i in chunk]
+    #: ``(indices, volumes)`` chunks of at most ``batch_size`` (C, D, H, W) volumes: the image probe
+    #: set's chunking, reading every sample through :meth:`load_image`.
+    iter_batches = ProbeSet.iter_batches
 
     def subset(self, indices: Sequence[int]) -> VolumeSet:
         """A volume set with the volumes at ``indices`` (in that order)."""
