@@ -378,7 +378,7 @@ def _validate_policy(text: str, folder: Path) -> None:
 
 def discover(
     handle: ModelHandle | nn.Module,
-    data: ProbeSet | str | Path,
+    data: Probe | str | Path,
     *,
     out: str | Path | None = None,
     params: Mapping[str, Any] | None = None,
@@ -424,7 +424,7 @@ def discover(
     """
     if policy_top < 1:
         raise ConfigError("policy_top must be at least 1")
-    probe = data if isinstance(data, ProbeSet) else ProbeSet.from_folder(data)
+    probe = data if isinstance(data, ProbeSet | VolumeSet) else open_probe(data)
     report = analyze(handle, probe, [("discovery", dict(params or {}))], device=device, batch_size=batch_size,
                      seed=seed, layer=layer, progress=progress,
                      config={**dict(config or {}), "policy_top": policy_top},
