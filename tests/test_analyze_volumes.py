@@ -15,6 +15,7 @@ EigenCAM is class-agnostic and follows the slab (0 of 12 lesions in the previous
 from __future__ import annotations
 
 import json
+import warnings
 
 import jsonschema
 import numpy as np
@@ -154,3 +155,21 @@ def test_nifti_volumes_through_analyze(tmp_path):
                  "performance:n_resamples=100", "--out", str(out), "--no-progress"]) == 0
     doc = json.loads((out / "report.json").read_text())
     assert doc["provenance"]["data"]["n_volumes"] == 4 and doc["sections"][0]["data"]["accuracy"]["n"] == 4
+
+
+def test_input_kind_evidence_from_layers():
+    """3-D layers mean volumes, 2-D layers images, both or none decide nothing (the first forward pass does)."""
+    from torch import nn
+
+    from explainkit.adapters.input_kind import input_evidence
+    from explainkit.models import TinyCNN
+
+    vol = input_evidence(lesion_detector())
+    assert (vol.kind, vol.volume_layers, vol.first_channels) == ("volumes", ("0", "2"), 1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated in favour of torch.export
+        scripted = torch.jit.script(lesion_detector())
+    assert input_evidence(scripted).kind == "volumes"  # TorchScript: by the original class name
+    assert input_evidence(TinyCNN(3)).kind == "images"
+    assert input_evidence(nn.Sequential(nn.Conv2d(1, 2, 3), nn.Conv3d(2, 2, 1))).kind is None
+    assert input_evidence(nn.Sequential(nn.Flatten(), nn.Linear(8, 2))).kind is None
