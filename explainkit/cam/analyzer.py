@@ -332,8 +332,7 @@ class _AttributionAnalyzer(Analyzer):
                  sanity_images: int = 12, min_sanity_images: int = 6, sanity_steps: int = 3,
                  sanity_threshold: float = 0.5, n_examples: int = 6, pointing_tolerance: float | None = None,
                  min_hit_rate: float = MIN_HIT_RATE, batch_size: int | None = None, n_resamples: int = 1000,
-                 save_maps: bool = True,
-                 grid: Sequence[int] | None = None, prefix_tokens: int | None = None,
+                 save_maps: bool = True, grid: Sequence[int] | None = None, prefix_tokens: int | None = None,
                  layout: str = "auto") -> None:
         self.methods = methods
         self.layer = layer
