@@ -1,0 +1,274 @@
+"""Prototype meaning per class region, for segmentation models (ScaleProtoSeg and other dense prototype maps).
+
+A segmentation prototype of class ``k`` is meant to fire on the pixels of class ``k``; reading it at
+its best location over the whole image (as the classification analysis does) would mix in whatever
+it matches elsewhere. Here every prototype is read on its own class's region of the ground-truth
+label map only:
+
+* the region of class ``k`` on the latent grid is the set of cells at least ``min_fraction`` of whose
+  input pixels are labelled ``k`` (:func:`region_masks`; label maps follow the images' geometric
+  preprocessing first);
+* the Nauta local importance of a characteristic is read at the best location *within the region*
+  of the original image (``readout="fixed"``; ``"max"`` re-maximises within the region of the
+  perturbed image), :func:`region_scores`;
+* an image without the prototype's class takes no part in that prototype's global scores, tests or
+  top patch (weight 0, :attr:`~explainkit.prototypes.importance.LocalScores.valid`).
+
+Everything else is the prototypes analysis unchanged: the same perturbations
+(:mod:`explainkit.prototypes.perturb`), similarity-weighted global means with Poisson-bootstrap
+intervals, one-sided Wilcoxon tests with Benjamini-Hochberg correction on the "test" split and
+verdicts in words (:mod:`explainkit.prototypes.statistics`). :func:`region_analysis` runs it from the
+Python API on images and (N, H, W) label maps and adds the model's own explanation when its adapter
+has one (ScaleProtoSeg: scale groups, sparse groups, per-pixel drivers).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+
+from explainkit.analyzers.metric import metric
+from explainkit.errors import ConfigError
+from explainkit.loading.handle import ModelHandle
+from explainkit.loading.preprocessing import Preprocessing
+from explainkit.prototypes.adapters import PrototypeAdapter, patch_box
+from explainkit.prototypes.importance import (
+    LocalScores,
+    SplitAccumulator,
+    perturbed_views,
+    resolve_weight,
+    scores_from_maps,
+)
+from explainkit.prototypes.perturb import DEFAULT_CHARACTERISTICS, make_perturbations
+from explainkit.prototypes.statistics import global_scores, local_tests, verdict
+from explainkit.stats.streaming import poisson_counts
+
+__all__ = ["region_analysis", "region_masks", "region_scores"]
+
+SPLITS = ("train", "test")
+
+
+def region_masks(label_maps: np.ndarray, classes: Sequence[int | None], grid: tuple[int, int],
+                 min_fraction: float = 0.5, preprocessing: Preprocessing | None = None) -> torch.Tensor:
+    """Each prototype's class region on the latent grid.
+
+    Parameters
+    ----------
+    label_maps : ndarray
+        (B, H, W) integer class of every image pixel (any value outside the classes: no region).
+    classes : sequence of int or None
+        Class of each of the P prototypes (``None``: a shared prototype, read everywhere).
+    grid : tuple of int
+        (h, w) of the similarity maps.
+    min_fraction : float
+        A latent cell belongs to a region when at least this fraction of its input pixels does.
+    preprocessing : Preprocessing, optional
+        Maps each class mask to the model input's geometry (:meth:`Preprocessing.resize_mask`)
+        before pooling; without it the label maps are pooled as given.
+
+    Returns
+    -------
+    torch.Tensor
+        (B, P, h, w) bool.
+    """
+    labels = np.asarray(label_maps)
+    if labels.ndim != 3:
+        raise ConfigError(f"label maps must be (N, H, W), not {labels.shape}")
+    wanted = sorted({c for c in classes if c is not None})
+    fractions = {}
+    for c in wanted:
+        masks = labels == c
+        if preprocessing is not None:
+            masks = np.stack([preprocessing.resize_mask(m) for m in masks])
+        fractions[c] = F.adaptive_avg_pool2d(torch.as_tensor(masks, dtype=torch.float32)[:, None], grid)[:, 0]
+    everywhere = torch.ones(len(labels), *grid, dtype=torch.bool)
+    return torch.stack([everywhere if c is None else fractions[c] >= min_fraction for c in classes], dim=1)
+
+
+def region_scores(maps: torch.Tensor, regions: torch.Tensor, n_images: int, readout: str = "fixed") -> LocalScores:
+    """Local importances read within each prototype's region (as :func:`~.importance.scores_from_maps`).
+
+    Parameters
+    ----------
+    maps : torch.Tensor
+        (B·(1 + C), P, h, w) similarity maps, originals first.
+    regions : torch.Tensor
+        (B, P, h, w) bool regions of the B original images (the perturbed copies share them).
+    n_images : int
+        B.
+    readout : str
+        ``fixed`` or ``max``.
+
+    Returns
+    -------
+    LocalScores
+        Similarities, locations and deltas; ``valid`` marks the (image, prototype) pairs whose
+        region is not empty (elsewhere similarity, location and deltas are 0).
+    """
+    copies = maps.shape[0] // n_images
+    region = regions.to(maps.device).repeat(copies, 1, 1, 1)
+    scores = scores_from_maps(maps.float().masked_fill(~region, -torch.inf), n_images, readout)
+    valid = regions.flatten(2).any(dim=2).cpu().numpy()
+    scores.similarity = np.where(valid, scores.similarity, 0.0)
+    scores.location = np.where(valid, scores.location, 0)
+    scores.delta = np.where(valid[..., None], scores.delta, 0.0)
+    scores.valid = valid
+    return scores
+
+
+def region_analysis(adapter: PrototypeAdapter, model: ModelHandle | nn.Module, images: Sequence[Image.Image],
+                    label_maps: np.ndarray, *, preprocessing: Preprocessing,
+                    characteristics: Sequence[str] = DEFAULT_CHARACTERISTICS, class_names: Sequence[str] = (),
+                    prototypes: Sequence[int] | None = None, min_fraction: float = 0.5, readout: str = "fixed",
+                    weight: str = "auto", train_fraction: float = 0.5, n_resamples: int = 200,
+                    sample_size: int = 256, batch_size: int = 16, alpha: float = 0.05, seed: int = 0,
+                    device: torch.device | str = "cpu") -> dict[str, Any]:
+    """The prototypes analysis of a segmentation model, each prototype on its class's region.
+
+    Parameters
+    ----------
+    adapter : PrototypeAdapter
+        Gives the dense similarity maps and each prototype's class (e.g.
+        :class:`~explainkit.prototypes.model_adapters.scaleprotoseg.ScaleProtoSegPrototypes`).
+    model : ModelHandle or torch.nn.Module
+        The model (eval mode).
+    images : sequence of PIL.Image.Image
+        N images at source resolution.
+    label_maps : ndarray
+        (N, H, W) ground-truth class of every pixel, at the images' resolution.
+    preprocessing : Preprocessing
+        The model's preprocessing (images, and the label maps' geometry).
+    characteristics : sequence of str
+        Nauta characteristics (default hue, shape, texture, contrast, saturation).
+    class_names : sequence of str
+        Names of the classes (for the records).
+    prototypes : sequence of int, optional
+        Analyse only these prototypes (default all).
+    min_fraction, readout
+        See :func:`region_masks`, :func:`region_scores`.
+    weight : str
+        Weight rule of the global means (:func:`~explainkit.prototypes.importance.resolve_weight`).
+    train_fraction : float
+        Probability that image ``i`` is in the "train" split (seeded by ``(seed, i)``).
+    n_resamples, sample_size : int
+        Bootstrap resamples; local scores kept for the tests.
+    batch_size : int
+        Images per step (each brings its C perturbed copies).
+    alpha : float
+        Level of the per-prototype tests (after Benjamini-Hochberg).
+    seed : int
+        Split, bootstrap and sample seeds.
+    device : torch.device or str
+        Where the model runs.
+
+    Returns
+    -------
+    dict
+        JSON-ready: ``adapter``, ``characteristics``, ``units``, ``splits`` (images per split),
+        ``prototypes`` (per prototype: class, images containing its class per split, verdict, global
+        scores with 95 % bootstrap CIs, tests, region-restricted top patch box), and
+        ``model_explanation`` when the adapter has one.
+    """
+    labels = np.asarray(label_maps)
+    if labels.ndim != 3 or len(labels) != len(images) or not len(images):
+        raise ConfigError("region analysis needs one (H, W) label map per image and at least one image")
+    for im, lab in zip(images, labels):
+        if (im.height, im.width) != lab.shape:
+            raise ConfigError(f"a {lab.shape[0]}x{lab.shape[1]} label map does not match a "
+                              f"{im.height}x{im.width} image")
+    if not 0 < train_fraction < 1:
+        raise ConfigError("train_fraction must be in (0, 1)")
+    perturbations = make_perturbations(list(characteristics))
+    names = [p.name for p in perturbations]
+    ids = list(range(adapter.num_prototypes)) if prototypes is None else [int(p) for p in prototypes]
+    if not ids or min(ids) < 0 or max(ids) >= adapter.num_prototypes:
+        raise ConfigError(f"prototype indices must lie in [0, {adapter.num_prototypes})")
+    classes = [adapter.prototype_class(p) for p in ids]
+    rule = resolve_weight(weight, adapter)
+    explanation = adapter.explanation()
+    if not hasattr(explanation, "measure"):  # only explanations measured on plain inputs (ScaleProtoSeg's)
+        explanation = None
+    state = explanation.init_state() if explanation is not None else None
+    present = {s: np.zeros(len(ids), np.int64) for s in SPLITS}
+    acc = {s: SplitAccumulator.empty(len(ids), len(names), n_resamples, sample_size) for s in SPLITS}
+    is_train = np.array([np.random.default_rng([seed, i]).random() < train_fraction for i in range(len(images))])
+    idx_t = torch.as_tensor(ids)
+    with torch.no_grad():
+        for start in range(0, len(images), batch_size):
+            batch = np.arange(start, min(start + batch_size, len(images)))
+            x = perturbed_views([images[i] for i in batch], perturbations, preprocessing).to(device)
+            maps = adapter.similarity_maps(model, x, idx_t)
+            regions = region_masks(labels[batch], classes, tuple(maps.shape[-2:]), min_fraction, preprocessing)
+            scores = region_scores(maps, regions, len(batch), readout)
+            for split, mask in (("train", is_train[batch]), ("test", ~is_train[batch])):
+                if mask.any():
+                    sel = batch[mask]
+                    counts = poisson_counts([np.random.default_rng([seed, 1, int(i)]) for i in sel], n_resamples)
+                    prio = np.array([np.random.default_rng([seed, 2, int(i)]).random() for i in sel])
+                    acc[split] = acc[split].add(scores.subset(mask), sel, rule, counts, prio)
+                    present[split] += scores.valid[mask].sum(axis=0)
+            if explanation is not None:
+                state = explanation.merge(state, explanation.measure(model, x[: len(batch)]))
+    scores_by = {s: global_scores(acc[s]) for s in SPLITS}
+    primary = "train" if acc["train"].n else "test"
+    sample = acc["test"].sample if len(acc["test"].sample) else acc[primary].sample
+    tests = local_tests(sample.delta) if len(sample) else None
+    unit = adapter.unit
+    records = []
+    for j, p in enumerate(ids):
+        cls = classes[j]
+        g0 = scores_by[primary]
+        rec: dict[str, Any] = {
+            "prototype": p, "class": cls,
+            "class_name": class_names[cls] if cls is not None and 0 <= cls < len(class_names) else None,
+            "verdict": verdict(g0.score[j], g0.ci_low[j], names),
+            "images_with_region": {s: int(present[s][j]) for s in SPLITS},
+        }
+        if hasattr(adapter, "scale"):
+            rec["scale"] = adapter.scale(p)
+        for s in SPLITS:
+            g = scores_by[s]
+            rec[f"global_{s}"] = {c: metric(g.score[j, k], (g.ci_low[j, k], g.ci_high[j, k]), n=g.n, unit=unit,
+                                            higher_is_better=None) for k, c in enumerate(names)}
+        if tests is not None:
+            rec["tests"] = {c: {"n": int(tests["n"][j, k]), "median": _float(tests["median"][j, k]),
+                                "p": _float(tests["p"][j, k]), "q": _float(tests["q"][j, k]),
+                                "significant": bool(tests["q"][j, k] < alpha)} for k, c in enumerate(names)}
+        best = int(acc[primary].best_index[j])
+        if best >= 0:
+            x0 = preprocessing([images[best]]).to(device)
+            sim = adapter.similarity_maps(model, x0, [p])[0, 0]
+            region = region_masks(labels[best : best + 1], [cls], tuple(sim.shape), min_fraction, preprocessing)[0, 0]
+            masked = sim.masked_fill(~region.to(sim.device), float(sim.min())).detach().cpu().numpy()
+            rec["top_patch"] = {"image": best, "similarity": _float(acc[primary].best_similarity[j]),
+                                "box": list(patch_box(masked, tuple(x0.shape[-2:])))}
+        records.append(rec)
+    out: dict[str, Any] = {
+        "adapter": adapter.describe(), "characteristics": names, "readout": readout, "weight": rule,
+        "min_fraction": min_fraction, "primary_split": primary,
+        "splits": {s: {"n_images": acc[s].n, "local_sample": len(acc[s].sample)} for s in SPLITS},
+        "units": {"global": f"{unit}, {rule}-weighted mean over the images containing the prototype's class of "
+                            "(original − perturbed) read within the class region",
+                  "box": "(y0, y1, x0, x1) model-input pixels, half-open"},
+        "prototypes": records,
+        "notes": "Per class region: each prototype is read only on the ground-truth pixels of its own class "
+                 f"(latent cells at least {min_fraction:g} covered); images without that class are left out of "
+                 "its scores. Raw importances are in similarity units and not comparable across characteristics "
+                 "(see docs/prototypes.md).",
+    }
+    if explanation is not None:
+        out["model_explanation"] = {"kind": explanation.kind, "title": explanation.title,
+                                    "reference": explanation.reference,
+                                    **explanation.report(state, records, class_names)}
+    return out
+
+
+def _float(v: Any) -> float | None:
+    v = float(v)
+    return v if np.isfinite(v) else None
