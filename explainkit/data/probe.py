@@ -1,10 +1,21 @@
 """Image-folder probe sets with labels, concept tables and masks.
 
-Layouts
--------
-* class subfolders: ``root/<class>/<image>``; class names are the sorted folder names;
-* a flat folder with ``labels.csv`` (``path,label``), optional ``classes.txt`` fixing the order;
+Layouts (the task, :attr:`ProbeSet.task`, follows from the layout)
+------------------------------------------------------------------
+* class subfolders: ``root/<class>/<image>``; class names are the sorted folder names
+  (classification);
+* a flat folder with ``labels.csv`` (``path,label``), optional ``classes.txt`` fixing the order
+  (classification);
+* a folder with a multi-hot ``labels.csv``: ``path,<label>,<label>,...``, one 0/1 column per label in
+  the model's output order (multi-label; a label may not be called ``label``, which marks the
+  single-label table; a ``classes.txt``, if present, must list the same names in the same order);
+* a flat folder with label maps ``labels/<image stem>.png`` and ``classes.txt`` (segmentation): one
+  class index per pixel (8- or 16-bit grey, or palette indices as in Pascal VOC; RGB colour maps are
+  refused), of exactly the image's size, values ``0 .. K-1`` for the ``K`` lines of ``classes.txt``
+  (``K`` ≤ 255) or :data:`LABEL_IGNORE` (255) for pixels that count for no class;
 * a flat folder without labels (unlabelled probe set).
+
+``masks``, ``artifacts`` and ``labels`` are reserved folder names (never class folders).
 
 Optional files in ``root``: ``concepts.csv`` (``path,<concept>,...`` with 0/1 values),
 ``descriptions.json`` (INVERT-style concept descriptions; ``"artifact": true`` marks spurious
@@ -12,12 +23,13 @@ cues), or an INVERT-style label matrix ``concepts.npy`` (N×C, rows in sorted pa
 the description file, and ``masks/<name>/<image path>.png`` binary masks.
 
 Bad rows (missing or unreadable images, non-binary values, duplicate paths, masks that are not the
-size of their image) raise a :class:`~explainkit.errors.DataError` naming the row, unless
-``skip_bad=True``, in which case they are dropped and listed in :attr:`ProbeSet.skipped`.
+size of their image, missing label maps, label maps of the wrong size or with values out of range)
+raise a :class:`~explainkit.errors.DataError` naming the row, unless ``skip_bad=True``, in which case
+they are dropped and listed in :attr:`ProbeSet.skipped`.
 
 Everything read from the folder must stay inside it: table paths with ``..`` or absolute paths are
-refused, and so are images, masks, tables and class folders that are symlinks resolving outside the
-folder, unless ``follow_symlinks=True`` (``--follow-symlinks``). Images of any PIL mode are read by
+refused, and so are images, masks, label maps, tables and class folders that are symlinks resolving
+outside the folder, unless ``follow_symlinks=True`` (``--follow-symlinks``). Images of any PIL mode are read by
 value range (:func:`explainkit.pixels.to_rgb`: 16-bit scaled, alpha composited on white).
 """
 
@@ -36,6 +48,7 @@ from PIL import Image
 
 from explainkit.data.tables import (
     BadRow,
+    is_multihot_labels,
     read_concepts_csv,
     read_descriptions,
     read_labels_csv,
@@ -43,10 +56,17 @@ from explainkit.data.tables import (
 from explainkit.errors import DataError
 from explainkit.pixels import to_rgb
 
-__all__ = ["IMAGE_EXTENSIONS", "ProbeSet"]
+__all__ = ["IMAGE_EXTENSIONS", "LABEL_IGNORE", "TASKS", "ProbeSet"]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff")
-_RESERVED_DIRS = {"masks", "artifacts"}
+#: The value of a label-map pixel that belongs to no class (borders, "void"; as Pascal VOC).
+LABEL_IGNORE = 255
+#: The tasks a probe set can label.
+TASKS = ("classification", "segmentation", "multilabel")
+_LABEL_MAP_DIR = "labels"
+_RESERVED_DIRS = {"masks", "artifacts", _LABEL_MAP_DIR}
+#: PIL modes whose pixel values are class indices as stored (grey, palette indices, 16/32-bit grey).
+_INDEX_MODES = ("1", "L", "P", "I", "I;16", "I;16B", "I;16L")
 Image.MAX_IMAGE_PIXELS = 64_000_000
 
 
@@ -65,9 +85,13 @@ class ProbeSet:
     ids : list of str
         Relative POSIX paths, sorted; the stable sample ids.
     labels : ndarray
-        (N,) int64 class index per image, -1 when unknown.
+        (N,) int64 class index per image, -1 when unknown (always -1 for segmentation and
+        multi-label probe sets).
     class_names : tuple of str or None
-        Class names in index order.
+        Class names in index order (the label columns of a multi-label set, the lines of
+        ``classes.txt`` of a segmentation set).
+    multilabels : ndarray or None
+        (N, L) bool multi-hot labels of a multi-label probe set (column ``l`` = ``class_names[l]``).
     concept_names : tuple of str
         Concept columns (empty without a concept table).
     concepts : ndarray or None
@@ -76,6 +100,8 @@ class ProbeSet:
         One INVERT-style description per concept (``name``, optional ``definition``, ``artifact``).
     skipped : list of BadRow
         Rows dropped with ``skip_bad=True``.
+    label_map_digests : list of str
+        SHA-256 of each image's label map (empty unless it is a segmentation probe set).
     """
 
     root: Path
@@ -88,6 +114,8 @@ class ProbeSet:
     skipped: list[BadRow] = field(default_factory=list)
     digests: list[str] = field(default_factory=list, repr=False)
     image_sizes: dict[str, tuple[int, int]] = field(default_factory=dict, repr=False)
+    multilabels: np.ndarray | None = None
+    label_map_digests: list[str] = field(default_factory=list, repr=False)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -96,6 +124,36 @@ class ProbeSet:
     def has_labels(self) -> bool:
         """Whether every image has a class label."""
         return len(self) > 0 and bool(np.all(self.labels >= 0))
+
+    @property
+    def has_label_maps(self) -> bool:
+        """Whether every image has a label map ``labels/<image stem>.png`` (segmentation)."""
+        return len(self) > 0 and len(self.label_map_digests) == len(self)
+
+    @property
+    def task(self) -> str | None:
+        """``"segmentation"``, ``"multilabel"``, ``"classification"``, or ``None`` when unlabelled."""
+        if self.has_label_maps:
+            return "segmentation"
+        if self.multilabels is not None:
+            return "multilabel"
+        return "classification" if self.has_labels else None
+
+    def label_map(self, i: int) -> np.ndarray:
+        """Label map of image ``i``: (H, W) int64 class indices, :data:`LABEL_IGNORE` = no class.
+
+        Raises
+        ------
+        DataError
+            No label maps in this probe set, or the file changed since it was verified.
+        """
+        if not self.has_label_maps:
+            raise DataError("this probe set has no label maps (labels/<image stem>.png with classes.txt)")
+        sid = self.ids[i]
+        problem, arr = _read_label_map(self.root, sid, self.image_sizes.get(sid), len(self.class_names or ()))
+        if problem:
+            raise DataError(problem)
+        return arr
 
     @property
     def artifact_concepts(self) -> tuple[str, ...]:
@@ -146,6 +204,10 @@ class ProbeSet:
         h.update(repr((self.class_names, self.concept_names)).encode())
         for i, sid in enumerate(self.ids):
             row = self.concepts[i].tobytes() if self.concepts is not None else b""
+            if self.multilabels is not None:
+                row += b"|" + self.multilabels[i].tobytes()
+            if self.label_map_digests:
+                row += b"|" + self.label_map_digests[i].encode()
             h.update(f"{sid}\t{self.digests[i]}\t{int(self.labels[i])}\t".encode() + row + b"\n")
         return h.hexdigest()
 
@@ -158,6 +220,8 @@ class ProbeSet:
             labels=self.labels[idx],
             concepts=None if self.concepts is None else self.concepts[idx],
             digests=[self.digests[i] for i in idx],
+            multilabels=None if self.multilabels is None else self.multilabels[idx],
+            label_map_digests=[self.label_map_digests[i] for i in idx] if self.label_map_digests else [],
         )
 
     def iter_batches(self, batch_size: int, indices: Sequence[int] | None = None
@@ -171,8 +235,9 @@ class ProbeSet:
             yield chunk, [self.load_image(int(i)) for i in chunk]
 
     def describe(self) -> dict[str, Any]:
-        """JSON-ready provenance."""
-        return {
+        """JSON-ready provenance (``task`` only for segmentation and multi-label probe sets)."""
+        extra = {"task": self.task} if self.task in ("segmentation", "multilabel") else {}
+        return {**extra,
             "root": str(self.root),
             "n_images": len(self),
             "n_classes": len(self.class_names) if self.class_names else 0,
@@ -202,7 +267,7 @@ class ProbeSet:
         root : str or Path
             The folder.
         labels : str or Path, optional
-            ``labels.csv``; default ``root/labels.csv`` when present.
+            ``labels.csv`` (``path,label`` or multi-hot); default ``root/labels.csv`` when present.
         concepts : str or Path, optional
             ``concepts.csv`` or an N×C ``.npy`` label matrix; default ``root/concepts.csv`` (or
             ``root/concepts.npy``) when present.
@@ -241,15 +306,27 @@ class ProbeSet:
             p for p in root.iterdir()
             if p.is_dir() and not p.name.startswith((".", "_")) and p.name not in _RESERVED_DIRS
         )
-        if labels_path.is_file():
-            label_of = read_labels_csv(labels_path, on_bad)
-            for p in list(label_of):
-                if not _is_image(root / p):
-                    on_bad(BadRow(labels_path.name, 0, p, "image file not found"))
-                    label_of.pop(p)
+        map_dir = root / _LABEL_MAP_DIR
+        if map_dir.is_symlink() and (problem := inside.problem(map_dir)):
+            raise DataError(problem)
+        if map_dir.is_dir() and labels_path.is_file():
+            raise DataError(f"{root} has both label maps ({_LABEL_MAP_DIR}/) and {labels_path.name}: "
+                            "a probe set is either segmentation or labelled per image")
+        multi_of: dict[str, np.ndarray] = {}
+        if labels_path.is_file() and is_multihot_labels(labels_path):
+            table = read_concepts_csv(labels_path, on_bad, noun="label")
+            multi_of = _existing_images(root, labels_path.name, table.rows, on_bad)
+            class_names = tuple(table.names)
+            names_file = inside.default_file("classes.txt")
+            if names_file.is_file() and _class_names(names_file) != class_names:
+                raise DataError(f"classes.txt does not list the label columns of {labels_path.name} in their order")
+            ids = sorted(multi_of)
+            label_arr = np.full(len(ids), -1, dtype=np.int64)
+        elif labels_path.is_file():
+            label_of = _existing_images(root, labels_path.name, read_labels_csv(labels_path, on_bad), on_bad)
             names_file = inside.default_file("classes.txt")
             if names_file.is_file():
-                class_names = tuple(x.strip() for x in _read_text(names_file).splitlines() if x.strip())
+                class_names = _class_names(names_file)
                 unknown = sorted(set(label_of.values()) - set(class_names))
                 if unknown:
                     raise DataError(f"labels.csv uses classes missing from classes.txt: {', '.join(unknown[:5])}")
@@ -259,6 +336,20 @@ class ProbeSet:
             label_arr = np.array([class_names.index(label_of[i]) for i in ids], dtype=np.int64)
         elif labels:
             raise DataError(f"labels file {labels_path} does not exist")
+        elif map_dir.is_dir():
+            if class_dirs:
+                raise DataError(f"label maps ({_LABEL_MAP_DIR}/) need the images at the top of {root}; "
+                                f"found folder(s) {', '.join(p.name for p in class_dirs[:3])}")
+            names_file = inside.default_file("classes.txt")
+            if not names_file.is_file():
+                raise DataError(f"label maps ({_LABEL_MAP_DIR}/) need classes.txt: one class name per line, "
+                                "line k names the pixel value k")
+            class_names = _class_names(names_file)
+            if not 0 < len(class_names) <= LABEL_IGNORE:
+                raise DataError(f"classes.txt lists {len(class_names)} classes; label maps allow 1 to "
+                                f"{LABEL_IGNORE} ({LABEL_IGNORE} is the ignore value)")
+            ids = sorted(f.name for f in root.iterdir() if _is_image(f))
+            label_arr = np.full(len(ids), -1, dtype=np.int64)
         elif class_dirs:
             class_names = tuple(p.name for p in class_dirs)
             ids, lab = [], []
@@ -280,6 +371,11 @@ class ProbeSet:
         label_arr = label_arr[keep]
         keep = _verify_masks(root, ids, sizes, on_bad, inside)
         ids, label_arr, digests = [ids[i] for i in keep], label_arr[keep], [digests[i] for i in keep]
+        map_digest_of = {}
+        if map_dir.is_dir():
+            map_digest_of = _verify_label_maps(root, ids, sizes, len(class_names), on_bad, inside)
+            keep = [i for i, sid in enumerate(ids) if sid in map_digest_of]
+            ids, label_arr, digests = [ids[i] for i in keep], label_arr[keep], [digests[i] for i in keep]
 
         desc_path = Path(descriptions) if descriptions else inside.default_file("descriptions.json")
         descs = read_descriptions(desc_path) if desc_path.is_file() else []
@@ -292,7 +388,9 @@ class ProbeSet:
             raise DataError(f"no usable images left in {root} after skipping bad rows")
         return cls(root=root, ids=ids, labels=label_arr, class_names=class_names,
                    concept_names=concept_names, concepts=concept_arr, descriptions=descs,
-                   skipped=skipped, digests=digests, image_sizes={sid: sizes[sid] for sid in ids})
+                   skipped=skipped, digests=digests, image_sizes={sid: sizes[sid] for sid in ids},
+                   multilabels=np.stack([multi_of[s] for s in ids]) if multi_of else None,
+                   label_map_digests=[map_digest_of[s] for s in ids] if map_digest_of else [])
 
 
 class _Containment:
@@ -321,6 +419,22 @@ class _Containment:
         if problem:
             raise DataError(problem)
         return path
+
+
+def _existing_images(root: Path, table: str, rows: dict[str, Any], on_bad) -> dict[str, Any]:
+    """The rows of a table whose image file exists (the others go to ``on_bad``)."""
+    for p in [p for p in rows if not _is_image(root / p)]:
+        on_bad(BadRow(table, 0, p, "image file not found"))
+    return {p: v for p, v in rows.items() if _is_image(root / p)}
+
+
+def _class_names(path: Path) -> tuple[str, ...]:
+    """The non-empty lines of ``classes.txt``, refusing duplicates."""
+    names = tuple(x.strip() for x in _read_text(path).splitlines() if x.strip())
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise DataError(f"{path.name} lists class(es) twice: {', '.join(dup[:5])}")
+    return names
 
 
 def _read_text(path: Path) -> str:
@@ -380,6 +494,48 @@ def _read_mask(root: Path, name: str, sid: str, size: tuple[int, int] | None,
             return None, np.asarray(to_rgb(im, background=(0, 0, 0)).convert("L")) > 127
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
         return f"cannot read mask {rel}: {exc}", None
+
+
+def _read_label_map(root: Path, sid: str, size: tuple[int, int] | None, n_classes: int,
+                    inside: _Containment | None = None) -> tuple[str | None, np.ndarray | None]:
+    """``(problem, label map)`` of image ``sid``: (H, W) int64, values < ``n_classes`` or :data:`LABEL_IGNORE`."""
+    p = root / _LABEL_MAP_DIR / Path(sid).with_suffix(".png")
+    rel = p.relative_to(root).as_posix()
+    if not (p.is_file() or p.is_symlink()):
+        return f"image {sid} has no label map {rel}", None
+    problem = inside.problem(p) if inside is not None else None
+    if problem:
+        return problem, None
+    try:
+        with Image.open(p) as im:
+            if size is not None and im.size != tuple(size):
+                return (f"label map {rel} is {im.size[0]}x{im.size[1]} but its image {sid} is {size[0]}x{size[1]}; "
+                        "a label map must have its image's size"), None
+            if im.mode not in _INDEX_MODES:
+                return (f"label map {rel} is a {im.mode} image; a label map holds one class index per pixel "
+                        "(8- or 16-bit grey, or a palette PNG)"), None
+            arr = np.asarray(im).astype(np.int64)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        return f"cannot read label map {rel}: {exc}", None
+    bad = (arr >= n_classes) & (arr != LABEL_IGNORE) | (arr < 0)
+    if bad.any():
+        v = int(arr[bad].flat[0])
+        return (f"label map {rel} holds value {v} (at {int(bad.sum())} pixel(s)); classes.txt lists {n_classes} "
+                f"classes, so values must be 0..{n_classes - 1} or {LABEL_IGNORE} (ignore)"), None
+    return None, arr
+
+
+def _verify_label_maps(root: Path, ids: list[str], sizes: dict[str, tuple[int, int]], n_classes: int, on_bad,
+                       inside: _Containment) -> dict[str, str]:
+    """SHA-256 of the label map of each image whose map is present, inside the folder, sized and in range."""
+    digests = {}
+    for sid in ids:
+        problem, arr = _read_label_map(root, sid, sizes.get(sid), n_classes, inside)
+        if problem:
+            on_bad(BadRow(_LABEL_MAP_DIR, 0, sid, problem))
+            continue
+        digests[sid] = hashlib.sha256(arr.tobytes()).hexdigest()
+    return digests
 
 
 def _verify_masks(root: Path, ids: list[str], sizes: dict[str, tuple[int, int]], on_bad,

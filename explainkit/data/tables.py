@@ -1,5 +1,9 @@
 """Readers for the probe set's tables: ``labels.csv``, ``concepts.csv``, description JSON.
 
+``labels.csv`` comes in two forms, told apart by its header: ``path,label`` (one class name per image)
+or multi-hot ``path,<label>,<label>,...`` (one 0/1 column per label, read like ``concepts.csv``); see
+:func:`is_multihot_labels`.
+
 Each reader validates every row and raises :class:`~explainkit.errors.DataError` naming the file
 and the row (1-based, header = row 1), unless the caller collects bad rows to skip them.
 """
@@ -16,7 +20,8 @@ import numpy as np
 
 from explainkit.errors import DataError
 
-__all__ = ["BadRow", "ConceptTable", "read_concepts_csv", "read_descriptions", "read_labels_csv"]
+__all__ = ["BadRow", "ConceptTable", "is_multihot_labels", "read_concepts_csv", "read_descriptions",
+           "read_labels_csv"]
 
 
 @dataclass(frozen=True)
@@ -105,8 +110,19 @@ def read_labels_csv(path: Path, on_bad: Callable[[BadRow], None]) -> dict[str, s
     return out
 
 
-def read_concepts_csv(path: Path, on_bad: Callable[[BadRow], None]) -> ConceptTable:
-    """Read ``path,<concept>,...`` rows with 0/1 values.
+def is_multihot_labels(path: Path) -> bool:
+    """Whether ``labels.csv`` is multi-hot: its header's second column is not ``label``.
+
+    A multi-hot table is ``path,<label>,<label>,...`` (so no label may be called ``label``); a
+    single-label table is ``path,label``.
+    """
+    rows = _open_csv(path)
+    header = [c.strip().lower() for c in rows[0]] if rows else []
+    return len(header) >= 2 and header[0] == "path" and header[1] != "label"
+
+
+def read_concepts_csv(path: Path, on_bad: Callable[[BadRow], None], *, noun: str = "concept") -> ConceptTable:
+    """Read ``path,<concept>,...`` rows with 0/1 values (also a multi-hot ``labels.csv``).
 
     Parameters
     ----------
@@ -114,23 +130,25 @@ def read_concepts_csv(path: Path, on_bad: Callable[[BadRow], None]) -> ConceptTa
         The CSV file.
     on_bad : callable
         Receives each bad row; it raises to stop or returns to skip the row.
+    noun : str
+        What a column is, in messages (``"concept"``, ``"label"``).
 
     Returns
     -------
     ConceptTable
-        Concept names (header order) and one boolean row per path.
+        Column names (header order) and one boolean row per path.
     """
     rows = _open_csv(path)
     if not rows or not rows[0] or rows[0][0].strip().lower() != "path":
         raise DataError(f"{path.name}: the first column must be 'path'")
     names = [c.strip() for c in rows[0][1:]]
     if not names:
-        raise DataError(f"{path.name}: no concept columns")
+        raise DataError(f"{path.name}: no {noun} columns")
     if any(not n for n in names):
-        raise DataError(f"{path.name}: empty concept name in the header")
+        raise DataError(f"{path.name}: empty {noun} name in the header")
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
-        raise DataError(f"{path.name}: duplicate concept column(s) {', '.join(dup)}")
+        raise DataError(f"{path.name}: duplicate {noun} column(s) {', '.join(dup)}")
     table = ConceptTable(names)
     for i, row in enumerate(rows[1:], start=2):
         if not row or all(not c.strip() for c in row):
