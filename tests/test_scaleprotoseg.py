@@ -15,6 +15,8 @@ import torch
 from PIL import Image
 from torch import nn
 
+import explainkit
+from explainkit.data.probe import ProbeSet
 from explainkit.errors import ConfigError
 from explainkit.loading.preprocessing import Preprocessing
 from explainkit.models import SEGMENTATION_PROTOTYPE_MODELS, scaleprotoseg
@@ -76,7 +78,8 @@ def world(n: int = 6) -> tuple[list[Image.Image], np.ndarray]:
 
 def test_simplex_projection_matches_closed_forms_and_the_kkt_conditions():
     v = torch.tensor([[0.5, 0.2, 0.1], [2.0, 0.0, 0.0], [1.0, 1.0, -5.0], [0.25, 0.25, 0.5]])
-    expected = torch.tensor([[0.5 + 0.2 / 3, 0.2 + 0.2 / 3, 0.1 + 0.2 / 3], [1, 0, 0], [0.5, 0.5, 0], [0.25, 0.25, 0.5]])
+    third = 0.2 / 3  # the missing mass, shared equally
+    expected = torch.tensor([[0.5 + third, 0.2 + third, 0.1 + third], [1, 0, 0], [0.5, 0.5, 0], [0.25, 0.25, 0.5]])
     assert torch.allclose(project_simplex(v), expected, atol=1e-6)
     torch.manual_seed(0)
     r = torch.randn(50, 9)
@@ -245,6 +248,33 @@ def test_region_analysis_reports_closed_form_hue_importance_scale_groups_and_dri
         assert sum(s["driving_pixels"]["value"] for s in pc["scales"]) == pytest.approx(1.0)
     with pytest.raises(ConfigError, match="label map"):
         region_analysis(a, m, images, labels[:, :16], preprocessing=PREP)
+
+
+def test_region_analysis_reads_a_probe_set_with_label_maps(tmp_path):
+    m = constructed()
+    images, labels = world(4)
+    for i, (im, lab) in enumerate(zip(images, labels)):
+        (tmp_path / "labels").mkdir(exist_ok=True)
+        im.save(tmp_path / f"img_{i}.png")
+        Image.fromarray(lab).save(tmp_path / "labels" / f"img_{i}.png")
+    (tmp_path / "classes.txt").write_text("\n".join(CLASSES) + "\n")
+    probe = ProbeSet.from_folder(tmp_path)
+    handle = explainkit.wrap(m, input_size=32, mean="0.5,0.5,0.5", std="0.5,0.5,0.5")
+    a = ScaleProtoSegPrototypes(handle, (32, 32))
+    kw = {"characteristics": ["hue"], "n_resamples": 10}
+    from_probe = region_analysis(a, handle, probe, **kw)
+    from_arrays = region_analysis(a, m, images, labels, preprocessing=PREP, class_names=CLASSES, **kw)
+    assert from_probe["prototypes"] == from_arrays["prototypes"]
+    assert from_probe["prototypes"][2]["class_name"] == "red_square"
+    with pytest.raises(ConfigError, match="label maps"):
+        region_analysis(a, handle, ProbeSet.from_folder(_unlabelled(tmp_path / "plain", images)), **kw)
+
+
+def _unlabelled(root, images):
+    root.mkdir()
+    for i, im in enumerate(images):
+        im.save(root / f"img_{i}.png")
+    return root
 
 
 @pytest.mark.slow

@@ -34,6 +34,7 @@ from PIL import Image
 from torch import nn
 
 from explainkit.analyzers.metric import metric
+from explainkit.data.probe import ProbeSet
 from explainkit.errors import ConfigError
 from explainkit.loading.handle import ModelHandle
 from explainkit.loading.preprocessing import Preprocessing
@@ -54,14 +55,15 @@ __all__ = ["region_analysis", "region_masks", "region_scores"]
 SPLITS = ("train", "test")
 
 
-def region_masks(label_maps: np.ndarray, classes: Sequence[int | None], grid: tuple[int, int],
+def region_masks(label_maps: Sequence[np.ndarray] | np.ndarray, classes: Sequence[int | None], grid: tuple[int, int],
                  min_fraction: float = 0.5, preprocessing: Preprocessing | None = None) -> torch.Tensor:
     """Each prototype's class region on the latent grid.
 
     Parameters
     ----------
-    label_maps : ndarray
-        (B, H, W) integer class of every image pixel (any value outside the classes: no region).
+    label_maps : sequence of ndarray
+        B (H_i, W_i) integer class maps, one per image (any value outside the classes, e.g. 255
+        "ignore": no region); without ``preprocessing`` all of one size.
     classes : sequence of int or None
         Class of each of the P prototypes (``None``: a shared prototype, read everywhere).
     grid : tuple of int
@@ -77,16 +79,19 @@ def region_masks(label_maps: np.ndarray, classes: Sequence[int | None], grid: tu
     torch.Tensor
         (B, P, h, w) bool.
     """
-    labels = np.asarray(label_maps)
-    if labels.ndim != 3:
-        raise ConfigError(f"label maps must be (N, H, W), not {labels.shape}")
+    labels = [np.asarray(m) for m in label_maps]
+    if any(m.ndim != 2 for m in labels):
+        raise ConfigError("label maps must be (H, W) arrays of class indices")
     wanted = sorted({c for c in classes if c is not None})
     fractions = {}
     for c in wanted:
-        masks = labels == c
+        masks = [m == c for m in labels]
         if preprocessing is not None:
-            masks = np.stack([preprocessing.resize_mask(m) for m in masks])
-        fractions[c] = F.adaptive_avg_pool2d(torch.as_tensor(masks, dtype=torch.float32)[:, None], grid)[:, 0]
+            masks = [preprocessing.resize_mask(m) for m in masks]
+        if len({m.shape for m in masks}) > 1:
+            raise ConfigError("label maps of different sizes need the model's preprocessing")
+        fractions[c] = F.adaptive_avg_pool2d(torch.as_tensor(np.stack(masks), dtype=torch.float32)[:, None],
+                                             grid)[:, 0]
     everywhere = torch.ones(len(labels), *grid, dtype=torch.bool)
     return torch.stack([everywhere if c is None else fractions[c] >= min_fraction for c in classes], dim=1)
 
@@ -122,9 +127,10 @@ def region_scores(maps: torch.Tensor, regions: torch.Tensor, n_images: int, read
     return scores
 
 
-def region_analysis(adapter: PrototypeAdapter, model: ModelHandle | nn.Module, images: Sequence[Image.Image],
-                    label_maps: np.ndarray, *, preprocessing: Preprocessing,
-                    characteristics: Sequence[str] = DEFAULT_CHARACTERISTICS, class_names: Sequence[str] = (),
+def region_analysis(adapter: PrototypeAdapter, model: ModelHandle | nn.Module, images: Sequence[Image.Image] | ProbeSet,
+                    label_maps: Sequence[np.ndarray] | np.ndarray | None = None, *,
+                    preprocessing: Preprocessing | None = None,
+                    characteristics: Sequence[str] = DEFAULT_CHARACTERISTICS, class_names: Sequence[str] | None = None,
                     prototypes: Sequence[int] | None = None, min_fraction: float = 0.5, readout: str = "fixed",
                     weight: str = "auto", train_fraction: float = 0.5, n_resamples: int = 200,
                     sample_size: int = 256, batch_size: int = 16, alpha: float = 0.05, seed: int = 0,
@@ -138,16 +144,18 @@ def region_analysis(adapter: PrototypeAdapter, model: ModelHandle | nn.Module, i
         :class:`~explainkit.prototypes.model_adapters.scaleprotoseg.ScaleProtoSegPrototypes`).
     model : ModelHandle or torch.nn.Module
         The model (eval mode).
-    images : sequence of PIL.Image.Image
-        N images at source resolution.
-    label_maps : ndarray
-        (N, H, W) ground-truth class of every pixel, at the images' resolution.
-    preprocessing : Preprocessing
-        The model's preprocessing (images, and the label maps' geometry).
+    images : sequence of PIL.Image.Image, or ProbeSet
+        N images at source resolution, or a segmentation probe set (its images and label maps
+        ``labels/<image stem>.png``, :meth:`~explainkit.data.probe.ProbeSet.label_map`).
+    label_maps : sequence of ndarray, optional
+        N (H, W) ground-truth class maps, each at its image's resolution (given with images; 255 =
+        ignore, as in probe sets).
+    preprocessing : Preprocessing, optional
+        The model's preprocessing (images, and the label maps' geometry); default the handle's.
     characteristics : sequence of str
         Nauta characteristics (default hue, shape, texture, contrast, saturation).
-    class_names : sequence of str
-        Names of the classes (for the records).
+    class_names : sequence of str, optional
+        Names of the classes (for the records; default the probe set's or the handle's).
     prototypes : sequence of int, optional
         Analyse only these prototypes (default all).
     min_fraction, readout
@@ -175,9 +183,24 @@ def region_analysis(adapter: PrototypeAdapter, model: ModelHandle | nn.Module, i
         scores with 95 % bootstrap CIs, tests, region-restricted top patch box), and
         ``model_explanation`` when the adapter has one.
     """
-    labels = np.asarray(label_maps)
-    if labels.ndim != 3 or len(labels) != len(images) or not len(images):
+    if isinstance(images, ProbeSet):
+        if not images.has_label_maps:
+            raise ConfigError("region analysis needs a probe set with label maps (labels/<image stem>.png and "
+                              "classes.txt)")
+        if label_maps is not None:
+            raise ConfigError("label_maps come from the probe set; pass them only with a list of images")
+        class_names = images.class_names if class_names is None else class_names
+        label_maps = [images.label_map(i) for i in range(len(images))]
+        images = [images.load_image(i) for i in range(len(images))]
+    if preprocessing is None:
+        if not isinstance(model, ModelHandle):
+            raise ConfigError("pass the model's preprocessing (or a ModelHandle that has one)")
+        preprocessing = model.require_preprocessing()
+    if class_names is None:
+        class_names = (model.class_names if isinstance(model, ModelHandle) else None) or ()
+    if label_maps is None or len(label_maps) != len(images) or not len(images):
         raise ConfigError("region analysis needs one (H, W) label map per image and at least one image")
+    labels = [np.asarray(m) for m in label_maps]
     for im, lab in zip(images, labels):
         if (im.height, im.width) != lab.shape:
             raise ConfigError(f"a {lab.shape[0]}x{lab.shape[1]} label map does not match a "
@@ -204,7 +227,8 @@ def region_analysis(adapter: PrototypeAdapter, model: ModelHandle | nn.Module, i
             batch = np.arange(start, min(start + batch_size, len(images)))
             x = perturbed_views([images[i] for i in batch], perturbations, preprocessing).to(device)
             maps = adapter.similarity_maps(model, x, idx_t)
-            regions = region_masks(labels[batch], classes, tuple(maps.shape[-2:]), min_fraction, preprocessing)
+            regions = region_masks([labels[i] for i in batch], classes, tuple(maps.shape[-2:]), min_fraction,
+                                   preprocessing)
             scores = region_scores(maps, regions, len(batch), readout)
             for split, mask in (("train", is_train[batch]), ("test", ~is_train[batch])):
                 if mask.any():
@@ -244,7 +268,7 @@ def region_analysis(adapter: PrototypeAdapter, model: ModelHandle | nn.Module, i
         if best >= 0:
             x0 = preprocessing([images[best]]).to(device)
             sim = adapter.similarity_maps(model, x0, [p])[0, 0]
-            region = region_masks(labels[best : best + 1], [cls], tuple(sim.shape), min_fraction, preprocessing)[0, 0]
+            region = region_masks([labels[best]], [cls], tuple(sim.shape), min_fraction, preprocessing)[0, 0]
             masked = sim.masked_fill(~region.to(sim.device), float(sim.min())).detach().cpu().numpy()
             rec["top_patch"] = {"image": best, "similarity": _float(acc[primary].best_similarity[j]),
                                 "box": list(patch_box(masked, tuple(x0.shape[-2:])))}

@@ -307,14 +307,14 @@ class ScaleProtoSeg(nn.Module):
         j = torch.arange(p)
         identity = torch.zeros(p, num_classes)
         identity[j, (j % per_scale) // prototypes_per_class_scale] = 1
-        self.register_buffer("prototype_class_identity", identity)
-        self.register_buffer("prototype_scale", j // per_scale)
+        self.register_buffer("prototype_class_identity", identity, persistent=False)
+        self.register_buffer("prototype_scale", j // per_scale, persistent=False)
         self.prototype_vectors = nn.Parameter(torch.rand(p, prototype_dim, 1, 1))
         self.group_projection = nn.ModuleList(nn.Linear(int(identity[:, k].sum()), num_groups, bias=False)
                                               for k in range(num_classes))
         groups = torch.zeros(num_classes * num_groups, num_classes)
         groups[torch.arange(num_classes * num_groups), torch.arange(num_classes * num_groups) // num_groups] = 1
-        self.register_buffer("group_class_identity", groups)
+        self.register_buffer("group_class_identity", groups, persistent=False)
         self.last_layer_group = nn.Linear(num_classes * num_groups, num_classes, bias=False)
         with torch.no_grad():
             for proj in self.group_projection:
