@@ -9,6 +9,9 @@ segmentation world (two object classes that differ only in hue).
 
 from __future__ import annotations
 
+import json
+
+import jsonschema
 import numpy as np
 import pytest
 import torch
@@ -35,6 +38,8 @@ from explainkit.prototypes.perturb import make_perturbations
 from explainkit.prototypes.regions import region_analysis, region_masks, region_scores
 from explainkit.prototypes.registry import detect_adapter_kind
 from explainkit.prototypes.statistics import global_scores
+from explainkit.report import schema_path
+from explainkit.report.html import _env
 
 PREP = Preprocessing(input_size=(32, 32), mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
 RED, GREY = (255, 0, 0), (128, 128, 128)
@@ -246,6 +251,12 @@ def test_region_analysis_reports_closed_form_hue_importance_scale_groups_and_dri
         direct = [float(rel[:, 3 * s : 3 * s + 3].sum(1)[predicted == c].sum()) for s in range(3)]
         assert shares == pytest.approx([d / sum(direct) for d in direct], rel=1e-4, abs=1e-6)
         assert sum(s["driving_pixels"]["value"] for s in pc["scales"]) == pytest.approx(1.0)
+    # the explanation is a prototype_model_explanation of the report schema and renders in the section's block
+    schema = json.loads(open(schema_path()).read())
+    jsonschema.validate(json.loads(json.dumps(me)), {**schema["$defs"]["prototype_model_explanation"],
+                                                     "$defs": schema["$defs"]})
+    html = _env().get_template("sections/prototype_models.html.j2").render(d={"model_explanation": me}, assets={})
+    assert "scale group" in html and "red_square" in html and "group 5 of red_square" in html
     with pytest.raises(ConfigError, match="label map"):
         region_analysis(a, m, images, labels[:, :16], preprocessing=PREP)
 
@@ -278,16 +289,16 @@ def _unlabelled(root, images):
 
 
 @pytest.mark.slow
-def test_trained_on_the_planted_world_prototypes_peak_on_their_class_and_red_prototypes_rely_on_hue():
+@pytest.mark.parametrize("seed", [0, 1])
+def test_trained_on_the_planted_world_prototypes_peak_on_their_class_and_red_prototypes_rely_on_hue(seed):
     from explainkit.datasets.planted_segmentation import SEGMENTATION_CLASSES, SegmentationSpec, planted_segmentation
     from explainkit.datasets.prototype_models import train_scaleprotoseg
     from explainkit.models import SYNTHETIC_PREPROCESSING
 
     torch.set_num_threads(1)
-    images, labels = planted_segmentation(SegmentationSpec(n_images=192))
-    result = train_scaleprotoseg(images, labels, epochs=10, group_epochs=6)
-    model = result.model
-    test_images, test_labels = planted_segmentation(SegmentationSpec(n_images=48, seed=1))
+    images, labels = planted_segmentation(SegmentationSpec(n_images=192, seed=seed))
+    model = train_scaleprotoseg(images, labels, epochs=10, group_epochs=6, seed=seed).model
+    test_images, test_labels = planted_segmentation(SegmentationSpec(n_images=48, seed=seed + 100))
     prep = Preprocessing(**SYNTHETIC_PREPROCESSING)
     x = prep(test_images)
     with torch.no_grad():
@@ -296,28 +307,26 @@ def test_trained_on_the_planted_world_prototypes_peak_on_their_class_and_red_pro
            for k in range(3)]
     assert min(iou) > 0.6, iou
     adapter = ScaleProtoSegPrototypes(model, (64, 64))
+    classes = [adapter.prototype_class(p) for p in range(adapter.num_prototypes)]
     # similarity maps peak on the planted concept: the unrestricted argmax of an object prototype lies in its class
     with torch.no_grad():
         maps = adapter.similarity_maps(model, x)
-    masks = region_masks(test_labels, [adapter.prototype_class(p) for p in range(adapter.num_prototypes)],
-                         tuple(maps.shape[-2:]))
-    top = maps.flatten(2).argmax(2)
-    hit = masks.flatten(2).gather(2, top[..., None])[..., 0].float().mean(0)  # (P,)
-    objects = [p for p in range(adapter.num_prototypes) if adapter.prototype_class(p) != 0]
-    assert float(hit[objects].mean()) > 0.8, hit
-    # groups are sparse (the simplex projection zeroes weights)
-    assert any((proj.weight == 0).any() for proj in model.group_projection)
+    masks = region_masks(test_labels, classes, tuple(maps.shape[-2:]))
+    hit = masks.flatten(2).gather(2, maps.flatten(2).argmax(2)[..., None])[..., 0].float().mean(0)  # (P,)
+    chance = masks.float().mean(dim=(0, 2, 3))  # the region's share of the latent cells
+    objects = [p for p in range(adapter.num_prototypes) if classes[p] != 0]
+    assert float(hit[objects].mean()) > max(0.6, 5 * float(chance[objects].mean())), (hit, chance)
+    assert any((proj.weight == 0).any() for proj in model.group_projection)  # the simplex projection sparsifies
     out = region_analysis(adapter, model, test_images, test_labels, preprocessing=prep,
                           class_names=SEGMENTATION_CLASSES, n_resamples=100)
     split = out["primary_split"]
-    red = [r for r in out["prototypes"] if r["class"] == 2]
-    background = [r for r in out["prototypes"] if r["class"] == 0]
 
-    def top_characteristic(r):
-        return max(r[f"global_{split}"], key=lambda c: r[f"global_{split}"][c]["value"])
+    def hue(records):
+        return float(np.mean([r[f"global_{split}"]["hue"]["value"] for r in records]))
 
-    assert sum(top_characteristic(r) == "hue" for r in red) >= len(red) / 2
-    mean_hue = {name: np.mean([r[f"global_{split}"]["hue"]["value"] for r in rs])
-                for name, rs in (("red", red), ("background", background))}
-    assert mean_hue["red"] > 2 * mean_hue["background"], mean_hue
-    assert any(r["tests"]["hue"]["significant"] for r in red)
+    by_class = {k: [r for r in out["prototypes"] if r["class"] == k] for k in range(3)}
+    red = by_class[2]
+    firsts = [max(r[f"global_{split}"], key=lambda c: r[f"global_{split}"][c]["value"]) for r in red]
+    assert firsts.count("hue") >= 0.75 * len(red), firsts
+    assert hue(red) > 1.5 * max(hue(by_class[0]), hue(by_class[1]))
+    assert sum(r["tests"]["hue"]["significant"] for r in red) >= 0.75 * len(red)
