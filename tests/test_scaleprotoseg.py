@@ -276,6 +276,12 @@ def test_region_analysis_reads_a_probe_set_with_label_maps(tmp_path):
     from_probe = region_analysis(a, handle, probe, **kw)
     from_arrays = region_analysis(a, m, images, labels, preprocessing=PREP, class_names=CLASSES, **kw)
     assert from_probe["prototypes"] == from_arrays["prototypes"]
+    one_by_one = region_analysis(a, handle, probe, batch_size=1, **kw)  # streamed sums: batching changes nothing
+    for x, y in zip(one_by_one["prototypes"], from_probe["prototypes"]):
+        assert x["verdict"] == y["verdict"] and x["images_with_region"] == y["images_with_region"]
+        assert x["global_train"]["hue"]["value"] == pytest.approx(y["global_train"]["hue"]["value"], rel=1e-6)
+        g, h = x["global_test"]["hue"], y["global_test"]["hue"]
+        assert (g["ci_low"], g["ci_high"]) == pytest.approx((h["ci_low"], h["ci_high"]), rel=1e-6, nan_ok=True)
     assert from_probe["prototypes"][2]["class_name"] == "red_square"
     with pytest.raises(ConfigError, match="label maps"):
         region_analysis(a, handle, ProbeSet.from_folder(_unlabelled(tmp_path / "plain", images)), **kw)

@@ -24,7 +24,8 @@ has one (ScaleProtoSeg: scale groups, sparse groups, per-pixel drivers).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -50,7 +51,7 @@ from explainkit.prototypes.perturb import DEFAULT_CHARACTERISTICS, make_perturba
 from explainkit.prototypes.statistics import global_scores, local_tests, verdict
 from explainkit.stats.streaming import poisson_counts
 
-__all__ = ["region_analysis", "region_masks", "region_scores"]
+__all__ = ["RegionAnalysis", "RegionState", "region_analysis", "region_masks", "region_scores"]
 
 SPLITS = ("train", "test")
 
@@ -125,6 +126,179 @@ def region_scores(maps: torch.Tensor, regions: torch.Tensor, n_images: int, read
     scores.delta = np.where(valid[..., None], scores.delta, 0.0)
     scores.valid = valid
     return scores
+
+
+@dataclass
+class RegionState:
+    """Streamed sums of a region analysis (mergeable: associative and commutative).
+
+    Attributes
+    ----------
+    splits : dict of str to SplitAccumulator
+        ``train`` and ``test`` sums (images without a prototype's class weigh 0 for it).
+    present : dict of str to ndarray
+        Per split, (P,) how many images contain each prototype's class region.
+    model : Any
+        The model explanation's state (``None`` without one).
+    """
+
+    splits: dict[str, SplitAccumulator]
+    present: dict[str, np.ndarray]
+    model: Any = None
+
+    def merge(self, other: RegionState, explanation: Any = None) -> RegionState:
+        """Sum two states (``explanation`` merges the model explanation's part)."""
+        model = explanation.merge(self.model, other.model) if explanation is not None else None
+        return RegionState({s: self.splits[s].merge(other.splits[s]) for s in SPLITS},
+                           {s: self.present[s] + other.present[s] for s in SPLITS}, model)
+
+
+@dataclass
+class RegionAnalysis:
+    """The per-class-region analysis of one adapter: settings, then ``measure`` per batch, ``merge``, ``report``.
+
+    Parameters (the attributes)
+    ---------------------------
+    adapter : PrototypeAdapter
+        Dense similarity maps and each prototype's class.
+    characteristics : sequence of str
+        Nauta characteristics.
+    prototypes : sequence of int, optional
+        Analysed prototypes (default all).
+    min_fraction, readout, weight, train_fraction, n_resamples, sample_size, alpha, seed
+        See :func:`region_analysis`.
+    """
+
+    adapter: PrototypeAdapter
+    characteristics: Sequence[str] = DEFAULT_CHARACTERISTICS
+    prototypes: Sequence[int] | None = None
+    min_fraction: float = 0.5
+    readout: str = "fixed"
+    weight: str = "auto"
+    train_fraction: float = 0.5
+    n_resamples: int = 200
+    sample_size: int = 256
+    alpha: float = 0.05
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.train_fraction < 1:
+            raise ConfigError("train_fraction must be in (0, 1)")
+        if not 0 < self.min_fraction <= 1:
+            raise ConfigError("min_fraction must be in (0, 1]")
+        a = self.adapter
+        self.perturbations = make_perturbations(list(self.characteristics))
+        self.names = [p.name for p in self.perturbations]
+        self.ids = list(range(a.num_prototypes)) if self.prototypes is None else [int(p) for p in self.prototypes]
+        if not self.ids or min(self.ids) < 0 or max(self.ids) >= a.num_prototypes:
+            raise ConfigError(f"prototype indices must lie in [0, {a.num_prototypes})")
+        self.classes = [a.prototype_class(p) for p in self.ids]
+        self.rule = resolve_weight(self.weight, a)
+        explanation = a.explanation()
+        # only explanations measured on plain inputs (ScaleProtoSeg's) take part here
+        self.explanation = explanation if hasattr(explanation, "measure") else None
+
+    def empty(self) -> RegionState:
+        """No image yet."""
+        p, c = len(self.ids), len(self.names)
+        return RegionState({s: SplitAccumulator.empty(p, c, self.n_resamples, self.sample_size) for s in SPLITS},
+                           {s: np.zeros(p, np.int64) for s in SPLITS},
+                           self.explanation.init_state() if self.explanation is not None else None)
+
+    def is_train(self, index: int) -> bool:
+        """Whether image ``index`` is in the "train" split (seeded by ``(seed, index)`` alone)."""
+        return bool(np.random.default_rng([self.seed, int(index)]).random() < self.train_fraction)
+
+    def measure(self, model: ModelHandle | nn.Module, images: Sequence[Image.Image], label_maps: Sequence[np.ndarray],
+                indices: Sequence[int], preprocessing: Preprocessing, device: torch.device | str = "cpu"
+                ) -> RegionState:
+        """The state of one batch: images, their label maps and their indices (which seed split and bootstrap)."""
+        indices = np.asarray(indices, np.int64)
+        with torch.no_grad():
+            x = perturbed_views(images, self.perturbations, preprocessing).to(device)
+            maps = self.adapter.similarity_maps(model, x, torch.as_tensor(self.ids))
+            regions = region_masks(label_maps, self.classes, tuple(maps.shape[-2:]), self.min_fraction, preprocessing)
+            scores = region_scores(maps, regions, len(indices), self.readout)
+            state = self.empty()
+            train = np.array([self.is_train(i) for i in indices], bool)
+            for split, mask in (("train", train), ("test", ~train)):
+                if mask.any():
+                    sel = indices[mask]
+                    counts = poisson_counts([np.random.default_rng([self.seed, 1, int(i)]) for i in sel],
+                                            self.n_resamples)
+                    prio = np.array([np.random.default_rng([self.seed, 2, int(i)]).random() for i in sel])
+                    state.splits[split] = state.splits[split].add(scores.subset(mask), sel, self.rule, counts, prio)
+                    state.present[split] = scores.valid[mask].sum(axis=0).astype(np.int64)
+            if self.explanation is not None:
+                state.model = self.explanation.measure(model, x[: len(indices)])
+        return state
+
+    def merge(self, a: RegionState, b: RegionState) -> RegionState:
+        """Sum two states."""
+        return a.merge(b, self.explanation)
+
+    def report(self, state: RegionState, model: ModelHandle | nn.Module,
+               load: Callable[[int], tuple[Image.Image, np.ndarray]], preprocessing: Preprocessing,
+               class_names: Sequence[str] = (), device: torch.device | str = "cpu") -> dict[str, Any]:
+        """The JSON result (see :func:`region_analysis`); ``load(index)`` gives an image and its label map."""
+        a, names, acc = self.adapter, self.names, state.splits
+        scores_by = {s: global_scores(acc[s]) for s in SPLITS}
+        primary = "train" if acc["train"].n else "test"
+        sample = acc["test"].sample if len(acc["test"].sample) else acc[primary].sample
+        tests = local_tests(sample.delta) if len(sample) else None
+        records = []
+        for j, p in enumerate(self.ids):
+            cls = self.classes[j]
+            g0 = scores_by[primary]
+            rec: dict[str, Any] = {
+                "prototype": p, "class": cls,
+                "class_name": class_names[cls] if cls is not None and 0 <= cls < len(class_names) else None,
+                "verdict": verdict(g0.score[j], g0.ci_low[j], names),
+                "images_with_region": {s: int(state.present[s][j]) for s in SPLITS},
+            }
+            if hasattr(a, "scale"):
+                rec["scale"] = a.scale(p)
+            for s in SPLITS:
+                g = scores_by[s]
+                rec[f"global_{s}"] = {c: metric(g.score[j, k], (g.ci_low[j, k], g.ci_high[j, k]), n=g.n, unit=a.unit,
+                                                higher_is_better=None) for k, c in enumerate(names)}
+            if tests is not None:
+                rec["tests"] = {c: {"n": int(tests["n"][j, k]), "median": _float(tests["median"][j, k]),
+                                    "p": _float(tests["p"][j, k]), "q": _float(tests["q"][j, k]),
+                                    "significant": bool(tests["q"][j, k] < self.alpha)} for k, c in enumerate(names)}
+            best = int(acc[primary].best_index[j])
+            if best >= 0:
+                rec["top_patch"] = {"image": best, "similarity": _float(acc[primary].best_similarity[j]),
+                                    "box": self._box(model, *load(best), p, cls, preprocessing, device)}
+            records.append(rec)
+        out: dict[str, Any] = {
+            "adapter": a.describe(), "characteristics": names, "readout": self.readout, "weight": self.rule,
+            "min_fraction": self.min_fraction, "primary_split": primary,
+            "splits": {s: {"n_images": acc[s].n, "local_sample": len(acc[s].sample)} for s in SPLITS},
+            "units": {"global": f"{a.unit}, {self.rule}-weighted mean over the images containing the prototype's "
+                                "class of (original − perturbed) read within the class region",
+                      "box": "(y0, y1, x0, x1) model-input pixels, half-open"},
+            "prototypes": records,
+            "notes": "Per class region: each prototype is read only on the ground-truth pixels of its own class "
+                     f"(latent cells at least {self.min_fraction:g} covered); images without that class are left "
+                     "out of its scores. Raw importances are in similarity units and not comparable across "
+                     "characteristics (see docs/prototypes.md).",
+        }
+        if self.explanation is not None:
+            e = self.explanation
+            out["model_explanation"] = {"kind": e.kind, "title": e.title, "reference": e.reference,
+                                        **e.report(state.model, records, class_names)}
+        return out
+
+    def _box(self, model: ModelHandle | nn.Module, image: Image.Image, label_map: np.ndarray, p: int,
+             cls: int | None, preprocessing: Preprocessing, device: torch.device | str) -> list[int]:
+        """ProtoPNet's box of prototype ``p`` on an image, from its map restricted to the class region."""
+        with torch.no_grad():
+            x = preprocessing([image]).to(device)
+            sim = self.adapter.similarity_maps(model, x, [p])[0, 0]
+        region = region_masks([label_map], [cls], tuple(sim.shape), self.min_fraction, preprocessing)[0, 0]
+        masked = sim.masked_fill(~region.to(sim.device), float(sim.min())).cpu().numpy()
+        return list(patch_box(masked, tuple(x.shape[-2:])))
 
 
 def region_analysis(adapter: PrototypeAdapter, model: ModelHandle | nn.Module, images: Sequence[Image.Image] | ProbeSet,
@@ -205,92 +379,14 @@ def region_analysis(adapter: PrototypeAdapter, model: ModelHandle | nn.Module, i
         if (im.height, im.width) != lab.shape:
             raise ConfigError(f"a {lab.shape[0]}x{lab.shape[1]} label map does not match a "
                               f"{im.height}x{im.width} image")
-    if not 0 < train_fraction < 1:
-        raise ConfigError("train_fraction must be in (0, 1)")
-    perturbations = make_perturbations(list(characteristics))
-    names = [p.name for p in perturbations]
-    ids = list(range(adapter.num_prototypes)) if prototypes is None else [int(p) for p in prototypes]
-    if not ids or min(ids) < 0 or max(ids) >= adapter.num_prototypes:
-        raise ConfigError(f"prototype indices must lie in [0, {adapter.num_prototypes})")
-    classes = [adapter.prototype_class(p) for p in ids]
-    rule = resolve_weight(weight, adapter)
-    explanation = adapter.explanation()
-    if not hasattr(explanation, "measure"):  # only explanations measured on plain inputs (ScaleProtoSeg's)
-        explanation = None
-    state = explanation.init_state() if explanation is not None else None
-    present = {s: np.zeros(len(ids), np.int64) for s in SPLITS}
-    acc = {s: SplitAccumulator.empty(len(ids), len(names), n_resamples, sample_size) for s in SPLITS}
-    is_train = np.array([np.random.default_rng([seed, i]).random() < train_fraction for i in range(len(images))])
-    idx_t = torch.as_tensor(ids)
-    with torch.no_grad():
-        for start in range(0, len(images), batch_size):
-            batch = np.arange(start, min(start + batch_size, len(images)))
-            x = perturbed_views([images[i] for i in batch], perturbations, preprocessing).to(device)
-            maps = adapter.similarity_maps(model, x, idx_t)
-            regions = region_masks([labels[i] for i in batch], classes, tuple(maps.shape[-2:]), min_fraction,
-                                   preprocessing)
-            scores = region_scores(maps, regions, len(batch), readout)
-            for split, mask in (("train", is_train[batch]), ("test", ~is_train[batch])):
-                if mask.any():
-                    sel = batch[mask]
-                    counts = poisson_counts([np.random.default_rng([seed, 1, int(i)]) for i in sel], n_resamples)
-                    prio = np.array([np.random.default_rng([seed, 2, int(i)]).random() for i in sel])
-                    acc[split] = acc[split].add(scores.subset(mask), sel, rule, counts, prio)
-                    present[split] += scores.valid[mask].sum(axis=0)
-            if explanation is not None:
-                state = explanation.merge(state, explanation.measure(model, x[: len(batch)]))
-    scores_by = {s: global_scores(acc[s]) for s in SPLITS}
-    primary = "train" if acc["train"].n else "test"
-    sample = acc["test"].sample if len(acc["test"].sample) else acc[primary].sample
-    tests = local_tests(sample.delta) if len(sample) else None
-    unit = adapter.unit
-    records = []
-    for j, p in enumerate(ids):
-        cls = classes[j]
-        g0 = scores_by[primary]
-        rec: dict[str, Any] = {
-            "prototype": p, "class": cls,
-            "class_name": class_names[cls] if cls is not None and 0 <= cls < len(class_names) else None,
-            "verdict": verdict(g0.score[j], g0.ci_low[j], names),
-            "images_with_region": {s: int(present[s][j]) for s in SPLITS},
-        }
-        if hasattr(adapter, "scale"):
-            rec["scale"] = adapter.scale(p)
-        for s in SPLITS:
-            g = scores_by[s]
-            rec[f"global_{s}"] = {c: metric(g.score[j, k], (g.ci_low[j, k], g.ci_high[j, k]), n=g.n, unit=unit,
-                                            higher_is_better=None) for k, c in enumerate(names)}
-        if tests is not None:
-            rec["tests"] = {c: {"n": int(tests["n"][j, k]), "median": _float(tests["median"][j, k]),
-                                "p": _float(tests["p"][j, k]), "q": _float(tests["q"][j, k]),
-                                "significant": bool(tests["q"][j, k] < alpha)} for k, c in enumerate(names)}
-        best = int(acc[primary].best_index[j])
-        if best >= 0:
-            x0 = preprocessing([images[best]]).to(device)
-            sim = adapter.similarity_maps(model, x0, [p])[0, 0]
-            region = region_masks([labels[best]], [cls], tuple(sim.shape), min_fraction, preprocessing)[0, 0]
-            masked = sim.masked_fill(~region.to(sim.device), float(sim.min())).detach().cpu().numpy()
-            rec["top_patch"] = {"image": best, "similarity": _float(acc[primary].best_similarity[j]),
-                                "box": list(patch_box(masked, tuple(x0.shape[-2:])))}
-        records.append(rec)
-    out: dict[str, Any] = {
-        "adapter": adapter.describe(), "characteristics": names, "readout": readout, "weight": rule,
-        "min_fraction": min_fraction, "primary_split": primary,
-        "splits": {s: {"n_images": acc[s].n, "local_sample": len(acc[s].sample)} for s in SPLITS},
-        "units": {"global": f"{unit}, {rule}-weighted mean over the images containing the prototype's class of "
-                            "(original − perturbed) read within the class region",
-                  "box": "(y0, y1, x0, x1) model-input pixels, half-open"},
-        "prototypes": records,
-        "notes": "Per class region: each prototype is read only on the ground-truth pixels of its own class "
-                 f"(latent cells at least {min_fraction:g} covered); images without that class are left out of "
-                 "its scores. Raw importances are in similarity units and not comparable across characteristics "
-                 "(see docs/prototypes.md).",
-    }
-    if explanation is not None:
-        out["model_explanation"] = {"kind": explanation.kind, "title": explanation.title,
-                                    "reference": explanation.reference,
-                                    **explanation.report(state, records, class_names)}
-    return out
+    run = RegionAnalysis(adapter, characteristics, prototypes, min_fraction, readout, weight, train_fraction,
+                         n_resamples, sample_size, alpha, seed)
+    state = run.empty()
+    for start in range(0, len(images), batch_size):
+        idx = range(start, min(start + batch_size, len(images)))
+        state = run.merge(state, run.measure(model, [images[i] for i in idx], [labels[i] for i in idx], idx,
+                                             preprocessing, device))
+    return run.report(state, model, lambda i: (images[i], labels[i]), preprocessing, class_names, device)
 
 
 def _float(v: Any) -> float | None:
