@@ -251,6 +251,13 @@ def test_region_analysis_reports_closed_form_hue_importance_scale_groups_and_dri
         direct = [float(rel[:, 3 * s : 3 * s + 3].sum(1)[predicted == c].sum()) for s in range(3)]
         assert shares == pytest.approx([d / sum(direct) for d in direct], rel=1e-4, abs=1e-6)
         assert sum(s["driving_pixels"]["value"] for s in pc["scales"]) == pytest.approx(1.0)
+    # per pixel: the predicted class, the prototype and the scale group with the largest share
+    assert [ex["image"] for ex in me["examples"]] == [0, 1]
+    ex = me["examples"][0]
+    assert np.array_equal(np.array(ex["predicted"]), predicted[0].numpy())
+    assert np.array_equal(np.array(ex["top_prototype"]), rel[0].argmax(0).numpy())
+    by_scale = rel[0].reshape(3, 3, 32, 32).sum(1)  # prototypes are scale-major
+    assert np.array_equal(np.array(ex["driving_scale"]), by_scale.argmax(0).numpy())
     # the explanation is a prototype_model_explanation of the report schema and renders in the section's block
     schema = json.loads(open(schema_path()).read())
     jsonschema.validate(json.loads(json.dumps(me)), {**schema["$defs"]["prototype_model_explanation"],

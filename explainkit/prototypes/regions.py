@@ -165,7 +165,7 @@ class RegionAnalysis:
         Nauta characteristics.
     prototypes : sequence of int, optional
         Analysed prototypes (default all).
-    min_fraction, readout, weight, train_fraction, n_resamples, sample_size, alpha, seed
+    min_fraction, readout, weight, train_fraction, n_resamples, sample_size, alpha, seed, examples
         See :func:`region_analysis`.
     """
 
@@ -180,6 +180,7 @@ class RegionAnalysis:
     sample_size: int = 256
     alpha: float = 0.05
     seed: int = 0
+    examples: int = 2
 
     def __post_init__(self) -> None:
         if not 0 < self.train_fraction < 1:
@@ -286,8 +287,10 @@ class RegionAnalysis:
         }
         if self.explanation is not None:
             e = self.explanation
+            shown = range(min(self.examples, acc["train"].n + acc["test"].n))
+            maps = [{"image": i, **e.pixel_maps(model, preprocessing([load(i)[0]]).to(device))[0]} for i in shown]
             out["model_explanation"] = {"kind": e.kind, "title": e.title, "reference": e.reference,
-                                        **e.report(state.model, records, class_names)}
+                                        **e.report(state.model, records, class_names, maps)}
         return out
 
     def _box(self, model: ModelHandle | nn.Module, image: Image.Image, label_map: np.ndarray, p: int,
@@ -308,7 +311,7 @@ def region_analysis(adapter: PrototypeAdapter, model: ModelHandle | nn.Module, i
                     prototypes: Sequence[int] | None = None, min_fraction: float = 0.5, readout: str = "fixed",
                     weight: str = "auto", train_fraction: float = 0.5, n_resamples: int = 200,
                     sample_size: int = 256, batch_size: int = 16, alpha: float = 0.05, seed: int = 0,
-                    device: torch.device | str = "cpu") -> dict[str, Any]:
+                    examples: int = 2, device: torch.device | str = "cpu") -> dict[str, Any]:
     """The prototypes analysis of a segmentation model, each prototype on its class's region.
 
     Parameters
@@ -344,6 +347,8 @@ def region_analysis(adapter: PrototypeAdapter, model: ModelHandle | nn.Module, i
         Images per step (each brings its C perturbed copies).
     alpha : float
         Level of the per-prototype tests (after Benjamini-Hochberg).
+    examples : int
+        Images (the first ones) whose per-pixel drivers the model explanation lists.
     seed : int
         Split, bootstrap and sample seeds.
     device : torch.device or str
@@ -380,7 +385,7 @@ def region_analysis(adapter: PrototypeAdapter, model: ModelHandle | nn.Module, i
             raise ConfigError(f"a {lab.shape[0]}x{lab.shape[1]} label map does not match a "
                               f"{im.height}x{im.width} image")
     run = RegionAnalysis(adapter, characteristics, prototypes, min_fraction, readout, weight, train_fraction,
-                         n_resamples, sample_size, alpha, seed)
+                         n_resamples, sample_size, alpha, seed, examples)
     state = run.empty()
     for start in range(0, len(images), batch_size):
         idx = range(start, min(start + batch_size, len(images)))

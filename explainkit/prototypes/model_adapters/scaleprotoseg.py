@@ -219,6 +219,23 @@ class ScaleGroupExplanation(ModelExplanation):
                              (onehot.t() @ per_pixel).numpy().astype(np.float64),
                              (onehot.t() @ driving).numpy().astype(np.float64))
 
+    def pixel_maps(self, model: ModelHandle | nn.Module, x: torch.Tensor) -> list[dict[str, Any]]:
+        """Per image, at every latent pixel: the predicted class, the prototype and the scale group driving it.
+
+        Returns
+        -------
+        list of dict
+            Per image ``predicted``, ``top_prototype`` (largest share of the predicted logit) and
+            ``driving_scale`` (scale group with the largest summed share), each an (h, w) nested list.
+        """
+        a = self.adapter
+        with torch.no_grad():
+            predicted, rel = a.relevance(a.similarity_maps(model, x))
+        onehot = torch.nn.functional.one_hot(a.scale_of, a.num_scales).float().to(rel)  # (P, S)
+        by_scale = torch.einsum("bphw,ps->bshw", rel, onehot)
+        return [{"predicted": predicted[i].tolist(), "top_prototype": rel[i].argmax(0).tolist(),
+                 "driving_scale": by_scale[i].argmax(0).tolist()} for i in range(len(x))]
+
     def map(self, view: ExplanationBatch) -> RelevanceSums:
         """Relevance sums of the batch's original images."""
         return self.measure(view.ctx.handle, view.inputs[: len(view.batch)].to(view.ctx.device))
@@ -231,9 +248,12 @@ class ScaleGroupExplanation(ModelExplanation):
         """Scale groups, sparse groups and per predicted class the drivers."""
         return self.report(state, view.records, view.ctx.class_names)
 
-    def report(self, state: RelevanceSums, records: Sequence[dict[str, Any]], class_names: Sequence[str]
-               ) -> dict[str, Any]:
-        """The JSON part from relevance sums and the analysed prototypes' records (``prototype``, ``verdict``)."""
+    def report(self, state: RelevanceSums, records: Sequence[dict[str, Any]], class_names: Sequence[str],
+               examples: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
+        """The JSON part from relevance sums and the analysed prototypes' records (``prototype``, ``verdict``).
+
+        ``examples`` are per-pixel maps of a few images (:meth:`pixel_maps`, each with its ``image``).
+        """
         a = self.adapter
         verdicts = {r["prototype"]: r.get("verdict") for r in records}
 
@@ -285,6 +305,7 @@ class ScaleGroupExplanation(ModelExplanation):
                                    for p in top],
             })
         return {"scale_groups": scales, "groups": groups, "per_class": per_class, "relevance_unit": unit_rel,
+                "examples": list(examples),
                 "notes": "Prototypes are grouped by scale (one group per atrous branch of the multi-scale head); "
                          "each class's sparse groups mix its prototypes across scales with simplex weights, and a "
                          "pixel's logit for class c is the sum over groups of last-layer weight × exp(group "
