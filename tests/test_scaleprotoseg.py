@@ -343,3 +343,37 @@ def test_trained_on_the_planted_world_prototypes_peak_on_their_class_and_red_pro
     assert firsts.count("hue") >= 0.75 * len(red), firsts
     assert hue(red) > 1.5 * max(hue(by_class[0]), hue(by_class[1]))
     assert sum(r["tests"]["hue"]["significant"] for r in red) >= 0.75 * len(red)
+
+
+class _ReferenceNamed(nn.Module):
+    """The layer names of the reference's PPNetMultiScale: add_on_layers, scale_num_prototypes, a tuple output."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Conv2d(3, 2 * 4, 1)  # two scales of four channels
+        self.add_on_layers = nn.Sequential(nn.Sigmoid())
+        self.prototype_vectors = nn.Parameter(torch.rand(4, 4, 1, 1))
+        identity = torch.zeros(4, 2)
+        identity[[0, 2], 0] = 1
+        identity[[1, 3], 1] = 1
+        self.prototype_class_identity = identity  # a plain tensor attribute in the reference
+        self.scale_num_prototypes = {0: (0, 2), 1: (2, 4)}
+        self.group_projection = nn.ModuleList(nn.Linear(2, 2, bias=False) for _ in range(2))
+        self.last_layer_group = nn.Linear(4, 2, bias=False)
+
+    def forward(self, x):
+        z = self.add_on_layers(self.features(x))
+        d = scale_distances(z, self.prototype_vectors, torch.tensor([0, 0, 1, 1]), 2)
+        return z.permute(0, 2, 3, 1)[..., :2], d
+
+
+def test_the_adapter_reads_a_model_with_the_reference_names():
+    torch.manual_seed(0)
+    m = _ReferenceNamed().eval()
+    assert detect_adapter_kind(m) == "scaleprotoseg"
+    a = ScaleProtoSegPrototypes(m, (8, 8))
+    assert a.layer == "add_on_layers" and [a.scale(p) for p in range(4)] == [0, 0, 1, 1]
+    assert [a.prototype_class(p) for p in range(4)] == [0, 1, 0, 1]
+    x = torch.randn(2, 3, 8, 8)
+    d = m(x)[1]
+    assert torch.allclose(a.similarity_maps(m, x), torch.log((d + 1) / (d + 1e-4)), atol=1e-5)

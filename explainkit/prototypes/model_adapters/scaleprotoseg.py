@@ -92,7 +92,9 @@ class ScaleProtoSegPrototypes(PrototypeAdapter):
             raise ConfigError(f"{type(root).__name__} is not a ScaleProtoSeg model (prototype_vectors, "
                               "prototype_class_identity, group_projection, last_layer_group, a scale_head or "
                               "add_on_layers, and prototype_scale or scale_num_prototypes)")
-        super().__init__(layer or next(n for n in LATENT_LAYERS if isinstance(getattr(root, n, None), nn.Module)))
+        # the scale maps are convolution outputs: channels first
+        super().__init__(layer or next(n for n in LATENT_LAYERS if isinstance(getattr(root, n, None), nn.Module)),
+                         layout="nchw")
         self.prototypes = root.prototype_vectors.detach().float().cpu().reshape(root.prototype_vectors.shape[0], -1)
         self.scale_of = _scales(root)
         self.num_scales = int(self.scale_of.max()) + 1
