@@ -275,6 +275,9 @@ class RegionAnalysis:
         out: dict[str, Any] = {
             "adapter": a.describe(), "characteristics": names, "readout": self.readout, "weight": self.rule,
             "min_fraction": self.min_fraction, "primary_split": primary,
+            "settings": {"seed": self.seed, "train_fraction": self.train_fraction, "n_resamples": self.n_resamples,
+                         "sample_size": self.sample_size, "alpha": self.alpha, "correction": "Benjamini-Hochberg",
+                         "prototypes": self.ids},
             "splits": {s: {"n_images": acc[s].n, "local_sample": len(acc[s].sample)} for s in SPLITS},
             "units": {"global": f"{a.unit}, {self.rule}-weighted mean over the images containing the prototype's "
                                 "class of (original − perturbed) read within the class region",
