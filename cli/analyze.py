@@ -23,6 +23,7 @@ from explainkit.cli.options import (
 from explainkit.cli.render import print_summary
 from explainkit.config import merge_analyzer_specs
 from explainkit.errors import ExitCode
+from explainkit.run import TASK_OPTION
 from explainkit.run import analyze as run_analyze
 
 __all__ = ["COMMANDS"]
@@ -37,6 +38,8 @@ _SEVERITY = {"never": set(), "error": {"error"}, "warning": {"error", "warning"}
 @click.option("--analyzer", "analyzers", multiple=True, metavar="NAME[:k=v,...]",
               help="Analyzer to run (repeatable); parameters as key=value, lists as a|b. "
                    "Default: every default analyzer the model and data support.")
+@click.option("--task", envvar="EXPLAINKIT_TASK", metavar="|".join(TASK_OPTION.allowed_choices()),
+              help=f"What the model's outputs mean: {TASK_OPTION.help}.")
 @click.option("--layer", envvar="EXPLAINKIT_LAYER", metavar="NAME",
               help="Target layer for layer-based analyzers (dotted name).")
 @loading_options
@@ -80,6 +83,7 @@ def analyze(ctx: click.Context, model: str, config: str | None, data: str | None
         backend=opts["backend"], backend_options=backend_settings(opts, resolved),
         cache=opts["cache_dir"] or opts["cache"], params=config_file.get("analyzer"),
         time_budget=opts["time_budget"], progress_interval=opts["progress_interval"], autocast=opts["autocast"],
+        task=opts["task"],
     )
     if opts["backend"] == "torchrun" and os.environ.get("RANK", "0") != "0":
         return ExitCode.OK  # rank 0 reports

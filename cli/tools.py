@@ -45,13 +45,14 @@ def analyzers(fmt: str, params_of: str | None) -> int:
     for name in list_analyzers():
         cls = get_analyzer_class(name)
         rows.append({"name": name, "summary": cls.summary, "requires": sorted(cls.requires),
-                     "default": cls.run_by_default})
+                     "default": cls.run_by_default, "tasks": sorted(cls.tasks)})
     if fmt == "json":
         click.echo(json.dumps(rows, indent=1))
     else:
         for r in rows:
             needs = f"  [needs: {', '.join(r['requires'])}]" if r["requires"] else ""
-            click.echo(f"{r['name']:<14s} {r['summary']}{needs}")
+            tasks = f"  [tasks: {', '.join(r['tasks'])}]" if r["tasks"] != ["classification"] else ""
+            click.echo(f"{r['name']:<14s} {r['summary']}{needs}{tasks}")
     return 0
 
 
@@ -114,8 +115,19 @@ def rerender(report_json: str, html_path: str) -> int:
 @click.option("--artifact-column/--no-artifact-column", default=True, show_default=True,
               help="Write the artifact's concept column, masks and template (off: nothing names the cue).")
 @click.option("--seed", type=int, default=0, show_default=True)
-def world(out: str, **kwargs) -> int:
+@click.option("--task", type=click.Choice(["classification", "segmentation", "multilabel"]), default="classification",
+              show_default=True, help="segmentation / multilabel: the coloured-squares world (explainkit.datasets."
+                                      "multilabel) with label maps or a multi-hot labels.csv; --n-images, --size "
+                                      "(a multiple of 4) and --seed apply, the class and artifact options do not.")
+def world(out: str, task: str, **kwargs) -> int:
     """Write a deterministic synthetic probe world to OUT."""
+    if task != "classification":
+        from explainkit.datasets.multilabel import MultiLabelWorldSpec, write_probe_folder
+
+        write_probe_folder(out, MultiLabelWorldSpec(n=kwargs["n_images"], size=kwargs["size"], seed=kwargs["seed"]),
+                           task)
+        click.echo(escape(out))
+        return 0
     from explainkit.datasets.synthetic import WorldSpec, write_world
 
     spec = WorldSpec(**kwargs)

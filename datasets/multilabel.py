@@ -10,22 +10,33 @@ convolution (channel ``c`` responds where colour ``c`` exceeds the other two, ze
 (the feature layer), a global max pool and one logit per label (sigmoid outputs). Label ``c``'s
 logit reads channel ``c`` only, so a faithful map of label ``c`` lies on the ``c`` object; a
 class-agnostic map (EigenCAM) can follow one object per image at most.
+
+The same world is a segmentation world (:func:`label_maps`: background 0, label ``c`` = ``c + 1``),
+and :func:`colour_segmenter` its per-pixel model (torchvision's ``{"out": (B, K, H, W)}``): it
+classifies every pixel of the noise-free world correctly, so its IoU is 1 for every class.
+:func:`write_probe_folders` writes both as probe folders (multi-hot ``labels.csv`` with
+``masks/<label>/``; label maps ``labels/`` with ``classes.txt``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 from torch import nn
 
 from explainkit.errors import ConfigError
 
-__all__ = ["LABELS", "MultiLabelWorldSpec", "colour_detector", "generate_multilabel_world"]
+__all__ = ["LABELS", "SEGMENTATION_CLASSES", "MultiLabelWorldSpec", "colour_detector", "colour_segmenter",
+           "generate_multilabel_world", "label_maps", "write_probe_folder", "write_probe_folders"]
 
 LABELS = ("red", "green", "blue")
 _GRID = 4
+#: Classes of the segmentation view of the world: the background, then :data:`LABELS`.
+SEGMENTATION_CLASSES = ("background", *LABELS)
 
 
 @dataclass(frozen=True)
@@ -110,3 +121,84 @@ def colour_detector() -> nn.Sequential:
         head.weight.copy_(10.0 * torch.eye(3))
         head.bias.fill_(-2.0)
     return nn.Sequential(conv, nn.ReLU(), nn.AdaptiveMaxPool2d(1), nn.Flatten(), head).eval()
+
+
+def label_maps(masks: dict[str, list]) -> np.ndarray:
+    """(N, S, S) int64 segmentation truth of the world: 0 background, ``c + 1`` on label ``c``'s object."""
+    some = next(m for ms in masks.values() for m in ms if m is not None)
+    n = len(next(iter(masks.values())))
+    out = np.zeros((n, *some.shape), np.int64)
+    for c, name in enumerate(LABELS):
+        for i, m in enumerate(masks[name]):
+            if m is not None:
+                out[i][m] = c + 1
+    return out
+
+
+class _Segmenter(nn.Module):
+    """Per-pixel logits ``{"out": (B, 4, H, W)}``: background 0, label ``c``: ``10 (x_c - (x_a + x_b) / 2 - 0.3)``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Conv2d(3, 3, 1)
+        with torch.no_grad():
+            self.features.weight.copy_((15.0 * torch.eye(3) - 5.0)[:, :, None, None])
+            self.features.bias.fill_(-3.0)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        scores = self.features(x)
+        return {"out": torch.cat([torch.zeros_like(scores[:, :1]), scores], 1)}
+
+
+def colour_segmenter() -> nn.Module:
+    """The hand-set segmentation model of the world (see the module docstring), in eval mode."""
+    return _Segmenter().eval()
+
+
+def write_probe_folder(root: str | Path, spec: MultiLabelWorldSpec, task: str) -> Path:
+    """Write the world as one probe folder ``root``.
+
+    Parameters
+    ----------
+    root : str or Path
+        The folder (created).
+    spec : MultiLabelWorldSpec
+        The world.
+    task : {"multilabel", "segmentation"}
+        ``"multilabel"``: images, a multi-hot ``labels.csv`` and ``masks/<label>/``; ``"segmentation"``:
+        the images, ``labels/<image>.png`` (0 background, ``c + 1`` label ``c``) and ``classes.txt``.
+
+    Returns
+    -------
+    Path
+        ``root``.
+    """
+    if task not in ("multilabel", "segmentation"):
+        raise ConfigError(f"the multi-label world is written for 'multilabel' or 'segmentation', not {task!r}")
+    images, labels, masks = generate_multilabel_world(spec)
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    truth = label_maps(masks)
+    rows = ["path," + ",".join(LABELS)]
+    for i in range(spec.n):
+        name = f"img_{i:04d}.png"
+        Image.fromarray(np.round(images[i].transpose(1, 2, 0) * 255).astype(np.uint8)).save(root / name)
+        rows.append(name + "," + ",".join(str(int(v)) for v in labels[i]))
+        if task == "segmentation":
+            (root / "labels").mkdir(exist_ok=True)
+            Image.fromarray(truth[i].astype(np.uint8)).save(root / "labels" / name)
+            continue
+        for label in LABELS:
+            if masks[label][i] is not None:
+                (root / "masks" / label).mkdir(parents=True, exist_ok=True)
+                Image.fromarray(masks[label][i].astype(np.uint8) * 255).save(root / "masks" / label / name)
+    if task == "segmentation":
+        (root / "classes.txt").write_text("\n".join(SEGMENTATION_CLASSES) + "\n")
+    else:
+        (root / "labels.csv").write_text("\n".join(rows) + "\n")
+    return root
+
+
+def write_probe_folders(root: str | Path, spec: MultiLabelWorldSpec) -> dict[str, Path]:
+    """Both probe folders of the world, ``root/multilabel`` and ``root/segmentation`` (:func:`write_probe_folder`)."""
+    return {task: write_probe_folder(Path(root) / task, spec, task) for task in ("multilabel", "segmentation")}

@@ -26,9 +26,9 @@ from explainkit.prototypes.models.stprotopnet import STProtoPNet
 from explainkit.prototypes.models.tversky import TverskyNet
 from explainkit.prototypes.similarity import log_similarity, squared_l2_distances
 
-__all__ = ["PROTOTYPE_MODELS", "SEGMENTATION_PROTOTYPE_MODELS", "PrototypeLayer", "TinyCNN", "TinyProtoPNet",
-           "case_based_net", "cbc_net",
-           "hopfield_net", "prob_psenn", "scaleprotoseg", "st_protopnet", "tiny_cnn", "tiny_protopnet", "tversky_net"]
+__all__ = ["PROTOTYPE_MODELS", "SEGMENTATION_PROTOTYPE_MODELS", "PrototypeLayer", "TinyCNN", "TinyFCN", "TinyProtoPNet",
+           "case_based_net", "cbc_net", "hopfield_net", "prob_psenn", "scaleprotoseg", "st_protopnet", "tiny_cnn",
+           "tiny_fcn", "tiny_protopnet", "tversky_net"]
 
 #: The factories of the seed papers' prototype models (classifiers: (B, K) logits).
 PROTOTYPE_MODELS = ("case_based_net", "st_protopnet", "tversky_net", "hopfield_net", "cbc_net", "prob_psenn")
@@ -81,6 +81,42 @@ class TinyCNN(nn.Module):
 def tiny_cnn(num_classes: int = 3, widths: Sequence[int] = (16, 32, 64, 64)) -> TinyCNN:
     """Factory for :class:`TinyCNN` (``--arch explainkit:tiny_cnn``)."""
     return TinyCNN(num_classes=num_classes, widths=tuple(widths))
+
+
+class TinyFCN(nn.Module):
+    """A small fully convolutional segmentation net with torchvision's output, ``{"out": (B, K, H, W)}``.
+
+    Parameters
+    ----------
+    num_classes : int
+        Classes scored per pixel.
+    width : int
+        Channels of the two conv blocks.
+
+    Notes
+    -----
+    Layer names: ``features.0`` (conv-BN-ReLU at input resolution), ``features.1`` (stride 2),
+    ``classifier`` (1×1 conv); the scores are upsampled bilinearly to the input size, as torchvision's
+    FCN / DeepLab / LR-ASPP do.
+    """
+
+    def __init__(self, num_classes: int = 4, width: int = 16) -> None:
+        super().__init__()
+        self.features = nn.Sequential(*(nn.Sequential(
+            nn.Conv2d(c_in, width, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU())
+            for c_in, stride in ((3, 1), (width, 2))))
+        self.classifier = nn.Conv2d(width, num_classes, 1)
+        self.explainkit_preprocessing = dict(SYNTHETIC_PREPROCESSING)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Map (B, 3, H, W) inputs to ``{"out": (B, num_classes, H, W)}`` scores."""
+        scores = self.classifier(self.features(x))
+        return {"out": nn.functional.interpolate(scores, size=x.shape[-2:], mode="bilinear", align_corners=False)}
+
+
+def tiny_fcn(num_classes: int = 4, width: int = 16) -> TinyFCN:
+    """Factory for :class:`TinyFCN` (``--arch explainkit:tiny_fcn``)."""
+    return TinyFCN(num_classes=num_classes, width=width)
 
 
 class PrototypeLayer(nn.Module):

@@ -29,18 +29,20 @@ from explainkit.backends.plan import validate_output
 from explainkit.backends.progress import DEFAULT_INTERVAL_S, Progress
 from explainkit.cache import ActivationCache
 from explainkit.config import parse_duration
-from explainkit.data.probe import ProbeSet
+from explainkit.data.probe import TASKS, ProbeSet
 from explainkit.device import AUTOCAST_DTYPES, resolve_device
 from explainkit.discovery.policy import PolicyDraft, draft_policy, policy_context, write_policy
-from explainkit.errors import ConfigError, RuntimeAnalysisError
+from explainkit.errors import CapabilityError, ConfigError, DataError, RuntimeAnalysisError
 from explainkit.gate.policy import parse_policy
 from explainkit.loading.handle import ModelHandle
 from explainkit.loading.loaders import wrap
+from explainkit.options import Option, check_values
 from explainkit.outputs import StagedDir
 from explainkit.report.build import build_report
 from explainkit.report.report import Report
 
-__all__ = ["AnalyzerSpec", "DiscoveryResult", "analyze", "build_analyzers", "discover", "resolve_device"]
+__all__ = ["TASK_OPTION", "AnalyzerSpec", "DiscoveryResult", "analyze", "build_analyzers", "discover", "resolve_device",
+           "resolve_task"]
 
 #: An analyzer given by name, ``(name, params)``, ``{"name": ..., **params}`` or an instance.
 AnalyzerSpec = str | tuple[str, Mapping[str, Any]] | Mapping[str, Any] | Analyzer
@@ -48,6 +50,67 @@ AnalyzerSpec = str | tuple[str, Mapping[str, Any]] | Mapping[str, Any] | Analyze
 MAX_ROUNDS = 12
 #: Share of a time budget kept for finalize (reports, sanity checks) when rounds are planned.
 FINALIZE_RESERVE = 0.15
+#: ``analyze(task=...)`` / ``--task``: what the model's outputs mean, when not read from the probe set.
+TASK_OPTION = Option("choice", None, choices=TASKS,
+                     help="the model's task; default: from the probe set (label maps: segmentation; a multi-hot "
+                          "labels.csv: multilabel; otherwise classification); must agree with a labelled probe set")
+_LAYOUTS = {"segmentation": "label maps labels/<image>.png", "multilabel": "a multi-hot labels.csv",
+            "classification": "one class per image"}
+
+
+def resolve_task(probe: ProbeSet, task: str | None = None) -> str:
+    """The task of a run: ``task`` when given (checked against the probe set), else the probe set's.
+
+    Parameters
+    ----------
+    probe : ProbeSet
+        The probe set (its layout says the task: :attr:`ProbeSet.task`).
+    task : str, optional
+        ``"classification"``, ``"segmentation"`` or ``"multilabel"`` (:data:`TASK_OPTION`).
+
+    Returns
+    -------
+    str
+        The task; ``"classification"`` for an unlabelled probe set without ``task``.
+
+    Raises
+    ------
+    ConfigError
+        An unknown task; :class:`DataError` when it contradicts the probe set's labels.
+    """
+    check_values("analyze", {"task": TASK_OPTION}, {"task": task})
+    found = probe.task
+    if task is not None and found is not None and task != found:
+        raise DataError(f"task {task!r} does not fit the probe set, which is labelled for {found} "
+                        f"({_LAYOUTS[found]}); {task} needs {_LAYOUTS[task]}")
+    return task or found or "classification"
+
+
+def _select(analyzers: Sequence[AnalyzerSpec] | None, params: Mapping[str, Mapping[str, Any]] | None,
+            handle: ModelHandle, probe: ProbeSet, task: str) -> tuple[list[Analyzer], list[Finding]]:
+    """The analyzers of a run, checked against model, data and task; the defaults left out for the task."""
+    runnable = [n for n in list_analyzers() if not (a := get_analyzer_class(n)()).missing_requirements(handle, probe)
+                and a.task_problem(task) is None]
+    skipped = []
+    if analyzers is None:
+        analyzers = []
+        for n in list_analyzers():
+            cls = get_analyzer_class(n)
+            if not cls.run_by_default or cls().missing_requirements(handle, probe):
+                continue
+            if (problem := cls().task_problem(task)) is not None:
+                skipped.append(Finding("info", f"{n} skipped: {problem}", n, {"reason": problem}))
+                continue
+            analyzers.append((n, (params or {}).get(n, {})))
+    instances = build_analyzers(analyzers)
+    for a in instances:
+        a.check_params()
+    for a in instances:
+        require(a, handle, probe, runnable)
+        if (problem := a.task_problem(task)) is not None:
+            raise CapabilityError(f"analyzer {a.name!r} cannot run here: {problem}; analyzers that can: "
+                                  f"{', '.join(runnable) or 'none'}")
+    return instances, skipped
 
 
 def build_analyzers(specs: Iterable[AnalyzerSpec]) -> list[Analyzer]:
@@ -143,6 +206,7 @@ def analyze(
     time_budget: float | str | None = None,
     progress_interval: float = DEFAULT_INTERVAL_S,
     autocast: str | None = None,
+    task: str | None = None,
 ) -> Report:
     """Run analyzers over a probe set and return the report.
 
@@ -198,6 +262,10 @@ def analyze(
         Least seconds between two progress lines when stderr is not a terminal.
     autocast : {"bfloat16", "float16"}, optional
         Run model passes under CUDA autocast (statistics stay float32); ignored on the CPU.
+    task : {"classification", "segmentation", "multilabel"}, optional
+        What the model's outputs mean (:func:`resolve_task`; default: from the probe set's layout).
+        Default analyzers that cannot read such outputs are left out with an info finding saying why;
+        one named in ``analyzers`` fails the run.
 
     Returns
     -------
@@ -225,15 +293,9 @@ def analyze(
     store = _open_cache(cache)
     handle = wrap(handle) if not isinstance(handle, ModelHandle) else handle
     probe = data if isinstance(data, ProbeSet) else ProbeSet.from_folder(data)
-    runnable = [n for n in list_analyzers() if not get_analyzer_class(n)().missing_requirements(handle, probe)]
+    task = resolve_task(probe, task)
     explicit = analyzers is not None
-    if analyzers is None:
-        analyzers = [(n, (params or {}).get(n, {})) for n in runnable if get_analyzer_class(n).run_by_default]
-    instances = build_analyzers(analyzers)
-    for a in instances:
-        a.check_params()
-    for a in instances:
-        require(a, handle, probe, runnable)
+    instances, task_skipped = _select(analyzers, params, handle, probe, task)
     handle.require_preprocessing()
     if layer is not None:
         layer = resolve_layer(handle.module, layer)[0]
@@ -245,17 +307,17 @@ def analyze(
                          out_dir=staged.path if staged else None, config=dict(config or {}), layer=layer,
                          cache=store, budget=budget, autocast=autocast,
                          pass_rows=rows_per_pass(batch_size, shape, dev, gradients=False),
-                         grad_rows=rows_per_pass(batch_size, shape, dev, gradients=True))
-        skipped: list[Finding] = []
+                         grad_rows=rows_per_pass(batch_size, shape, dev, gradients=True), task=task)
+        skipped: list[Finding] = list(task_skipped)
         instances = _keep_runnable(instances, ctx, "validate", explicit, skipped)  # no model pass yet
-        validate_output(handle, probe, dev)  # the first one: (B, K) logits
+        validate_output(handle, probe, dev, task)  # the first one: (B, K) logits, (B, K, H, W) for segmentation
         instances = _keep_runnable(instances, ctx, "prepare", explicit, skipped)
         _seed_all(seed)
         timings: dict[str, float] = {"setup": time.perf_counter() - t0}
         requests = {a.name: guard(a, "pass_request", a.pass_request, ctx) for a in instances}
         plan = RunPlan(handle=handle, probe=probe, analyzers=instances, label_map=labels_to_outputs,
                        progress=progress, passes=merge_requests(list(requests.values())),
-                       pass_rows=ctx.gradient_rows, progress_interval=progress_interval)
+                       pass_rows=ctx.gradient_rows, progress_interval=progress_interval, task=task)
         outcome = runner.run(plan, ctx)
         _add_timings(timings, outcome, "")
         states = _rounds(runner, plan, ctx, outcome, requests, timings)
@@ -272,6 +334,7 @@ def analyze(
             kind="analysis", sections=sections, handle=handle, data=probe, seed=seed, device=dev,
             batch_size=batch_size, timings=timings,
             config={"autocast": autocast, **dict(config or {}), "backend": outcome.describe,
+                    **({"task": task} if task != "classification" else {}),  # classification reports stay as they were
                     "cache": None if store is None else str(store.root),
                     "time_budget_s": None if budget is None else budget.seconds},
             label_mapping=label_mapping, asset_budget_bytes=asset_budget_bytes, findings=skipped,

@@ -86,10 +86,11 @@ def mapped(setup):
 
 
 def test_every_analyzer_is_in_the_property_test(setup):
-    """The conformance tests below cover the whole registry: no analyzer is left out for want of a requirement."""
+    """The conformance tests below cover the registry's classification analyzers: none is left out for want of a
+    requirement (the segmentation and multi-label ones run the same tests on their worlds in tests/test_tasks.py)."""
     handle, probe = setup[0], setup[1]
     left_out = {n: get_analyzer_class(n)().missing_requirements(handle, probe) for n in list_analyzers()
-                if n not in setup[2]}
+                if n not in setup[2] and "classification" in get_analyzer_class(n).tasks}
     assert not left_out, f"analyzers the demo model and probe set cannot run (extend the fixture): {left_out}"
 
 

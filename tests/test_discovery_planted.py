@@ -230,9 +230,10 @@ SIZE = 32
 PREP = Preprocessing((SIZE, SIZE), (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
 
 
-def _model(root: Path, seed: int, kind: str | None) -> explainkit.ModelHandle:
+def _model(root: Path, seed: int, kind: str | None, rates: tuple[float, float] = (0.9, 0.05)) -> explainkit.ModelHandle:
+    """A 32-px classifier trained on a world where the cue marks ``rates`` of circles / of the other classes."""
     spec = WorldSpec(n_images=600, size=SIZE, artifact="cue" if kind else None, artifact_kind=kind or "stamp",
-                     artifact_rate=0.9, artifact_other_rate=0.05, seed=1000 + seed)
+                     artifact_rate=rates[0], artifact_other_rate=rates[1], seed=1000 + seed)
     write_world(spec, root)
     probe = ProbeSet.from_folder(root)
     model = train_classifier(probe, epochs=30, seed=seed, preprocessing=PREP).model

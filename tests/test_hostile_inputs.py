@@ -477,6 +477,24 @@ def hostile(tmp_path_factory) -> dict[str, Path]:
     flat("classes_nonutf8", "path,label\n0.png,circle\n1.png,circle\n", classes="circle\n\xff\n")
     flat("labels_ansi", "path,label\n0.png,\x1b]8;;https://evil.example\x07circle\x1b]8;;\x07\n1.png,circle\n",
          classes="circle\n")
+    def seg(name: str, edit: Callable[[Path], None]) -> None:
+        """A segmentation probe folder (two images, label maps, classes.txt), then ``edit``."""
+        root = p / name
+        (root / "labels").mkdir(parents=True)
+        for i, f in enumerate(sorted((world / "circle").iterdir())[:2]):
+            shutil.copy(f, root / f"{i}.png")
+            Image.fromarray(np.zeros((64, 64), np.uint8)).save(root / "labels" / f"{i}.png")
+        (root / "classes.txt").write_text("circle\nsquare\n")
+        edit(root)
+
+    seg("seg_map_small", lambda r: Image.fromarray(np.zeros((9, 17), np.uint8)).save(r / "labels" / "1.png"))
+    seg("seg_map_range", lambda r: Image.fromarray(np.full((64, 64), 7, np.uint8)).save(r / "labels" / "1.png"))
+    seg("seg_map_symlink_out", lambda r: ((r / "labels" / "1.png").unlink(),
+                                          (r / "labels" / "1.png").symlink_to(outside / "secret.png")))
+    seg("seg_no_classes", lambda r: (r / "classes.txt").unlink())
+    seg("seg_map_rgb", lambda r: Image.new("RGB", (64, 64)).save(r / "labels" / "1.png"))
+    flat("multihot_nonbinary", "path,circle,square\n0.png,1,0\n1.png,0,2\n")
+    flat("multihot_word", "path,circle,square\n0.png,yes,0\n1.png,0,1\n")
     ansi_class = p / "ansi_class"
     ansi_class.mkdir()
     (ansi_class / "\x1b[31mred").mkdir()
@@ -858,6 +876,18 @@ CASES: dict[str, Case] = {
     "labels absolute path": Case(_perf("{demo}", data="{p}/labels_abs"), 2, r"must be relative"),
     "labels parent path": Case(_perf("{demo}", data="{p}/labels_parent"), 2, r"must be relative"),
     "classes.txt not UTF-8": Case(_perf("{demo}", data="{p}/classes_nonutf8"), 2, r"classes\.txt"),
+    "label map of the wrong size": Case(_perf("{demo}", data="{p}/seg_map_small"), 2,
+                                        r"labels/1\.png is 17x9 but its image 1\.png is 64x64"),
+    "label map values out of range": Case(_perf("{demo}", data="{p}/seg_map_range"), 2,
+                                          r"labels/1\.png holds value 7 .*values must be 0\.\.1 or 255"),
+    "label map symlink outside": Case(_perf("{demo}", data="{p}/seg_map_symlink_out"), 2,
+                                      r"labels/1\.png resolves outside the probe folder.*--follow-symlinks"),
+    "colour (RGB) label map": Case(_perf("{demo}", data="{p}/seg_map_rgb"), 2, r"labels/1\.png is a RGB image"),
+    "label maps without classes.txt": Case(_perf("{demo}", data="{p}/seg_no_classes"), 2, r"need classes\.txt"),
+    "multi-hot labels.csv with a 2": Case(_perf("{demo}", data="{p}/multihot_nonbinary"), 2,
+                                          r"labels\.csv row 3 \(1\.png\): non-binary value '2' in column 'square'"),
+    "multi-hot labels.csv with a word": Case(_perf("{demo}", data="{p}/multihot_word"), 2,
+                                             r"non-binary value 'yes' in column 'circle'"),
     "concepts.npy holding a pickle": Case(_perf("{demo}", data="{p}/concepts_npy_pickle"), 2, r"concepts\.npy",
                                           payload=True),
     "concepts.npy truncated": Case(_perf("{demo}", data="{p}/concepts_npy_truncated"), 2, r"concepts\.npy"),

@@ -26,7 +26,8 @@ LAYERS: list[set[str]] = [
     {"adapters", "report"},
     {"analyzers"},
     {"cam", "dissect", "information", "invert", "prototypes", "tcav"},
-    {"discovery", "reliability"},  # composite analyses on the families' libraries (discovery; reliability)
+    {"discovery", "reliability", "tasks"},  # composite analyses on the families' libraries (discovery; reliability;
+    # segmentation and multi-label metrics with CAMs per region)
     {"backends", "models", "config"},
     {"gate"},
     {"run"},

@@ -152,7 +152,7 @@ def test_bad_multihot_rows(tmp_path, rows, match):
 def test_multihot_classes_txt_must_agree(tmp_path):
     _multi_folder(tmp_path / "m", "path,cat,dog\na.png,1,0\n")
     (tmp_path / "m" / "classes.txt").write_text("dog\ncat\n")
-    with pytest.raises(DataError, match="classes.txt does not list the label columns"):
+    with pytest.raises(DataError, match=r"classes.txt does not list the label columns"):
         ProbeSet.from_folder(tmp_path / "m")
     (tmp_path / "m" / "classes.txt").write_text("cat\ndog\n")
     assert ProbeSet.from_folder(tmp_path / "m").class_names == ("cat", "dog")

@@ -135,3 +135,45 @@ def test_compare_with_null_says_tie_or_none_when_the_data_do_not_decide():
     none = compare_with_null(names, null[0] + 0.1, np.eye(2) * 1e-4, 100, null)
     assert none.status in ("none", "tie") and none.first in (None, "a", "b")
     assert compare_with_null(names, np.array([-1.0, -2.0]), np.eye(2) * 0.01, 100, np.zeros((3, 2))).status == "none"
+
+
+def _accumulator(rng, p: int, c: int, r: int, dead: int | None):
+    """A filled SplitAccumulator; prototype ``dead`` has no weight on any image or resample."""
+    from explainkit.prototypes.importance import SplitAccumulator
+
+    acc = SplitAccumulator.empty(p, c, r, 1)
+    acc.n = 20
+    acc.sum_w, acc.sum_wd = rng.uniform(1, 2, p), rng.normal(0, 1, (p, c))
+    acc.sum_wabs, acc.sum_contrib = np.abs(acc.sum_wd) + 0.5, rng.uniform(0, 1, p)
+    acc.boot_w = acc.sum_w * rng.uniform(0.5, 1.5, (r, p))
+    acc.boot_wd = acc.sum_wd * rng.uniform(0.5, 1.5, (r, p, c))
+    if dead is not None:
+        for name in ("sum_w", "sum_contrib", "sum_wd", "sum_wabs"):
+            getattr(acc, name)[dead] = 0.0
+        acc.boot_w[:, dead], acc.boot_wd[:, dead] = 0.0, 0.0
+    return acc
+
+
+def test_a_dead_prototype_gets_null_calibrated_importance_without_warnings():
+    """A prototype with no weight on any image (a dead channel) has no finite bootstrap replicate: its calibrated
+    importance and interval are null, the others' are what they are without it, and numpy warns about nothing."""
+    import warnings
+
+    from explainkit.prototypes.relevance import prototype_relevance
+
+    rng = np.random.default_rng(0)
+    acc = _accumulator(rng, 4, 3, 30, dead=3)
+    nulls = [_accumulator(rng, 4, 3, 30, dead=None) for _ in range(3)]
+    names = ["hue", "shape", "texture"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = prototype_relevance(acc, nulls, names, [], seed=0, alpha=0.05)
+    assert np.isnan(out["calibrated"][3]).all() and np.isnan(out["ci_low"][3]).all() and out["weights"][3] == 0
+    assert np.isfinite(out["calibrated"][:3]).all() and (out["ci_low"][:3] <= out["ci_high"][:3]).all()
+    # the dead prototype adds nothing to the levels: the live ones are calibrated as if it were not there
+    alive = _accumulator(np.random.default_rng(0), 3, 3, 30, dead=None)
+    for name in ("sum_w", "sum_wd", "sum_wabs", "sum_contrib", "boot_w", "boot_wd"):
+        setattr(alive, name, getattr(acc, name)[:, :3] if name.startswith("boot") else getattr(acc, name)[:3])
+    alone = prototype_relevance(alive, nulls, names, [], seed=0, alpha=0.05)
+    for key in ("calibrated", "ci_low", "ci_high"):
+        np.testing.assert_allclose(out[key][:3], alone[key])

@@ -127,14 +127,15 @@ def select_logits(output: Any, key: str | int | None = None) -> torch.Tensor:
 
 
 def check_logits(output: Any, batch: int, n_classes: int | None = None, classes: str = "class names",
-                 at_least: bool = False) -> torch.Tensor:
+                 at_least: bool = False, dense: bool = False) -> torch.Tensor:
     """Validate a model's output for a batch of ``batch`` images; return its (B, K) logits.
 
     Parameters
     ----------
     output : Any
         What the model returned (tensor, or a dict / tuple holding the logits, see
-        :func:`select_logits`).
+        :func:`select_logits`; torchvision segmentation models' ``{"out": ..., "aux": ...}`` gives
+        ``"out"``).
     batch : int
         B, the number of images the model was given.
     n_classes : int, optional
@@ -144,29 +145,40 @@ def check_logits(output: Any, batch: int, n_classes: int | None = None, classes:
         What ``n_classes`` counts, for the message.
     at_least : bool
         Only require ``K >= n_classes``.
+    dense : bool
+        Expect (B, K, H, W) class scores per pixel (a segmentation model) instead of (B, K).
 
     Returns
     -------
     torch.Tensor
-        (B, K) floating-point logits.
+        (B, K) floating-point logits; (B, K, H, W) with ``dense``.
 
     Raises
     ------
     ConfigError
-        No tensor, a shape other than (B, K) or (B,), a non-floating dtype, or a K that does not
-        fit ``n_classes``.
+        No tensor, a shape other than (B, K) or (B,) ((B, K, H, W) with ``dense``), a non-floating
+        dtype, or a K that does not fit ``n_classes``. A 4-D output where (B, K) is expected is named
+        as what it is (dense scores of a segmentation model), with the way to run it.
     """
     t = pick_tensor(output)
     shape = tuple(t.shape)
-    if t.dim() not in (1, 2) or shape[0] != batch:
+    if dense and (t.dim() != 4 or shape[0] != batch):
+        raise ConfigError(f"model output shape {shape} for a batch of {batch} images; a segmentation model must "
+                          f"give ({batch}, K, H, W) class scores per pixel")
+    if not dense and t.dim() == 4 and shape[0] == batch:
+        raise ConfigError(f"model output shape {shape}: ({batch}, K, H, W) class scores per pixel, a segmentation "
+                          "model: explainkit analyze reads it with a probe set of label maps (labels/<image>.png) or "
+                          "--task segmentation")
+    if not dense and (t.dim() not in (1, 2) or shape[0] != batch):
         raise ConfigError(f"model output shape {shape} for a batch of {batch} images; expected ({batch}, K)")
     if not t.is_floating_point():
         raise ConfigError(f"model output dtype {str(t.dtype).replace('torch.', '')} for a batch of {batch} images; "
                           "expected floating-point logits")
-    logits = t if t.dim() == 2 else t[:, None]
+    logits = t if t.dim() >= 2 else t[:, None]
     k = logits.shape[1]
     if n_classes is not None and (k < n_classes if at_least else k != n_classes):
-        raise ConfigError(f"model output shape {shape}: {k} outputs per image for {n_classes} {classes}")
+        raise ConfigError(f"model output shape {shape}: {k} outputs per {'pixel' if dense else 'image'} "
+                          f"for {n_classes} {classes}")
     return logits
 
 

@@ -6,7 +6,9 @@ An analyzer
   :meth:`Analyzer.get_params` is an exact provenance record, and declares each of them once in
   ``options`` (type, range or choices, help; the default is the ``__init__`` default);
 * declares ``requires``: handle capabilities (``module_hooks``, ``gradients``, ``dynamic_batch``)
-  and data needs (``labels``, ``concepts``, ``masks``);
+  and data needs (``labels``, ``concepts``, ``masks``, ``label_maps``, ``multilabels``), and
+  ``tasks``: the model outputs it reads (``classification``: (B, K) softmax logits, the default;
+  ``multilabel``: (B, K) sigmoid logits; ``segmentation``: (B, K, H, W) dense scores);
 * is checked before the first model pass: :meth:`Analyzer.check_params` (the declared types and
   ranges, for every analyzer of the run), then :meth:`Analyzer.validate` (rules across parameters
   and against the model and data; no side effects), then :meth:`Analyzer.prepare` (fits state from
@@ -49,7 +51,7 @@ from torch import nn
 
 from explainkit.adapters.targets import take_rows
 from explainkit.cache import ActivationCache
-from explainkit.data.probe import ProbeSet
+from explainkit.data.probe import TASKS, ProbeSet
 from explainkit.errors import CapabilityError
 from explainkit.loading.handle import ModelHandle
 from explainkit.options import Option, bind_options, check_values
@@ -59,7 +61,7 @@ __all__ = ["Analyzer", "Batch", "Finding", "PassRequest", "PassResult", "RecordS
            "RunContext", "Section", "TimeBudget"]
 
 #: Data requirements an analyzer may declare next to handle capabilities.
-DATA_REQUIREMENTS = ("labels", "concepts", "masks", "images")
+DATA_REQUIREMENTS = ("labels", "concepts", "masks", "images", "label_maps", "multilabels")
 #: Classes a shared pass can explain: the predicted class, or the label where known (else predicted).
 PASS_TARGETS = ("predicted", "label")
 
@@ -190,7 +192,8 @@ class Batch:
     output : Any
         The model output for ``inputs`` (no gradients), as the model returns it.
     logits : torch.Tensor
-        (B, K) logits selected from ``output``.
+        (B, K) logits selected from ``output``; (B, K, H, W) class scores when the run's task is
+        ``segmentation``.
     passes : dict of str to PassResult
         The shared pass per target (``"predicted"``, ``"label"``) when analyzers requested one
         (:meth:`Analyzer.pass_request`).
@@ -241,7 +244,9 @@ class RunContext:
     round maps (:meth:`Analyzer.next_round`); ``autocast`` names a lower-precision dtype for model
     passes on CUDA (``"bfloat16"``, ``"float16"``; statistics stay float32); ``pass_rows`` is how
     many rows an extra forward pass (without gradients) should hold at most (bounded memory on the
-    CPU; the batch size elsewhere), ``grad_rows`` the same for a pass that backpropagates to the input.
+    CPU; the batch size elsewhere), ``grad_rows`` the same for a pass that backpropagates to the input;
+    ``task`` is what the model's outputs mean (one of :data:`explainkit.data.probe.TASKS`, from the
+    probe set's layout or ``--task``).
     """
 
     handle: ModelHandle
@@ -258,6 +263,7 @@ class RunContext:
     autocast: str | None = None
     pass_rows: int | None = None
     grad_rows: int | None = None
+    task: str = "classification"
 
     @property
     def rows(self) -> int:
@@ -407,6 +413,8 @@ class Analyzer:
     summary: ClassVar[str] = ""
     #: Capabilities and data the analyzer needs.
     requires: ClassVar[frozenset[str]] = frozenset()
+    #: The tasks (:data:`explainkit.data.probe.TASKS`) whose model outputs the analyzer reads.
+    tasks: ClassVar[frozenset[str]] = frozenset({"classification"})
     #: Whether ``analyze`` runs it when no analyzer is named (and its requirements are met).
     run_by_default: ClassVar[bool] = False
     #: The declared parameters (defaults filled from ``__init__`` when the class is defined).
@@ -444,7 +452,19 @@ class Analyzer:
                 have.add("concepts")
             if data.mask_names():
                 have.add("masks")
+            if data.has_label_maps:
+                have.add("label_maps")
+            if data.multilabels is not None:
+                have.add("multilabels")
         return sorted(self.requires - have)
+
+    def task_problem(self, task: str) -> str | None:
+        """Why the analyzer cannot read the outputs of a ``task`` model, or ``None`` when it can."""
+        if task in self.tasks:
+            return None
+        kinds = ", ".join(t for t in TASKS if t in self.tasks)
+        return (f"{self.name} reads the outputs of {kinds} models; this is a {task} model "
+                f"({_OUTPUTS[task]})")
 
     def validate(self, ctx: RunContext) -> None:
         """Rules across parameters and against the run's model and data, after :meth:`check_params`.
@@ -535,6 +555,10 @@ class Analyzer:
     def __repr__(self) -> str:
         params = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
         return f"{type(self).__name__}({params})"
+
+
+_OUTPUTS = {"classification": "(B, K) softmax logits", "multilabel": "(B, K) sigmoid logits, one per label",
+            "segmentation": "(B, K, H, W) class scores per pixel"}
 
 
 def _jsonable(value: Any) -> Any:

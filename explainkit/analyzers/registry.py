@@ -28,9 +28,11 @@ BUILTIN_ANALYZERS = {
     "gradcam": "explainkit.cam.analyzer:GradCam",
     "information": "explainkit.information.analyzer:FactorAnalysis",
     "invert": "explainkit.invert.analyzer:Invert",
+    "multilabel": "explainkit.tasks.analyzer:MultiLabelQuality",
     "performance": "explainkit.analyzers.performance:Performance",
     "prototypes": "explainkit.prototypes.analyzer:Prototypes",
     "reliability": "explainkit.reliability.analyzer:LabelReliability",
+    "segmentation": "explainkit.tasks.analyzer:SegmentationQuality",
     "tcav": "explainkit.tcav.analyzer:Tcav",
 }
 

@@ -35,7 +35,8 @@ class RunPlan:
 
     ``passes`` are the merged shared-pass requests per target (:func:`~explainkit.backends.passes.
     merge_requests`), run in chunks of ``pass_rows`` rows; ``indices`` restricts a follow-up round
-    to some samples (``None``: every sample); ``phase`` names the pass in progress lines.
+    to some samples (``None``: every sample); ``phase`` names the pass in progress lines; ``task``
+    is what the outputs mean (``segmentation``: :attr:`Batch.logits` holds (B, K, H, W) scores).
     """
 
     handle: ModelHandle
@@ -48,6 +49,7 @@ class RunPlan:
     indices: np.ndarray | None = None
     phase: str = "analyze"
     progress_interval: float = DEFAULT_INTERVAL_S
+    task: str = "classification"
 
     def sample_indices(self) -> np.ndarray:
         """The samples this plan maps, in order."""
@@ -131,13 +133,15 @@ def _forward(handle: ModelHandle, inputs: torch.Tensor, passes: dict[str, PassRe
         raise RuntimeAnalysisError(f"the model failed on a batch of {len(inputs)} images: {exc}") from exc
 
 
-def validate_output(handle: ModelHandle, probe: ProbeSet, device: torch.device) -> None:
+def validate_output(handle: ModelHandle, probe: ProbeSet, device: torch.device, task: str = "classification") -> None:
     """Check once, before any analysis, that the model gives (B, K) logits for probe images.
 
     One forward pass on the first (up to) two images: the output must hold one floating-point
     tensor of shape (B, K) (or (B,)), selected as :func:`explainkit.adapters.select_logits` says
     (``--output-key`` for dicts and tuples), with K equal to the number of the model's class names,
-    or at least the probe set's classes when the model has none.
+    or at least the probe set's classes when the model has none. A ``segmentation`` task needs
+    (B, K, H, W) scores instead (a dict's ``"out"`` as torchvision returns it), and a 4-D output of
+    any other task is refused as what it is (:func:`explainkit.adapters.check_logits`).
 
     Raises
     ------
@@ -151,19 +155,23 @@ def validate_output(handle: ModelHandle, probe: ProbeSet, device: torch.device) 
     handle.to(device)
     with eval_mode(handle.module):
         output, _, _ = _forward(handle, inputs)
+    dense = task == "segmentation"
     if handle.class_names:
-        check_logits(output, len(indices), len(handle.class_names))
+        check_logits(output, len(indices), len(handle.class_names), dense=dense)
     elif probe.class_names:
-        check_logits(output, len(indices), len(probe.class_names), "classes of the probe set", at_least=True)
+        check_logits(output, len(indices), len(probe.class_names), "classes of the probe set", at_least=True,
+                     dense=dense)
     else:
-        check_logits(output, len(indices))
+        check_logits(output, len(indices), dense=dense)
 
 
 def make_batch(handle: ModelHandle, probe: ProbeSet, indices: np.ndarray, images: list,
                inputs: torch.Tensor, label_map: np.ndarray | None,
                passes: dict[str, PassRequest] | None = None, *, rows: int | None = None,
-               amp: str | None = None, captures: Captures | None = None) -> Batch:
+               amp: str | None = None, captures: Captures | None = None, dense: bool = False) -> Batch:
     """Run the batch's shared pass (the plain forward pass when nothing else is requested) and package it.
+
+    ``dense``: the model gives (B, K, H, W) class scores (a segmentation task), kept as the batch's logits.
 
     Layers named in ``captures`` are recorded during the pass whose output the batch holds (``Batch.captured``).
     """
@@ -172,9 +180,10 @@ def make_batch(handle: ModelHandle, probe: ProbeSet, indices: np.ndarray, images
         labels = np.where(labels >= 0, label_map[np.clip(labels, 0, None)], -1)
     label_t = torch.as_tensor(labels, dtype=torch.long)
     output, results, captured = _forward(handle, inputs, passes, label_t, rows=rows, amp=amp, captures=captures)
-    logits = check_logits(output, len(images))
+    logits = check_logits(output, len(images), dense=dense)
     if not torch.isfinite(logits).all():
-        bad = [probe.ids[int(indices[i])] for i in torch.nonzero(~torch.isfinite(logits).all(1)).flatten()[:3]]
+        finite = torch.isfinite(logits).flatten(1).all(1)
+        bad = [probe.ids[int(indices[i])] for i in torch.nonzero(~finite).flatten()[:3]]
         raise RuntimeAnalysisError(f"the model produced non-finite outputs (NaN/inf) for {', '.join(bad)}")
     return Batch(
         indices=indices, ids=[probe.ids[int(i)] for i in indices], inputs=inputs, images=images,
@@ -241,7 +250,7 @@ def map_shard(plan: RunPlan, ctx: RunContext, indices: Sequence[int], *, desc: s
             x = inputs.to(ctx.device, non_blocking=True)
             batch = make_batch(handle, probe, chunk, images, x.contiguous(memory_format=torch.channels_last) if cuda
                                else x, plan.label_map, plan.passes, rows=plan.pass_rows, amp=ctx.autocast,
-                               captures=captures)
+                               captures=captures, dense=plan.task == "segmentation")
             timings["forward"] += time.perf_counter() - t
             for a in plan.analyzers:
                 t = time.perf_counter()

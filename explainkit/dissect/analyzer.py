@@ -24,6 +24,7 @@ from PIL import Image
 from explainkit.adapters.activations import build_poolers, check_layers, layer_names
 from explainkit.analyzers.base import Analyzer, Batch, Finding, RunContext, Section
 from explainkit.analyzers.metric import metric
+from explainkit.data.probe import TASKS
 from explainkit.dissect.labels import UnitLabel
 from explainkit.dissect.masks import MaskReader, mask_sources
 from explainkit.dissect.stream import DissectRunState, label_layer, map_batch
@@ -68,6 +69,7 @@ class NetworkDissection(Analyzer):
     summary = ("labels conv units with the concept whose masks best overlap their top-0.5% activations "
                "(Bau et al. 2017), with IoU CIs and tests")
     requires = frozenset({"module_hooks", "masks"})
+    tasks = frozenset(TASKS)  # reads layer activations and masks only, never the outputs
     options: ClassVar[Mapping[str, Option]] = {
         "layer": Option("str", many=True, or_one=True,
                         help="layer(s) with spatial maps (default: the run's --layer, else the model's)"),

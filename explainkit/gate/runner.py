@@ -252,8 +252,14 @@ def check(
     for spec in policy.checks:
         if spec.data not in probes:
             probes[spec.data] = ProbeSet.from_folder(spec.data, follow_symlinks=follow_symlinks)
-        ctx = RunContext(handle=handle, data=probes[spec.data], device=dev, seed=spec.seed, batch_size=batch_size)
+        task = probes[spec.data].task or "classification"
         kind = get_check_kind(spec.kind)(spec, policy.defaults)
+        if task not in kind.tasks:
+            raise ConfigError(f"check {spec.id!r}: kind {spec.kind!r} measures the outputs of "
+                              f"{' or '.join(sorted(kind.tasks))} models, and its probe set {spec.data} is labelled "
+                              f"for {task}; use explainkit analyze for {task} models")
+        ctx = RunContext(handle=handle, data=probes[spec.data], device=dev, seed=spec.seed, batch_size=batch_size,
+                         task=task)
         cc = CheckContext(spec=spec, defaults=policy.defaults, run=ctx, progress=progress)
         kind.prepare(cc)
         runs.append((kind, cc))

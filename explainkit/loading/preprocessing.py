@@ -87,13 +87,30 @@ class Preprocessing:
         """
         return np.asarray(self._fit(Image.fromarray(np.asarray(mask, dtype=np.uint8) * 255, "L"))) > 127
 
-    def _fit(self, image: Image.Image) -> Image.Image:
+    def resize_label_map(self, labels: np.ndarray) -> np.ndarray:
+        """A label map at image resolution mapped to the input's geometry like the image, (H, W) int64.
+
+        Parameters
+        ----------
+        labels : ndarray
+            (h, w) class index per pixel of the source image, values 0..255.
+
+        Returns
+        -------
+        ndarray
+            (H, W) int64: resized with nearest-neighbour sampling (indices are never blended) and
+            cropped as :meth:`resize_image` does.
+        """
+        image = Image.fromarray(np.asarray(labels, dtype=np.uint8), "L")
+        return np.asarray(self._fit(image, Image.NEAREST), dtype=np.int64)
+
+    def _fit(self, image: Image.Image, resample: int = Image.BILINEAR) -> Image.Image:
         h, w = self.input_size
         if self.resize == "stretch" or image.size == (w, h):
-            return image.resize((w, h), Image.BILINEAR) if image.size != (w, h) else image
+            return image.resize((w, h), resample) if image.size != (w, h) else image
         scale = max(h / image.height, w / image.width)
         rw, rh = max(w, round(image.width * scale)), max(h, round(image.height * scale))
-        image = image.resize((rw, rh), Image.BILINEAR)
+        image = image.resize((rw, rh), resample)
         left, top = (rw - w) // 2, (rh - h) // 2
         return image.crop((left, top, left + w, top + h))
 

@@ -561,7 +561,9 @@ class Prototypes(Analyzer):
         significant = int(np.sum(tests["q"] < self.alpha)) if tests is not None else 0
         relies = _headline(decision["overall"], DECISION_UNIT, "the model relies", len(self.nulls_))
         responds = _headline(proto["comparison"], CALIBRATED_UNIT, "its prototypes respond", len(self.nulls_), "to")
-        calibrated_ranking = _comparison_rows(proto["comparison"], CALIBRATED_UNIT, len(records))
+        # n: the prototypes in the decision-weighted mean (a prototype with no weight on any image is left out)
+        calibrated_ranking = _comparison_rows(proto["comparison"], CALIBRATED_UNIT,
+                                              int(np.count_nonzero(proto["weights"] > 0)))
         decision_data = self._decision_data(decision, ctx, relies)
         summary = {
             "prototypes": len(records), "adapter": self.adapter_.kind,
@@ -810,7 +812,9 @@ class Prototypes(Analyzer):
             f"{self.sample_size} 'test' images, Benjamini–Hochberg across prototypes × characteristics. "
             "Generalisation: Welch's t-test of train vs test global scores per characteristic (the reference's test; "
             "Holm across characteristics) and Spearman's rank correlation of the two. Relative drops are a separate "
-            "view in units of the original similarity."
+            "view in units of the original similarity. A prototype with no weight on any image (one that never "
+            "activates, such as a dead channel) has null importances (verdict: no clear characteristic) and is left "
+            "out of the rankings and the headline."
         )
 
 

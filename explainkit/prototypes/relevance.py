@@ -28,6 +28,7 @@ import numpy as np
 from explainkit.prototypes.calibration import NullComparison, apply_controls, compare_with_null
 from explainkit.prototypes.decision import DecisionRows, class_means
 from explainkit.prototypes.importance import SplitAccumulator
+from explainkit.stats.streaming import percentile_interval
 
 __all__ = ["decision_relevance", "levels", "prototype_relevance"]
 
@@ -123,10 +124,11 @@ def prototype_relevance(acc: SplitAccumulator, nulls: Sequence[SplitAccumulator]
         null_stats.append(_weighted_mean(g, _weights(z, np.isfinite(g).all(1))))
     comparison = compare_with_null(names, model, cov, np.inf, np.asarray(null_stats).reshape(len(nulls), c),
                                    alpha=alpha)
+    # a prototype with no weight on any probe image (a dead channel) or a characteristic without a
+    # scale has no finite replicate: its calibrated importance and interval are null, as for the
+    # uncalibrated interval (percentile_interval: NaN unless half the replicates are finite)
     finite = np.isfinite(calibrated)
-    with np.errstate(all="ignore"):
-        lo, hi = (np.nanpercentile(boot_cal, q, axis=0) if boot_cal.shape[0] else np.full_like(calibrated, np.nan)
-                  for q in (2.5, 97.5))
+    lo, hi = percentile_interval(boot_cal) if boot_cal.shape[0] else (np.full_like(calibrated, np.nan),) * 2
     return {"score": score, "calibrated": calibrated, "ci_low": np.where(finite, lo, np.nan),
             "ci_high": np.where(finite, hi, np.nan), "profile": profile, "profiles": profiles,
             "sensitivity": sensitivity, "weights": weights, "comparison": comparison}

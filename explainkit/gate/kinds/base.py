@@ -267,6 +267,8 @@ class CheckKind:
     requires: ClassVar[frozenset[str]] = frozenset()
     #: The kind's own policy keys.
     options: ClassVar[Mapping[str, Option]] = {}
+    #: The tasks (:data:`explainkit.data.probe.TASKS`) whose model outputs the kind measures.
+    tasks: ClassVar[frozenset[str]] = frozenset({"classification"})
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

@@ -12,7 +12,7 @@ from explainkit.errors import ConfigError
 from explainkit.gate.kinds.base import CheckContext
 from explainkit.options import Option
 
-__all__ = ["MASK_OPTIONS", "images_with_mask", "input_masks", "require_mask_source"]
+__all__ = ["MASK_OPTIONS", "grow_mask", "images_with_mask", "input_masks", "require_mask_source"]
 
 #: Policy keys naming the mask folder of the kinds that read artifact masks.
 MASK_OPTIONS: dict[str, Option] = {
@@ -62,3 +62,23 @@ def input_masks(cc: CheckContext, indices: np.ndarray, concept: str) -> dict[int
         if bool(mask.any()):
             out[int(i)] = mask.to(cc.run.device)
     return out
+
+
+def grow_mask(mask: torch.Tensor, pixels: int) -> torch.Tensor:
+    """The mask dilated by ``pixels`` (a square neighbourhood: Chebyshev distance ≤ ``pixels``).
+
+    Parameters
+    ----------
+    mask : torch.Tensor
+        (H, W) bool.
+    pixels : int
+        Growth in pixels (0 returns the mask).
+
+    Returns
+    -------
+    torch.Tensor
+        (H, W) bool.
+    """
+    if pixels <= 0:
+        return mask
+    return torch.nn.functional.max_pool2d(mask[None, None].float(), 2 * pixels + 1, 1, pixels)[0, 0] > 0

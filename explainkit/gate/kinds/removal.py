@@ -21,7 +21,7 @@ import torch
 from explainkit.errors import ConfigError, DataError
 from explainkit.gate.kinds.base import CheckContext, Measurement, concept_name
 from explainkit.gate.kinds.interventions import EFFECT_OPTION, InterventionKind, paired_result, run_paired
-from explainkit.gate.kinds.masks import MASK_OPTIONS, images_with_mask, input_masks, require_mask_source
+from explainkit.gate.kinds.masks import MASK_OPTIONS, grow_mask, images_with_mask, input_masks, require_mask_source
 from explainkit.options import Option
 
 __all__ = ["FILLS", "Removal", "cover", "shifted_mask"]
@@ -54,8 +54,7 @@ def cover(image: torch.Tensor, mask: torch.Tensor, fill: str) -> torch.Tensor:
     if fill == "grey_patch":
         out[:, mask] = 0.5
     elif fill == "mean_patch":
-        grown = torch.nn.functional.max_pool2d(mask[None, None].float(), 2 * _RING + 1, 1, _RING)[0, 0] > 0
-        ring = grown & ~mask
+        ring = grow_mask(mask, _RING) & ~mask
         colour = image[:, ring].mean(1) if bool(ring.any()) else image.new_full((3,), 0.5)
         out[:, mask] = colour[:, None]
     elif fill == "inpaint":

@@ -7,7 +7,7 @@ transform      treated image                                 control (same pixel
 ============== ============================================= ========================================= ======
 recolour       region mixed with ``colour`` at ``strength``  mixed with the colour's luminance grey     others
 background_swap object on a background of a ``donor_class``  object on a background of its own class   others
-               image (donor's object inpainted)
+               image (both donors' objects inpainted over one shared hole, :func:`donor_backgrounds`)
 blur           Gaussian blur (``sigma``) in the region       the same blur in a shifted region         target
 texture        non-local-means texture removal in the region the same in a shifted region              target
 ============== ============================================= ========================================= ======
@@ -39,9 +39,10 @@ from explainkit.errors import ConfigError, DataError
 from explainkit.gate.kinds.base import CheckContext, Measurement
 from explainkit.gate.kinds.interventions import EFFECT_OPTION, InterventionKind, paired_result, run_paired
 from explainkit.gate.kinds.masks import images_with_mask, input_masks
-from explainkit.gate.kinds.removal import cover, shifted_mask
+from explainkit.gate.kinds.removal import shifted_mask
 from explainkit.gate.kinds.transforms import (
     blur_region,
+    donor_backgrounds,
     luminance_grey,
     recolour,
     retexture_region,
@@ -83,6 +84,8 @@ class Transform(InterventionKind):
                                                   "(default: target_class)"),
         "donor_concept": Option("str", None, help="background_swap: donors must carry this concept; own-class "
                                                   "control donors must not"),
+        "margin": Option("int", 1, low=0, high=16, help="background_swap: pixels the donors' object masks are grown by "
+                                                         "before their objects are inpainted (soft edges)"),
         "repeats": Option("int", 3, low=1, high=64, help="donors / control regions / control copies per image"),
         "effect": EFFECT_OPTION,
     }
@@ -180,14 +183,14 @@ class Transform(InterventionKind):
             return {i: ~m for i, m in input_masks(cc, indices, o["object_masks"]).items() if bool((~m).any())}
         return input_masks(cc, indices, region)
 
-    def _backgrounds(self, cc: CheckContext, donors: np.ndarray) -> dict[int, torch.Tensor]:
-        """Donor probe index → (3, H, W) the donor with its object inpainted."""
+    def _donors(self, cc: CheckContext, donors: np.ndarray) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+        """Donor probe index → ((3, H, W) image in [0, 1], (H, W) bool object mask), at input resolution."""
         prep = cc.run.handle.require_preprocessing()
         masks = input_masks(cc, donors, self.spec.options["object_masks"])
         out = {}
         for i in np.unique(donors):
             unit = prep.to_unit_tensor([cc.run.data.load_image(int(i))])[0].to(cc.run.device)
-            out[int(i)] = cover(unit, masks[int(i)], "inpaint") if int(i) in masks else unit
+            out[int(i)] = unit, masks.get(int(i), torch.zeros(unit.shape[1:], dtype=torch.bool, device=unit.device))
         return out
 
     def _donor_draws(self, cc: CheckContext, index: int, sid: str) -> tuple[np.ndarray, np.ndarray]:
@@ -213,7 +216,7 @@ class Transform(InterventionKind):
             n_treated = r if t == "background_swap" else 1
             treated = unit.new_empty(b, n_treated, *unit.shape[1:])
             control = unit.new_empty(b, r, *unit.shape[1:])
-            backgrounds = self._backgrounds(cc, np.concatenate([np.concatenate(draws[int(i)]) for i in chunk])) \
+            donors = self._donors(cc, np.concatenate([np.concatenate(draws[int(i)]) for i in chunk])) \
                 if t == "background_swap" else {}
             for j, (i, sid) in enumerate(zip(chunk, ids)):
                 x, region = unit[j], masks[int(i)]
@@ -221,10 +224,10 @@ class Transform(InterventionKind):
                     treated[j, 0] = recolour(x, region, colour, o["strength"])
                     control[j] = recolour(x, region, grey, o["strength"])
                 elif t == "background_swap":
-                    donors, own = draws[int(i)]
-                    for k in range(r):
-                        treated[j, k] = swap_background(x, ~region, backgrounds[int(donors[k])])
-                        control[j, k] = swap_background(x, ~region, backgrounds[int(own[k])])
+                    for k, (d, c) in enumerate(zip(*draws[int(i)])):
+                        bg, bg_control = donor_backgrounds(*donors[int(d)], *donors[int(c)], o["margin"])
+                        treated[j, k] = swap_background(x, ~region, bg)
+                        control[j, k] = swap_background(x, ~region, bg_control)
                 else:
                     change = (lambda im, m: blur_region(im, m, o["sigma"])) if t == "blur" \
                         else (lambda im, m: retexture_region(im, m, **texture))

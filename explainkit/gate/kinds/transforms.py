@@ -8,6 +8,10 @@ property:
   with the grey of the colour's luminance (same brightness change, no hue).
 * :func:`swap_background`: keep the object, take the background from a donor image whose own
   object is inpainted away (Waterbirds-style); control: a donor of the image's own class.
+  :func:`donor_backgrounds` removes both donors' objects through one shared hole (the union of
+  their object masks, grown by a margin), so the two backgrounds are inpainted over the same
+  pixels and differ only in what the donors' backgrounds show, not in the outline of a
+  target-class or own-class object left behind.
 * :func:`blur_region`: Gaussian blur inside the region; control: the same blur in a region of
   the same shape elsewhere (:func:`explainkit.gate.kinds.removal.shifted_mask`).
 * :func:`retexture_region`: the region's texture smoothed away by non-local-means denoising (the
@@ -23,9 +27,12 @@ import numpy as np
 import torch
 from torchvision.transforms.functional import gaussian_blur
 
+from explainkit.gate.kinds.masks import grow_mask
+from explainkit.gate.kinds.removal import cover
 from explainkit.prototypes.perturb import remove_texture
 
-__all__ = ["LUMA", "blur_region", "luminance_grey", "recolour", "retexture_region", "swap_background"]
+__all__ = ["LUMA", "blur_region", "donor_backgrounds", "luminance_grey", "recolour", "retexture_region",
+           "swap_background"]
 
 #: ITU-R BT.601 luma weights (as Pillow's ``convert("L")``).
 LUMA = (0.299, 0.587, 0.114)
@@ -78,6 +85,34 @@ def swap_background(image: torch.Tensor, obj: torch.Tensor, donor_background: to
         (3, H, W).
     """
     return torch.where(obj[None], image, donor_background.to(image))
+
+
+def donor_backgrounds(donor: torch.Tensor, donor_obj: torch.Tensor, control: torch.Tensor,
+                      control_obj: torch.Tensor, margin: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The treated and control backgrounds of one background swap, inpainted over one shared hole.
+
+    ``hole = grow(donor_obj, margin) | grow(control_obj, margin)``; both donors are inpainted
+    (OpenCV Telea, :func:`explainkit.gate.kinds.removal.cover`) over ``hole``. The two
+    backgrounds then differ only outside the hole, where each shows its own donor's background:
+    neither keeps the silhouette or soft edge of its object, and the inpainted region has the same
+    shape in both.
+
+    Parameters
+    ----------
+    donor, control : torch.Tensor
+        (3, H, W) in [0, 1]: the donor-class donor and the own-class control donor.
+    donor_obj, control_obj : torch.Tensor
+        (H, W) bool object masks of the two donors.
+    margin : int
+        Pixels each object mask is grown by (≥ 0): covers soft object edges a thresholded mask misses.
+
+    Returns
+    -------
+    tuple of torch.Tensor
+        (3, H, W) treated background, (3, H, W) control background.
+    """
+    hole = grow_mask(donor_obj, margin) | grow_mask(control_obj, margin)
+    return cover(donor, hole, "inpaint"), cover(control, hole, "inpaint")
 
 
 def blur_region(image: torch.Tensor, region: torch.Tensor, sigma: float) -> torch.Tensor:
