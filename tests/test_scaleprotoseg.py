@@ -377,3 +377,33 @@ def test_the_adapter_reads_a_model_with_the_reference_names():
     x = torch.randn(2, 3, 8, 8)
     d = m(x)[1]
     assert torch.allclose(a.similarity_maps(m, x), torch.log((d + 1) / (d + 1e-4)), atol=1e-5)
+
+
+def test_the_prototype_regions_analyzer_runs_from_the_command_line_as_the_python_api(tmp_path, capsys,
+                                                                                     validated_section):
+    from explainkit.cli.main import main
+
+    images, labels = world(6)
+    (tmp_path / "probe" / "labels").mkdir(parents=True)
+    for i, (im, lab) in enumerate(zip(images, labels)):
+        im.save(tmp_path / "probe" / f"img_{i}.png")
+        Image.fromarray(lab).save(tmp_path / "probe" / "labels" / f"img_{i}.png")
+    (tmp_path / "probe" / "classes.txt").write_text("\n".join(CLASSES) + "\n")
+    torch.manual_seed(0)
+    path = explainkit.save_model(scaleprotoseg(num_classes=3), tmp_path / "m.safetensors",
+                                 arch="explainkit:scaleprotoseg(num_classes=3)", class_names=list(CLASSES),
+                                 preprocessing={"input_size": (32, 32), "mean": (0.5,) * 3, "std": (0.5,) * 3})
+    params = "prototype_regions:characteristics=hue,n_resamples=50,prototypes=0|4,examples=1"
+    code = main(["analyze", str(path), "--data", str(tmp_path / "probe"), "--analyzer", params,
+                 "--out", str(tmp_path / "out"), "--seed", "3"])
+    assert code == 0, capsys.readouterr()
+    section = validated_section(tmp_path / "out", "prototype_regions")
+    handle = explainkit.load_model(path)
+    probe = ProbeSet.from_folder(tmp_path / "probe")
+    direct = region_analysis(ScaleProtoSegPrototypes(handle, (32, 32)), handle, probe, characteristics=["hue"],
+                             n_resamples=50, seed=3, prototypes=[0, 4], examples=1)
+    assert json.loads(json.dumps(direct["prototypes"])) == section["data"]["prototypes"]
+    assert json.loads(json.dumps(direct["model_explanation"])) == section["data"]["model_explanation"]
+    assert section["data"]["model_explanation"]["scale_groups"][0]["prototypes"][4]["class_name"] == "red_square"
+    html = (tmp_path / "out" / "report.html").read_text()
+    assert "scale group" in html and "red_square" in html
