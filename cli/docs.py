@@ -83,7 +83,9 @@ def _analyzers() -> str:
     for name in list_analyzers():
         cls = get_analyzer_class(name)
         needs = ", ".join(f"`{r}`" for r in sorted(cls.requires)) or "nothing"
-        parts.append(f"### `{name}`: {_cell(cls.title)}\n\n{_cell(cls.summary)}\n\nNeeds: {needs}. Run by default: "
+        reads = " and ".join(sorted(cls.inputs))
+        parts.append(f"### `{name}`: {_cell(cls.title)}\n\n{_cell(cls.summary)}\n\nNeeds: {needs}. Reads: {reads}. "
+                     "Run by default: "
                      f"{'yes' if cls.run_by_default else 'no'}. Module: `{cls.__module__}`.\n\n"
                      f"{options_table(cls.options)}")
     return "\n".join(parts)

@@ -14,9 +14,10 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
+from explainkit.adapters.input_kind import refuse_image_preprocessing
 from explainkit.backends import list_backends
 from explainkit.config import load_config
-from explainkit.data.probe import ProbeSet
+from explainkit.data.open import Probe, open_probe
 from explainkit.errors import ConfigError
 from explainkit.loading import ModelHandle, load_model
 from explainkit.loading.arch import ArchSpec, parse_untrusted_arch
@@ -135,7 +136,8 @@ def _stack(f: Callable, options: list[Callable]) -> Callable:
 def data_options(f: Callable) -> Callable:
     """``--data``, ``--concepts``, ``--descriptions``, ``--skip-bad``: the probe set."""
     return _stack(f, [
-        click.option("--data", envvar="EXPLAINKIT_DATA", metavar="DIR", help="Probe image folder."),
+        click.option("--data", envvar="EXPLAINKIT_DATA", metavar="DIR",
+                     help="Probe folder: images, or .npy / .nii volumes for a volume (Conv3d) model."),
         click.option("--concepts", envvar="EXPLAINKIT_CONCEPTS", metavar="FILE",
                      help="Concept table (concepts.csv or an N×C .npy); default DATA/concepts.csv."),
         click.option("--descriptions", envvar="EXPLAINKIT_DESCRIPTIONS", metavar="FILE",
@@ -207,12 +209,15 @@ def load_handle(model: str, opts: dict[str, Any]) -> ModelHandle:
                       output_key=opts.get("output_key"), **prep)
 
 
-def load_probe(data: str | None, opts: dict[str, Any]) -> ProbeSet:
-    """The probe set, from ``--data`` and the data options (``--data`` is required)."""
+def load_probe(data: str | None, opts: dict[str, Any]) -> Probe:
+    """The probe images or volumes, from ``--data`` and the data options (``--data`` is required)."""
     if not data:
         raise click.UsageError("--data is required (or set 'data' in the config file)")
-    return ProbeSet.from_folder(data, concepts=opts["concepts"], descriptions=opts["descriptions"],
-                                skip_bad=opts["skip_bad"], follow_symlinks=opts["follow_symlinks"])
+    probe = open_probe(data, concepts=opts["concepts"], descriptions=opts["descriptions"],
+                       skip_bad=opts["skip_bad"], follow_symlinks=opts["follow_symlinks"])
+    if probe.kind == "volumes":
+        refuse_image_preprocessing([k for k in ("input_size", "mean", "std", "resize") if opts.get(k)])
+    return probe
 
 
 def parameter_sources(ctx: click.Context, params: dict[str, Any]) -> dict[str, dict[str, Any]]:

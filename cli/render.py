@@ -30,9 +30,10 @@ def format_metric(m: Any) -> str:
 def print_summary(report: Report, out: Path | None) -> None:
     """One screen: status, findings, one line per section, where the files are (untrusted text escaped)."""
     data = report.data
-    n = (data["provenance"].get("data") or {}).get("n_images")
+    probe = data["provenance"].get("data") or {}
+    n, noun = probe.get("n_images"), "volumes" if probe.get("kind") == "volumes" else "images"
     total = data["provenance"]["timings_s"].get("total", 0.0)
-    click.echo(f"explainkit {data['kind']}: {len(report.sections)} analyzer(s) on {n} images in {total:.1f} s")
+    click.echo(f"explainkit {data['kind']}: {len(report.sections)} analyzer(s) on {n} {noun} in {total:.1f} s")
     click.echo(f"status: {report.status.upper()}")
     for f in report.findings:
         click.echo(f"  {escape(f['severity'].upper()):8s} {escape(f['analyzer'])}: {escape(f['message'])}")

@@ -45,12 +45,13 @@ def analyzers(fmt: str, params_of: str | None) -> int:
     for name in list_analyzers():
         cls = get_analyzer_class(name)
         rows.append({"name": name, "summary": cls.summary, "requires": sorted(cls.requires),
-                     "default": cls.run_by_default, "tasks": sorted(cls.tasks)})
+                     "inputs": sorted(cls.inputs), "default": cls.run_by_default, "tasks": sorted(cls.tasks)})
     if fmt == "json":
         click.echo(json.dumps(rows, indent=1))
     else:
         for r in rows:
             needs = f"  [needs: {', '.join(r['requires'])}]" if r["requires"] else ""
+            needs += f"  [reads: {', '.join(r['inputs'])}]" if r["inputs"] != ["images"] else ""
             tasks = f"  [tasks: {', '.join(r['tasks'])}]" if r["tasks"] != ["classification"] else ""
             click.echo(f"{r['name']:<14s} {r['summary']}{needs}{tasks}")
     return 0

@@ -6,7 +6,7 @@ file or the environment may also name.
 The prototype models' layers and equations are the prototypes family's library
 (:mod:`explainkit.prototypes.models`); the factories here put them on TinyCNN blocks for 64 px
 synthetic worlds: ``case_based_net``, ``st_protopnet``, ``tversky_net``, ``hopfield_net``,
-``cbc_net``, ``prob_psenn``.
+``cbc_net``, ``prob_psenn``; and one segmentation model, ``scaleprotoseg``.
 """
 
 from __future__ import annotations
@@ -21,15 +21,19 @@ from explainkit.prototypes.models.cbc import CBCNet
 from explainkit.prototypes.models.common import class_specific_head
 from explainkit.prototypes.models.hopfield import HopfieldNet
 from explainkit.prototypes.models.probpsenn import ProbPSENN
+from explainkit.prototypes.models.scaleprotoseg import ScaleProtoSeg
 from explainkit.prototypes.models.stprotopnet import STProtoPNet
 from explainkit.prototypes.models.tversky import TverskyNet
 from explainkit.prototypes.similarity import log_similarity, squared_l2_distances
 
-__all__ = ["PROTOTYPE_MODELS", "PrototypeLayer", "TinyCNN", "TinyFCN", "TinyProtoPNet", "case_based_net", "cbc_net",
-           "hopfield_net", "prob_psenn", "st_protopnet", "tiny_cnn", "tiny_fcn", "tiny_protopnet", "tversky_net"]
+__all__ = ["PROTOTYPE_MODELS", "SEGMENTATION_PROTOTYPE_MODELS", "PrototypeLayer", "TinyCNN", "TinyFCN", "TinyProtoPNet",
+           "case_based_net", "cbc_net", "hopfield_net", "prob_psenn", "scaleprotoseg", "st_protopnet", "tiny_cnn",
+           "tiny_fcn", "tiny_protopnet", "tversky_net"]
 
-#: The factories of the seed papers' prototype models.
+#: The factories of the seed papers' prototype models (classifiers: (B, K) logits).
 PROTOTYPE_MODELS = ("case_based_net", "st_protopnet", "tversky_net", "hopfield_net", "cbc_net", "prob_psenn")
+#: The factories of the seed papers' prototype segmentation models ((B, K, H, W) logits).
+SEGMENTATION_PROTOTYPE_MODELS = ("scaleprotoseg",)
 WIDTHS = (16, 32, 64, 64)
 
 #: Preprocessing of the synthetic worlds (images already at 64 px, values scaled to [-1, 1]).
@@ -266,3 +270,17 @@ def prob_psenn(num_classes: int = 3, prototypes_per_class: int = 4, prototype_di
     """
     return _synthetic(ProbPSENN(TinyCNN(num_classes, widths).features, widths[-1], num_classes, prototypes_per_class,
                                 prototype_dim, eval_samples, sample_seed))
+
+
+def scaleprotoseg(num_classes: int = 3, prototypes_per_class_scale: int = 2, prototype_dim: int = 16,
+                  dilations: Sequence[int] = (1, 2, 4, 6), num_groups: int = 3, widths: Sequence[int] = (16, 32, 64)
+                  ) -> ScaleProtoSeg:
+    """ScaleProtoSeg (Porta et al. 2025) on the first TinyCNN blocks (stride 4: a 16×16 latent map at 64 px).
+
+    Reduced from the reference (DeepLab-v2 ResNet-101 at output stride 8, atrous rates 6, 12, 18,
+    24, D = 64, 3 prototypes per class and scale): ``len(widths)`` TinyCNN blocks, rates 1, 2, 4, 6
+    on the 16×16 map, D = 16, 2 prototypes per class and scale; G = 3 groups per class as in the
+    reference. See :class:`~explainkit.prototypes.models.scaleprotoseg.ScaleProtoSeg`.
+    """
+    return _synthetic(ScaleProtoSeg(TinyCNN(num_classes, widths).features, widths[-1], num_classes,
+                                    prototypes_per_class_scale, prototype_dim, dilations, num_groups))

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from explainkit.adapters.input_kind import bind_input
 from explainkit.adapters.layers import resolve_layer
 from explainkit.analyzers.base import Analyzer, Finding, Round, RoundRequest, RunContext, TimeBudget, require
 from explainkit.analyzers.registry import get_analyzer, get_analyzer_class, list_analyzers
@@ -29,7 +30,9 @@ from explainkit.backends.plan import validate_output
 from explainkit.backends.progress import DEFAULT_INTERVAL_S, Progress
 from explainkit.cache import ActivationCache
 from explainkit.config import parse_duration
+from explainkit.data.open import Probe, open_probe
 from explainkit.data.probe import TASKS, ProbeSet
+from explainkit.data.volumes import VolumeSet
 from explainkit.device import AUTOCAST_DTYPES, resolve_device
 from explainkit.discovery.policy import PolicyDraft, draft_policy, policy_context, write_policy
 from explainkit.errors import CapabilityError, ConfigError, DataError, RuntimeAnalysisError
@@ -58,7 +61,7 @@ _LAYOUTS = {"segmentation": "label maps labels/<image>.png", "multilabel": "a mu
             "classification": "one class per image"}
 
 
-def resolve_task(probe: ProbeSet, task: str | None = None) -> str:
+def resolve_task(probe: Probe, task: str | None = None) -> str:
     """The task of a run: ``task`` when given (checked against the probe set), else the probe set's.
 
     Parameters
@@ -87,8 +90,8 @@ def resolve_task(probe: ProbeSet, task: str | None = None) -> str:
 
 
 def _select(analyzers: Sequence[AnalyzerSpec] | None, params: Mapping[str, Mapping[str, Any]] | None,
-            handle: ModelHandle, probe: ProbeSet, task: str) -> tuple[list[Analyzer], list[Finding]]:
-    """The analyzers of a run, checked against model, data and task; the defaults left out for the task."""
+            handle: ModelHandle, probe: Probe, task: str) -> tuple[list[Analyzer], list[Finding]]:
+    """The analyzers of a run, checked against model, data, task and kind of sample; the defaults left out."""
     runnable = [n for n in list_analyzers() if not (a := get_analyzer_class(n)()).missing_requirements(handle, probe)
                 and a.task_problem(task) is None]
     skipped = []
@@ -96,6 +99,9 @@ def _select(analyzers: Sequence[AnalyzerSpec] | None, params: Mapping[str, Mappi
         analyzers = []
         for n in list_analyzers():
             cls = get_analyzer_class(n)
+            if cls.run_by_default and probe.kind not in cls.inputs:
+                skipped.append(_kind_skipped(n, probe.kind))
+                continue
             if not cls.run_by_default or cls().missing_requirements(handle, probe):
                 continue
             if (problem := cls().task_problem(task)) is not None:
@@ -181,6 +187,13 @@ def _keep_runnable(instances: list[Analyzer], ctx: RunContext, step: str, explic
     return kept
 
 
+def _kind_skipped(name: str, kind: str) -> Finding:
+    """The info finding of a default analyzer left out because it does not read this kind of sample."""
+    reads = sorted(get_analyzer_class(name).inputs)
+    return Finding("info", f"{name} skipped: it reads {' or '.join(reads)}, and these probe data are {kind}",
+                   name, {"reason": f"reads {' or '.join(reads)}, not {kind}"})
+
+
 def _seed_all(seed: int) -> None:
     random.seed(seed)
     torch.manual_seed(seed)
@@ -188,7 +201,7 @@ def _seed_all(seed: int) -> None:
 
 def analyze(
     handle: ModelHandle | nn.Module,
-    data: ProbeSet | str | Path,
+    data: Probe | str | Path,
     analyzers: Sequence[AnalyzerSpec] | None = None,
     *,
     out: str | Path | None = None,
@@ -214,8 +227,11 @@ def analyze(
     ----------
     handle : ModelHandle or torch.nn.Module
         The model (modules are wrapped with :func:`explainkit.wrap`; give preprocessing there).
-    data : ProbeSet or path
-        The probe images.
+    data : ProbeSet, VolumeSet or path
+        The probe images, or volumes ((C, D, H, W) ``.npy`` / NIfTI files, see
+        :mod:`explainkit.data.volumes`) for a volume model; a path is read by
+        :func:`explainkit.data.open.open_probe`. On volumes the analyzers that read images only are
+        left out with an info finding saying so.
     analyzers : sequence, optional
         Names, ``(name, params)``, ``{"name": ..., **params}`` or instances. By default every
         analyzer marked ``run_by_default`` whose requirements the model and data meet; a default
@@ -292,7 +308,8 @@ def analyze(
     staged = StagedDir(out, token=token, owner=owner) if out is not None else None  # before any model pass
     store = _open_cache(cache)
     handle = wrap(handle) if not isinstance(handle, ModelHandle) else handle
-    probe = data if isinstance(data, ProbeSet) else ProbeSet.from_folder(data)
+    probe = data if isinstance(data, ProbeSet | VolumeSet) else open_probe(data)
+    handle = bind_input(handle, probe)
     task = resolve_task(probe, task)
     explicit = analyzers is not None
     instances, task_skipped = _select(analyzers, params, handle, probe, task)
@@ -301,7 +318,8 @@ def analyze(
         layer = resolve_layer(handle.module, layer)[0]
     dev = resolve_device(device)
     labels_to_outputs, label_mapping = label_map(handle, probe)
-    shape = (3, *handle.require_preprocessing().input_size)
+    prep = handle.require_preprocessing()
+    shape = (prep.channels, *prep.input_size)
     with staged or nullcontext():
         ctx = RunContext(handle=handle, data=probe, device=dev, seed=seed, batch_size=batch_size,
                          out_dir=staged.path if staged else None, config=dict(config or {}), layer=layer,
@@ -423,7 +441,7 @@ def _validate_policy(text: str, folder: Path) -> None:
 
 def discover(
     handle: ModelHandle | nn.Module,
-    data: ProbeSet | str | Path,
+    data: Probe | str | Path,
     *,
     out: str | Path | None = None,
     params: Mapping[str, Any] | None = None,
@@ -469,7 +487,7 @@ def discover(
     """
     if policy_top < 1:
         raise ConfigError("policy_top must be at least 1")
-    probe = data if isinstance(data, ProbeSet) else ProbeSet.from_folder(data)
+    probe = data if isinstance(data, ProbeSet | VolumeSet) else open_probe(data)
     report = analyze(handle, probe, [("discovery", dict(params or {}))], device=device, batch_size=batch_size,
                      seed=seed, layer=layer, progress=progress,
                      config={**dict(config or {}), "policy_top": policy_top},

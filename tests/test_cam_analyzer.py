@@ -10,6 +10,8 @@ import pytest
 import torch
 
 import explainkit
+from explainkit.cam.api import compute
+from explainkit.cam.localisation import localisation_table
 from explainkit.errors import CapabilityError, ConfigError
 from explainkit.report import schema_path
 
@@ -72,6 +74,29 @@ def test_html_shows_overlays_side_by_side(report):
     page = (report / "report.html").read_text()
     assert page.count('alt="gradcampp on ') == 4 and "data:image/jpeg;base64," in page
     assert "Sanity check: weight randomisation" in page and "vs random maps" in page
+
+
+def test_localisation_table_on_images_equals_the_library(report, probe, demo_model_path):
+    """2-D: the table covers the object mask (the stamp is an artifact: no verdict) and its numbers are
+    the library's on maps computed directly (no runner, no shared pass)."""
+    doc = json.loads((report / "report.json").read_text())
+    table = next(s for s in doc["sections"] if s["analyzer"] == "gradcam")["data"]["localisation"]
+    assert table["excluded"] == ["stamp"] and table["min_hit_rate"] == 0.5
+    handle = explainkit.load_model(demo_model_path)
+    prep = handle.require_preprocessing()
+    methods = ["gradcam", "gradcampp", "eigencam", "layercam"]
+    x = handle.preprocess([probe.load_image(i) for i in range(len(probe))])
+    maps = compute(handle, x, methods=methods, layer="features").maps
+    masks = [None if (m := probe.mask(i, "object")) is None else prep.resize_mask(m) for i in range(len(probe))]
+    want = localisation_table(maps, {"object": masks}, n_resamples=table["n_resamples"], seed=table["seed"])
+    assert [(r["method"], r["label"]) for r in table["rows"]] == [(m, "object") for m in methods]
+    for got, exp in zip(table["rows"], want):
+        assert got["hit_rate"] == exp["hit_rate"] and got["verdict"] == exp["verdict"]
+        assert got["energy"]["value"] == pytest.approx(exp["energy"]["value"], abs=1e-6)
+        assert got["chance_hit_rate"] == pytest.approx(exp["chance_hit_rate"], abs=1e-12)
+        assert got["verdict"] in ("localises", "fails", "inconclusive")
+    page = (report / "report.html").read_text()
+    assert "Localisation of the true source" in page
 
 
 def test_results_do_not_depend_on_batching(probe, demo_model_path):

@@ -141,6 +141,23 @@ def tokens() -> nn.Module:
     return _Tokens()
 
 
+class _VolumeNet(nn.Module):
+    """A Conv3d classifier of (B, C, D, H, W) volumes (two classes)."""
+
+    def __init__(self, in_channels: int = 1):
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv3d(in_channels, 4, 3, padding=1), nn.ReLU())
+        self.head = nn.Sequential(nn.AdaptiveAvgPool3d(1), nn.Flatten(), nn.Linear(4, 2))
+
+    def forward(self, x):
+        FORWARD_CALLS[0] += 1
+        return self.head(self.features(x))
+
+
+def volume_net(in_channels: int = 1) -> nn.Module:
+    return _VolumeNet(in_channels)
+
+
 # -- payloads ---------------------------------------------------------------------------------------
 class _Reduce:
     def __init__(self, fn, *args):
@@ -477,6 +494,7 @@ def hostile(tmp_path_factory) -> dict[str, Path]:
     flat("classes_nonutf8", "path,label\n0.png,circle\n1.png,circle\n", classes="circle\n\xff\n")
     flat("labels_ansi", "path,label\n0.png,\x1b]8;;https://evil.example\x07circle\x1b]8;;\x07\n1.png,circle\n",
          classes="circle\n")
+    _volume_corpus(p, marks)
     def seg(name: str, edit: Callable[[Path], None]) -> None:
         """A segmentation probe folder (two images, label maps, classes.txt), then ``edit``."""
         root = p / name
@@ -562,6 +580,26 @@ def hostile(tmp_path_factory) -> dict[str, Path]:
     return paths
 
 
+def _volume_corpus(p: Path, marks: Path) -> None:
+    """A small volume world (``vol_ok``) and its broken variants: pickles, ranks, NaN, shapes, masks, mixtures."""
+    from explainkit.datasets.volumes import VolumeWorldSpec, write_volume_world
+
+    ok = write_volume_world(VolumeWorldSpec(n=4, size=12), p / "vol_ok")
+
+    def variant(name: str, edit: Callable[[Path], object]) -> None:
+        edit(_copy_world(ok, p / name))
+
+    variant("vol_pickle", lambda r: np.save(r / "vol_0000.npy", np.array(
+        [_Reduce(os.system, _touch(marks / "vol"))] * 8, dtype=object).reshape(2, 2, 2), allow_pickle=True))
+    variant("vol_rank2", lambda r: np.save(r / "vol_0001.npy", np.ones((12, 12), np.float32)))
+    variant("vol_rank5", lambda r: np.save(r / "vol_0001.npy", np.ones((1, 1, 12, 12, 12), np.float32)))
+    variant("vol_nan", lambda r: np.save(r / "vol_0002.npy", np.full((12, 12, 12), np.nan, np.float32)))
+    variant("vol_truncated", lambda r: (r / "vol_0000.npy").write_bytes((r / "vol_0000.npy").read_bytes()[:90]))
+    variant("vol_shapes", lambda r: np.save(r / "vol_0003.npy", np.zeros((10, 12, 12), np.float32)))
+    variant("vol_mask_shape", lambda r: np.save(r / "masks" / "lesion" / "vol_0001.npy", np.ones((4, 4, 4), np.uint8)))
+    variant("vol_and_image", lambda r: (r / "x.png").write_bytes(_png_bytes(Image.new("RGB", (8, 8)))))
+
+
 def _single_concept(csv_path: Path, name: str) -> str:
     lines = csv_path.read_text().splitlines()
     header = lines[0].split(",")
@@ -604,6 +642,12 @@ def _a(model: str, *rest: str, data: str = "{w}") -> tuple[str, ...]:
 
 def _perf(model: str, *rest: str, data: str = "{w}") -> tuple[str, ...]:
     return _a(model, "--analyzer", PERF, *rest, data=data)
+
+
+def _vol(folder: str, *rest: str, analyzer: str = PERF) -> tuple[str, ...]:
+    """``analyze`` of the Conv3d model on a volume folder of the corpus (``analyzer=""``: the defaults)."""
+    picked = ("--analyzer", analyzer) if analyzer and "--config" not in rest else ()
+    return _a("{c}/vol.safetensors", "--arch", "{mod}:volume_net", *picked, *rest, data=f"{{p}}/{folder}")
 
 
 def _counting(*rest: str) -> tuple[str, ...]:
@@ -853,6 +897,35 @@ CASES: dict[str, Case] = {
     "masks folder symlink outside": Case(_perf("{demo}", data="{p}/masks_symlink_out"), 2,
                                          r"outside the probe folder.*--follow-symlinks"),
     "mask in 16 bit": Case(_perf("{demo}", data="{p}/mask_16bit"), 0, lines=0),
+    # volumes (.npy): read without pickles, checked from the headers before the first model pass
+    "volumes through default analyzers": Case(_vol("vol_ok", "--config", "{cfg}/light.toml"), 0, lines=0),
+    "volume .npy with a pickle payload": Case(_vol("vol_pickle"), 2, r"vol_0000\.npy.*allow_pickle=False",
+                                              payload=True, no_forward=True),
+    "volume of rank 2": Case(_vol("vol_rank2"), 2, r"vol_0001\.npy: expected a 3-D .* or 4-D", no_forward=True),
+    "volume of rank 5": Case(_vol("vol_rank5"), 2, r"vol_0001\.npy: expected a 3-D .* or 4-D", no_forward=True),
+    "volume with NaN": Case(_vol("vol_nan"), 2, r"vol_0002\.npy: the volume holds NaN"),
+    "volume truncated": Case(_vol("vol_truncated"), 2, r"cannot read vol_0000\.npy", no_forward=True),
+    "volumes of two shapes": Case(_vol("vol_shapes"), 2, r"vol_0003\.npy is \(1, 10, 12, 12\)", no_forward=True),
+    "volume mask of the wrong shape": Case(_vol("vol_mask_shape", analyzer="gradcam:" + GRADCAM_LIGHT.replace(
+        ",metric_images=2,road_images=1,steps=2", "")), 2, r"vol_0001\.npy: mask of shape \(4, 4, 4\)"),
+    "images and volumes in one folder": Case(_vol("vol_and_image"), 2, r"holds both images .* and volumes"),
+    "image model on volumes": Case(_perf("{demo}", data="{p}/vol_ok"), 2, r"volumes .* but the model reads images",
+                                   no_forward=True),
+    "volume model on images": Case(_perf("{c}/vol.safetensors", "--arch", "{mod}:volume_net"), 2,
+                                   r"the model reads volumes .* give --data a folder of \.npy", no_forward=True),
+    "volume channels differ from the model's": Case(
+        _perf("{c}/vol2.safetensors", "--arch", "{mod}:volume_net(in_channels=2)", data="{p}/vol_ok"), 2,
+        r"volumes have 1 channel.*takes 2", no_forward=True),
+    "image-only analyzer on volumes": Case(_vol("vol_ok", analyzer="invert"), 2,
+                                           r"analyzer 'invert' needs .*images.*can run here: gradcam, performance"),
+    "image-only CAM method on volumes": Case(_vol("vol_ok", analyzer="gradcam:methods=gradcam|saliency"), 2,
+                                             r"gradcam: saliency do not run on volumes"),
+    "discover on volumes": Case(("discover", "{c}/vol.safetensors", "--arch", "{mod}:volume_net", "--data",
+                                 "{p}/vol_ok"), 2, r"analyzer 'discovery' needs images", out=None),
+    "--input-size for volumes": Case(_vol("vol_ok", "--input-size", "12"), 2,
+                                     r"--input-size: image preprocessing does not apply to volumes"),
+    "--concepts for volumes": Case(_vol("vol_ok", "--concepts", "{w}/concepts.csv"), 2,
+                                   r"--concepts: not read for a volume folder"),
     # images and tables
     "image truncated": Case(_perf("{demo}", data="{p}/img_truncated"), 2, r"unreadable image"),
     "image empty": Case(_perf("{demo}", data="{p}/img_empty"), 2, r"unreadable image"),
@@ -1009,6 +1082,10 @@ def odd_models(hostile) -> dict[str, Path]:
     names = {"class_names": json.dumps(["circle", "square", "triangle"])}
     save_file(_MLP().state_dict(), c / "mlp.safetensors", metadata=names)
     save_file(_Tokens().state_dict(), c / "tokens.safetensors", metadata=names)
+    save_file(_VolumeNet().state_dict(), c / "vol.safetensors",
+              metadata={"class_names": json.dumps(["healthy", "lesion"])})
+    save_file(_VolumeNet(2).state_dict(), c / "vol2.safetensors",
+              metadata={"class_names": json.dumps(["healthy", "lesion"])})
     (hostile["cfg"] / "light.toml").write_text(
         "[analyzer.performance]\nn_resamples = 100\n"
         "[analyzer.captum]\nmethods = [\"saliency\"]\nmetric_images = 2\nroad_images = 1\nsteps = 2\n"

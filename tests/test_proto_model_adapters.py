@@ -89,7 +89,8 @@ def _build(kind, handle, probe, **options):
 
 
 def test_the_registry_knows_and_detects_every_kind():
-    assert set(MODELS) | {"vectors", "channels", "exemplars", "kmeans"} == set(list_adapter_kinds())
+    segmentation = {"scaleprotoseg"}  # tests/test_scaleprotoseg.py
+    assert set(MODELS) | segmentation | {"vectors", "channels", "exemplars", "kmeans"} == set(list_adapter_kinds())
     torch.manual_seed(0)
     for kind, (factory, _) in MODELS.items():
         assert detect_adapter_kind(getattr(explainkit.models, factory)()) == kind

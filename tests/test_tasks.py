@@ -262,7 +262,8 @@ def test_task_decides_which_analyzers_run(worlds, small_world):
     skipped = [f["message"] for f in report.to_dict()["findings"] if "skipped" in f["message"]]
     assert any(m.startswith("gradcam skipped: gradcam reads the outputs of classification models; this is a "
                             "segmentation model") for m in skipped)
-    with pytest.raises(CapabilityError, match=r"analyzer 'gradcam' cannot run here.*analyzers that can: segmentation"):
+    with pytest.raises(CapabilityError, match=r"analyzer 'gradcam' cannot run here.*"
+                                              r"analyzers that can: prototype_regions, segmentation"):
         explainkit.analyze(_seg_handle(), worlds["segmentation"], ["gradcam"], progress=False)
     with pytest.raises(ConfigError, match="task must be one of 'classification', 'segmentation', 'multilabel'"):
         explainkit.analyze(_seg_handle(), worlds["segmentation"], task="detection", progress=False)

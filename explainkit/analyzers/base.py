@@ -61,7 +61,7 @@ __all__ = ["Analyzer", "Batch", "Finding", "PassRequest", "PassResult", "RecordS
            "RunContext", "Section", "TimeBudget", "layer_request"]
 
 #: Data requirements an analyzer may declare next to handle capabilities.
-DATA_REQUIREMENTS = ("labels", "concepts", "masks", "images", "label_maps", "multilabels")
+DATA_REQUIREMENTS = ("labels", "concepts", "masks", "images", "volumes", "label_maps", "multilabels")
 #: Classes a shared pass can explain: the predicted class, or the label where known (else predicted).
 PASS_TARGETS = ("predicted", "label")
 
@@ -209,8 +209,9 @@ class Batch:
         (B,) stable sample ids (relative paths).
     inputs : torch.Tensor
         (B, 3, H, W) preprocessed model inputs on the run's device.
-    images : list of PIL.Image.Image
-        The B original RGB images at source resolution.
+    images : list of PIL.Image.Image or list of ndarray
+        The B original samples: RGB images at source resolution, or (C, D, H, W) float32 volumes
+        (``ctx.data.kind == "volumes"``; ``inputs`` is then (B, C, D, H, W)).
     labels : torch.Tensor
         (B,) int64 class labels, -1 when unknown (CPU).
     concepts : ndarray or None
@@ -458,6 +459,9 @@ class Analyzer:
     tasks: ClassVar[frozenset[str]] = frozenset({"classification"})
     #: Whether ``analyze`` runs it when no analyzer is named (and its requirements are met).
     run_by_default: ClassVar[bool] = False
+    #: The kinds of probe sample it reads (``ProbeSet.kind``: ``"images"``; ``VolumeSet.kind``:
+    #: ``"volumes"``, (C, D, H, W) arrays fed as stored); on other data it is skipped with that reason.
+    inputs: ClassVar[frozenset[str]] = frozenset({"images"})
     #: The declared parameters (defaults filled from ``__init__`` when the class is defined).
     options: ClassVar[Mapping[str, Option]] = {}
 
@@ -485,8 +489,9 @@ class Analyzer:
     def missing_requirements(self, handle: ModelHandle, data: ProbeSet | None) -> list[str]:
         """Requirements not met by ``handle`` and ``data`` (empty when the analyzer can run)."""
         have = set(handle.capabilities)
+        wrong_kind = []
         if data is not None:
-            have.add("images")
+            have.add(data.kind)
             if data.has_labels:
                 have.add("labels")
             if data.concepts is not None:
@@ -497,7 +502,9 @@ class Analyzer:
                 have.add("label_maps")
             if data.multilabels is not None:
                 have.add("multilabels")
-        return sorted(self.requires - have)
+            if data.kind not in self.inputs:
+                wrong_kind = [" or ".join(sorted(self.inputs))]
+        return sorted(self.requires - have) + wrong_kind
 
     def task_problem(self, task: str) -> str | None:
         """Why the analyzer cannot read the outputs of a ``task`` model, or ``None`` when it can."""

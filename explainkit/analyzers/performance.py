@@ -101,6 +101,7 @@ class Performance(Analyzer):
     summary = "accuracy, per-class precision/recall, confusion matrix, concept-slice gaps with CIs"
     requires = frozenset({"labels"})
     run_by_default = True
+    inputs = frozenset({"images", "volumes"})  # reads logits and labels only
     options: ClassVar[Mapping[str, Option]] = {
         "n_resamples": Option("int", low=100, help="bootstrap resamples for every CI"),
         "min_slice_size": Option("int", low=1, help="slices with fewer images get no CI and cannot be the worst"),

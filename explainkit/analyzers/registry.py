@@ -30,6 +30,7 @@ BUILTIN_ANALYZERS = {
     "invert": "explainkit.invert.analyzer:Invert",
     "multilabel": "explainkit.tasks.analyzer:MultiLabelQuality",
     "performance": "explainkit.analyzers.performance:Performance",
+    "prototype_regions": "explainkit.prototypes.analyzer:PrototypeRegions",
     "prototypes": "explainkit.prototypes.analyzer:Prototypes",
     "reliability": "explainkit.reliability.analyzer:LabelReliability",
     "segmentation": "explainkit.tasks.analyzer:SegmentationQuality",

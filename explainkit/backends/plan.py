@@ -232,6 +232,7 @@ def map_shard(plan: RunPlan, ctx: RunContext, indices: Sequence[int], *, desc: s
     passes = plan.passes if plan.passes is not None else merge_requests(
         [guard(a, "pass_request", a.pass_request, ctx) for a in plan.analyzers])
     cuda = ctx.device.type == "cuda"
+    fmt = torch.channels_last if cuda and probe.kind == "images" else None  # a 4-D memory format: images only
 
     def staged(images: list) -> torch.Tensor:
         x = prep(images)
@@ -240,15 +241,15 @@ def map_shard(plan: RunPlan, ctx: RunContext, indices: Sequence[int], *, desc: s
     loaded = prefetch((chunk, ids, hits, images, staged(images)) for chunk, ids, hits in todo
                       for _, images in probe.iter_batches(ctx.batch_size, chunk))
     handle.to(ctx.device)
-    if cuda:
-        handle.module.to(memory_format=torch.channels_last)
+    if fmt is not None:
+        handle.module.to(memory_format=fmt)
     progress = Progress(desc or plan.phase, sum(len(c) for c, _, _ in todo), enabled=plan.progress,
                         interval=plan.progress_interval)
     with eval_mode(handle.module):
         for chunk, ids, hits, images, inputs in loaded:
             t = time.perf_counter()
             x = inputs.to(ctx.device, non_blocking=True)
-            batch = make_batch(handle, probe, chunk, images, x.contiguous(memory_format=torch.channels_last) if cuda
+            batch = make_batch(handle, probe, chunk, images, x.contiguous(memory_format=fmt) if fmt
                                else x, plan.label_map, passes, rows=plan.pass_rows, amp=ctx.autocast,
                                dense=plan.task == "segmentation")
             timings["forward"] += time.perf_counter() - t

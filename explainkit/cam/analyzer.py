@@ -47,8 +47,9 @@ from explainkit.analyzers.base import (
 )
 from explainkit.analyzers.metric import metric
 from explainkit.cam import baseline, metrics, render
-from explainkit.cam.api import CamResult, explain, plan_methods
+from explainkit.cam.api import VOLUME_KINDS, CamResult, explain, plan_methods
 from explainkit.cam.engine import CamRun
+from explainkit.cam.localisation import MIN_HIT_RATE, RULE, chance_levels, failure_findings, localisation_row
 from explainkit.cam.methods import METHODS, CamMethod, get_method, method_choices
 from explainkit.cam.sanity import parameter_randomization
 from explainkit.errors import CapabilityError, ConfigError
@@ -100,6 +101,7 @@ class ImageRecord:
     label: int
     pointing: dict[str, dict[str, PointingHit]]
     example: Example | None = None
+    chance: dict[str, tuple[float, float]] = field(default_factory=dict)  # mask → chance hit, chance energy
 
 
 @dataclass(frozen=True)
@@ -259,6 +261,10 @@ class _AttributionAnalyzer(Analyzer):
         artifact concept, if any).
     pointing_tolerance : float, optional
         Pointing-game radius in input pixels (default: 15 px at 224 px, scaled).
+    min_hit_rate : float
+        Least pointing-game hit rate of a method that localises a mask (not the artifact masks):
+        the localisation table's verdict is ``fails`` when the hit rate's 95 % CI lies below
+        ``max(min_hit_rate, chance)`` (:mod:`explainkit.cam.localisation`).
     batch_size : int, optional
         Rows per extra forward pass (default: the run's, bounded in memory on the CPU).
     n_resamples : int
@@ -305,6 +311,9 @@ class _AttributionAnalyzer(Analyzer):
         "n_examples": Option("int", low=0, help="example images shown in the report"),
         "pointing_tolerance": Option("float", low=0, help="pointing-game radius in input pixels "
                                                           "(default: 15 px at 224 px, scaled)"),
+        "min_hit_rate": Option("float", low=0, high=1,
+                               help="least pointing-game hit rate of a localiser: a method fails a mask when its "
+                                    "95% CI lies below max(this, chance)"),
         "batch_size": Option("int", low=1, help="rows per extra forward pass (default: the run's)"),
         "n_resamples": Option("int", low=100, help="bootstrap resamples for every CI"),
         "save_maps": Option("bool", help="write every image's maps to <out>/samples/<name>/"),
@@ -322,8 +331,8 @@ class _AttributionAnalyzer(Analyzer):
                  road_levels: Sequence[float] = (0.2, 0.5, 0.8), n_random: int = 4, sanity: bool = True,
                  sanity_images: int = 12, min_sanity_images: int = 6, sanity_steps: int = 3,
                  sanity_threshold: float = 0.5, n_examples: int = 6, pointing_tolerance: float | None = None,
-                 batch_size: int | None = None, n_resamples: int = 1000, save_maps: bool = True,
-                 grid: Sequence[int] | None = None, prefix_tokens: int | None = None,
+                 min_hit_rate: float = MIN_HIT_RATE, batch_size: int | None = None, n_resamples: int = 1000,
+                 save_maps: bool = True, grid: Sequence[int] | None = None, prefix_tokens: int | None = None,
                  layout: str = "auto") -> None:
         self.methods = methods
         self.layer = layer
@@ -344,6 +353,7 @@ class _AttributionAnalyzer(Analyzer):
         self.sanity_threshold = sanity_threshold
         self.n_examples = n_examples
         self.pointing_tolerance = pointing_tolerance
+        self.min_hit_rate = min_hit_rate
         self.batch_size = batch_size
         self.n_resamples = n_resamples
         self.save_maps = save_maps
@@ -375,8 +385,8 @@ class _AttributionAnalyzer(Analyzer):
             return layer
         cached = getattr(self, "default_layer_", None)
         if cached is None or cached[0] != id(ctx.handle.module):
-            size = ctx.handle.require_preprocessing().input_size
-            cached = (id(ctx.handle.module), default_layer(ctx.handle.module, tuple(size)))
+            prep = ctx.handle.require_preprocessing()
+            cached = (id(ctx.handle.module), default_layer(ctx.handle.module, tuple(prep.input_size), prep.channels))
             self.default_layer_ = cached
         return cached[1]
 
@@ -418,6 +428,10 @@ class _AttributionAnalyzer(Analyzer):
         if any(m.hooks for m, _ in plan) and not ctx.handle.module_hooks:
             raise CapabilityError(f"{self.name}: {', '.join(m.name for m, _ in plan if m.hooks)} need module hooks, "
                                   "which this model does not allow; use captum's input-level methods")
+        image_only = [m.name for m, _ in plan if m.kind not in VOLUME_KINDS]
+        if ctx.data.kind == "volumes" and image_only:
+            raise ConfigError(f"{self.name}: {', '.join(image_only)} do not run on volumes (volume methods: the "
+                              f"{', '.join(VOLUME_KINDS)} kinds)")
         if self.target == "label" and not ctx.data.has_labels:
             raise ConfigError(f"{self.name}: target='label' needs a labelled probe set")
         if self.n_random == 1:
@@ -496,8 +510,7 @@ class _AttributionAnalyzer(Analyzer):
     def map(self, ctx: RunContext, batch: Batch) -> CamState:
         """Maps and pointing game of every image; faithfulness and ROAD of the batch's sample images."""
         request = ctx.round_request(self.name)
-        stage = request.payload if request is not None else Stage(
-            (0, self._schedules()["metrics"].first(len(ctx.data))), (0, self._schedules()["road"].first(len(ctx.data))))
+        stage = request.payload if request is not None else self._first_stage(ctx)
         pos = self.position_[batch.indices]
         faith_rows = [j for j, p in enumerate(pos) if stage.faith[0] <= p < stage.faith[1]]
         road_rows = [j for j, p in enumerate(pos) if stage.road[0] <= p < stage.road[1]]
@@ -525,25 +538,35 @@ class _AttributionAnalyzer(Analyzer):
             state.cost["road"] = (time.perf_counter() - t, len(road_rows))
         return state
 
+    def _first_stage(self, ctx: RunContext) -> Stage:
+        """The main pass's share of the metric and ROAD samples (none on volumes: see :data:`IMAGE_ONLY_METRICS`)."""
+        if ctx.data.kind != "images":
+            return Stage()
+        n = len(ctx.data)
+        return Stage((0, self._schedules()["metrics"].first(n)), (0, self._schedules()["road"].first(n)))
+
     def _image_records(self, ctx: RunContext, batch: Batch, res: CamResult, classes: torch.Tensor) -> RecordState:
         prep = ctx.handle.require_preprocessing()
         probs = torch.softmax(batch.logits.detach().float(), 1).cpu().gather(1, classes[:, None])[:, 0]
-        pointing = self._pointing(ctx, batch, res)
+        pointing, chance = self._pointing(ctx, batch, res)
         records = []
         for j, i in enumerate(int(v) for v in batch.indices):
             example = None
             if i in self.examples_:
-                example = Example(render.input_view(batch.images[j], prep),
+                example = Example(render.sample_view(batch.images[j], prep),
                                   {m: render.quantize(res.maps[m][j].cpu().numpy()) for m in res.maps})
             records.append(ImageRecord(int(classes[j]), float(probs[j]), int(batch.labels[j]),
                                        {m: {mask: PointingHit(float(v["hit"][j]), float(v["energy"][j]))
                                             for mask, v in per.items()} for m, per in pointing.items()},
-                                       example))
+                                       example, {mask: (float(h[j]), float(e[j])) for mask, (h, e) in chance.items()}))
         return RecordState.from_batch(batch.indices, rec=records)
 
-    def _pointing(self, ctx: RunContext, batch: Batch, res: CamResult) -> dict[str, dict[str, dict[str, np.ndarray]]]:
+    def _pointing(self, ctx: RunContext, batch: Batch, res: CamResult
+                  ) -> tuple[dict[str, dict[str, dict[str, np.ndarray]]], dict[str, tuple[np.ndarray, np.ndarray]]]:
+        """Pointing game per method and mask, and every mask's chance levels (:func:`chance_levels`), per image."""
         prep = ctx.handle.require_preprocessing()
         out: dict[str, dict[str, dict[str, np.ndarray]]] = {m: {} for m in res.maps}
+        chance = {}
         for mask_name in ctx.data.mask_names():
             masks = []
             for i in batch.indices:
@@ -551,7 +574,10 @@ class _AttributionAnalyzer(Analyzer):
                 masks.append(None if raw is None else prep.resize_mask(raw))
             for m, maps in res.maps.items():
                 out[m][mask_name] = metrics.pointing_game(maps, masks, tolerance=self.pointing_tolerance)
-        return out
+            if res.maps:
+                spatial = tuple(next(iter(res.maps.values())).shape[1:])
+                chance[mask_name] = chance_levels(masks, metrics.pointing_tolerance(spatial, self.pointing_tolerance))
+        return out, chance
 
     def _eval_run(self, ctx: RunContext, batch: Batch, classes: torch.Tensor, batch_rows: list[int],
                   res_rows: list[int]) -> CamRun:
@@ -619,6 +645,8 @@ class _AttributionAnalyzer(Analyzer):
 
         The decisions are recorded in ``state.log`` (the same on every worker).
         """
+        if ctx.data.kind != "images":
+            return None
         n_all = len(ctx.data)
         widths = self._widths(state)
         sizes = {"metrics": len(state.faith.records), "road": len(state.road.records)}
@@ -659,8 +687,10 @@ class _AttributionAnalyzer(Analyzer):
                 rows[m].sanity = sanity["methods"][m]
         summaries = [rows[m] for m in methods]
         examples, assets = self._examples(ctx, recs, indices, faith_by_index(state), methods)
-        findings = self._findings(ctx, summaries)
-        best = max(summaries, key=lambda r: _value(r.metrics["faithfulness"]), default=None)
+        localisation = self._localisation(ctx, recs, methods, seed)
+        findings = self._findings(ctx, summaries) + failure_findings(localisation["rows"], self.name, ctx.data.kind)
+        best = max((r for r in summaries if r.metrics["faithfulness"]["value"] is not None),
+                   key=lambda r: _value(r.metrics["faithfulness"]), default=None)
         layer = self._layer(ctx)
         faith_ids = [ctx.data.ids[int(i)] for i in state.faith.indices()]
         data = {
@@ -671,6 +701,8 @@ class _AttributionAnalyzer(Analyzer):
                                    for k, (label, unit, hib) in METRICS.items()},
             "masks": masks,
             "artifact_masks": [m for m in masks if m in ctx.data.artifact_concepts],
+            "localisation": localisation,
+            "not_measured": None if ctx.data.kind == "images" else IMAGE_ONLY_METRICS,
             "examples": examples,
             "sanity": None if sanity is None else {k: v for k, v in sanity.items() if k != "methods"},
             "sampling": self._sampling(ctx, state, sanity_log),
@@ -696,8 +728,22 @@ class _AttributionAnalyzer(Analyzer):
             "sanity_failures": ", ".join(failed) or "none",
             "not_better_than_random": ", ".join(weak) or "none",
             "metric_images": len(faith),
+            "fail_to_localise": ", ".join(f"{r['method']} ({r['label']})" for r in localisation["rows"]
+                                          if r["verdict"] == "fails") or "none",
         }
         return self.section(summary=summary, data=data, findings=findings, assets=assets)
+
+    def _localisation(self, ctx: RunContext, recs: list[ImageRecord], methods: list[str], seed: int) -> dict[str, Any]:
+        """The localisation table (:func:`localisation_row` per method and non-artifact mask) and its rule."""
+        masks = [m for m in ctx.data.mask_names() if m not in ctx.data.artifact_concepts]
+        rows = [localisation_row(
+            m, mask, np.array([r.pointing[m][mask].hit for r in recs]),
+            np.array([r.pointing[m][mask].energy for r in recs]), np.array([r.chance[mask][0] for r in recs]),
+            np.array([r.chance[mask][1] for r in recs]), min_hit_rate=float(self.min_hit_rate),
+            n_resamples=int(self.n_resamples), seed=seed) for m in methods for mask in masks]
+        return {"rows": rows, "min_hit_rate": float(self.min_hit_rate), "rule": RULE,
+                "n_resamples": int(self.n_resamples), "seed": seed, "tolerance": self.pointing_tolerance,
+                "excluded": [m for m in ctx.data.mask_names() if m in ctx.data.artifact_concepts]}
 
     @staticmethod
     def _values(faith: list[FaithRecord], road: list[RoadRecord], m: str) -> dict[str, np.ndarray]:
@@ -810,17 +856,14 @@ class _AttributionAnalyzer(Analyzer):
         for n, (i, r) in enumerate(shown):
             ex = r.example
             assert ex is not None
-            key = f"ex{n}"
-            assets[f"{key}_input"] = render.view_uri(ex.view)
-            for m in methods:
-                assets[f"{key}_{m}"] = render.overlay_uri(ex.view, ex.maps[m])
+            fields, images = render.example_assets(f"ex{n}", ex.view, {m: ex.maps[m] for m in methods})
+            assets.update(images)
             concepts = []
             if ctx.data.concepts is not None:
                 concepts = [c for c, v in zip(ctx.data.concept_names, ctx.data.concepts[i]) if v]
             scores = faith.get(i)
             examples.append({
-                "id": ctx.data.ids[i], "input": f"{key}_input",
-                "overlays": [{"method": m, "asset": f"{key}_{m}"} for m in methods],
+                "id": ctx.data.ids[i], **fields,
                 "explained_class": _name(names, r.cls), "probability": r.prob,
                 "label": _name(names, r.label) if r.label >= 0 else None,
                 "artifacts": [c for c in concepts if c in ctx.data.artifact_concepts],
@@ -879,6 +922,12 @@ def _name(names: list[str], c: int) -> str:
     return names[c] if 0 <= c < len(names) else str(c)
 
 
+#: Why a volume run has no faithfulness numbers.
+IMAGE_ONLY_METRICS = (
+    "deletion/insertion, Average Drop, ROAD and the random-map test are measured on 2-D images only (their "
+    "substrates, the insertion blur, ROAD's imputation and the random maps, are 2-D); on volumes the section "
+    "reports the maps (slice views), the pointing game and localisation table, and the sanity check")
+
 _NOTES = (
     "Maps explain the class named per image (its logit); perturbation metrics read its softmax probability. "
     "Deletion/insertion (RISE): pixels ranked by the map are replaced by zeros of the normalised input "
@@ -901,6 +950,7 @@ class GradCam(_AttributionAnalyzer):
                "Grad-CAM++ on request) with deletion/insertion, ROAD, pointing game, random-map test, sanity check")
     requires = frozenset({"module_hooks", "gradients"})
     run_by_default = True
+    inputs = frozenset({"images", "volumes"})  # volumes: the methods of VOLUME_KINDS, maps upsampled trilinearly
     method_kinds = ("gradient", "activation", "noise", "perturbation", "backward")
 
 

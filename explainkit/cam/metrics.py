@@ -31,7 +31,8 @@ from explainkit.cam.engine import CamRun, chunks
 from explainkit.cam.imputation import impute
 from explainkit.errors import ConfigError
 
-__all__ = ["Faithfulness", "average_drop", "deletion_insertion", "faithfulness", "pointing_game", "road"]
+__all__ = ["Faithfulness", "average_drop", "deletion_insertion", "faithfulness", "pointing_game", "pointing_tolerance",
+           "road"]
 
 
 def _perturbed_probs(run: CamRun, levels: int, build: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -280,6 +281,11 @@ def road(run: CamRun, maps: torch.Tensor, *, levels: Sequence[float] = (0.2, 0.5
             "combined": (lerf - morf) / 2, "levels": np.asarray(lv)}
 
 
+def pointing_tolerance(spatial: Sequence[int], tolerance: float | None = None) -> float:
+    """Pointing-game hit radius in pixels (voxels): ``tolerance``, else 15 px at 224 px scaled by the largest axis."""
+    return 15.0 * max(int(s) for s in spatial) / 224.0 if tolerance is None else float(tolerance)
+
+
 def pointing_game(maps: torch.Tensor | np.ndarray, masks: Sequence[np.ndarray | None], *,
                   tolerance: float | None = None) -> dict[str, np.ndarray]:
     """Pointing game hits and energy share per image (or volume).
@@ -306,7 +312,7 @@ def pointing_game(maps: torch.Tensor | np.ndarray, masks: Sequence[np.ndarray | 
     b, spatial = arr.shape[0], arr.shape[1:]
     if len(masks) != b:
         raise ConfigError(f"got {len(masks)} masks for {b} maps")
-    tol = 15.0 * max(spatial) / 224.0 if tolerance is None else float(tolerance)
+    tol = pointing_tolerance(spatial, tolerance)
     hit = np.full(b, np.nan)
     energy = np.full(b, np.nan)
     for i, m in enumerate(masks):

@@ -8,7 +8,8 @@ from PIL import Image
 from explainkit.loading.preprocessing import Preprocessing
 from explainkit.report.images import colorize, thumbnail, to_data_uri
 
-__all__ = ["PLANES", "THUMB_PX", "input_view", "overlay_uri", "quantize", "slice_views", "view_uri"]
+__all__ = ["PLANES", "THUMB_PX", "example_assets", "input_view", "overlay_uri", "quantize", "sample_view",
+           "slice_views", "view_uri"]
 
 #: Side of the report thumbnails (the brief's limit is 160 px).
 THUMB_PX = 128
@@ -17,6 +18,51 @@ THUMB_PX = 128
 def input_view(image: Image.Image, prep: Preprocessing) -> np.ndarray:
     """The RGB image as the model sees it (resized / cropped to the input size), (H, W, 3) uint8."""
     return np.asarray(prep.resize_image(image), dtype=np.uint8)
+
+
+def sample_view(sample: Image.Image | np.ndarray, prep: Preprocessing) -> np.ndarray:
+    """What an example shows of a probe sample as the model sees it.
+
+    An image: :func:`input_view`, (H, W, 3) uint8. A volume ((C, D, H, W), fed as stored): its
+    first channel, (D, H, W) float32.
+    """
+    if isinstance(sample, np.ndarray):
+        return np.asarray(sample[0], np.float32)
+    return input_view(sample, prep)
+
+
+def example_assets(key: str, view: np.ndarray, maps: dict[str, np.ndarray]
+                   ) -> tuple[dict[str, object], dict[str, str]]:
+    """An example's report fields and image assets: overlays for an image, slice views for a volume.
+
+    Parameters
+    ----------
+    key : str
+        Prefix of the asset names.
+    view : ndarray
+        :func:`sample_view`: (H, W, 3) uint8 image or (D, H, W) volume.
+    maps : dict of str to ndarray
+        Method → uint8 map (:func:`quantize`) of the view's spatial shape.
+
+    Returns
+    -------
+    fields : dict
+        An image: ``input`` (its asset) and ``overlays`` (``method``, ``asset``). A volume: ``input``
+        ``None``, no overlays, and ``views`` (``method``, ``plane``, ``index``, ``asset``: three slices
+        per method through its map's peak, :func:`slice_views`).
+    assets : dict
+        Asset name → data URI.
+    """
+    if view.ndim == 3 and view.shape[-1] == 3 and view.dtype == np.uint8:
+        assets = {f"{key}_input": view_uri(view), **{f"{key}_{m}": overlay_uri(view, h) for m, h in maps.items()}}
+        return {"input": f"{key}_input", "overlays": [{"method": m, "asset": f"{key}_{m}"} for m in maps]}, assets
+    assets, views = {}, []
+    for m, heat in maps.items():
+        for v in slice_views(view, np.asarray(heat, np.float64) / 255.0):
+            name = f"{key}_{m}_{v['plane']}"
+            assets[name] = str(v["uri"])
+            views.append({"method": m, "plane": v["plane"], "index": v["index"], "asset": name})
+    return {"input": None, "overlays": [], "views": views}, assets
 
 
 def quantize(heat: np.ndarray) -> np.ndarray:

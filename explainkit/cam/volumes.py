@@ -22,15 +22,15 @@ from torch import nn
 
 from explainkit.cam.api import VOLUME_KINDS, compute
 from explainkit.cam.engine import as_handle
-from explainkit.cam.localisation import localisation_table
+from explainkit.cam.localisation import MIN_HIT_RATE, RULE, failure_findings, localisation_table
 from explainkit.cam.methods import get_method, list_methods
-from explainkit.cam.render import slice_views
+from explainkit.cam.render import example_assets, quantize
 from explainkit.data.volumes import VolumeSet
 from explainkit.errors import ConfigError, DataError
 from explainkit.loading.handle import ModelHandle
 from explainkit.report.build import build_report
 from explainkit.report.report import Report
-from explainkit.report.section import Finding, Section
+from explainkit.report.section import Section
 
 __all__ = ["SECTION", "VOLUME_DEFAULT_METHODS", "explain_volumes"]
 
@@ -49,6 +49,7 @@ def explain_volumes(
     targets: Any = None,
     examples: int = 4,
     tolerance: float | None = None,
+    min_hit_rate: float = MIN_HIT_RATE,
     batch_size: int = 8,
     seed: int = 0,
     n_resamples: int = 2000,
@@ -71,6 +72,9 @@ def explain_volumes(
         Volumes shown as slice views (the first ones in id order, preferring volumes with masks).
     tolerance : float, optional
         Pointing-game radius in voxels (default: 15 px at 224 px scaled to the largest axis).
+    min_hit_rate : float
+        Least pointing-game hit rate of a localiser (the verdict rule of
+        :mod:`explainkit.cam.localisation`).
     batch_size, seed : int
         Volumes per model pass; seed of every draw (bootstrap, noise).
     n_resamples : int
@@ -120,9 +124,11 @@ def explain_volumes(
     full = {n: torch.cat(v) for n, v in maps.items()}
     spatial = tuple(full[names[0]].shape[1:])
     masks = {name: [data.mask(i, name, spatial) for i in range(len(data))] for name in data.mask_names()}
-    table = localisation_table(full, masks, tolerance=tolerance, n_resamples=n_resamples, seed=seed)
+    table = localisation_table(full, masks, tolerance=tolerance, min_hit_rate=min_hit_rate, n_resamples=n_resamples,
+                               seed=seed)
     section = _section(data, full, masks, table, layers, torch.cat(classes) if classes else None, examples,
-                       params={"methods": names, "layer": layer, "examples": examples, "tolerance": tolerance})
+                       params={"methods": names, "layer": layer, "examples": examples, "tolerance": tolerance,
+                               "min_hit_rate": min_hit_rate})
     report = build_report(kind="analysis", sections=[section], handle=handle, data=data, seed=seed,
                           device=handle.device(), batch_size=batch_size,
                           config={"methods": names, "layer": layer},
@@ -152,30 +158,21 @@ def _section(data: VolumeSet, maps: dict[str, torch.Tensor], masks: dict[str, li
     names = data.class_names or ()
     assets: dict[str, str] = {}
     shown = []
-    for i in chosen:
-        vol = data.load(i)[0]
-        views = []
-        for method, m in maps.items():
-            for v in slice_views(vol, m[i].numpy()):
-                key = f"{data.ids[i]}:{method}:{v['plane']}"
-                assets[key] = str(v["uri"])
-                views.append({"method": method, "plane": v["plane"], "index": v["index"], "asset": key})
+    for n, i in enumerate(chosen):
+        fields, images = example_assets(f"ex{n}", data.load(i)[0], {m: quantize(v[i].numpy()) for m, v in maps.items()})
+        assets.update(images)
         cls = None if classes is None else int(classes[i])
         shown.append({"id": data.ids[i], "explained_class": names[cls] if cls is not None and cls < len(names)
                       else cls, "label": names[int(data.labels[i])] if data.labels[i] >= 0 and names else None,
-                      "masks": [n for n, ms in masks.items() if ms[i] is not None], "views": views})
+                      "masks": [name for name, ms in masks.items() if ms[i] is not None], "views": fields["views"]})
     failing = [r for r in table if r["verdict"] == "fails"]
-    findings = [Finding(
-        "warning",
-        f"{r['method']} does not localise {r['label']}: pointing game {r['hit_rate']['value']:.2f} "
-        f"(chance {r['chance_hit_rate']:.2f}), energy in mask {r['energy']['value']:.3f} "
-        f"(chance {r['chance_energy']:.3f}), n={r['hit_rate']['n']}; the CI lower bounds must exceed chance",
-        SECTION, {"method": r["method"], "label": r["label"]}) for r in failing]
+    findings = failure_findings(table, SECTION, "volumes")
     summary = {"volumes": len(data), "methods": len(maps),
                "fail_to_localise": ", ".join(sorted({f"{r['method']} ({r['label']})" for r in failing})) or "none"}
     body = {"layers": layers, "shape": list(next(iter(maps.values())).shape[1:]), "localisation": table,
             "examples": shown, "planes": ["axial", "coronal", "sagittal"],
             "notes": "Slices pass through the map's peak voxel (axial: fixed depth, coronal: fixed height, "
                      "sagittal: fixed width). Localisation: pointing game (Wilson CI) and mean energy inside "
-                     "the mask (bootstrap CI over volumes); chance is a uniformly random peak / a uniform map."}
+                     "the mask (bootstrap CI over volumes); chance is a uniformly random peak / a uniform map. "
+                     f"Verdict: {RULE}."}
     return Section(SECTION, "Class-activation maps on volumes", params, summary, body, findings, assets)

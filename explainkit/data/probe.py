@@ -41,7 +41,7 @@ import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 from PIL import Image
@@ -103,6 +103,9 @@ class ProbeSet:
     label_map_digests : list of str
         SHA-256 of each image's label map (empty unless it is a segmentation probe set).
     """
+
+    #: The kind of sample (analyzers declare the kinds they read in ``Analyzer.inputs``).
+    kind: ClassVar[str] = "images"
 
     root: Path
     ids: list[str]

@@ -16,23 +16,29 @@ Safety: ``.npy`` files are read with ``allow_pickle=False`` (object arrays are r
 header is checked (real numeric dtype, 3 or 4 axes, at most :data:`MAX_VOXELS` values) before any
 data is read; non-finite values are refused. Files that are symlinks resolving outside the folder are
 refused unless ``follow_symlinks=True``.
+
+A :class:`VolumeSet` is also a probe set for ``explainkit analyze``: it has the reading interface
+the runner and the analyzers use (``kind``, ``ids``, ``labels``, ``load_image``, ``iter_batches``,
+``mask``, ``describe``; no concept table), and the model sees its volumes as stored
+(:class:`explainkit.loading.volume_input.VolumeInput`).
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
-from explainkit.data.probe import _Containment
+from explainkit.data.probe import ProbeSet, _Containment
 from explainkit.data.tables import BadRow, read_labels_csv
 from explainkit.errors import DataError
 
-__all__ = ["MAX_VOXELS", "VOLUME_EXTENSIONS", "VolumeSet", "read_volume", "read_volume_mask", "volume_id"]
+__all__ = ["MAX_VOXELS", "VOLUME_EXTENSIONS", "VolumeSet", "read_volume", "read_volume_mask", "read_volume_shape",
+           "volume_id"]
 
 VOLUME_EXTENSIONS = (".npy", ".nii", ".nii.gz")
 #: Most values one volume may hold (channels x voxels), checked from the header before reading.
@@ -56,21 +62,30 @@ def _check_header(shape: Sequence[int], dtype: np.dtype, where: str) -> None:
         raise DataError(f"{where}: empty volume of shape {tuple(shape)}")
 
 
-def _read_npy(path: Path) -> np.ndarray:
+def _open_npy(path: Path) -> np.ndarray:
+    """The header-checked array of a ``.npy`` file, memory-mapped (no voxel read yet)."""
     try:
         arr = np.load(path, mmap_mode="r", allow_pickle=False)
     except ValueError as exc:  # object arrays need pickle: refused
+        if "object" in str(exc).lower() or "pickle" in str(exc).lower():
+            raise DataError(f"cannot read {path.name}: it holds Python objects (a pickle), and volumes are read "
+                            "with allow_pickle=False") from None
         raise DataError(f"cannot read {path.name}: {exc}") from None
     except OSError as exc:
         raise DataError(f"cannot read {path.name}: {exc.strerror or exc}") from None
     if not isinstance(arr, np.ndarray):
         raise DataError(f"{path.name} is not a single .npy array")
     _check_header(arr.shape, arr.dtype, path.name)
-    vol = np.asarray(arr, dtype=np.float32)
+    return arr
+
+
+def _read_npy(path: Path) -> np.ndarray:
+    vol = np.asarray(_open_npy(path), dtype=np.float32)
     return vol[None] if vol.ndim == 3 else vol
 
 
-def _read_nifti(path: Path) -> np.ndarray:
+def _open_nifti(path: Path) -> tuple[Any, tuple[int, ...]]:
+    """The lazily loaded NIfTI image and its header-checked voxel shape (i, j, k[, t])."""
     try:
         import nibabel
     except ImportError:
@@ -83,12 +98,38 @@ def _read_nifti(path: Path) -> np.ndarray:
     if len(shape) == 5 and shape[3] == 1:  # (i, j, k, 1, c): NIfTI's vector-valued voxels
         shape = shape[:3] + shape[4:]
     _check_header(shape, dtype, path.name)
+    return img, shape
+
+
+def _read_nifti(path: Path) -> np.ndarray:
+    img, shape = _open_nifti(path)
     try:
         data = np.asarray(img.dataobj, dtype=np.float32).reshape(shape)
     except Exception as exc:
         raise DataError(f"cannot read the voxels of {path.name}: {exc}") from None
     vol = data.transpose(2, 1, 0) if data.ndim == 3 else data.transpose(3, 2, 1, 0)
     return np.ascontiguousarray(vol[None] if vol.ndim == 3 else vol)
+
+
+def read_volume_shape(path: str | Path) -> tuple[int, int, int, int]:
+    """The (C, D, H, W) a volume file reads as, from its header alone.
+
+    The checks of :func:`read_volume` that need no voxel run here: extension, pickles, dtype, rank, size.
+
+    Raises
+    ------
+    DataError
+        As :func:`read_volume`, except for non-finite values (found only when the voxels are read).
+    """
+    path = Path(path)
+    ext = volume_id(path)
+    if ext is None:
+        raise DataError(f"{path.name}: a volume must be one of {', '.join(VOLUME_EXTENSIONS)}")
+    if ext == ".npy":
+        shape = tuple(int(s) for s in _open_npy(path).shape)
+        return (1, *shape) if len(shape) == 3 else shape  # type: ignore[return-value]
+    shape = _open_nifti(path)[1][::-1]  # (i, j, k[, t]) -> ([t,] k, j, i)
+    return (1, *shape) if len(shape) == 3 else shape  # type: ignore[return-value]
 
 
 def read_volume(path: str | Path) -> np.ndarray:
@@ -146,6 +187,16 @@ class VolumeSet:
         SHA-256 of each file.
     """
 
+    #: The kind of sample (analyzers declare the kinds they read in ``Analyzer.inputs``).
+    kind: ClassVar[str] = "volumes"
+    #: Volume folders carry no concept table (the probe-set interface of the analyzers).
+    concepts: ClassVar[None] = None
+    concept_names: ClassVar[tuple[str, ...]] = ()
+    artifact_concepts: ClassVar[tuple[str, ...]] = ()
+    #: Volume folders label classes only (no multi-hot table, no label maps).
+    multilabels: ClassVar[None] = None
+    has_label_maps: ClassVar[bool] = False
+
     root: Path
     ids: list[str]
     labels: np.ndarray
@@ -156,9 +207,45 @@ class VolumeSet:
     def __len__(self) -> int:
         return len(self.ids)
 
+    @property
+    def has_labels(self) -> bool:
+        """Whether every volume has a class label."""
+        return len(self) > 0 and bool(np.all(self.labels >= 0))
+
+    @property
+    def task(self) -> str | None:
+        """``"classification"`` when every volume has a label, else ``None`` (as :attr:`ProbeSet.task`)."""
+        return "classification" if self.has_labels else None
+
+    @property
+    def skipped(self) -> list:
+        """Bad rows dropped (none: a bad volume always stops the run)."""
+        return []
+
     def load(self, i: int) -> np.ndarray:
         """Volume ``i`` as (C, D, H, W) float32."""
         return read_volume(self._inside(self.root / self.ids[i]))
+
+    def load_image(self, i: int) -> np.ndarray:
+        """Sample ``i`` as the runner reads any probe sample: here the (C, D, H, W) float32 volume."""
+        return self.load(i)
+
+    #: ``(indices, volumes)`` chunks of at most ``batch_size`` (C, D, H, W) volumes: the image probe
+    #: set's chunking, reading every sample through :meth:`load_image`.
+    iter_batches = ProbeSet.iter_batches
+
+    def subset(self, indices: Sequence[int]) -> VolumeSet:
+        """A volume set with the volumes at ``indices`` (in that order)."""
+        idx = np.asarray(indices, dtype=np.int64)
+        return replace(self, ids=[self.ids[i] for i in idx], labels=self.labels[idx],
+                       digests=[self.digests[i] for i in idx])
+
+    def manifest_hash(self) -> str:
+        """SHA-256 over class names, ids, file hashes and labels (what the results depend on)."""
+        h = hashlib.sha256(repr(self.class_names).encode())
+        for sid, digest, label in zip(self.ids, self.digests, self.labels):
+            h.update(f"{sid}\t{digest}\t{int(label)}\n".encode())
+        return h.hexdigest()
 
     def stack(self, indices: Sequence[int] | None = None) -> np.ndarray:
         """(B, C, D, H, W) float32 volumes (all of one shape, else :class:`DataError`)."""
@@ -174,12 +261,32 @@ class VolumeSet:
         base = self.root / "masks"
         return sorted(p.name for p in base.iterdir() if p.is_dir()) if base.is_dir() else []
 
-    def mask(self, i: int, name: str, shape: Sequence[int]) -> np.ndarray | None:
-        """Mask ``name`` of volume ``i`` (spatial ``shape``), or ``None`` when the file is absent."""
+    def mask(self, i: int, name: str, shape: Sequence[int] | None = None) -> np.ndarray | None:
+        """Mask ``name`` of volume ``i``, or ``None`` when the file is absent.
+
+        ``shape`` is the (D, H, W) the mask must have (default: volume ``i``'s own).
+        """
         path = self.root / "masks" / name / self.ids[i]
-        if not path.exists():
+        if not (path.exists() or path.is_symlink()):
             return None
-        return read_volume_mask(self._inside(path), shape)
+        own = read_volume_shape(self._inside(self.root / self.ids[i]))[1:] if shape is None else shape
+        return read_volume_mask(self._inside(path), own)
+
+    def sample_shape(self) -> tuple[int, int, int, int]:
+        """The (C, D, H, W) every volume has, from the file headers (no voxel read).
+
+        Raises
+        ------
+        DataError
+            A volume that cannot be read, or one of another shape than the first (named).
+        """
+        first = read_volume_shape(self._inside(self.root / self.ids[0]))
+        for sid in self.ids[1:]:
+            shape = read_volume_shape(self._inside(self.root / sid))
+            if shape != first:
+                raise DataError(f"{sid} is {shape} (C, D, H, W) but {self.ids[0]} is {first}: the volumes of a run "
+                                "must have one shape (the model sees the stored voxel grid, never resized)")
+        return first
 
     def _inside(self, path: Path) -> Path:
         problem = _Containment(self.root, self.follow_symlinks).problem(path)
@@ -189,13 +296,10 @@ class VolumeSet:
 
     def describe(self) -> dict[str, Any]:
         """JSON-ready provenance."""
-        h = hashlib.sha256()
-        for sid, digest, label in zip(self.ids, self.digests, self.labels):
-            h.update(f"{sid}\t{digest}\t{int(label)}\n".encode())
         # n_images and skipped: the keys the report's provenance block reads for any probe data
-        return {"root": str(self.root), "n_images": len(self), "n_volumes": len(self),
+        return {"root": str(self.root), "kind": self.kind, "n_images": len(self), "n_volumes": len(self),
                 "class_names": list(self.class_names or []), "masks": self.mask_names(),
-                "manifest_sha256": h.hexdigest(), "skipped": []}
+                "manifest_sha256": self.manifest_hash(), "skipped": []}
 
     @classmethod
     def from_folder(cls, root: str | Path, *, follow_symlinks: bool = False) -> VolumeSet:

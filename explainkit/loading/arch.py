@@ -51,7 +51,7 @@ EXPLAINKIT_ARCHITECTURES: Registry[Callable[..., nn.Module]] = Registry(
     "explainkit architecture",
     builtins={name: f"explainkit.models:{name}" for name in (
         "tiny_cnn", "tiny_fcn", "tiny_protopnet", "case_based_net", "st_protopnet", "tversky_net", "hopfield_net",
-        "cbc_net", "prob_psenn")},
+        "cbc_net", "prob_psenn", "scaleprotoseg")},
 )
 
 #: Architecture sources a config file, the environment or model metadata may name.

@@ -48,6 +48,11 @@ class Preprocessing:
     resize: str = "center_crop"
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
 
+    @property
+    def channels(self) -> int:
+        """Input channels (3: RGB)."""
+        return len(self.mean)
+
     def to_dict(self) -> dict:
         """JSON-ready description, including the sources."""
         d = asdict(self)

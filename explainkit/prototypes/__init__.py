@@ -8,13 +8,16 @@
   :mod:`~explainkit.prototypes.kinds`, one per prototype model in
   :mod:`~explainkit.prototypes.model_adapters`), picked by ``adapter="auto"``.
 * :mod:`~explainkit.prototypes.models` — reference implementations of the seed papers' prototype
-  models (case-based autoencoder, ST-ProtoPNet, Tversky, Hopfield, RBF/CBC, Prob-PSENN);
+  models (case-based autoencoder, ST-ProtoPNet, Tversky, Hopfield, RBF/CBC, Prob-PSENN, and the
+  segmentation model ScaleProtoSeg);
   :mod:`~explainkit.prototypes.explanation` — their own explanations in the report.
 * :mod:`~explainkit.prototypes.importance` — local and streamed global importances.
 * :mod:`~explainkit.prototypes.decision` — how much each perturbation changes the decision.
 * :mod:`~explainkit.prototypes.calibration` — re-initialised copies, matched controls, the headline test.
 * :mod:`~explainkit.prototypes.relevance` — calibrated decision relevance and prototype importances.
 * :mod:`~explainkit.prototypes.statistics` — tests, generalisation, redundancy, verdicts.
+* :mod:`~explainkit.prototypes.regions` — the analysis of segmentation models per class region
+  (:func:`region_analysis`).
 * :mod:`~explainkit.prototypes.analyzer` — the ``prototypes`` analyzer.
 """
 
@@ -37,6 +40,7 @@ from explainkit.prototypes.importance import (
     score_views,
 )
 from explainkit.prototypes.perturb import CHARACTERISTICS, DEFAULT_CHARACTERISTICS, Perturbation, perturb
+from explainkit.prototypes.regions import region_analysis, region_masks, region_scores
 from explainkit.prototypes.registry import AdapterKind, get_adapter_kind, list_adapter_kinds, register_adapter_kind
 
 __all__ = [
@@ -62,6 +66,9 @@ __all__ = [
     "patch_box",
     "perturb",
     "perturbed_views",
+    "region_analysis",
+    "region_masks",
+    "region_scores",
     "register_adapter_kind",
     "score_views",
 ]

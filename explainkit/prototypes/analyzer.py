@@ -68,6 +68,7 @@ from explainkit.prototypes.importance import (
 )
 from explainkit.prototypes.parts import PartRows, clipped_noise, part_keypoints, part_scores, prototype_part_hits
 from explainkit.prototypes.perturb import CHARACTERISTICS, DEFAULT_CHARACTERISTICS, make_perturbations
+from explainkit.prototypes.regions import RegionAnalysis
 from explainkit.prototypes.registry import (
     AdapterKind,
     AdapterRequest,
@@ -91,7 +92,7 @@ from explainkit.stats import bootstrap_ci
 from explainkit.stats.sequential import Moments, SampleLog, SampleSchedule, priority_order
 from explainkit.stats.streaming import poisson_counts
 
-__all__ = ["Prototypes"]
+__all__ = ["PrototypeRegions", "Prototypes"]
 
 TARGETS = ("auto", "predicted")
 #: Probe images whose latent cells become the exemplar prototypes of re-initialised copies.
@@ -103,6 +104,8 @@ CALIBRATED_UNIT = ("importance ÷ (the model's mean |change| × the re-initialis
 #: How the units are written inside a headline sentence.
 SHORT_UNITS = {DECISION_UNIT: "nats per unit dose, calibrated", CALIBRATED_UNIT: "× an untrained network"}
 SPLITS = ("train", "test")
+#: Generic adapter kinds whose prototypes have no class (nothing to read per class region).
+CLASSLESS_KINDS = ("channels", "exemplars", "kmeans")
 #: Most prototypes listed in the HTML table (the JSON has all).
 TABLE_ROWS = 256
 
@@ -905,3 +908,126 @@ def _headline(comp: NullComparison, unit: str, subject: str, n_null: int, prepos
     return {"status": comp.status, "characteristic": first if comp.status != "none" else None,
             "tied": comp.tied, "statement": statement, "comparisons": comparisons,
             "correction": f"Holm over the {len(comparisons)} comparisons of the first with each other characteristic"}
+
+
+class PrototypeRegions(Analyzer):
+    """Prototype meaning of a segmentation model, each prototype read on its class's region.
+
+    The per-class-region analysis of :mod:`explainkit.prototypes.regions` streamed over the run: every
+    prototype is read only on the ground-truth pixels of its class (the probe set's label maps),
+    with the Nauta perturbations, similarity-weighted global means with bootstrap CIs on a seeded
+    train/test split, Wilcoxon tests with Benjamini-Hochberg correction and verdicts, plus the
+    model's own explanation when its adapter has one (ScaleProtoSeg: scale groups, sparse groups,
+    which prototypes and scale groups drive each predicted class).
+
+    Parameters
+    ----------
+    adapter : str
+        ``"auto"`` (the model's own kind) or a registered adapter kind whose prototypes have classes.
+    layer : str, optional
+        Latent layer (default: the kind's own).
+    prototypes : list of int, optional
+        Analyse only these prototypes.
+    characteristics : list of str
+        Perturbed characteristics.
+    min_fraction : float
+        A latent cell belongs to a class region when at least this fraction of its pixels does.
+    readout, weight, train_fraction, n_resamples, sample_size, alpha
+        As for the ``prototypes`` analyzer.
+    examples : int
+        Images whose per-pixel drivers the model explanation lists.
+    """
+
+    name = "prototype_regions"
+    title = "Prototype meaning per class region (segmentation)"
+    summary = "what each segmentation prototype responds to on its own class's pixels (Nauta et al. 2021, per region)"
+    requires = frozenset({"module_hooks", "images", "label_maps"})
+    tasks = frozenset({"segmentation"})
+    run_by_default = True
+    options: ClassVar[Mapping[str, Option]] = {
+        "adapter": Option("choice", choices=lambda: ("auto", *list_adapter_kinds()),
+                          help="how prototypes are read from the model (a registered adapter kind)"),
+        "layer": Option("str", help="latent layer (default: the adapter kind's own)"),
+        "prototypes": Option("int", low=0, many=True, help="analyse only these prototypes (default all)"),
+        "characteristics": Option("choice", choices=CHARACTERISTICS, many=True, help="perturbed characteristics"),
+        "min_fraction": Option("float", low=0, high=1, low_open=True,
+                               help="share of a latent cell's pixels that puts it in a class region"),
+        "readout": Option("choice", choices=("fixed", "max"), help="'fixed' (reference) or 'max', within the region"),
+        "weight": Option("choice", choices=WEIGHTS, help="weight of the global mean"),
+        "train_fraction": Option("float", low=0, high=1, low_open=True, high_open=True,
+                                 help="share of images in the seeded 'train' split"),
+        "n_resamples": Option("int", low=50, help="Poisson-bootstrap resamples for the CIs of global scores"),
+        "sample_size": Option("int", low=5, help="images per split whose local scores are kept for the tests"),
+        "alpha": Option("float", low=0, high=1, low_open=True, high_open=True,
+                        help="level of the per-prototype tests (after Benjamini-Hochberg)"),
+        "examples": Option("int", low=0, help="images whose per-pixel drivers the model explanation lists"),
+    }
+
+    def __init__(self, adapter: str = "auto", layer: str | None = None, prototypes: list[int] | None = None,
+                 characteristics: tuple[str, ...] = DEFAULT_CHARACTERISTICS, min_fraction: float = 0.5,
+                 readout: str = "fixed", weight: str = "auto", train_fraction: float = 0.5, n_resamples: int = 200,
+                 sample_size: int = 256, alpha: float = 0.05, examples: int = 2) -> None:
+        self.adapter = adapter
+        self.layer = layer
+        self.prototypes = prototypes
+        self.characteristics = characteristics
+        self.min_fraction = min_fraction
+        self.readout = readout
+        self.weight = weight
+        self.train_fraction = train_fraction
+        self.n_resamples = n_resamples
+        self.sample_size = sample_size
+        self.alpha = alpha
+        self.examples = examples
+
+    def _kind(self, ctx: RunContext) -> AdapterKind:
+        return get_adapter_kind(self.adapter if self.adapter != "auto" else detect_adapter_kind(ctx.handle.module))
+
+    def validate(self, ctx: RunContext) -> None:
+        """The label maps are there and the layer exists."""
+        if not ctx.data.has_label_maps:
+            raise ConfigError("prototype_regions: needs a probe set with label maps (labels/<image stem>.png)")
+        if self.layer is not None:
+            resolve_layer(ctx.handle.module, self.layer)
+        kind = self._kind(ctx)
+        if kind.name in CLASSLESS_KINDS:
+            raise ConfigError(f"prototype_regions: {kind.name!r} prototypes belong to no class, so there is no class "
+                              "region to read them on; it reads prototype segmentation models (adapter="
+                              "scaleprotoseg) or class-specific prototype vectors (adapter=vectors)")
+
+    def prepare(self, ctx: RunContext) -> None:
+        """The adapter (its prototypes need classes) and the region analysis."""
+        request = AdapterRequest(ctx, self.layer, {"model_options": None}, lambda i: True, lambda i: -1)
+        adapter = self._kind(ctx).build(request)
+        if all(adapter.prototype_class(p) is None for p in range(adapter.num_prototypes)):
+            raise ConfigError(f"prototype_regions: the {adapter.kind!r} prototypes have no classes, so no class "
+                              "region to read them on")
+        self.run_ = RegionAnalysis(adapter, self.characteristics, self.prototypes, self.min_fraction, self.readout,
+                                   self.weight, self.train_fraction, self.n_resamples, self.sample_size, self.alpha,
+                                   ctx.seed, self.examples)
+
+    def init_state(self, ctx: RunContext) -> Any:
+        """No image yet."""
+        return self.run_.empty()
+
+    def map(self, ctx: RunContext, batch: Batch) -> Any:
+        """Region-restricted local importances of the batch (and the model explanation's sums)."""
+        maps = [ctx.data.label_map(int(i)) for i in batch.indices]
+        return self.run_.measure(ctx.handle, batch.images, maps, batch.indices, ctx.handle.require_preprocessing(),
+                                 ctx.device)
+
+    def merge(self, a: Any, b: Any) -> Any:
+        """Sum the streamed states."""
+        return self.run_.merge(a, b)
+
+    def finalize(self, ctx: RunContext, state: Any) -> Section:
+        """Per prototype its class, scale, verdict and global scores; the model's own explanation."""
+        def load(i: int) -> tuple[Any, Any]:
+            return ctx.data.load_image(i), ctx.data.label_map(i)
+
+        data = self.run_.report(state, ctx.handle, load, ctx.handle.require_preprocessing(), ctx.class_names,
+                                ctx.device)
+        verdicts = [r["verdict"] for r in data["prototypes"]]
+        summary = {"prototypes": len(verdicts), "adapter": self.run_.adapter.kind,
+                   "images": sum(v["n_images"] for v in data["splits"].values())}
+        return self.section(summary=summary, data=data)

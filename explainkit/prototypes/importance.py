@@ -101,6 +101,11 @@ class LocalScores:
         Decision changes (when asked for).
     contribution : ndarray or None
         (B, P) each prototype's contribution to the target logit (when the adapter has one).
+    valid : ndarray or None
+        (B, P) whether the prototype was read on the image (``None``: everywhere). Restricting
+        prototypes to regions (:mod:`explainkit.prototypes.regions`) leaves an image out of a
+        prototype's global scores when the prototype's region is absent from it (its similarity
+        and deltas are then 0 and its weight 0).
     """
 
     similarity: np.ndarray
@@ -109,12 +114,14 @@ class LocalScores:
     grid: tuple[int, int]
     decision: DecisionScores | None = None
     contribution: np.ndarray | None = None
+    valid: np.ndarray | None = None
 
     def subset(self, mask: np.ndarray) -> LocalScores:
         """The scores of the images selected by the (B,) boolean ``mask``."""
         return LocalScores(self.similarity[mask], self.location[mask], self.delta[mask], self.grid,
                            None if self.decision is None else self.decision.subset(mask),
-                           None if self.contribution is None else self.contribution[mask])
+                           None if self.contribution is None else self.contribution[mask],
+                           None if self.valid is None else self.valid[mask])
 
 
 def relative_drop(delta: np.ndarray, similarity: np.ndarray) -> np.ndarray:
@@ -421,6 +428,8 @@ class SplitAccumulator:
             The updated state.
         """
         w = similarity_weight(scores.similarity, weight_rule)  # (B, P)
+        if scores.valid is not None:
+            w = w * scores.valid
         d = scores.delta.astype(np.float64)  # (B, P, C)
         wd = w[..., None] * d
         counts = boot_counts.astype(np.float64)
@@ -458,10 +467,11 @@ def _better(s_a: np.ndarray, i_a: np.ndarray, s_b: np.ndarray, i_b: np.ndarray) 
 
 
 def _best(scores: LocalScores, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per prototype the batch image with the highest similarity (ties: the lowest index)."""
+    """Per prototype the batch image with the highest similarity (ties: the lowest index; -1 if never valid)."""
     order = np.argsort(indices, kind="stable")
-    sims = scores.similarity[order]
+    valid = np.ones(scores.similarity.shape, bool) if scores.valid is None else scores.valid
+    sims = np.where(valid, scores.similarity, -np.inf)[order]
     arg = sims.argmax(axis=0)  # first maximum = lowest index
     cols = np.arange(sims.shape[1])
-    return (sims[arg, cols].astype(np.float64), np.asarray(indices, np.int64)[order][arg],
-            scores.location[order][arg, cols].astype(np.int64))
+    index = np.where(valid[order][arg, cols], np.asarray(indices, np.int64)[order][arg], -1)
+    return sims[arg, cols].astype(np.float64), index, scores.location[order][arg, cols].astype(np.int64)

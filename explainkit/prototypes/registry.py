@@ -39,6 +39,7 @@ BUILTIN_KINDS = {
     "hopfield": "explainkit.prototypes.model_adapters.hopfield:KIND",
     "cbc": "explainkit.prototypes.model_adapters.cbc:KIND",
     "prob_psenn": "explainkit.prototypes.model_adapters.probpsenn:KIND",
+    "scaleprotoseg": "explainkit.prototypes.model_adapters.scaleprotoseg:KIND",
 }
 
 

@@ -13,5 +13,7 @@ kind                 reads
 ``hopfield``         a module with ``stored_patterns`` and ``beta`` (its forward: retrieval weights)
 ``cbc``              ``components``, ``log_sigma`` and ``reasoning`` or ``rbf_head``
 ``prob_psenn``       ``prototype_mean`` and ``prototype_log_sigma`` (Gaussian prototypes)
+``scaleprotoseg``    ``prototype_vectors``, ``group_projection``, ``last_layer_group``, ``scale_head`` or
+                     ``add_on_layers``, ``prototype_scale`` or ``scale_num_prototypes`` (segmentation)
 ===================  ==========================================================================
 """

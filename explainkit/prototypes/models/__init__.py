@@ -13,6 +13,8 @@ factory                 model (paper)                                           
 ``hopfield_net``        modern Hopfield association (Ramsauer et al., ICLR 2021)      ``hopfield``
 ``cbc_net``             RBF detection + CBC reasoning (Saralajew et al. 2019, 2025)  ``cbc``
 ``prob_psenn``          Gaussian prototypes (Vadillo et al., 2024)                    ``probpsenn``
+``scaleprotoseg``       multi-scale grouped prototypes, segmentation (Porta et al.,   ``scaleprotoseg``
+                        WACV 2025)
 ======================  ===========================================================  =================
 
 The adapters that read them for the prototypes analyzer are in
