@@ -17,8 +17,13 @@ from torch import nn
 from explainkit.errors import ConfigError
 
 __all__ = [
-    "LayerCapture", "capture_layers", "edit_outputs", "eval_mode", "frozen_parameters", "hook_count", "tensor_mapping",
+    "ENTRY_SEP", "LayerCapture", "capture_layers", "edit_outputs", "eval_mode", "frozen_parameters", "hook_count",
+    "split_entry", "tensor_mapping",
 ]
+
+#: Separates a layer from the entry of its output to record: ``"encoder:feat"`` (a mapping key),
+#: ``"lstm:0"`` (a tuple / list position), ``"block:hidden"`` (a namedtuple field).
+ENTRY_SEP = ":"
 
 
 def hook_count(module: nn.Module) -> int:
@@ -89,6 +94,64 @@ class _StopForward(Exception):
 def tensor_mapping(output: Any) -> bool:
     """Whether ``output`` is a non-empty mapping of tensors (e.g. an FPN backbone's ``OrderedDict``)."""
     return isinstance(output, Mapping) and bool(output) and all(isinstance(v, torch.Tensor) for v in output.values())
+
+
+def split_entry(name: str) -> tuple[str, str | None]:
+    """``"layer:key"`` → ``("layer", "key")``; a name without an entry → ``(name, None)``."""
+    layer, sep, key = name.partition(ENTRY_SEP)
+    return (layer, key) if sep else (name, None)
+
+
+def _choices(output: Any) -> list[str]:
+    """The entries a layer output offers to an entry selector."""
+    if isinstance(output, Mapping):
+        return [str(k) for k in output]
+    if isinstance(output, tuple) and hasattr(output, "_fields"):
+        return list(output._fields)
+    if isinstance(output, tuple | list):
+        return [str(i) for i in range(len(output))]
+    return []
+
+
+def _describe(output: Any) -> str:
+    kind = type(output).__name__
+    choices = _choices(output)
+    if not choices:
+        return kind
+    what = "keys" if isinstance(output, Mapping) else ("fields" if hasattr(output, "_fields") else "entries")
+    return f"a {kind} with {what} {', '.join(choices)}"
+
+
+def _position(output: Any, key: str) -> Any:
+    """Where ``key`` sits in ``output`` (mapping key, or index into a tuple / list / namedtuple); None if absent."""
+    if isinstance(output, Mapping):
+        return key if key in output else next((k for k in output if str(k) == key), None)
+    if isinstance(output, tuple | list):
+        if hasattr(output, "_fields") and key in output._fields:
+            return output._fields.index(key)
+        if key.lstrip("-").isdigit() and -len(output) <= int(key) < len(output):
+            return int(key) % len(output)
+    return None
+
+
+def _pick(name: str, output: Any, key: str) -> tuple[Any, Any]:
+    """The entry ``key`` of a structured output and its position (ConfigError naming the choices)."""
+    where = _position(output, key)
+    if where is None:
+        layer = split_entry(name)[0]
+        raise ConfigError(f"layer {layer!r} returns {_describe(output)}; {key!r} is not one of them "
+                          f"(pick one as '{layer}{ENTRY_SEP}ENTRY')")
+    return output[where], where
+
+
+def _put(output: Any, where: Any, value: Any) -> Any:
+    """``output`` with the entry at ``where`` replaced by ``value`` (same container type)."""
+    if isinstance(output, Mapping):
+        return type(output)((k, value if k == where else v) for k, v in output.items())
+    items = [value if i == where else v for i, v in enumerate(output)]
+    if hasattr(output, "_fields"):
+        return type(output)(*items)
+    return type(output)(items)
 
 
 def _entries(output: Any, fn: Callable[[torch.Tensor], Any]) -> Any:
@@ -171,7 +234,12 @@ def capture_layers(
     root : torch.nn.Module
         The model the layers belong to.
     layers : mapping of str to torch.nn.Module
-        Dotted name → submodule (see :func:`explainkit.adapters.resolve_layers`).
+        Dotted name → submodule (see :func:`explainkit.adapters.resolve_layers`). A name
+        ``"layer:key"`` (:data:`ENTRY_SEP`) records one entry of a layer that returns a mapping, a
+        tuple / list or a namedtuple: the mapping key, the position or the field ``key``; everything
+        below (transforms, edits, gradients, clones) applies to that entry, and the rest of the
+        output passes on unchanged. A structured output without an entry raises an error that
+        names the entries to pick from.
     detach : bool
         Store detached tensors (activation extraction without autograd).
     transform : callable or mapping of str to callable, optional
@@ -211,14 +279,19 @@ def capture_layers(
     handles = []
 
     def make_hook(name: str) -> Callable[..., Any]:
+        key = split_entry(name)[1]
+
         def hook(_module: nn.Module, _inputs: Any, output: Any) -> Any:
+            whole, where = output, None
+            if key is not None:
+                output, where = _pick(name, whole, key)
             if not isinstance(output, torch.Tensor) and not (mappings and tensor_mapping(output)):
                 if not tensors_only:
                     return None
                 what = "a tensor or a mapping of tensors" if mappings else "a tensor"
-                raise ConfigError(
-                    f"layer {name!r} returns {type(output).__name__}, not {what}; pick a layer with a tensor output"
-                )
+                hint = (f"pick one entry as '{name}{ENTRY_SEP}{_choices(output)[0]}'" if _choices(output)
+                        else "pick a layer with a tensor output")
+                raise ConfigError(f"layer {name!r} returns {_describe(output)}, not {what}; {hint}")
             replaced = None
             if edit is not None:
                 output = replaced = edit(name, output)
@@ -228,6 +301,8 @@ def capture_layers(
                 capture._grad_started = True
                 torch.set_grad_enabled(True)
             if grad_from_layers or clone:
+                if where is not None and value is output:  # the entry as a node of its own: entries the layer
+                    value = _entries(value, torch.clone)   # computed from it stay out of its gradient
                 replaced = _entries(value, torch.clone)
             if detach:
                 value = _entries(value, torch.Tensor.detach)
@@ -238,7 +313,7 @@ def capture_layers(
             capture.order.append(name)
             if stop_early and capture._all_fired():
                 raise _StopForward
-            return replaced
+            return replaced if replaced is None or where is None else _put(whole, where, replaced)
 
         return hook
 

@@ -65,8 +65,8 @@ def test_autocast_passes_keep_float32_statistics(demo_model_path, probe):
     handle.module.eval()
     x = handle.preprocess([probe.load_image(i) for i in range(8)]).cuda().contiguous(memory_format=torch.channels_last)
     request = {"predicted": PassRequest(("features",), gradients=True, input_gradient=True)}
-    full_out, full, _ = run_passes(handle, x, request)
-    half_out, half, _ = run_passes(handle, x, request, amp="bfloat16")
+    full_out, full = run_passes(handle, x, request)
+    half_out, half = run_passes(handle, x, request, amp="bfloat16")
     p = half["predicted"]
     assert p.activations["features"].dtype == p.gradients["features"].dtype == p.input_gradient.dtype == torch.float32
     assert (p.classes == full["predicted"].classes).float().mean() >= 0.75

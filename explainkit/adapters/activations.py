@@ -1,9 +1,10 @@
 """Streaming activation extraction, shared by the concept families (INVERT, Network Dissection, ...).
 
-A :class:`Pooler` turns a layer output into (B, D) inside the forward hook
-(``capture_layers(detach=True, transform=poolers, stop_early=True)``), so only N×D values are kept
-for a probe set, never N×D×H×W; :meth:`Pooler.maps` instead returns the (B, D, h, w) maps for the
-methods that need where a unit fires (Network Dissection):
+A :class:`Pooler` turns a layer output of one batch into (B, D), so only N×D values are kept for a
+probe set, never N×D×H×W; :meth:`Pooler.maps` instead returns the (B, D, h, w) maps for the methods
+that need where a unit fires (Network Dissection). Analyzers pool the outputs the runner's shared
+pass recorded (:func:`pool_outputs`); :func:`batch_activations` runs a pass of its own for image sets
+the runner does not map. The representations:
 
 * spatial maps (B, C, H, W) or channels-last (B, H, W, C): spatial ``mean`` (default, as INVERT's
   authors did for ResNet ``avgpool``) or ``max`` per channel;
@@ -32,7 +33,7 @@ from explainkit.hooks import capture_layers, eval_mode
 from explainkit.loading.handle import ModelHandle
 
 __all__ = ["LOGITS", "POOLINGS", "TOKEN_OPTIONS", "Pooler", "batch_activations", "build_poolers",
-           "check_layers", "extract_activations", "layer_names", "learn_layouts"]
+           "check_layers", "extract_activations", "layer_names", "learn_layouts", "pool_outputs"]
 
 #: Layer name meaning "the model's logits" (one unit per class).
 LOGITS = "@logits"
@@ -160,20 +161,19 @@ class Pooler:
                 "output_shape": list(self.shape) if self.shape else None}
 
 
-def batch_activations(handle: ModelHandle, inputs: torch.Tensor, poolers: Mapping[str, Pooler],
-                      logits: torch.Tensor | None = None, *, spatial: bool = False) -> dict[str, np.ndarray]:
-    """Pooled activations (or unit maps) of one batch for every layer in ``poolers``.
+def pool_outputs(outputs: Mapping[str, torch.Tensor], poolers: Mapping[str, Pooler],
+                 logits: torch.Tensor | None = None, *, spatial: bool = False) -> dict[str, np.ndarray]:
+    """Pooled activations (or unit maps) of layer outputs already recorded (e.g. by the runner's shared pass).
 
     Parameters
     ----------
-    handle : ModelHandle
-        The model.
-    inputs : torch.Tensor
-        (B, 3, H, W) preprocessed inputs on the model's device.
+    outputs : mapping of str to torch.Tensor
+        Layer name → its (B, ...) output as the layer returned it (every layer of ``poolers`` but
+        :data:`LOGITS`).
     poolers : mapping of str to Pooler
         Layer name → pooler; :data:`LOGITS` reads ``logits``.
     logits : torch.Tensor, optional
-        (B, K) logits of ``inputs`` when already computed (else the pass runs to the end).
+        (B, K) logits (needed when ``poolers`` holds :data:`LOGITS`).
     spatial : bool
         Return each layer's (B, D, h, w) unit maps (:meth:`Pooler.maps`) instead of pooled values.
 
@@ -181,29 +181,61 @@ def batch_activations(handle: ModelHandle, inputs: torch.Tensor, poolers: Mappin
     -------
     dict of str to ndarray
         Layer name → (B, D) float32, or (B, D, h, w) with ``spatial``.
+
+    Raises
+    ------
+    ConfigError
+        ``spatial`` with :data:`LOGITS` (the logits have no maps).
     """
     if spatial and LOGITS in poolers:
         raise ConfigError("the logits have no spatial maps")
+    out: dict[str, np.ndarray] = {}
+    for name, p in poolers.items():
+        value = logits.detach() if name == LOGITS else outputs[name]  # type: ignore[union-attr]
+        out[name] = (p.maps if spatial else p)(value).cpu().numpy()
+    return out
+
+
+def batch_activations(handle: ModelHandle, inputs: torch.Tensor, poolers: Mapping[str, Pooler],
+                      logits: torch.Tensor | None = None, *, spatial: bool = False) -> dict[str, np.ndarray]:
+    """Pooled activations (or unit maps) of one batch, in a forward pass of its own (:func:`pool_outputs`).
+
+    For probe sets the runner does not map (a second probe set, an image set of a library call);
+    analyzers read the runner's shared pass instead (:meth:`~explainkit.analyzers.base.Analyzer.pass_request`).
+
+    Parameters
+    ----------
+    handle : ModelHandle
+        The model.
+    inputs : torch.Tensor
+        (B, 3, H, W) preprocessed inputs on the model's device.
+    poolers, spatial
+        As for :func:`pool_outputs`.
+    logits : torch.Tensor, optional
+        (B, K) logits of ``inputs`` when already computed (else the pass runs to the end).
+
+    Returns
+    -------
+    dict of str to ndarray
+        As :func:`pool_outputs`.
+    """
     for name, p in poolers.items():  # the layout is decided with the actual input size as evidence
         if name != LOGITS:
             p.input_size = p.input_size or tuple(int(s) for s in inputs.shape[-2:])
-    hooked = {name: (p.maps if spatial else p) for name, p in poolers.items() if name != LOGITS}
-    out: dict[str, np.ndarray] = {}
+    hooked = {name: poolers[name].module for name in poolers if name != LOGITS}
     need_logits = LOGITS in poolers and logits is None
+    outputs: dict[str, torch.Tensor] = {}
     with torch.no_grad():
         if hooked:
-            layers = {name: poolers[name].module for name in hooked}
-            with capture_layers(handle.module, layers, detach=True, transform=hooked,
-                                stop_early=not need_logits) as cap:
+            with capture_layers(handle.module, hooked, detach=True, clone=True, stop_early=not need_logits) as cap:
                 output = cap.forward(handle.forward, inputs)
-            out = {name: cap[name].cpu().numpy() for name in hooked}
+            keep = slice(None) if handle.static_batch is None else slice(0, inputs.shape[0])  # padded batch
+            outputs = {name: cap[name][keep] for name in hooked}
         elif need_logits:
             output = handle.forward(inputs)
         if need_logits:
             logits = select_logits(output)
-    if LOGITS in poolers:
-        out[LOGITS] = poolers[LOGITS](logits.detach()).cpu().numpy()
-    return out
+    return pool_outputs(outputs, poolers, logits, spatial=spatial)
 
 
 def learn_layouts(handle: ModelHandle, poolers: Mapping[str, Pooler], images: Sequence[Any]) -> None:

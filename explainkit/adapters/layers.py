@@ -11,7 +11,7 @@ from torch import nn
 
 from explainkit.adapters.layout import FIRST, layout_candidates, module_evidence
 from explainkit.errors import ConfigError, RuntimeAnalysisError
-from explainkit.hooks import capture_layers, eval_mode
+from explainkit.hooks import ENTRY_SEP, capture_layers, eval_mode, split_entry
 
 __all__ = ["default_layer", "resolve_layer", "resolve_layers"]
 
@@ -27,19 +27,22 @@ def _split(name: str) -> list[str]:
 
 
 def resolve_layer(root: nn.Module, name: str) -> tuple[str, nn.Module]:
-    """Find a submodule by dotted name; ``[-1]`` / ``.-1`` index into containers.
+    """Find a submodule by dotted name; ``[-1]`` / ``.-1`` index into containers; ``:key`` picks an output entry.
 
     Parameters
     ----------
     root : torch.nn.Module
         The model.
     name : str
-        ``layer4``, ``layer4.1.conv2``, ``layer4[-1]``, ``blocks.-1.norm1`` ...
+        ``layer4``, ``layer4.1.conv2``, ``layer4[-1]``, ``blocks.-1.norm1`` ... For a layer whose
+        forward returns a mapping, a tuple / list or a namedtuple, ``NAME:KEY`` names one entry of
+        its output (``backbone:out``, ``lstm:0``, ``head:hidden``); :func:`explainkit.hooks.capture_layers`
+        records that entry and passes the rest of the output on unchanged.
 
     Returns
     -------
     canonical : str
-        The dotted ``named_modules()`` name of the layer.
+        The dotted ``named_modules()`` name of the layer (followed by ``:KEY`` when one was given).
     module : torch.nn.Module
         The layer.
 
@@ -48,6 +51,12 @@ def resolve_layer(root: nn.Module, name: str) -> tuple[str, nn.Module]:
     ConfigError
         No such layer; the message lists the closest names.
     """
+    name, key = split_entry(name)
+    if key is not None:
+        if not key.strip():
+            raise ConfigError(f"layer {name + ENTRY_SEP!r}: name the output entry after {ENTRY_SEP!r}")
+        canonical, module = resolve_layer(root, name)
+        return f"{canonical}{ENTRY_SEP}{key.strip()}", module
     names = {id(m): n for n, m in root.named_modules() if n}
     if name in {n for n in names.values()}:
         return name, root.get_submodule(name)

@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -47,8 +47,8 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 from PIL import Image
-from torch import nn
 
+from explainkit.adapters.activations import LOGITS, Pooler, pool_outputs
 from explainkit.adapters.targets import take_rows
 from explainkit.cache import ActivationCache
 from explainkit.data.probe import TASKS, ProbeSet
@@ -58,7 +58,7 @@ from explainkit.options import Option, bind_options, check_values
 from explainkit.report.section import Finding, Section
 
 __all__ = ["Analyzer", "Batch", "Finding", "PassRequest", "PassResult", "RecordState", "Round", "RoundRequest",
-           "RunContext", "Section", "TimeBudget"]
+           "RunContext", "Section", "TimeBudget", "layer_request"]
 
 #: Data requirements an analyzer may declare next to handle capabilities.
 DATA_REQUIREMENTS = ("labels", "concepts", "masks", "images", "volumes", "label_maps", "multilabels")
@@ -73,9 +73,14 @@ class PassRequest:
     Attributes
     ----------
     layers : tuple of str
-        Canonical layer names (:func:`explainkit.adapters.resolve_layers`) whose outputs are recorded.
-    gradients : bool
-        Also the gradient of the summed target logits with respect to those outputs.
+        Canonical layer names (:func:`explainkit.adapters.resolve_layers`) whose outputs are recorded,
+        as the layer returns them (spatial maps, tokens, units): each analyzer pools or maps them
+        itself, so one recording serves every analyzer of the run. ``"layer:key"`` records one entry
+        of a layer that returns a mapping, a tuple or a namedtuple (:func:`explainkit.hooks.capture_layers`).
+    gradients : bool or tuple of str
+        Also the gradient of the summed target logits with respect to layer outputs: ``True`` for
+        every layer in ``layers``, or the layers (a subset of ``layers``) that need one; stored as
+        that tuple. The backward pass then reaches only as deep as the first of them.
     input_gradient : bool
         Also the gradient with respect to the (preprocessed) input.
     target : {"predicted", "label"}
@@ -84,26 +89,47 @@ class PassRequest:
     """
 
     layers: tuple[str, ...] = ()
-    gradients: bool = False
+    gradients: bool | tuple[str, ...] = False
     input_gradient: bool = False
     target: str = "predicted"
 
     def __post_init__(self) -> None:
         if self.target not in PASS_TARGETS:
             raise ValueError(f"pass target must be one of {PASS_TARGETS}, not {self.target!r}")
+        layers = tuple(dict.fromkeys(self.layers))
+        grads = layers if self.gradients is True else () if self.gradients is False else tuple(self.gradients)
+        if set(grads) - set(layers):
+            raise ValueError(f"gradients asked for layers not recorded: {', '.join(sorted(set(grads) - set(layers)))}")
+        object.__setattr__(self, "layers", layers)
+        object.__setattr__(self, "gradients", tuple(name for name in layers if name in grads))
 
     def union(self, other: PassRequest) -> PassRequest:
         """Both requests in one pass (same target)."""
         if other.target != self.target:
             raise ValueError("requests for different targets need separate passes")
-        layers = tuple(dict.fromkeys((*self.layers, *other.layers)))
-        return PassRequest(layers, self.gradients or other.gradients, self.input_gradient or other.input_gradient,
-                           self.target)
+        return PassRequest((*self.layers, *other.layers), (*self.gradients, *other.gradients),  # type: ignore[misc]
+                           self.input_gradient or other.input_gradient, self.target)
 
     @property
     def needs_backward(self) -> bool:
         """Whether the pass differentiates anything."""
-        return self.input_gradient or (self.gradients and bool(self.layers))
+        return self.input_gradient or bool(self.gradients)
+
+
+def layer_request(layers: Iterable[str], *, gradients: bool = False, target: str = "predicted") -> PassRequest | None:
+    """The shared-pass request that records ``layers`` (``None`` when only the logits, which need no record, remain).
+
+    Parameters
+    ----------
+    layers : iterable of str
+        Canonical layer names, possibly :data:`~explainkit.adapters.activations.LOGITS`.
+    gradients : bool
+        Also their gradients toward ``target``.
+    target : str
+        Which class is differentiated (see :class:`PassRequest`).
+    """
+    hooked = tuple(name for name in layers if name != LOGITS)
+    return PassRequest(hooked, gradients, target=target) if hooked else None
 
 
 @dataclass
@@ -198,10 +224,6 @@ class Batch:
     passes : dict of str to PassResult
         The shared pass per target (``"predicted"``, ``"label"``) when analyzers requested one
         (:meth:`Analyzer.pass_request`).
-    captured : dict of str to dict of str to torch.Tensor
-        Analyzer name → layer → the layer's output during that same forward pass, detached and
-        passed through the transform the analyzer gave in :meth:`Analyzer.captures` (empty for
-        analyzers that capture nothing).
     """
 
     indices: np.ndarray
@@ -213,13 +235,33 @@ class Batch:
     output: Any
     logits: torch.Tensor
     passes: dict[str, PassResult] = field(default_factory=dict)
-    captured: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.ids)
 
+    def layer_values(self, poolers: Mapping[str, Pooler], *, spatial: bool = False, target: str = "predicted"
+                     ) -> dict[str, np.ndarray]:
+        """Pooled values (or unit maps) of the layers the shared pass recorded for ``target`` (:func:`layer_request`).
+
+        Parameters
+        ----------
+        poolers : mapping of str to Pooler
+            Layer → pooler (:data:`~explainkit.adapters.activations.LOGITS` reads :attr:`logits`).
+        spatial : bool
+            (B, D, h, w) unit maps instead of (B, D) pooled values.
+        target : str
+            Which pass.
+
+        Returns
+        -------
+        dict of str to ndarray
+            Layer → (B, D) or (B, D, h, w) float32.
+        """
+        recorded = self.passes[target].activations if target in self.passes else {}
+        return pool_outputs(recorded, poolers, self.logits, spatial=spatial)
+
     def select(self, rows: Sequence[int]) -> Batch:
-        """The batch restricted to ``rows`` (positions in this batch), the shared passes and captures included."""
+        """The batch restricted to ``rows`` (positions in this batch), the shared passes included."""
         idx = torch.as_tensor(list(rows), dtype=torch.long)
         return Batch(
             indices=self.indices[idx.numpy()], ids=[self.ids[int(j)] for j in idx],
@@ -231,7 +273,6 @@ class Batch:
                                   {k: take_rows(v, idx) for k, v in p.gradients.items()},
                                   None if p.input_gradient is None else take_rows(p.input_gradient, idx))
                     for t, p in self.passes.items()},
-            captured={a: {k: take_rows(v, idx) for k, v in layers.items()} for a, layers in self.captured.items()},
         )
 
 
@@ -485,19 +526,6 @@ class Analyzer:
 
         Deterministic: every worker of a distributed run prepares the same. The default fits nothing.
         """
-
-    def captures(self, ctx: RunContext) -> dict[str, tuple[nn.Module, Callable[[torch.Tensor], torch.Tensor]]]:
-        """Layers whose outputs this analyzer reads from the runner's own forward pass (after :meth:`prepare`).
-
-        Returns
-        -------
-        dict
-            Layer name → ``(module, transform)``; the transform reduces the detached output before
-            it is kept (e.g. spatial pooling to (B, D)). The results arrive in
-            ``batch.captured[self.name][layer]``, so the analyzer needs no forward pass of its own.
-            Default: nothing.
-        """
-        return {}
 
     def init_state(self, ctx: RunContext) -> Any:
         """The empty state."""

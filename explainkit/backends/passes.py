@@ -6,7 +6,8 @@ merges the requests per target and runs, per batch and target, one forward pass 
 hooked and, when anything is differentiated, one ``torch.autograd.grad`` of the summed target
 logits. Input gradients need the whole graph (the parameters are frozen meanwhile, so nothing
 that only parameter gradients need is computed or kept); layer gradients alone start the graph at
-the first hooked layer, so the layers below cost no more than inference. The first target's
+the first layer whose gradient some analyzer asked for, so the layers below cost no more than
+inference (layers recorded without a gradient never extend the graph). The first target's
 forward pass is also the batch's plain forward pass (its output is what every analyzer sees).
 
 Rows go through in chunks of ``rows`` so that the autograd graph of a large model never holds
@@ -18,7 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -31,7 +32,7 @@ from explainkit.errors import ConfigError
 from explainkit.hooks import capture_layers, frozen_parameters
 from explainkit.loading.handle import ModelHandle
 
-__all__ = ["Captures", "merge_requests", "rows_per_pass", "run_passes"]
+__all__ = ["merge_requests", "rows_per_pass", "run_passes"]
 
 #: Bytes a model pass over one chunk of rows may take on the CPU (the chunk size follows from it).
 PASS_MEMORY_BYTES = 512 * 2**20
@@ -84,71 +85,50 @@ def _classes(logits: torch.Tensor, target: str, labels: torch.Tensor | None) -> 
 
 def _one(handle: ModelHandle, x: torch.Tensor, req: PassRequest, labels: torch.Tensor | None,
          modules: Mapping[str, torch.nn.Module], amp: str | None) -> tuple[Any, PassResult]:
-    """One chunk of one target: output and what the request asked for."""
+    """One chunk of one target: output and what the request asked for (rows beyond ``len(x)`` dropped).
+
+    Every recorded output is passed on as a clone, so in-place operations after a layer cannot change
+    what was recorded. Without an input gradient the graph starts at the first layer whose gradient is
+    asked for (layers recorded without one are captured apart, detached).
+    """
     module = handle.module
-    grads_at = list(req.layers) if req.gradients else []
-    if not req.needs_backward:
-        with torch.no_grad(), autocast(x.device, amp), (
-                capture_layers(module, modules, detach=True) if modules else contextlib.nullcontext()) as cap:
-            output = handle.forward(x)
-        logits = select_logits(output).float()
-        acts = {name: cap[name].float() for name in req.layers} if modules else {}
-        return output, PassResult(_classes(logits, req.target, labels), acts)
+    # a fixed-batch program pads the batch: its layers see the padding rows last
+    rows = slice(None) if handle.static_batch is None else slice(0, x.shape[0])
+    plain = {name: m for name, m in modules.items() if name not in req.gradients or req.input_gradient}
+    graded = {name: m for name, m in modules.items() if name not in plain}
     with contextlib.ExitStack() as stack:
-        stack.enter_context(frozen_parameters(module))
-        if req.input_gradient:
-            leaf = x.detach().requires_grad_(True)
-            stack.enter_context(torch.enable_grad())
-            cap = stack.enter_context(capture_layers(module, modules, clone=True)) if modules else None
-        else:
-            leaf = x
-            stack.enter_context(torch.no_grad())
-            cap = stack.enter_context(capture_layers(module, modules, grad_from_layers=True))
+        if req.needs_backward:
+            stack.enter_context(frozen_parameters(module))
+        leaf = x.detach().requires_grad_(True) if req.input_gradient else x
+        stack.enter_context(torch.enable_grad() if req.input_gradient else torch.no_grad())
+        kept = stack.enter_context(capture_layers(module, plain, detach=not req.input_gradient, clone=True)) \
+            if plain else None
+        cut = stack.enter_context(capture_layers(module, graded, grad_from_layers=True)) if graded else None
         with autocast(x.device, amp):
             output = handle.forward(leaf)
         logits = select_logits(output).float()
         classes = _classes(logits, req.target, labels)
-        score = logits.gather(1, classes[:, None]).sum()
-        outs = [cap[name] for name in req.layers] if cap is not None else []
-        wrt = ([leaf] if req.input_gradient else []) + [o for name, o in zip(req.layers, outs) if name in grads_at]
-        if not score.requires_grad:
-            raise ConfigError(f"the model's output does not depend on layer(s) {', '.join(req.layers)}; "
-                              "pick layers the output is computed from")
-        grads = list(torch.autograd.grad(score, wrt, allow_unused=True))
-    grads = [torch.zeros_like(t) if g is None else g for t, g in zip(wrt, grads)]
-    input_grad = grads.pop(0).float() if req.input_gradient else None
-    result = PassResult(classes, {name: o.detach().float() for name, o in zip(req.layers, outs)},
-                        {name: g.detach().float() for name, g in zip(grads_at, grads)}, input_grad)
+        outs = {name: (cut if name in graded else kept)[name] for name in req.layers}  # type: ignore[index]
+        grads: dict[str, torch.Tensor] = {}
+        input_grad = None
+        if req.needs_backward:
+            score = logits.gather(1, classes[:, None]).sum()
+            wrt = ([leaf] if req.input_gradient else []) + [outs[name] for name in req.gradients]
+            if not score.requires_grad:
+                raise ConfigError(f"the model's output does not depend on layer(s) {', '.join(req.gradients)}; "
+                                  "pick layers the output is computed from")
+            got = [torch.zeros_like(t) if g is None else g
+                   for t, g in zip(wrt, torch.autograd.grad(score, wrt, allow_unused=True))]
+            input_grad = got.pop(0).float() if req.input_gradient else None
+            grads = {name: g.detach()[rows].float() for name, g in zip(req.gradients, got)}
+    result = PassResult(classes, {name: o.detach()[rows].float() for name, o in outs.items()}, grads, input_grad)
     return map_output(torch.Tensor.detach, output), result
-
-
-#: Analyzer name → layer → ``(module, transform)`` (see :meth:`~explainkit.analyzers.base.Analyzer.captures`).
-Captures = Mapping[str, Mapping[str, tuple[torch.nn.Module, Callable[[torch.Tensor], torch.Tensor]]]]
-
-
-@contextlib.contextmanager
-def _capturing(module: torch.nn.Module, captures: Captures | None, rows: int,
-               into: list[dict[str, dict[str, torch.Tensor]]]) -> Iterator[None]:
-    """Record the analyzers' ``captures`` (detached, transformed, trimmed to ``rows``) during the block."""
-    flat = {f"{a}\x00{layer}": spec for a, layers in (captures or {}).items() for layer, spec in layers.items()}
-    if not flat:
-        yield
-        return
-    with capture_layers(module, {k: m for k, (m, _) in flat.items()}, detach=True,
-                        transform={k: f for k, (_, f) in flat.items()}) as cap:
-        yield
-    got: dict[str, dict[str, torch.Tensor]] = {}
-    for k in flat:
-        a, layer = k.split("\x00", 1)
-        got.setdefault(a, {})[layer] = cap[k][:rows]
-    into.append(got)
 
 
 def run_passes(handle: ModelHandle, inputs: torch.Tensor, requests: Mapping[str, PassRequest],
                labels: torch.Tensor | None = None, *, rows: int | None = None,
-               amp: str | None = None, captures: Captures | None = None
-               ) -> tuple[Any, dict[str, PassResult], dict[str, dict[str, torch.Tensor]]]:
-    """The batch output, the shared pass of every target, and the analyzers' captured layers.
+               amp: str | None = None) -> tuple[Any, dict[str, PassResult]]:
+    """The batch output and the shared pass of every target.
 
     Parameters
     ----------
@@ -164,9 +144,6 @@ def run_passes(handle: ModelHandle, inputs: torch.Tensor, requests: Mapping[str,
         Rows per forward pass (default: all at once).
     amp : str, optional
         Autocast dtype on CUDA (:data:`AUTOCAST_DTYPES`).
-    captures : mapping, optional
-        Analyzer name → layer → ``(module, transform)``: layer outputs recorded (detached, passed
-        through the transform) during the batch's first pass, the one whose output is returned.
 
     Returns
     -------
@@ -174,8 +151,6 @@ def run_passes(handle: ModelHandle, inputs: torch.Tensor, requests: Mapping[str,
         The model output for ``inputs`` (detached; from the first target's pass).
     passes : dict of str to PassResult
         Per target, what was recorded.
-    captured : dict of str to dict of str to torch.Tensor
-        Analyzer name → layer → (B, ...) transformed output (empty without ``captures``).
     """
     b = inputs.shape[0]
     step = rows or b
@@ -183,31 +158,22 @@ def run_passes(handle: ModelHandle, inputs: torch.Tensor, requests: Mapping[str,
     if labels is not None:
         labels = labels.to(inputs.device, non_blocking=True)  # once per batch, not per chunk
     outputs: list[Any] = []
-    captured: list[dict[str, dict[str, torch.Tensor]]] = []
     if not requests:
         for s in _chunks(b, step):
-            with torch.no_grad(), autocast(inputs.device, amp), \
-                    _capturing(module, captures, s.stop - s.start, captured):
+            with torch.no_grad(), autocast(inputs.device, amp):
                 outputs.append(handle.forward(inputs[s]))
-        return _cat(outputs), {}, _cat_captured(captured)
+        return _cat(outputs), {}
     passes: dict[str, PassResult] = {}
     for n, (target, req) in enumerate(requests.items()):
         modules = dict(resolve_layers(module, list(req.layers))) if req.layers else {}
         parts = []
         for s in _chunks(b, step):
-            with _capturing(module, captures if n == 0 else None, s.stop - s.start, captured):
-                out, part = _one(handle, inputs[s], req, None if labels is None else labels[s], modules, amp)
+            out, part = _one(handle, inputs[s], req, None if labels is None else labels[s], modules, amp)
             if n == 0:
                 outputs.append(out)
             parts.append(part)
         passes[target] = _cat_results(parts)
-    return _cat(outputs), passes, _cat_captured(captured)
-
-
-def _cat_captured(parts: list[dict[str, dict[str, torch.Tensor]]]) -> dict[str, dict[str, torch.Tensor]]:
-    if len(parts) <= 1:
-        return parts[0] if parts else {}
-    return {a: {k: torch.cat([p[a][k] for p in parts]) for k in layers} for a, layers in parts[0].items()}
+    return _cat(outputs), passes
 
 
 def _cat_results(parts: list[PassResult]) -> PassResult:

@@ -16,9 +16,10 @@ from explainkit._prefetch import prefetch
 from explainkit.adapters.targets import check_logits
 from explainkit.analyzers.base import Analyzer, Batch, PassRequest, RunContext
 from explainkit.backends.mapcache import MapCache
-from explainkit.backends.passes import Captures, run_passes
+from explainkit.backends.passes import merge_requests, run_passes
 from explainkit.backends.progress import DEFAULT_INTERVAL_S, Progress
 from explainkit.data.probe import ProbeSet
+from explainkit.device import release_host_memory
 from explainkit.errors import DataError, ExplainkitError, RuntimeAnalysisError
 from explainkit.hooks import eval_mode
 from explainkit.loading.handle import ModelHandle
@@ -34,9 +35,10 @@ class RunPlan:
     """The checked, ready-to-run description of an analysis (picklable for remote workers).
 
     ``passes`` are the merged shared-pass requests per target (:func:`~explainkit.backends.passes.
-    merge_requests`), run in chunks of ``pass_rows`` rows; ``indices`` restricts a follow-up round
-    to some samples (``None``: every sample); ``phase`` names the pass in progress lines; ``task``
-    is what the outputs mean (``segmentation``: :attr:`Batch.logits` holds (B, K, H, W) scores).
+    merge_requests`; ``None``: merged from the analyzers' own requests), run in chunks of ``pass_rows``
+    rows; ``indices`` restricts a follow-up round to some samples (``None``: every sample); ``phase``
+    names the pass in progress lines; ``task`` is what the outputs mean (``segmentation``:
+    :attr:`Batch.logits` holds (B, K, H, W) scores).
     """
 
     handle: ModelHandle
@@ -44,7 +46,7 @@ class RunPlan:
     analyzers: list[Analyzer]
     label_map: np.ndarray | None
     progress: bool | None = None
-    passes: dict[str, PassRequest] = field(default_factory=dict)
+    passes: dict[str, PassRequest] | None = None
     pass_rows: int | None = None
     indices: np.ndarray | None = None
     phase: str = "analyze"
@@ -121,12 +123,11 @@ def label_map(handle: ModelHandle, data: ProbeSet) -> tuple[np.ndarray | None, s
 
 
 def _forward(handle: ModelHandle, inputs: torch.Tensor, passes: dict[str, PassRequest] | None = None,
-             labels: torch.Tensor | None = None, *, rows: int | None = None, amp: str | None = None,
-             captures: Captures | None = None
-             ) -> tuple[Any, dict[str, Any], dict[str, dict[str, torch.Tensor]]]:
+             labels: torch.Tensor | None = None, *, rows: int | None = None, amp: str | None = None
+             ) -> tuple[Any, dict[str, Any]]:
     """The batch's shared pass (:func:`run_passes`; the plain forward pass without requests), errors mapped."""
     try:
-        return run_passes(handle, inputs, passes or {}, labels, rows=rows, amp=amp, captures=captures)
+        return run_passes(handle, inputs, passes or {}, labels, rows=rows, amp=amp)
     except ExplainkitError:
         raise
     except Exception as exc:
@@ -154,7 +155,7 @@ def validate_output(handle: ModelHandle, probe: ProbeSet, device: torch.device, 
     inputs = handle.preprocess([probe.load_image(int(i)) for i in indices]).to(device)
     handle.to(device)
     with eval_mode(handle.module):
-        output, _, _ = _forward(handle, inputs)
+        output, _ = _forward(handle, inputs)
     dense = task == "segmentation"
     if handle.class_names:
         check_logits(output, len(indices), len(handle.class_names), dense=dense)
@@ -168,18 +169,16 @@ def validate_output(handle: ModelHandle, probe: ProbeSet, device: torch.device, 
 def make_batch(handle: ModelHandle, probe: ProbeSet, indices: np.ndarray, images: list,
                inputs: torch.Tensor, label_map: np.ndarray | None,
                passes: dict[str, PassRequest] | None = None, *, rows: int | None = None,
-               amp: str | None = None, captures: Captures | None = None, dense: bool = False) -> Batch:
+               amp: str | None = None, dense: bool = False) -> Batch:
     """Run the batch's shared pass (the plain forward pass when nothing else is requested) and package it.
 
     ``dense``: the model gives (B, K, H, W) class scores (a segmentation task), kept as the batch's logits.
-
-    Layers named in ``captures`` are recorded during the pass whose output the batch holds (``Batch.captured``).
     """
     labels = probe.labels[indices]
     if label_map is not None:
         labels = np.where(labels >= 0, label_map[np.clip(labels, 0, None)], -1)
     label_t = torch.as_tensor(labels, dtype=torch.long)
-    output, results, captured = _forward(handle, inputs, passes, label_t, rows=rows, amp=amp, captures=captures)
+    output, results = _forward(handle, inputs, passes, label_t, rows=rows, amp=amp)
     logits = check_logits(output, len(images), dense=dense)
     if not torch.isfinite(logits).all():
         finite = torch.isfinite(logits).flatten(1).all(1)
@@ -188,7 +187,7 @@ def make_batch(handle: ModelHandle, probe: ProbeSet, indices: np.ndarray, images
     return Batch(
         indices=indices, ids=[probe.ids[int(i)] for i in indices], inputs=inputs, images=images,
         labels=label_t, concepts=None if probe.concepts is None else probe.concepts[indices],
-        output=output, logits=logits, passes=results, captured=captured,
+        output=output, logits=logits, passes=results,
     )
 
 
@@ -230,7 +229,8 @@ def map_shard(plan: RunPlan, ctx: RunContext, indices: Sequence[int], *, desc: s
         else:
             todo.append((chunk, ids, hits))
     prep = handle.require_preprocessing()
-    captures = {a.name: c for a in plan.analyzers if (c := a.captures(ctx))}
+    passes = plan.passes if plan.passes is not None else merge_requests(
+        [guard(a, "pass_request", a.pass_request, ctx) for a in plan.analyzers])
     cuda = ctx.device.type == "cuda"
     fmt = torch.channels_last if cuda and probe.kind == "images" else None  # a 4-D memory format: images only
 
@@ -250,8 +250,8 @@ def map_shard(plan: RunPlan, ctx: RunContext, indices: Sequence[int], *, desc: s
             t = time.perf_counter()
             x = inputs.to(ctx.device, non_blocking=True)
             batch = make_batch(handle, probe, chunk, images, x.contiguous(memory_format=fmt) if fmt
-                               else x, plan.label_map, plan.passes, rows=plan.pass_rows, amp=ctx.autocast,
-                               captures=captures, dense=plan.task == "segmentation")
+                               else x, plan.label_map, passes, rows=plan.pass_rows, amp=ctx.autocast,
+                               dense=plan.task == "segmentation")
             timings["forward"] += time.perf_counter() - t
             for a in plan.analyzers:
                 t = time.perf_counter()
@@ -261,6 +261,7 @@ def map_shard(plan: RunPlan, ctx: RunContext, indices: Sequence[int], *, desc: s
                     cache.put(a.name, ids, part)
                 states[a.name] = a.merge(states[a.name], part)
                 timings[a.name] += time.perf_counter() - t
+                release_host_memory()  # the step's freed activations, before the next one allocates others
             progress.update(len(chunk))
     progress.close()
     return states, timings

@@ -1,12 +1,13 @@
 """``discovery``: rank candidate spurious cues nobody named, with held-out statistics.
 
-Per batch, from the runner's single forward pass: the pooled embedding of one layer (captured in
-that pass), the logits, simple image properties and, when object masks exist, where the Grad-CAM
-map of the predicted class (at the embedding layer) falls relative to the object (one extra
-forward and backward for those images). At the end the probe set is split (seeded,
-stratified on class and concept row) into a discovery half, on which every choice is made
-(clusters, INVERT labels, each slice's target class, which slices go on), and a confirmation half
-on which the chosen candidates are tested (:mod:`explainkit.discovery.candidates`).
+Per batch, from the runner's shared pass: the pooled embedding of one layer (recorded in that pass,
+:meth:`~explainkit.analyzers.base.Analyzer.pass_request`), the logits, simple image properties and,
+when object masks exist, where the Grad-CAM map of the predicted class (at the embedding layer)
+falls relative to the object (one extra forward and backward for those images). At the end the probe
+set is split (seeded, stratified on class and concept row) into a discovery half, on which every
+choice is made (clusters, INVERT labels, each slice's target class, which slices go on), and a
+confirmation half on which the chosen candidates are tested
+(:mod:`explainkit.discovery.candidates`).
 
 JSON section (``data``):
 
@@ -23,16 +24,15 @@ JSON section (``data``):
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
-from torch import nn
 
 from explainkit.adapters.activations import LOGITS, Pooler
 from explainkit.adapters.layers import default_layer, resolve_layer
-from explainkit.analyzers.base import Analyzer, Batch, Finding, RecordState, RunContext, Section
+from explainkit.analyzers.base import Analyzer, Batch, Finding, PassRequest, RecordState, RunContext, Section
 from explainkit.analyzers.metric import metric
 from explainkit.cam.api import cam
 from explainkit.discovery.attribution import outside_attribution
@@ -217,17 +217,15 @@ class Discovery(Analyzer):
         self.sources_ = {s: (None if s in wanted else "not requested") if available[s] is None else available[s]
                          for s in SOURCES}
 
-    def captures(self, ctx: RunContext) -> dict[str, tuple[nn.Module, Callable[[torch.Tensor], torch.Tensor]]]:
-        """The embedding layer, mean-pooled, from the runner's forward pass."""
-        if self.layer_ == LOGITS:
-            return {}
-        return {self.layer_: (self.pooler_.module, self.pooler_)}
+    def pass_request(self, ctx: RunContext) -> PassRequest | None:
+        """The embedding layer's output (mean-pooled in :meth:`map`), from the runner's shared pass."""
+        return None if self.layer_ == LOGITS else PassRequest(layers=(self.layer_,))
 
     # -- per batch ---------------------------------------------------------------------------
     def map(self, ctx: RunContext, batch: Batch) -> RecordState:
         """Embedding, logits, image properties and (with object masks) attribution outside the object."""
         logits = batch.logits.detach().float().cpu()
-        emb = logits if self.layer_ == LOGITS else batch.captured[self.name][self.layer_]
+        emb = logits if self.layer_ == LOGITS else self.pooler_(batch.passes["predicted"].activations[self.layer_])
         prep = ctx.handle.require_preprocessing()
         props = image_properties(prep.denormalize(batch.inputs))
         n = len(batch)

@@ -1,7 +1,8 @@
 """``dissect``: Network Dissection labels for every unit of a layer.
 
-Per batch, the layer's (B, D, h, w) unit maps feed a mergeable state (each unit's largest values,
-the maps that may exceed its final threshold and those images' concept masks;
+Per batch, the layer's (B, D, h, w) unit maps (from the runner's shared pass) feed a mergeable
+state (each unit's largest values, the maps that may exceed its final threshold and those images'
+concept masks;
 :mod:`~explainkit.dissect.tally`) and the concept masks' pixel counts are recorded. At the end the
 exact top-quantile thresholds are fixed, the kept maps are upsampled and binarised, and every unit
 gets the concept of largest IoU (label when the IoU exceeds 0.04), with a delta-method CI and a
@@ -21,8 +22,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from explainkit.adapters.activations import build_poolers, check_layers, layer_names
-from explainkit.analyzers.base import Analyzer, Batch, Finding, RunContext, Section
+from explainkit.adapters.activations import LOGITS, build_poolers, check_layers, layer_names
+from explainkit.analyzers.base import Analyzer, Batch, Finding, PassRequest, RunContext, Section, layer_request
 from explainkit.analyzers.metric import metric
 from explainkit.data.probe import TASKS
 from explainkit.dissect.labels import UnitLabel
@@ -102,6 +103,8 @@ class NetworkDissection(Analyzer):
         try:
             mask_sources(ctx.data, self.concepts, self.regions)
             check_layers(ctx.handle, self.layer, ctx.layer)
+            if LOGITS in layer_names(ctx.handle, self.layer, ctx.layer, default=False):
+                raise ConfigError("the logits have no spatial maps; pick a layer with unit maps")
         except ConfigError as exc:
             raise ConfigError(f"dissect: {exc}") from None
 
@@ -116,10 +119,14 @@ class NetworkDissection(Analyzer):
         return DissectRunState()
 
     # -- per batch ---------------------------------------------------------------------------
+    def pass_request(self, ctx: RunContext) -> PassRequest | None:
+        """The layers' outputs, recorded by the runner's shared pass."""
+        return layer_request(self.poolers_)
+
     def map(self, ctx: RunContext, batch: Batch) -> DissectRunState:
-        """Unit maps and concept masks into each layer's state."""
-        return map_batch(ctx.handle, batch.inputs, batch.indices, [im.size for im in batch.images], self.poolers_,
-                         self.reader_, len(ctx.data), self.quantile, pooled=False)
+        """Unit maps (from the shared pass) and concept masks into each layer's state."""
+        return map_batch(batch.layer_values(self.poolers_, spatial=True), batch.indices,
+                         [im.size for im in batch.images], self.reader_, len(ctx.data), self.quantile, pooled=False)
 
     # -- at the end --------------------------------------------------------------------------
     def finalize(self, ctx: RunContext, state: DissectRunState) -> Section:

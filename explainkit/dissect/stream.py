@@ -2,8 +2,9 @@
 
 One batch's unit maps go into each layer's :class:`~explainkit.dissect.tally.DissectState`, the
 concept masks' pixel counts are recorded, and (optionally) the maps' spatial means are kept for
-INVERT. Analyzers call :func:`map_batch` from ``map``; :func:`stream_probe` runs the same over a
-whole (second) probe set; :func:`label_layer` tallies and labels one layer of a merged state.
+INVERT. Analyzers call :func:`map_batch` from ``map`` with the maps of the runner's shared pass;
+:func:`stream_probe` runs the same over a whole (second) probe set with passes of its own;
+:func:`label_layer` tallies and labels one layer of a merged state.
 """
 
 from __future__ import annotations
@@ -42,23 +43,19 @@ class DissectRunState:
         return DissectRunState(layers, self.pooled.merge(other.pooled))
 
 
-def map_batch(handle: ModelHandle, inputs: torch.Tensor, indices: np.ndarray, image_sizes: Sequence[tuple[int, int]],
-              poolers: Mapping[str, Pooler], reader: MaskReader, n_images: int, quantile: float, *,
-              pooled: bool = True) -> DissectRunState:
-    """The state of one batch.
+def map_batch(maps: Mapping[str, np.ndarray], indices: np.ndarray, image_sizes: Sequence[tuple[int, int]],
+              reader: MaskReader, n_images: int, quantile: float, *, pooled: bool = True) -> DissectRunState:
+    """The state of one batch from its unit maps.
 
     Parameters
     ----------
-    handle : ModelHandle
-        The model.
-    inputs : torch.Tensor
-        (B, 3, H, W) preprocessed inputs.
+    maps : mapping of str to ndarray
+        Layer → (B, D, h, w) float32 unit maps (:func:`~explainkit.adapters.activations.pool_outputs`
+        with ``spatial=True``).
     indices : ndarray
         (B,) probe indices.
     image_sizes : sequence of tuple of int
         (width, height) of each source image.
-    poolers : mapping of str to Pooler
-        Layers with spatial maps.
     reader : MaskReader
         Concept masks of the probe set.
     n_images : int
@@ -73,7 +70,6 @@ def map_batch(handle: ModelHandle, inputs: torch.Tensor, indices: np.ndarray, im
     DissectRunState
         Mergeable state.
     """
-    maps = batch_activations(handle, inputs, poolers, spatial=True)
     masks = reader(indices, image_sizes)
     layers = {}
     for name, m in maps.items():
@@ -85,14 +81,13 @@ def map_batch(handle: ModelHandle, inputs: torch.Tensor, indices: np.ndarray, im
 
 def stream_probe(handle: ModelHandle, probe: ProbeSet, poolers: Mapping[str, Pooler], reader: MaskReader,
                  quantile: float, batch_size: int) -> DissectRunState:
-    """:func:`map_batch` over a whole probe set, merged."""
+    """:func:`map_batch` over a whole probe set (in passes of its own), merged."""
     state = DissectRunState()
     device = handle.device()
     with eval_mode(handle.module):
         for indices, images in probe.iter_batches(batch_size):
-            inputs = handle.preprocess(images).to(device)
-            state = state.merge(map_batch(handle, inputs, indices, [im.size for im in images], poolers, reader,
-                                          len(probe), quantile))
+            maps = batch_activations(handle, handle.preprocess(images).to(device), poolers, spatial=True)
+            state = state.merge(map_batch(maps, indices, [im.size for im in images], reader, len(probe), quantile))
     return state
 
 

@@ -1,9 +1,10 @@
 """``information``: how much each layer (and unit) carries about each generative factor.
 
-Per batch, each layer's pooled activations are recorded (N×D in all, as for INVERT). At the end,
-:func:`~explainkit.information.api.factor_information` estimates the Gaussian-copula mutual
-information between every unit / layer and every generative factor (from ``world.json`` or the
-concept table), with max-statistic permutation tests (family-wise error control) and bootstrap CIs.
+Per batch, each layer's pooled activations (from the runner's shared pass) are recorded (N×D in all,
+as for INVERT). At the end, :func:`~explainkit.information.api.factor_information` estimates the
+Gaussian-copula mutual information between every unit / layer and every generative factor (from
+``world.json`` or the concept table), with max-statistic permutation tests (family-wise error
+control) and bootstrap CIs.
 
 JSON section (``data``): ``factors`` (levels, source, entropy, artifact), ``heatmap`` (layers ×
 factors: layer MI as a share of the factor's entropy, significance), ``layers`` (per layer and
@@ -22,13 +23,21 @@ import numpy as np
 from explainkit.adapters.activations import (
     POOLINGS,
     TOKEN_OPTIONS,
-    batch_activations,
     build_poolers,
     check_layers,
     layer_names,
     learn_layouts,
 )
-from explainkit.analyzers.base import Analyzer, Batch, Finding, RecordState, RunContext, Section
+from explainkit.analyzers.base import (
+    Analyzer,
+    Batch,
+    Finding,
+    PassRequest,
+    RecordState,
+    RunContext,
+    Section,
+    layer_request,
+)
 from explainkit.analyzers.metric import metric
 from explainkit.errors import ConfigError
 from explainkit.information.api import FactorInformation, factor_information
@@ -127,9 +136,13 @@ class FactorAnalysis(Analyzer):
         self.poolers_ = build_poolers(ctx.handle, layer_names(ctx.handle, self.layer, ctx.layer),
                                       pooling=self.pooling, tokens=self.tokens)
 
+    def pass_request(self, ctx: RunContext) -> PassRequest | None:
+        """The layers' outputs, recorded by the runner's shared pass."""
+        return layer_request(self.poolers_)
+
     def map(self, ctx: RunContext, batch: Batch) -> RecordState:
-        """Pooled activations of one batch."""
-        acts = batch_activations(ctx.handle, batch.inputs, self.poolers_, logits=batch.logits)
+        """Pooled activations of one batch (from the shared pass)."""
+        acts = batch.layer_values(self.poolers_)
         return RecordState.from_batch(batch.indices, **{f"act:{name}": a for name, a in acts.items()})
 
     def map_cache_key(self, ctx: RunContext) -> dict[str, Any]:

@@ -1,7 +1,7 @@
 """``reliability``: which unit labels to trust — INVERT vs Network Dissection, probe-set sensitivity, learnability.
 
-Per batch the same state as Network Dissection's is mapped (unit maps → mergeable tally state,
-spatial means for INVERT; :mod:`~explainkit.dissect.stream`). At the end, for every layer:
+Per batch the same state as Network Dissection's is mapped from the runner's shared pass (unit maps →
+mergeable tally state, spatial means for INVERT; :mod:`~explainkit.dissect.stream`). At the end, for every layer:
 
 * INVERT (held-out confirmed, as the ``invert`` analyzer does) and Network Dissection label the units
   on the whole probe set (Network Dissection only when the probe set has mask folders), side by side
@@ -28,7 +28,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from explainkit.adapters.activations import build_poolers, check_layers, layer_names
-from explainkit.analyzers.base import Analyzer, Batch, Finding, RunContext, Section
+from explainkit.analyzers.base import Analyzer, Batch, Finding, PassRequest, RunContext, Section, layer_request
 from explainkit.analyzers.metric import metric
 from explainkit.data.probe import ProbeSet
 from explainkit.dissect.masks import MaskReader, mask_sources
@@ -174,10 +174,14 @@ class LabelReliability(Analyzer):
         """No layer seen yet."""
         return DissectRunState()
 
+    def pass_request(self, ctx: RunContext) -> PassRequest | None:
+        """The layers' outputs, recorded by the runner's shared pass."""
+        return layer_request(self.poolers_)
+
     def map(self, ctx: RunContext, batch: Batch) -> DissectRunState:
-        """Network Dissection's state of one batch, with spatial means for INVERT."""
-        return map_batch(ctx.handle, batch.inputs, batch.indices, [im.size for im in batch.images], self.poolers_,
-                         self.reader_, len(ctx.data), self.quantile)
+        """Network Dissection's state of one batch (unit maps from the shared pass), with spatial means for INVERT."""
+        return map_batch(batch.layer_values(self.poolers_, spatial=True), batch.indices,
+                         [im.size for im in batch.images], self.reader_, len(ctx.data), self.quantile)
 
     # -- labelling (shared by both probe sets) ------------------------------------------------
     def _labels(self, ctx: RunContext, probe: ProbeSet, state: DissectRunState, reader: MaskReader, layer: str

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from functools import cache
 from typing import Any
 
+import numpy as np
 from jinja2 import Environment, PackageLoader, StrictUndefined, TemplateNotFound, select_autoescape
 from markupsafe import Markup
 
@@ -51,6 +52,43 @@ def safe_assets(assets: Mapping[str, Any]) -> dict[str, str]:
     return kept
 
 
+#: Largest confusion matrix shown whole in HTML; above it, only the labelled classes and an "other" column.
+CONFUSION_CLASSES = 30
+
+
+def confusion_view(confusion: Mapping[str, Any], max_classes: int = CONFUSION_CLASSES) -> dict[str, Any]:
+    """The part of a (K, K) confusion matrix worth a table: classes that occur, the rest summed.
+
+    Classes with neither a labelled image nor a prediction are left out. When more than
+    ``max_classes`` remain (a 1,000-class model predicting all over a small probe set), the rows and
+    columns are the labelled classes and one ``other`` column counts predictions of any other class;
+    the whole matrix stays in ``report.json``.
+
+    Parameters
+    ----------
+    confusion : mapping
+        The ``confusion`` record of the performance section (``classes``, ``matrix`` rows = labels).
+    max_classes : int
+        Most classes shown.
+
+    Returns
+    -------
+    dict
+        ``columns`` (class names), ``rows`` (``(name, counts, other count, row total)``), ``other``
+        (whether the ``other`` column exists), ``hidden`` (classes summed into it).
+    """
+    matrix = np.asarray(confusion["matrix"], dtype=np.int64).reshape(len(confusion["classes"]), -1)
+    labelled = np.flatnonzero(matrix.sum(1))
+    keep = np.flatnonzero(matrix.sum(1) + matrix.sum(0))
+    if keep.size > max_classes:
+        keep = labelled
+    other = matrix.sum(1) - matrix[:, keep].sum(1)
+    names = list(confusion["classes"])
+    return {"columns": [names[j] for j in keep], "other": bool(other[keep].any()),
+            "hidden": int((matrix.sum(0) > 0).sum() - (matrix.sum(0)[keep] > 0).sum()),
+            "rows": [(names[i], matrix[i, keep].tolist(), int(other[i]), int(matrix[i].sum())) for i in keep]}
+
+
 @cache
 def _env() -> Environment:
     env = Environment(
@@ -60,6 +98,7 @@ def _env() -> Environment:
         trim_blocks=True,
         lstrip_blocks=True,
     )
+    env.filters["confusion_view"] = confusion_view
     return env
 
 

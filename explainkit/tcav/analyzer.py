@@ -2,9 +2,11 @@
 
 Before the first batch, CAVs are trained once through captum's
 :class:`~captum.concept.TCAV` for every concept of the concept table (positive images against R
-sets of negative images) and R random-vs-random CAVs (:mod:`~explainkit.tcav.cav`). Per batch,
-captum's ``interpret`` scores the images of each class against every CAV with the class's own logit;
-only the sign counts are kept, so states merge by summation. At the end every (layer, class,
+sets of negative images) and R random-vs-random CAVs (:mod:`~explainkit.tcav.cav`). Per batch, the
+runner's shared pass (target: the label) gives each image's gradient of its own class logit at the
+layers, and the images whose gradient points along each CAV are counted (captum's ``interpret``
+``sign_count``, :func:`~explainkit.tcav.cav.sign_counts`, without a model pass of its own); only the
+counts are kept, so states merge by summation. At the end every (layer, class,
 concept) gets its TCAV score, the paper's two-sided t-test against the random CAVs and Holm's
 correction (:mod:`~explainkit.tcav.scores`); only significant scores become findings.
 
@@ -27,14 +29,21 @@ from torch import nn
 
 from explainkit.adapters.activations import build_poolers, check_layers, layer_names
 from explainkit.adapters.targets import select_logits
-from explainkit.analyzers.base import Analyzer, Batch, Finding, RunContext, Section
+from explainkit.analyzers.base import Analyzer, Batch, Finding, PassRequest, RunContext, Section, layer_request
 from explainkit.analyzers.metric import metric
 from explainkit.errors import ConfigError
 from explainkit.hooks import eval_mode
 from explainkit.loading.handle import ModelHandle
 from explainkit.options import Option
 from explainkit.report.jsonify import jsonable
-from explainkit.tcav.cav import CachedTCAV, SeededLinearClassifier, activation_table, concept_sets
+from explainkit.tcav.cav import (
+    CachedTCAV,
+    SeededLinearClassifier,
+    activation_table,
+    cav_directions,
+    concept_sets,
+    sign_counts,
+)
 from explainkit.tcav.scores import TcavCounts, TcavTest, tcav_tests
 
 __all__ = ["Tcav"]
@@ -158,6 +167,8 @@ class Tcav(Analyzer):
         self.sets_, self.skipped_ = concept_sets(table, chosen, max_images=self.max_images, runs=self.runs,
                                                  min_images=self.min_images, rng=ctx.rng(self.name, "sets"))
         self._fit(ctx)
+        self.directions_ = {layer: cav_directions(self.tcav_, self.exp_sets_, _PREFIX + layer)
+                            for layer in self.layers_}
 
     def _fit(self, ctx: RunContext) -> None:
         pairs, null = self.sets_.experimental_sets(_Loader(ctx), ctx.batch_size)
@@ -187,22 +198,23 @@ class Tcav(Analyzer):
                           np.zeros(len(self.class_names_), np.int64))
 
     # -- per batch ---------------------------------------------------------------------------
+    def pass_request(self, ctx: RunContext) -> PassRequest | None:
+        """The layers' gradients toward each image's label, from the runner's shared pass."""
+        return layer_request(self.layers_, gradients=True, target="label")
+
     def map(self, ctx: RunContext, batch: Batch) -> TcavCounts:
-        """Sign counts of every class's images against every CAV (captum's ``interpret``)."""
+        """Sign counts of every class's images against every CAV (captum's ``sign_count``, from the shared pass)."""
         state = self.init_state(ctx)
         labels = batch.labels.numpy()
-        keys = [concepts_to_str(s) for s in self.exp_sets_]
+        shared = batch.passes["label"]
         for k in np.unique(labels[labels >= 0]):
             if not self.class_mask_[k]:
                 continue
-            x = batch.inputs[torch.from_numpy(labels == k)]
-            with torch.enable_grad():
-                scores = self.tcav_.interpret(x, self.exp_sets_, target=int(k))
-            n = x.shape[0]
-            state.n[k] += n
+            rows = torch.from_numpy(np.flatnonzero(labels == k))
+            state.n[k] += rows.numel()
             for li, layer in enumerate(self.layers_):
-                share = torch.stack([scores[key][_PREFIX + layer]["sign_count"][0] for key in keys]).cpu().numpy()
-                state.positive[li, k] += np.rint(share * n).astype(np.int64)
+                grads = shared.gradients[layer][rows.to(shared.gradients[layer].device)]
+                state.positive[li, k] += sign_counts(grads, self.directions_[layer]).cpu().numpy()
         return state
 
     # -- at the end --------------------------------------------------------------------------

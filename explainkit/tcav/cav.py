@@ -3,8 +3,9 @@
 captum (``captum.concept``) does the work: it records layer activations of each concept's images
 (:class:`~captum.concept.Concept` data iterators), trains one linear classifier per experimental
 set (:meth:`TCAV.compute_cavs`) and scores inputs by the sign of the class gradient along each CAV
-(:meth:`TCAV.interpret`). This module only decides *which* images form each set and makes the
-training reproducible:
+(:meth:`TCAV.interpret`; the analyzer computes the same sign counts from the gradients of the runner's
+shared pass, :func:`sign_counts`). This module only decides *which* images form each set and makes
+the training reproducible:
 
 * concept c, run j: the concept's positive images (at most ``max_images``, drawn once) against
   ``max_images`` images without c (drawn afresh per run) — the paper's "concept vs random" CAVs with
@@ -48,8 +49,8 @@ from torch.utils.data import DataLoader
 from explainkit.errors import DataError
 from explainkit.hooks import capture_layers
 
-__all__ = ["CachedTCAV", "ConceptSets", "SeededLinearClassifier", "activation_table", "concept_sets",
-           "flat_activations"]
+__all__ = ["CachedTCAV", "ConceptSets", "SeededLinearClassifier", "activation_table", "cav_directions",
+           "concept_sets", "flat_activations", "sign_counts"]
 
 
 class SeededLinearClassifier(Classifier):
@@ -204,6 +205,54 @@ class ConceptSets:
         ref = concept("rnd", self.random_reference)
         null = [[ref, concept(f"rnd{j}", r)] for j, r in enumerate(self.random_runs)]
         return pairs, null
+
+
+def cav_directions(tcav: TCAV, experimental_sets: Sequence[Sequence[Concept]], layer: str) -> torch.Tensor:
+    """The direction each experimental set's score is read along: its first concept's CAV row.
+
+    captum's ``interpret`` reports, per set, ``sign_count`` in the order of the set's concepts; the
+    analyzer keeps the first entry (the concept, or the null's reference set), i.e. the row of the
+    CAV's weights (rows follow the classifier's sorted concept ids) that belongs to that concept.
+
+    Parameters
+    ----------
+    tcav : TCAV
+        With the sets' CAVs trained or imported.
+    experimental_sets : sequence of sequence of Concept
+        S sets.
+    layer : str
+        captum layer name.
+
+    Returns
+    -------
+    torch.Tensor
+        (S, F) float32.
+    """
+    rows = []
+    for concepts in experimental_sets:
+        stats = tcav.cavs[concepts_to_str(list(concepts))][layer].stats
+        rows.append(stats["weights"].float()[list(stats["classes"]).index(concepts[0].id)])
+    return torch.stack(rows)
+
+
+def sign_counts(gradients: torch.Tensor, directions: torch.Tensor) -> torch.Tensor:
+    """How many inputs have a layer gradient pointing along each direction (captum's ``sign_count`` × n).
+
+    Parameters
+    ----------
+    gradients : torch.Tensor
+        (n, ...) gradient of each input's target logit with respect to the layer output (flattened
+        per input, as captum's ``LayerGradientXActivation(multiply_by_inputs=False)`` gives it).
+    directions : torch.Tensor
+        (S, F) CAV rows (:func:`cav_directions`), F the flattened layer size.
+
+    Returns
+    -------
+    torch.Tensor
+        (S,) int64 count of inputs with a positive dot product.
+    """
+    flat = gradients.reshape(gradients.shape[0], -1).float()
+    return (flat @ directions.to(flat.device).T > 0).sum(0)
 
 
 def flat_activations(model: nn.Module, layers: dict[str, nn.Module], inputs: torch.Tensor
