@@ -12,6 +12,7 @@ import sys
 import jsonschema
 import numpy as np
 import pytest
+import torch.distributed as dist
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -33,20 +34,21 @@ from explainkit.run import build_analyzers, resolve_device
 RANKED = {"gradcam": 1e-3, "captum": 1e-3, "prototypes": 1e-5}
 
 
-def assert_same_json(a, b, path="", rel=1e-6):
+def assert_same_json(a, b, path="", rel=1e-6, abs_tol=1e-9):
     """Equal JSON values; floats up to float32 rounding (a batch of 1 and a batch of 5 round convolutions
-    differently in the last bits: measured ~3e-8 relative on the demo model)."""
+    differently in the last bits: measured ~3e-8 relative on the demo model). ``abs_tol`` is for values near 0
+    that are differences of float32 quantities (a CI bound of a calibrated effect), whose relative error is large."""
     if isinstance(a, dict):
         assert isinstance(b, dict) and a.keys() == b.keys(), path
         for k in a:
-            assert_same_json(a[k], b[k], f"{path}.{k}", rel)
+            assert_same_json(a[k], b[k], f"{path}.{k}", rel, abs_tol)
     elif isinstance(a, list):
         assert isinstance(b, list) and len(a) == len(b), path
         for i, (x, y) in enumerate(zip(a, b)):
-            assert_same_json(x, y, f"{path}[{i}]", rel)
+            assert_same_json(x, y, f"{path}[{i}]", rel, abs_tol)
     elif isinstance(a, float) and isinstance(b, float):
         both_nan = math.isnan(a) and math.isnan(b)
-        assert both_nan or math.isclose(a, b, rel_tol=rel, abs_tol=1e-9), f"{path}: {a} != {b}"
+        assert both_nan or math.isclose(a, b, rel_tol=rel, abs_tol=abs_tol), f"{path}: {a} != {b}"
     else:
         assert a == b, f"{path}: {a!r} != {b!r}"
 
@@ -145,7 +147,10 @@ def test_torchrun_two_ranks_match_serial(setup, tmp_path, small_world, demo_mode
                           "-m", "explainkit", *args, "--backend", "torchrun", "--out", str(tmp_path / "ddp")],
                          env=env, capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-3000:]
-    assert_same_json(_sections(tmp_path / "ddp" / "report.json"), _sections(tmp_path / "serial" / "report.json"))
+    # Each rank batches its own shard, so convolutions round differently in the last float32 bits; a CI bound
+    # near 0 of a calibrated prototype effect (a difference of O(1) float32 sums) then differs by ~2e-9.
+    assert_same_json(_sections(tmp_path / "ddp" / "report.json"), _sections(tmp_path / "serial" / "report.json"),
+                     abs_tol=1e-7)
     backend = json.loads((tmp_path / "ddp" / "report.json").read_text())["provenance"]["config"]["backend"]
     assert backend == {"name": "torchrun", "workers": 2}
 
@@ -178,7 +183,11 @@ def test_every_backend_equals_serial(name, mapped, monkeypatch):
     if "env" in how:
         how["env"](monkeypatch)
     plan, ctx, _, finals = mapped
-    outcome = get_backend(name, **how.get("options", {})).run(plan, ctx)
+    try:
+        outcome = get_backend(name, **how.get("options", {})).run(plan, ctx)
+    finally:  # the torchrun backend keeps its process group for the process's life; this test ends it
+        if dist.is_initialized():
+            dist.destroy_process_group()
     assert outcome.is_writer and outcome.describe["name"] == name
     for a in plan.analyzers:
         assert_same_json(a.finalize(ctx, outcome.states[a.name]).to_dict(), finals[a.name], f"{name}: {a.name}")

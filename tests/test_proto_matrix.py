@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import explainkit
+from explainkit.adapters import default_layer
 from explainkit.data.probe import ProbeSet
 from explainkit.datasets.factor_matrix import MATRIX_WORLDS, MODELS, MatrixSettings, run_cell
 from explainkit.datasets.planted import PLANTED, PlantedSpec, write_planted
@@ -59,7 +60,9 @@ def test_an_untrained_resnet50_gets_no_confident_headline(tmp_path):
                              mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
     section = explainkit.analyze(handle, tmp_path, [("prototypes", {"local_images": 0, "max_shown": 0})],
                                  seed=0, batch_size=12).section("prototypes")
-    assert section["data"]["adapter"]["num_prototypes"] == 2048
+    # the default layer is the last map over 1x1: at 32 px, inside layer4's first block (512 channels at 2x2)
+    layer = default_layer(handle.module, (32, 32))
+    assert layer.startswith("layer4.0.") and section["data"]["adapter"]["num_prototypes"] == 512
     assert section["data"]["ranking"][0]["characteristic"] == "contrast"  # raw: contrast, as in issue 19
     for key in ("relies_on", "prototypes_respond_to"):
         assert section["summary"][key]["status"] != "ahead", section["summary"][key]["statement"]

@@ -206,7 +206,7 @@ def test_prob_psenn_explanatory_uncertainty_grows_with_the_prototype_spread(plan
         h = explainkit.wrap(model, class_names=handle.class_names, **SYNTHETIC_PREPROCESSING)
         report = explainkit.analyze(h, root, [("prototypes", {"local_images": 0, "max_shown": 0})], seed=0)
         rows = report.section("prototypes")["data"]["model_explanation"]["prototypes"]
-        runs.append({k: np.mean([r[k]["value"] for r in rows]) for k in ("map_variation", "location_agreement",
+        runs.append({k: float(np.mean([r[k]["value"] for r in rows])) for k in ("map_variation", "location_agreement",
                                                                          "verdict_agreement")})
     narrow, broad = runs
     record_property("narrow", narrow)

@@ -27,7 +27,7 @@ import torch
 from explainkit.adapters.layers import resolve_layers
 from explainkit.adapters.targets import map_output, select_logits
 from explainkit.analyzers.base import PASS_TARGETS, PassRequest, PassResult
-from explainkit.device import autocast
+from explainkit.device import autocast, release_host_memory
 from explainkit.errors import ConfigError
 from explainkit.hooks import capture_layers, frozen_parameters
 from explainkit.loading.handle import ModelHandle
@@ -35,7 +35,7 @@ from explainkit.loading.handle import ModelHandle
 __all__ = ["merge_requests", "rows_per_pass", "run_passes"]
 
 #: Bytes a model pass over one chunk of rows may take on the CPU (the chunk size follows from it).
-PASS_MEMORY_BYTES = 512 * 2**20
+PASS_MEMORY_BYTES = 256 * 2**20
 #: Rough activation bytes per input byte of one image in a forward pass without / with autograd
 #: (measured on ResNet-50 at 224 px: about 25 MB and 110 MB per image).
 ACTIVATION_FACTOR = {False: 40, True: 200}
@@ -172,6 +172,8 @@ def run_passes(handle: ModelHandle, inputs: torch.Tensor, requests: Mapping[str,
             if n == 0:
                 outputs.append(out)
             parts.append(part)
+            if inputs.device.type == "cpu":
+                release_host_memory()  # the chunk's freed graph, before the next chunk allocates its own
         passes[target] = _cat_results(parts)
     return _cat(outputs), passes
 

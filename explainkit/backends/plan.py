@@ -80,7 +80,11 @@ def shard_indices(n: int, rank: int, world: int) -> np.ndarray:
 
 
 def guard(analyzer: Analyzer, step: str, fn: Callable[..., Any], *args: Any) -> Any:
-    """Call an analyzer step; unexpected exceptions become a :class:`RuntimeAnalysisError` naming it."""
+    """Call an analyzer step; unexpected exceptions become a :class:`RuntimeAnalysisError` naming it.
+
+    The C heap's free pages go back to the system after each step (:func:`release_host_memory`), so
+    that what a step freed (an autograd graph, a model copy) is not kept beside what the next allocates.
+    """
     try:
         return fn(*args)
     except ExplainkitError:
@@ -92,6 +96,8 @@ def guard(analyzer: Analyzer, step: str, fn: Callable[..., Any], *args: Any) -> 
     except Exception as exc:
         raise RuntimeAnalysisError(
             f"analyzer {analyzer.name!r} failed in {step}: {type(exc).__name__}: {exc}") from exc
+    finally:
+        release_host_memory()
 
 
 def label_map(handle: ModelHandle, data: ProbeSet) -> tuple[np.ndarray | None, str | None]:
@@ -261,7 +267,6 @@ def map_shard(plan: RunPlan, ctx: RunContext, indices: Sequence[int], *, desc: s
                     cache.put(a.name, ids, part)
                 states[a.name] = a.merge(states[a.name], part)
                 timings[a.name] += time.perf_counter() - t
-                release_host_memory()  # the step's freed activations, before the next one allocates others
             progress.update(len(chunk))
     progress.close()
     return states, timings

@@ -8,11 +8,15 @@ Run the ordinary command under ``torchrun``::
 Every rank loads the model, validates the run and maps the samples ``rank::world`` (sorted ids; no
 padding, no dropping). States are gathered with ``all_gather_object`` and merged in rank order on
 every rank; rank 0 writes the report. CUDA ranks use ``cuda:LOCAL_RANK`` and NCCL, CPU ranks gloo.
+The process group is created once per process, by the first round, and destroyed at exit: creating
+it again for each round (the main pass, then follow-up rounds) reuses the rendezvous store's keys,
+so a rank could read a peer's address from the group just destroyed and fail to connect.
 ``torch.distributed`` has no authentication: use it on trusted networks only.
 """
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import os
 from collections.abc import Mapping
@@ -58,27 +62,28 @@ class TorchrunBackend(Backend):
         """Map this rank's shard, all-gather the states, merge them in rank order."""
         if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
             raise ConfigError("--backend torchrun must be started by torchrun (RANK/WORLD_SIZE are not set)")
-        created = False
         if not dist.is_initialized():
             import datetime as dt
 
             dist.init_process_group("nccl" if ctx.device.type == "cuda" else "gloo",
                                     timeout=dt.timedelta(seconds=self.timeout_s))
-            created = True
-        try:
-            rank, world = dist.get_rank(), dist.get_world_size()
-            if ctx.device.type == "cuda":
-                local = int(os.environ.get("LOCAL_RANK", rank))
-                ctx = dataclasses.replace(ctx, device=torch.device("cuda", local))
-                torch.cuda.set_device(ctx.device)
-            samples = plan.sample_indices()
-            states, timings = map_shard(plan, ctx, samples[shard_indices(len(samples), rank, world)],
-                                        desc=f"{plan.phase}[rank {rank}]")
-            gathered: list = [None] * world
-            dist.all_gather_object(gathered, (states, timings))
-            merged = merge_states(plan, [g[0] for g in gathered])
-            total = {k: max(g[1].get(k, 0.0) for g in gathered) for k in timings}
-            return Outcome(merged, total, rank == 0, {"name": self.name, "workers": world})
-        finally:
-            if created:
-                dist.destroy_process_group()
+            atexit.register(_destroy)
+        rank, world = dist.get_rank(), dist.get_world_size()
+        if ctx.device.type == "cuda":
+            local = int(os.environ.get("LOCAL_RANK", rank))
+            ctx = dataclasses.replace(ctx, device=torch.device("cuda", local))
+            torch.cuda.set_device(ctx.device)
+        samples = plan.sample_indices()
+        states, timings = map_shard(plan, ctx, samples[shard_indices(len(samples), rank, world)],
+                                    desc=f"{plan.phase}[rank {rank}]")
+        gathered: list = [None] * world
+        dist.all_gather_object(gathered, (states, timings))
+        merged = merge_states(plan, [g[0] for g in gathered])
+        total = {k: max(g[1].get(k, 0.0) for g in gathered) for k in timings}
+        return Outcome(merged, total, rank == 0, {"name": self.name, "workers": world})
+
+
+def _destroy() -> None:
+    """Destroy the process group this backend created (at exit, once every round is done)."""
+    if dist.is_initialized():
+        dist.destroy_process_group()

@@ -188,17 +188,19 @@ def parameter_randomization(
         cascading.append(correlations(maps))
         if keep_maps:
             cascade_maps.append(maps)
+    del cascade_model, cascade_handle, cascade_modules  # one copy of the model at a time
     single: list[dict[str, np.ndarray]] = []
     if independent:
         single_model = copy.deepcopy(handle.module)
         single_handle = dataclasses.replace(handle, module=single_model)
         single_modules = dict(single_model.named_modules())
         for group in groups:
-            saved = {k: v.clone() for k, v in single_model.state_dict().items()}
+            saved = {name: copy.deepcopy(single_modules[name].state_dict()) for name in group}
             for name in group:
                 randomize_(single_modules[name], _seed(seed, name))
             single.append(correlations(compute(single_handle, inputs, **kwargs).maps))
-            single_model.load_state_dict(saved)
+            for name, state in saved.items():  # only the group was re-initialised
+                single_modules[name].load_state_dict(state)
     out: dict[str, Any] = {"groups": groups, "head": bool(n_above), "threshold": threshold,
                            "statistic": "Spearman rank correlation with the original map (per image)",
                            "methods": {}}

@@ -46,7 +46,6 @@ from explainkit.adapters.randomize import RANDOMIZERS
 from explainkit.analyzers.base import Analyzer, Batch, Finding, RoundRequest, RunContext, Section
 from explainkit.analyzers.metric import metric
 from explainkit.errors import ConfigError
-from explainkit.loading.handle import ModelHandle
 from explainkit.options import Option
 from explainkit.prototypes.adapters import PrototypeAdapter
 from explainkit.prototypes.calibration import (
@@ -54,7 +53,7 @@ from explainkit.prototypes.calibration import (
     NullComparison,
     control_perturbations,
     null_adapter,
-    null_handles,
+    null_handle,
 )
 from explainkit.prototypes.decision import DecisionRows
 from explainkit.prototypes.explanation import ExplanationBatch, ExplanationContext
@@ -364,19 +363,24 @@ class Prototypes(Analyzer):
         return SampleSchedule(int(self.min_images), int(self.images) or n_all, float(self.precision) or None,
                               "each characteristic's mean local importance (mean over prototypes, per image), "
                               "relative to the largest mean")
-    def _null_models(self, ctx: RunContext) -> list[tuple[ModelHandle, PrototypeAdapter, str]]:
-        """Re-initialised copies with the adapter to read them and its weight rule (seeded: every worker agrees)."""
+    def _null_models(self, ctx: RunContext) -> list[tuple[int, PrototypeAdapter, str]]:
+        """Per re-initialised copy: its seed, the adapter to read it with and its weight rule.
+
+        Seeded, so every worker agrees. The copies themselves are not kept (each is as large as the
+        model): :meth:`_measure` rebuilds one at a time from its seed.
+        """
         if self.calibration == "none":
             return []
         seed = int(ctx.rng(self.name, "null").integers(2**31))
         order = ctx.rng(self.name, "null_cells").permutation(len(ctx.data))[:NULL_IMAGES]
         inputs = ctx.handle.preprocess(ctx.load_images(sorted(int(i) for i in order))).to(ctx.device)
         out = []
-        for j, handle in enumerate(null_handles(ctx.handle, self.null_models, seed, self.null_init)):
+        for j in range(int(self.null_models)):
+            handle = null_handle(ctx.handle, seed + j, self.null_init)
             handle.to(ctx.device)
             adapter = null_adapter(self.adapter_, handle, inputs, seed + j)
             rule = self.weight_rule_ if adapter is self.adapter_ else resolve_weight("auto", adapter)
-            out.append((handle, adapter, rule))
+            out.append((seed + j, adapter, rule))
         return out
 
     def init_state(self, ctx: RunContext) -> dict[str, Any]:
@@ -457,7 +461,8 @@ class Prototypes(Analyzer):
                 priority = np.array([ctx.rng(self.name, "sample", int(i)).random() for i in idx])
                 state[split] = state[split].add(scores.subset(mask), idx, self.weight_rule_, counts, priority)
         null_dlogp = np.zeros((b, len(self.nulls_), len(self.views_)))
-        for j, (handle, adapter, rule) in enumerate(self.nulls_):
+        for j, (copy_seed, adapter, rule) in enumerate(self.nulls_):
+            handle = null_handle(ctx.handle, copy_seed, self.null_init)
             ns = score_views(adapter, handle, x, b, readout=self.readout, max_batch=step, decision=True,
                              labels=decision.target)
             state["null"][j] = state["null"][j].add(ns, batch.indices, rule, np.zeros((0, b)), np.zeros(b))

@@ -64,7 +64,7 @@ __all__ = [
     "compare_with_null",
     "control_perturbations",
     "null_adapter",
-    "null_handles",
+    "null_handle",
 ]
 
 #: Calibration methods (see the module docstring).
@@ -121,9 +121,10 @@ def apply_controls(values: np.ndarray, n_characteristics: int, pairs: Sequence[t
     return out
 
 
-def null_handles(handle: ModelHandle, n: int, seed: int, mode: str = "permute") -> list[ModelHandle]:
-    """``n`` copies of the model with re-initialised parameters (seeded).
+def null_handle(handle: ModelHandle, seed: int, mode: str = "permute") -> ModelHandle:
+    """A copy of the model with re-initialised parameters, the same for the same ``seed``.
 
+    The copies are rebuilt when needed rather than kept: each is as large as the model.
     ``mode``: see :func:`explainkit.adapters.randomize.randomized_copy`.
 
     Raises
@@ -131,15 +132,12 @@ def null_handles(handle: ModelHandle, n: int, seed: int, mode: str = "permute") 
     ConfigError
         The model cannot be copied or re-initialised (then use ``calibration="none"``).
     """
-    out = []
-    for j in range(n):
-        try:
-            module = randomized_copy(handle.module, seed + j, mode)
-        except Exception as exc:  # deepcopy of exported programs, custom parameter types
-            raise ConfigError(f"prototypes: cannot re-initialise a copy of this model for calibration ({exc}); "
-                              "use calibration='none'") from None
-        out.append(dataclasses.replace(handle, module=module, sha256=None, load_notes={"null_copy": j}))
-    return out
+    try:
+        module = randomized_copy(handle.module, seed, mode)
+    except Exception as exc:  # deepcopy of exported programs, custom parameter types
+        raise ConfigError(f"prototypes: cannot re-initialise a copy of this model for calibration ({exc}); "
+                          "use calibration='none'") from None
+    return dataclasses.replace(handle, module=module, sha256=None, load_notes={"null_copy_seed": seed})
 
 
 def null_adapter(adapter: PrototypeAdapter, model: ModelHandle | nn.Module, inputs: torch.Tensor, seed: int

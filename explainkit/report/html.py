@@ -145,7 +145,12 @@ def embedded_data(report: dict[str, Any], limit: int = EMBED_BYTES) -> dict[str,
     the sections' ``data``, with ``"data_omitted"`` naming where the full document is.
     """
     doc = {k: v for k, v in report.items() if k != "assets"}
-    if len(json.dumps(doc, separators=(",", ":"), default=str)) <= limit:
+    size = 0
+    for chunk in json.JSONEncoder(separators=(",", ":"), default=str).iterencode(doc):  # stops at the limit
+        size += len(chunk)
+        if size > limit:
+            break
+    else:
         return doc
     return {**doc, "sections": [{k: v for k, v in s.items() if k != "data"} for s in doc.get("sections", [])],
             "data_omitted": f"section data above {limit // 2**20} MiB: see report.json next to this page"}

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from explainkit._io import atomic_write_text
+from explainkit._io import atomic_write_text, atomic_writer
 from explainkit.errors import ConfigError
 from explainkit.report.html import render_body, render_html
 from explainkit.report.jsonify import jsonable
@@ -104,9 +104,10 @@ class Report:
             ``{"json": ..., "html": ...}``.
         """
         out = Path(out_dir)
-        text = self.to_json()
         page = self.to_html() if html else None  # render before writing anything
-        paths = {"json": atomic_write_text(out / "report.json", text)}
+        with atomic_writer(out / "report.json", "w") as fh:  # streamed: never the whole text in memory
+            json.dump(self.data, fh, indent=1, allow_nan=False, ensure_ascii=False)
+        paths = {"json": out / "report.json"}
         if page is not None:
             paths["html"] = atomic_write_text(out / "report.html", page)
         return paths
