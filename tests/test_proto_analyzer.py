@@ -157,6 +157,27 @@ def test_ordinary_cnns_get_exemplar_kmeans_and_channel_prototypes(small_world, p
         assert [p["prototype"] for p in data["prototypes"]] == [0, 2]
 
 
+class _Counted(TinyCNN):
+    """A TinyCNN whose live instances can be told apart from every other module in the process."""
+
+
+def test_the_re_initialised_copies_are_not_kept(small_world):
+    """Calibration compares with re-initialised copies, rebuilt from their seeds batch by batch: after the run
+    the analyzer holds seeds, and no copy of the model is alive (each would be as large as the model)."""
+    import gc
+
+    torch.manual_seed(0)
+    probe = ProbeSet.from_folder(small_world).subset(range(0, 120, 8))
+    handle = explainkit.wrap(_Counted(num_classes=3).eval(), class_names=probe.class_names, input_size=64,
+                             mean=(0.5,) * 3, std=(0.5,) * 3)
+    analyzer = explainkit.analyzers.get_analyzer_class("prototypes")(null_models=3, max_shown=0, local_images=0)
+    report = explainkit.analyze(handle, probe, [analyzer], seed=0)
+    assert report.section("prototypes")["data"]["calibration"]["null_models"] == 3
+    assert [type(s) for s, _, _ in analyzer.nulls_] == [int] * 3 and len({s for s, _, _ in analyzer.nulls_}) == 3
+    gc.collect()
+    assert sum(isinstance(o, _Counted) for o in gc.get_objects()) == 1  # the model itself
+
+
 @pytest.mark.parametrize(("params", "match"), [
     ({"adapter": "bogus"}, "adapter must be"),
     ({"characteristics": ["colour"]}, r"characteristics\[0\] must be one of 'hue'"),

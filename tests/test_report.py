@@ -145,6 +145,19 @@ def test_atomic_save_leaves_old_file_on_failure(report, tmp_path, monkeypatch):
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
 
 
+def test_a_report_that_fails_while_streaming_leaves_the_old_file(report, tmp_path):
+    """report.json is streamed to a temporary file: a value JSON refuses half-way leaves the old file whole."""
+    rep, _ = report
+    rep.save(tmp_path)
+    before = (tmp_path / "report.json").read_text()
+    broken = Report(rep.to_dict())
+    broken.data["sections"].append({"analyzer": "x", "data": {"v": object()}})  # after the sections written first
+    with pytest.raises(TypeError, match="not JSON serializable"):
+        broken.save(tmp_path, html=False)
+    assert (tmp_path / "report.json").read_text() == before
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
 def test_embedded_json_copy_is_bounded():
     """The HTML page embeds the report's JSON whole when small, else without the sections' data."""
     from explainkit.report.html import embedded_data

@@ -40,7 +40,32 @@ __all__ = ["NetworkDissection"]
 _THUMB_PX = 64
 
 
-class NetworkDissection(Analyzer):
+class UnitMapAnalyzer(Analyzer):
+    """An analyzer that reads the unit maps of its layers from the shared pass into a :class:`DissectRunState`.
+
+    Subclasses set ``poolers_`` (layer readers), ``reader_`` (the probe set's concept masks) and
+    ``quantile`` before the first batch; ``pooled_means`` says whether the state also keeps each
+    unit's spatial mean per image (INVERT's input).
+    """
+
+    pooled_means: ClassVar[bool] = True
+
+    def init_state(self, ctx: RunContext) -> DissectRunState:
+        """No layer seen yet."""
+        return DissectRunState()
+
+    def pass_request(self, ctx: RunContext) -> PassRequest | None:
+        """The layers' outputs, recorded by the runner's shared pass."""
+        return layer_request(self.poolers_)
+
+    def map(self, ctx: RunContext, batch: Batch) -> DissectRunState:
+        """Unit maps (from the shared pass) and concept masks into each layer's state."""
+        return map_batch(batch.layer_values(self.poolers_, spatial=True), batch.indices,
+                         [im.size for im in batch.images], self.reader_, len(ctx.data), self.quantile,
+                         pooled=self.pooled_means)
+
+
+class NetworkDissection(UnitMapAnalyzer):
     """Network Dissection (Bau et al., CVPR 2017).
 
     Parameters
@@ -66,6 +91,7 @@ class NetworkDissection(Analyzer):
     """
 
     name = "dissect"
+    pooled_means = False  # INVERT reads its own pooled pass; dissect needs the maps only
     title = "Network Dissection"
     summary = ("labels conv units with the concept whose masks best overlap their top-0.5% activations "
                "(Bau et al. 2017), with IoU CIs and tests")
@@ -114,21 +140,6 @@ class NetworkDissection(Analyzer):
         self.poolers_ = build_poolers(ctx.handle, layer_names(ctx.handle, self.layer, ctx.layer))
         self.reader_ = MaskReader(ctx.data, ctx.handle.require_preprocessing(), self.sources_)
 
-    def init_state(self, ctx: RunContext) -> DissectRunState:
-        """No layer seen yet."""
-        return DissectRunState()
-
-    # -- per batch ---------------------------------------------------------------------------
-    def pass_request(self, ctx: RunContext) -> PassRequest | None:
-        """The layers' outputs, recorded by the runner's shared pass."""
-        return layer_request(self.poolers_)
-
-    def map(self, ctx: RunContext, batch: Batch) -> DissectRunState:
-        """Unit maps (from the shared pass) and concept masks into each layer's state."""
-        return map_batch(batch.layer_values(self.poolers_, spatial=True), batch.indices,
-                         [im.size for im in batch.images], self.reader_, len(ctx.data), self.quantile, pooled=False)
-
-    # -- at the end --------------------------------------------------------------------------
     def finalize(self, ctx: RunContext, state: DissectRunState) -> Section:
         """Tally and label every layer, build the section."""
         names = [s.concept for s in self.sources_]

@@ -28,11 +28,12 @@ from typing import Any, ClassVar
 import numpy as np
 
 from explainkit.adapters.activations import build_poolers, check_layers, layer_names
-from explainkit.analyzers.base import Analyzer, Batch, Finding, PassRequest, RunContext, Section, layer_request
+from explainkit.analyzers.base import Finding, RunContext, Section
 from explainkit.analyzers.metric import metric
 from explainkit.data.probe import ProbeSet
+from explainkit.dissect.analyzer import UnitMapAnalyzer
 from explainkit.dissect.masks import MaskReader, mask_sources
-from explainkit.dissect.stream import DissectRunState, label_layer, map_batch, stream_probe
+from explainkit.dissect.stream import DissectRunState, label_layer, stream_probe
 from explainkit.errors import ConfigError
 from explainkit.invert.api import label_neurons
 from explainkit.invert.concepts import ConceptMatrix
@@ -55,7 +56,7 @@ __all__ = ["LabelReliability"]
 _METHODS = ("invert", "dissect")
 
 
-class LabelReliability(Analyzer):
+class LabelReliability(UnitMapAnalyzer):
     """Probe-set sensitivity and concept learnability of INVERT and Network Dissection labels.
 
     Parameters
@@ -169,19 +170,6 @@ class LabelReliability(Analyzer):
         if missing:
             raise ConfigError(f"reliability: the second probe set lacks concept(s) {', '.join(missing)}")
         return second
-
-    def init_state(self, ctx: RunContext) -> DissectRunState:
-        """No layer seen yet."""
-        return DissectRunState()
-
-    def pass_request(self, ctx: RunContext) -> PassRequest | None:
-        """The layers' outputs, recorded by the runner's shared pass."""
-        return layer_request(self.poolers_)
-
-    def map(self, ctx: RunContext, batch: Batch) -> DissectRunState:
-        """Network Dissection's state of one batch (unit maps from the shared pass), with spatial means for INVERT."""
-        return map_batch(batch.layer_values(self.poolers_, spatial=True), batch.indices,
-                         [im.size for im in batch.images], self.reader_, len(ctx.data), self.quantile)
 
     # -- labelling (shared by both probe sets) ------------------------------------------------
     def _labels(self, ctx: RunContext, probe: ProbeSet, state: DissectRunState, reader: MaskReader, layer: str
