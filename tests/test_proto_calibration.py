@@ -13,6 +13,7 @@ from explainkit.models import TinyCNN, TinyProtoPNet
 from explainkit.prototypes import ChannelPrototypes, VectorPrototypes
 from explainkit.prototypes.calibration import apply_controls, compare_with_null, control_perturbations
 from explainkit.prototypes.decision import DecisionRows, decision_scores, resolve_targets
+from explainkit.prototypes.importance import score_views
 from explainkit.prototypes.perturb import adjust_contrast, adjust_saturation, make_perturbations
 from explainkit.stats import holm
 
@@ -85,6 +86,23 @@ def test_channel_contributions_are_head_weight_times_pooled_activation():
         pooled = model.features(x).mean(dim=(2, 3))
     expected = model.classifier.weight[targets][:, [5, 9]] * pooled[:, [5, 9]]
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_contributions_of_scored_views_are_computed_in_chunks_and_exact():
+    """score_views passes the originals to the adapter in chunks of ``max_batch`` (a gradient pass over every image
+    at once would hold them all): the contributions equal the closed form, with an uneven last chunk too."""
+    torch.manual_seed(0)
+    model = TinyCNN(num_classes=3).eval()
+    x = torch.randn(10, 3, 32, 32)  # 5 originals, then one perturbed copy of each
+    adapter = ChannelPrototypes("features.3", [0, 5, 9]).bind(model, (32, 32))
+    labels = np.array([0, 2, 1, 2, 0])
+    chunked = score_views(adapter, model, x, 5, max_batch=2, decision=True, labels=labels)
+    whole = score_views(adapter, model, x, 5, decision=True, labels=labels)
+    with torch.no_grad():
+        pooled = model.features(x[:5]).mean(dim=(2, 3))
+    expected = (model.classifier.weight[torch.as_tensor(labels)][:, [0, 5, 9]] * pooled[:, [0, 5, 9]]).detach().double()
+    np.testing.assert_allclose(chunked.contribution, expected.numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(chunked.contribution, whole.contribution, rtol=1e-6, atol=1e-7)
 
 
 def test_prototype_contributions_are_last_layer_weight_times_similarity():

@@ -50,8 +50,11 @@ from explainkit.options import Option
 from explainkit.prototypes.adapters import PrototypeAdapter
 from explainkit.prototypes.calibration import (
     CALIBRATIONS,
+    NULL_KEEP_BYTES,
     NullComparison,
+    NullCopy,
     control_perturbations,
+    model_bytes,
     null_adapter,
     null_handle,
 )
@@ -363,24 +366,27 @@ class Prototypes(Analyzer):
         return SampleSchedule(int(self.min_images), int(self.images) or n_all, float(self.precision) or None,
                               "each characteristic's mean local importance (mean over prototypes, per image), "
                               "relative to the largest mean")
-    def _null_models(self, ctx: RunContext) -> list[tuple[int, PrototypeAdapter, str]]:
-        """Per re-initialised copy: its seed, the adapter to read it with and its weight rule.
+    def _null_models(self, ctx: RunContext) -> list[NullCopy]:
+        """The re-initialised copies with the adapters to read them and their weight rules.
 
-        Seeded, so every worker agrees. The copies themselves are not kept (each is as large as the
-        model): :meth:`_measure` rebuilds one at a time from its seed.
+        Seeded, so every worker agrees. The copies are kept while together they fit
+        :data:`~explainkit.prototypes.calibration.NULL_KEEP_BYTES`; a larger model's are rebuilt from
+        their seeds one at a time in :meth:`_measure`, so that no more than one copy is alive.
         """
         if self.calibration == "none":
             return []
         seed = int(ctx.rng(self.name, "null").integers(2**31))
         order = ctx.rng(self.name, "null_cells").permutation(len(ctx.data))[:NULL_IMAGES]
         inputs = ctx.handle.preprocess(ctx.load_images(sorted(int(i) for i in order))).to(ctx.device)
+        keep = model_bytes(ctx.handle.module) * int(self.null_models) <= NULL_KEEP_BYTES
         out = []
         for j in range(int(self.null_models)):
             handle = null_handle(ctx.handle, seed + j, self.null_init)
             handle.to(ctx.device)
             adapter = null_adapter(self.adapter_, handle, inputs, seed + j)
             rule = self.weight_rule_ if adapter is self.adapter_ else resolve_weight("auto", adapter)
-            out.append((seed + j, adapter, rule))
+            out.append(NullCopy(seed + j, adapter, rule, handle if keep else None))
+            del handle  # before the next copy is built
         return out
 
     def init_state(self, ctx: RunContext) -> dict[str, Any]:
@@ -392,7 +398,7 @@ class Prototypes(Analyzer):
         return {
             **{s: SplitAccumulator.empty(len(self.prototype_ids_), v, self.n_resamples, self.sample_size)
                for s in SPLITS},
-            "null": [SplitAccumulator.empty(a.num_prototypes, v, 0, 0) for _, a, _ in self.nulls_],
+            "null": [SplitAccumulator.empty(n.adapter.num_prototypes, v, 0, 0) for n in self.nulls_],
             "decision": DecisionRows.empty(v, len(self.nulls_)),
             "moments": Moments(), "cost": (0.0, 0), "log": None,
             "model": self.explanation_.init_state() if self.explanation_ is not None else None,
@@ -461,11 +467,10 @@ class Prototypes(Analyzer):
                 priority = np.array([ctx.rng(self.name, "sample", int(i)).random() for i in idx])
                 state[split] = state[split].add(scores.subset(mask), idx, self.weight_rule_, counts, priority)
         null_dlogp = np.zeros((b, len(self.nulls_), len(self.views_)))
-        for j, (copy_seed, adapter, rule) in enumerate(self.nulls_):
-            handle = null_handle(ctx.handle, copy_seed, self.null_init)
-            ns = score_views(adapter, handle, x, b, readout=self.readout, max_batch=step, decision=True,
-                             labels=decision.target)
-            state["null"][j] = state["null"][j].add(ns, batch.indices, rule, np.zeros((0, b)), np.zeros(b))
+        for j, null in enumerate(self.nulls_):  # a rebuilt copy lives for its own scores only
+            ns = score_views(null.adapter, null.handle(ctx.handle, self.null_init), x, b, readout=self.readout,
+                             max_batch=step, decision=True, labels=decision.target)
+            state["null"][j] = state["null"][j].add(ns, batch.indices, null.rule, np.zeros((0, b)), np.zeros(b))
             assert ns.decision is not None
             null_dlogp[:, j] = ns.decision.delta_log_prob
         state["decision"] = DecisionRows(np.asarray(batch.indices, np.int64), decision.target,
@@ -632,7 +637,7 @@ class Prototypes(Analyzer):
         factor = {p.name: p.params.get("factor") for p in self.perturbations_}
         return {
             "method": self.calibration, "null_models": len(self.nulls_), "null_init": self.null_init,
-            "null_adapter": self.nulls_[0][1].describe() if self.nulls_ else None,
+            "null_adapter": self.nulls_[0].adapter.describe() if self.nulls_ else None,
             "controls": [{"characteristic": names[k], "control": self.views_[j].name, "factor": factor[names[k]]}
                          for k, j in self.control_pairs_],
             "null_profile": null_profile,

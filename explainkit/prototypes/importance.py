@@ -302,8 +302,14 @@ def score_views(
         targets = resolve_targets(z[:b], labels)
         scores.decision = decision_scores(z, targets, b)
         s0 = torch.as_tensor(scores.similarity, device=x.device)
-        contrib = adapter.contributions(model, x[:b], targets, s0, prototypes)
-        scores.contribution = None if contrib is None else contrib.detach().cpu().numpy().astype(np.float64)
+        parts = []
+        for i in range(0, b, step):  # in chunks too: a gradient pass over every original at once would not be
+            part = adapter.contributions(model, x[i : min(b, i + step)], targets[i : i + step], s0[i : i + step],
+                                         prototypes)
+            if part is None:  # the adapter has no link to the decision
+                break
+            parts.append(part.detach().cpu())
+        scores.contribution = torch.cat(parts).numpy().astype(np.float64) if parts else None
     return scores
 
 
