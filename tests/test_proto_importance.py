@@ -12,7 +12,15 @@ from explainkit.errors import ConfigError
 from explainkit.loading.preprocessing import Preprocessing
 from explainkit.models import TinyProtoPNet
 from explainkit.prototypes import ChannelPrototypes, SplitAccumulator, VectorPrototypes, local_importance
-from explainkit.prototypes.importance import relative_drop, similarity_weight
+from explainkit.prototypes.importance import (
+    LazyViews,
+    perturbed_views,
+    relative_drop,
+    score_views,
+    scores_from_maps,
+    similarity_weight,
+    view_images,
+)
 from explainkit.prototypes.perturb import make_perturbations
 from explainkit.prototypes.statistics import global_scores, redundancy_groups
 from explainkit.stats.streaming import poisson_counts
@@ -129,6 +137,36 @@ def test_local_deltas_match_separate_forward_passes():
         local_importance(adapter, model, images, perts, SYN, readout="mean")
     rel = relative_drop(scores.delta, scores.similarity)
     np.testing.assert_allclose(rel, scores.delta / scores.similarity[..., None], rtol=1e-6)
+
+
+@pytest.mark.parametrize("readout", ["fixed", "max"])
+def test_scoring_in_chunks_of_lazy_views_equals_the_readout_of_all_maps(readout):
+    """score_views reads each chunk's maps and drops them; from lazily preprocessed views, in chunks that straddle
+    the originals and their copies, it gives exactly the scores of every view's maps read at once, and it never
+    preprocesses more views at a time than one chunk."""
+    model = _protopnet()
+    adapter = VectorPrototypes.from_model(model, input_size=(64, 64))
+    perts = make_perturbations()
+    images = _images(3)
+    x = perturbed_views(images, perts, SYN)
+    with torch.no_grad():
+        whole = scores_from_maps(adapter.similarity_maps(model, x), 3, readout)
+    sizes = []
+
+    def preprocess(ims):
+        sizes.append(len(ims))
+        return SYN(ims)
+
+    views = LazyViews(view_images(images, perts), preprocess)
+    torch.testing.assert_close(views[4:9], x[4:9], rtol=0, atol=0)
+    sizes.clear()
+    for max_batch in (2, 4, 7):
+        chunked = score_views(adapter, model, views, 3, readout=readout, max_batch=max_batch)
+        np.testing.assert_allclose(chunked.similarity, whole.similarity, rtol=1e-6, atol=1e-6)
+        np.testing.assert_array_equal(chunked.location, whole.location)
+        np.testing.assert_allclose(chunked.delta, whole.delta, rtol=1e-5, atol=1e-5)
+        assert sum(sizes) == len(x) and max(sizes) <= max_batch
+        sizes.clear()
 
 
 def _accumulate(scores, indices, order, batch, rule="similarity", r=60, k=5):

@@ -62,11 +62,12 @@ from explainkit.prototypes.decision import DecisionRows
 from explainkit.prototypes.explanation import ExplanationBatch, ExplanationContext
 from explainkit.prototypes.importance import (
     WEIGHTS,
+    LazyViews,
     SplitAccumulator,
-    perturbed_views,
     relative_drop,
     resolve_weight,
     score_views,
+    view_images,
 )
 from explainkit.prototypes.parts import PartRows, clipped_noise, part_keypoints, part_scores, prototype_part_hits
 from explainkit.prototypes.perturb import CHARACTERISTICS, DEFAULT_CHARACTERISTICS, make_perturbations
@@ -444,8 +445,7 @@ class Prototypes(Analyzer):
     def _measure(self, ctx: RunContext, batch: Batch) -> dict[str, Any]:
         """Local importances and decision changes of the images, for the model and each copy, on the same views."""
         b = len(batch)
-        inputs = perturbed_views(batch.images, self.views_, ctx.handle.preprocess)
-        x = inputs.to(ctx.device)
+        x = LazyViews(view_images(batch.images, self.views_), ctx.handle.preprocess, ctx.device)
         labels = self._targets(ctx, batch.indices)
         step = min(ctx.handle.static_batch or ctx.rows, ctx.rows)
         scores = score_views(self.adapter_, ctx.handle, x, b, prototypes=self.prototype_ids_, readout=self.readout,
@@ -458,7 +458,7 @@ class Prototypes(Analyzer):
         if self.explanation_ is not None:  # sees the originals and the characteristics' copies (no controls)
             c = len(self.perturbations_)
             state["model"] = self.explanation_.map(ExplanationBatch(
-                ctx, batch, inputs[: b * (1 + c)], scores, self.prototype_ids_, self.perturbations_, self.readout,
+                ctx, batch, x[: b * (1 + c)], scores, self.prototype_ids_, self.perturbations_, self.readout,
                 self.weight_rule_))
         for split, mask in (("train", is_train), ("test", ~is_train)):
             if mask.any():

@@ -44,16 +44,20 @@ from explainkit.prototypes.perturb import Perturbation
 
 __all__ = [
     "WEIGHTS",
+    "LazyViews",
     "LocalSample",
     "LocalScores",
     "SplitAccumulator",
+    "best_matches",
     "local_importance",
     "perturbed_views",
+    "read_matches",
     "relative_drop",
     "resolve_weight",
     "score_views",
     "scores_from_maps",
     "similarity_weight",
+    "view_images",
 ]
 
 #: Weighting rules of the global mean (see the module docstring).
@@ -144,6 +148,24 @@ def relative_drop(delta: np.ndarray, similarity: np.ndarray) -> np.ndarray:
         return np.where(s > 0, np.asarray(delta, np.float64) / np.where(s > 0, s, 1.0), np.nan)
 
 
+def view_images(images: Sequence[Image.Image], perturbations: Sequence[Perturbation]) -> list[Image.Image]:
+    """The originals followed by every perturbed copy, at source resolution.
+
+    Parameters
+    ----------
+    images : sequence of PIL.Image.Image
+        B original images at source resolution.
+    perturbations : sequence of Perturbation
+        The C perturbations.
+
+    Returns
+    -------
+    list of PIL.Image.Image
+        B (1 + C) images: the B originals, then B images per perturbation.
+    """
+    return list(images) + [p(im) for p in perturbations for im in images]
+
+
 def perturbed_views(images: Sequence[Image.Image], perturbations: Sequence[Perturbation],
                     preprocess: Callable[[Sequence[Image.Image]], torch.Tensor]) -> torch.Tensor:
     """Model inputs of the originals followed by every perturbed copy.
@@ -162,7 +184,37 @@ def perturbed_views(images: Sequence[Image.Image], perturbations: Sequence[Pertu
     torch.Tensor
         (B (1 + C), 3, H, W): the B originals, then B images per perturbation.
     """
-    return preprocess(list(images) + [p(im) for p in perturbations for im in images])
+    return preprocess(view_images(images, perturbations))
+
+
+@dataclass
+class LazyViews:
+    """The views of :func:`view_images`, preprocessed only when a slice of them is read.
+
+    Behaves like the (B (1 + C), 3, H, W) tensor of :func:`perturbed_views` for ``len`` and slicing,
+    but holds the images (8-bit, at source resolution) rather than their float inputs: at 224² the
+    float inputs of 32 images under 7 views take 135 MB, while a pass reads only a chunk of them.
+
+    Attributes
+    ----------
+    images : list of PIL.Image.Image
+        The views, originals first.
+    preprocess : callable
+        Images → (N, 3, H, W) model inputs (per image, so a slice's inputs equal the slice of all inputs).
+    device : torch.device or str
+        Where the inputs are put.
+    """
+
+    images: list[Image.Image]
+    preprocess: Callable[[Sequence[Image.Image]], torch.Tensor]
+    device: torch.device | str = "cpu"
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, rows: slice) -> torch.Tensor:
+        """(n, 3, H, W) model inputs of the views ``rows``."""
+        return self.preprocess(self.images[rows]).to(self.device)
 
 
 def _check_readout(readout: str) -> None:
@@ -190,16 +242,52 @@ def scores_from_maps(maps: torch.Tensor, n_images: int, readout: str = "fixed") 
     _check_readout(readout)
     b = n_images
     c = maps.shape[0] // b - 1
-    grid = (int(maps.shape[2]), int(maps.shape[3]))
-    flat = maps.flatten(2).float()  # (B (1 + C), P, h w)
-    s0, loc = flat[:b].max(dim=2)  # first maximum on ties
-    perturbed = flat[b:].reshape(c, b, flat.shape[1], flat.shape[2])
-    if readout == "fixed":
-        sc = perturbed.gather(3, loc[None, :, :, None].expand(c, -1, -1, 1)).squeeze(3)
-    else:
-        sc = perturbed.amax(dim=3)
+    s0, loc = best_matches(maps[:b])
+    sc = read_matches(maps[b:], loc.repeat(c, 1), readout).reshape(c, b, -1)
     delta = (s0[None] - sc).permute(1, 2, 0)  # (B, P, C)
+    grid = (int(maps.shape[2]), int(maps.shape[3]))
     return LocalScores(s0.cpu().numpy(), loc.cpu().numpy(), delta.cpu().numpy(), grid)
+
+
+def best_matches(maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each map's largest similarity and its flat location (the first on ties).
+
+    Parameters
+    ----------
+    maps : torch.Tensor
+        (N, P, h, w) similarity maps.
+
+    Returns
+    -------
+    similarity : torch.Tensor
+        (N, P) float32 best similarity.
+    location : torch.Tensor
+        (N, P) flat index ``row * w + column``.
+    """
+    return maps.flatten(2).float().max(dim=2)
+
+
+def read_matches(maps: torch.Tensor, location: torch.Tensor, readout: str) -> torch.Tensor:
+    """Similarities of perturbed maps read as ``readout`` says.
+
+    Parameters
+    ----------
+    maps : torch.Tensor
+        (N, P, h, w) similarity maps of perturbed views.
+    location : torch.Tensor
+        (N, P) flat best location on each view's original (used by ``"fixed"``).
+    readout : str
+        ``"fixed"``: the map at ``location``; ``"max"``: the map's maximum.
+
+    Returns
+    -------
+    torch.Tensor
+        (N, P) float32 similarities.
+    """
+    flat = maps.flatten(2).float()
+    if readout == "fixed":
+        return flat.gather(2, location[:, :, None].to(flat.device)).squeeze(2)
+    return flat.amax(dim=2)
 
 
 def local_importance(
@@ -246,7 +334,7 @@ def local_importance(
 def score_views(
     adapter: PrototypeAdapter,
     model: ModelHandle | nn.Module,
-    x: torch.Tensor,
+    x: torch.Tensor | LazyViews,
     n_images: int,
     *,
     prototypes: Sequence[int] | None = None,
@@ -257,13 +345,18 @@ def score_views(
 ) -> LocalScores:
     """Local importances (and decision changes) of prepared views (:func:`perturbed_views`).
 
+    The views go through the model ``max_batch`` at a time, originals first; each chunk's maps are
+    read (:func:`read_matches`) and dropped at once, so memory holds one chunk's maps and the
+    (B, P) best matches, never the maps of every view. The result equals :func:`scores_from_maps`
+    of all maps.
+
     Parameters
     ----------
     adapter : PrototypeAdapter
         Gives the similarity maps.
     model : ModelHandle or torch.nn.Module
         The model (in eval mode).
-    x : torch.Tensor
+    x : torch.Tensor or LazyViews
         (B (1 + C), 3, H, W) originals then perturbed copies, on the model's device.
     n_images : int
         B.
@@ -287,24 +380,41 @@ def score_views(
     _check_readout(readout)
     b = n_images
     step = max_batch or len(x)
-    chunks, logits = [], []
+    logits: list[torch.Tensor] = []
+    s0 = loc = sc = None
+    grid = (0, 0)
     with torch.no_grad():
-        for i in range(0, len(x), step):
+        for i in range(0, len(x), step):  # originals come first, so a copy's original is read before the copy
+            rows = slice(i, min(len(x), i + step))
             if decision:
-                maps, output = adapter.similarity_and_output(model, x[i : i + step], prototypes)
+                maps, output = adapter.similarity_and_output(model, x[rows], prototypes)
                 logits.append(select_logits(output).float())
             else:
-                maps = adapter.similarity_maps(model, x[i : i + step], prototypes)
-            chunks.append(maps)
-    scores = scores_from_maps(torch.cat(chunks), b, readout)
+                maps = adapter.similarity_maps(model, x[rows], prototypes)
+            if s0 is None:
+                grid = (int(maps.shape[2]), int(maps.shape[3]))
+                s0 = torch.empty(b, maps.shape[1], device=maps.device)
+                loc = torch.empty(b, maps.shape[1], dtype=torch.long, device=maps.device)
+                sc = torch.empty(len(x) - b, maps.shape[1], device=maps.device)
+            k = max(0, min(rows.stop, b) - rows.start)  # originals in this chunk
+            if k:
+                s0[rows.start : rows.start + k], loc[rows.start : rows.start + k] = best_matches(maps[:k])
+            if rows.stop > b:
+                first = max(rows.start, b)
+                image = torch.arange(first - b, rows.stop - b, device=loc.device) % b
+                sc[first - b : rows.stop - b] = read_matches(maps[first - rows.start :], loc[image], readout)
+            del maps
+    assert s0 is not None and loc is not None and sc is not None, "no views to score"
+    delta = (s0[None] - sc.reshape(-1, *s0.shape)).permute(1, 2, 0)  # (B, P, C)
+    scores = LocalScores(s0.cpu().numpy(), loc.cpu().numpy(), delta.cpu().numpy(), grid)
     if decision:
         z = torch.cat(logits)
         targets = resolve_targets(z[:b], labels)
         scores.decision = decision_scores(z, targets, b)
-        s0 = torch.as_tensor(scores.similarity, device=x.device)
+        s0_dev = s0.to(z.device)
         parts = []
         for i in range(0, b, step):  # in chunks too: a gradient pass over every original at once would not be
-            part = adapter.contributions(model, x[i : min(b, i + step)], targets[i : i + step], s0[i : i + step],
+            part = adapter.contributions(model, x[i : min(b, i + step)], targets[i : i + step], s0_dev[i : i + step],
                                          prototypes)
             if part is None:  # the adapter has no link to the decision
                 break
