@@ -142,7 +142,8 @@ def test_local_deltas_match_separate_forward_passes():
 @pytest.mark.parametrize("readout", ["fixed", "max"])
 def test_scoring_in_chunks_of_lazy_views_equals_the_readout_of_all_maps(readout):
     """score_views reads each chunk's maps and drops them; from lazily preprocessed views, in chunks that straddle
-    the originals and their copies, it gives exactly the scores of every view's maps read at once, and it never
+    the originals and their copies, it gives the scores of every view's maps read at once (to float rounding: chunks
+    change the batch composition; locations exactly), and it never
     preprocesses more views at a time than one chunk."""
     model = _protopnet()
     adapter = VectorPrototypes.from_model(model, input_size=(64, 64))
